@@ -1,0 +1,67 @@
+"""The ``nasdm-aug`` click group.
+
+Commands load lazily (``COMMANDS`` maps a name to ``module:attribute`` and a one-line help), so
+``nasdm-aug --help`` answers without importing torch. User errors (:class:`InputError`,
+``click.ClickException``) print one line and exit 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from nasdm_aug import __version__
+
+# name -> (import path, one-line help shown by `nasdm-aug --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="nasdm-aug")
+def cli() -> None:
+    """NASDM: nuclei-aware diffusion models that make annotated H&E patches, mix them into
+    MONAI training data, and measure with a bundled HoVerNet whether they help."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; turns :class:`InputError` into one clear line."""
+    from nasdm_aug.utils import InputError
+
+    try:
+        cli.main(args=argv, prog_name="nasdm-aug", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except InputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

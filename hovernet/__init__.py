@@ -1,0 +1,1 @@
+"""A HoVerNet on smp encoders for 128-px patches: targets, losses, post-processing, metrics, trainer."""

@@ -1,0 +1,45 @@
+"""Shared test fixtures: tiny sizes, seeded, and the optional real data under ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NASDM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def consep_dir() -> Path:
+    """../shared/data/consep/Train (real CoNSeP data); skipped where it is absent."""
+    path = SHARED_DATA / "consep" / "Train"
+    if not (path / "Images").is_dir():
+        pytest.skip(f"real CoNSeP data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lizard_crops_dir() -> Path:
+    """../shared/data/lizard-crops (real Lizard crops, images only); skipped where absent."""
+    path = SHARED_DATA / "lizard-crops"
+    if not path.is_dir():
+        pytest.skip(f"real Lizard crops not found at {path}")
+    return path
