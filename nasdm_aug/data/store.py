@@ -1,0 +1,371 @@
+"""PatchStore: the one HDF5 format shared by real and synthetic patches (DESIGN.md, Contracts).
+
+Schema (version 1): datasets ``image`` [N,H,W,3] uint8, ``inst`` [N,H,W] int32, ``type``
+[N,H,W] uint8, chunked one patch per chunk, and per-patch metadata under ``meta/`` (``source``,
+``y``, ``x``, ``split``, ``origin``, ``parent``, ``seed``). File attributes hold the schema
+version, the type table, the producing config, the package version, the splits and extra JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from nasdm_aug import __version__
+from nasdm_aug.types import NucleiTypeTable
+from nasdm_aug.utils import InputError, atomic_output
+
+__all__ = ["PatchStore", "PatchStoreWriter", "StoreError", "SCHEMA_VERSION", "SPLITS", "ORIGINS"]
+
+SCHEMA_VERSION = 1
+MAGIC = "nasdm-aug PatchStore"
+SPLITS = ("Train", "R1", "R2", "Test")
+ORIGINS = ("real", "synthetic")
+ARRAY_KEYS = ("image", "inst", "type")
+META_KEYS = ("source", "y", "x", "split", "origin", "parent", "seed")
+_STR = h5py.string_dtype("utf-8")
+_META_DTYPES: dict[str, Any] = {
+    "source": _STR, "y": np.int32, "x": np.int32, "split": _STR,
+    "origin": np.uint8, "parent": np.int64, "seed": np.int64,
+}
+
+
+class StoreError(InputError):
+    """A file that is not a valid PatchStore; the message names the file and the problem."""
+
+
+class PatchStoreWriter:
+    """Create a PatchStore; patches are appended one at a time or in batches.
+
+    The file is written to ``path + ".partial"`` and renamed onto ``path`` when the writer closes
+    without error; on an exception the partial file is deleted, so an interrupted run leaves no
+    output behind.
+
+    Args:
+        path: output ``.h5`` path.
+        patch_size: side of the square patches in pixels.
+        type_table: the nuclei type table the ``type`` maps use.
+        config: the config that produced the store (stored as JSON).
+        origin: ``"real"`` or ``"synthetic"``; the default origin of appended patches.
+        compression: h5py compression filter (``"lzf"``, ``"gzip"`` or None).
+        overwrite: replace an existing ``path``.
+        attrs: extra JSON-able file attributes.
+
+    Raises:
+        InputError: ``path`` exists and ``overwrite`` is False, or an argument is invalid.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        patch_size: int,
+        type_table: NucleiTypeTable,
+        config: dict | None = None,
+        origin: str = "real",
+        compression: str | None = "lzf",
+        overwrite: bool = False,
+        attrs: dict | None = None,
+    ) -> None:
+        if origin not in ORIGINS:
+            raise InputError(f"origin must be one of {ORIGINS}, got {origin!r}")
+        if patch_size < 1:
+            raise InputError(f"patch_size must be >= 1, got {patch_size}")
+        self.path = Path(path)
+        self.patch_size = int(patch_size)
+        self.type_table = type_table
+        self.origin = origin
+        self._ctx = atomic_output(self.path, overwrite=overwrite)
+        self._tmp = self._ctx.__enter__()
+        self._n = 0
+        self._splits: dict[str, list[str]] = {}
+        self._extra: dict[str, Any] = dict(attrs or {})
+        self._h5 = h5py.File(self._tmp, "w")
+        a = self._h5.attrs
+        a["magic"] = MAGIC
+        a["schema_version"] = SCHEMA_VERSION
+        a["package_version"] = __version__
+        a["type_table"] = type_table.to_json()
+        a["config"] = json.dumps(config or {})
+        a["origin"] = origin
+        a["patch_size"] = self.patch_size
+        p = self.patch_size
+        shapes = {"image": (p, p, 3), "inst": (p, p), "type": (p, p)}
+        dtypes = {"image": np.uint8, "inst": np.int32, "type": np.uint8}
+        for key in ARRAY_KEYS:
+            self._h5.create_dataset(
+                key, shape=(0, *shapes[key]), maxshape=(None, *shapes[key]), dtype=dtypes[key],
+                chunks=(1, *shapes[key]), compression=compression,
+            )
+        meta = self._h5.create_group("meta")
+        for key in META_KEYS:
+            meta.create_dataset(key, shape=(0,), maxshape=(None,), dtype=_META_DTYPES[key], chunks=(4096,))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(
+        self, image: np.ndarray, inst: np.ndarray, type: np.ndarray, *, source: str = "", y: int = 0,
+        x: int = 0, split: str = "", parent: int = -1, seed: int = -1, origin: str | None = None,
+    ) -> int:
+        """Append one patch and return its index.
+
+        Raises:
+            InputError: shapes or dtypes that do not fit the store, or type ids outside the table.
+        """
+        return self.append_batch(
+            image[None], inst[None], type[None], source=[source], y=[y], x=[x], split=[split],
+            parent=[parent], seed=[seed], origin=origin,
+        )[0]
+
+    def append_batch(
+        self, images: np.ndarray, insts: np.ndarray, types: np.ndarray, *, source: Sequence[str],
+        y: Sequence[int], x: Sequence[int], split: Sequence[str] | None = None,
+        parent: Sequence[int] | None = None, seed: Sequence[int] | None = None, origin: str | None = None,
+    ) -> list[int]:
+        """Append ``n`` patches ([n,H,W,3], [n,H,W], [n,H,W]) with their metadata; return indices."""
+        n = len(images)
+        self._check(images, insts, types)
+        origin = origin or self.origin
+        if origin not in ORIGINS:
+            raise InputError(f"origin must be one of {ORIGINS}, got {origin!r}")
+        cols = {
+            "source": list(source), "y": list(y), "x": list(x), "split": list(split or [""] * n),
+            "origin": [ORIGINS.index(origin)] * n, "parent": list(parent or [-1] * n),
+            "seed": list(seed or [-1] * n),
+        }
+        for key, col in cols.items():
+            if len(col) != n:
+                raise InputError(f"metadata {key!r} has {len(col)} values for {n} patches")
+        start, stop = self._n, self._n + n
+        for key, arr in zip(ARRAY_KEYS, (images, insts, types)):
+            ds = self._h5[key]
+            ds.resize(stop, axis=0)
+            ds[start:stop] = arr
+        for key, col in cols.items():
+            ds = self._h5["meta"][key]
+            ds.resize(stop, axis=0)
+            ds[start:stop] = np.asarray(col, dtype=object if key in ("source", "split") else _META_DTYPES[key])
+        self._n = stop
+        return list(range(start, stop))
+
+    def _check(self, images: np.ndarray, insts: np.ndarray, types: np.ndarray) -> None:
+        p = self.patch_size
+        n = len(images)
+        want = {"image": ((n, p, p, 3), np.uint8), "inst": ((n, p, p), np.int32), "type": ((n, p, p), np.uint8)}
+        for key, arr in zip(ARRAY_KEYS, (images, insts, types)):
+            shape, dtype = want[key]
+            if arr.shape != shape:
+                raise InputError(f"{self.path}: {key} has shape {arr.shape}, expected {shape}")
+            if arr.dtype != dtype:
+                raise InputError(f"{self.path}: {key} has dtype {arr.dtype}, expected {np.dtype(dtype)}")
+        if n and int(types.max()) > self.type_table.n_types:
+            raise InputError(
+                f"{self.path}: type id {int(types.max())} is outside 0..{self.type_table.n_types} "
+                f"of table {self.type_table.name!r}"
+            )
+
+    def set_splits(self, splits: dict[str, Iterable[str]]) -> None:
+        """Record the per-image splits: split name -> source image names."""
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise InputError(f"unknown split names {unknown}; valid: {list(SPLITS)}")
+        self._splits = {k: sorted(str(v) for v in vals) for k, vals in splits.items()}
+
+    def set_attr(self, key: str, value: Any) -> None:
+        """Record an extra JSON-able file attribute (read back from ``PatchStore.attrs``)."""
+        self._extra[key] = value
+
+    def close(self) -> None:
+        """Finish the file and rename it onto ``path``."""
+        if self._h5 is None:
+            return
+        self._h5.attrs["splits"] = json.dumps(self._splits)
+        self._h5.attrs["extra"] = json.dumps(self._extra)
+        self._h5.close()
+        self._h5 = None
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Discard the partial file."""
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+            try:
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            except RuntimeError:
+                pass
+
+    def __enter__(self) -> "PatchStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PatchStore:
+    """Read a PatchStore; validated on open, safe to share with DataLoader worker processes.
+
+    The HDF5 handle opens lazily and is reopened in each process (h5py handles must not cross a
+    fork), so a store object can be pickled into workers.
+
+    Args:
+        path: the ``.h5`` file.
+
+    Raises:
+        StoreError: the file is missing, unreadable, not a PatchStore, or inconsistent.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        self._meta_cache: dict[str, np.ndarray] = {}
+        self._validate()
+
+    # -- opening and validation -------------------------------------------------------------
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def _validate(self) -> None:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such PatchStore file")
+        try:
+            f = self._file()
+        except OSError as exc:
+            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        a = f.attrs
+        if a.get("magic") != MAGIC:
+            raise StoreError(f"{self.path}: not a PatchStore (an HDF5 file without the nasdm-aug schema)")
+        version = int(a.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version}, this package reads {SCHEMA_VERSION}")
+        missing = [k for k in (*ARRAY_KEYS, *(f"meta/{m}" for m in META_KEYS)) if k not in f]
+        if missing:
+            raise StoreError(f"{self.path}: missing datasets {missing}")
+        n = f["image"].shape[0]
+        p = int(a["patch_size"])
+        for key, shape in (("image", (n, p, p, 3)), ("inst", (n, p, p)), ("type", (n, p, p))):
+            if f[key].shape != shape:
+                raise StoreError(f"{self.path}: dataset {key} has shape {f[key].shape}, expected {shape}")
+        for m in META_KEYS:
+            if f["meta"][m].shape != (n,):
+                raise StoreError(f"{self.path}: meta/{m} has {f['meta'][m].shape[0]} rows for {n} patches")
+        try:
+            self.type_table = NucleiTypeTable.from_json(a["type_table"])
+            self.config: dict = json.loads(a["config"])
+            self.splits: dict[str, list[str]] = json.loads(a.get("splits", "{}"))
+            self.attrs: dict[str, Any] = json.loads(a.get("extra", "{}"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path}: corrupt attributes ({exc})") from None
+        self.patch_size = p
+        self.origin = str(a["origin"])
+        self.package_version = str(a.get("package_version", ""))
+        self._n = n
+
+    # -- pickling for DataLoader workers ----------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        """Close this process's handle (it reopens on the next read)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __enter__(self) -> "PatchStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One patch: ``image``, ``inst``, ``type`` arrays plus its metadata and ``index``."""
+        i = self._check_index(index)
+        f = self._file()
+        item: dict[str, Any] = {k: f[k][i] for k in ARRAY_KEYS}
+        for m in META_KEYS:
+            item[m] = self._meta_value(m, self.meta(m)[i])
+        item["index"] = i
+        return item
+
+    def read(self, indices: Sequence[int] | np.ndarray, keys: Sequence[str] = ARRAY_KEYS) -> dict[str, np.ndarray]:
+        """Stacked arrays for many patches, in the order given (duplicates allowed)."""
+        idx = np.asarray([self._check_index(i) for i in indices], dtype=np.int64)
+        f = self._file()
+        out: dict[str, np.ndarray] = {}
+        order = np.argsort(idx, kind="stable")
+        uniq, inverse = np.unique(idx[order], return_inverse=True)
+        for key in keys:
+            if key in META_KEYS:
+                out[key] = self.meta(key)[idx]
+                continue
+            if key not in ARRAY_KEYS:
+                raise KeyError(f"unknown key {key!r}; valid: {list(ARRAY_KEYS + META_KEYS)}")
+            data = f[key][uniq] if len(uniq) else np.zeros((0, *f[key].shape[1:]), f[key].dtype)
+            res = np.empty((len(idx), *data.shape[1:]), data.dtype)
+            res[order] = data[inverse]
+            out[key] = res
+        return out
+
+    def meta(self, key: str) -> np.ndarray:
+        """Per-patch metadata column (``source``, ``y``, ``x``, ``split``, ``origin``, ``parent``, ``seed``)."""
+        if key not in META_KEYS:
+            raise KeyError(f"unknown metadata {key!r}; valid: {list(META_KEYS)}")
+        if key not in self._meta_cache:
+            ds = self._file()["meta"][key]
+            col = ds.asstr()[:] if h5py.check_string_dtype(ds.dtype) else ds[:]
+            if key == "origin":  # stored as a small code, read as its name
+                col = np.asarray(ORIGINS, dtype=object)[col]
+            self._meta_cache[key] = np.asarray(col)
+        return self._meta_cache[key]
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Patch indices of a split (those whose source image is in it); all patches for None.
+
+        Raises:
+            StoreError: the store has no such split.
+        """
+        if split is None:
+            return np.arange(self._n)
+        if split not in self.splits:
+            have = sorted(self.splits) or "none"
+            raise StoreError(f"{self.path}: no split {split!r} (splits here: {have})")
+        names = np.asarray(self.splits[split], dtype=object)
+        return np.flatnonzero(np.isin(self.meta("source").astype(object), names))
+
+    def _check_index(self, index: int) -> int:
+        i = int(index)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"patch index {index} out of range for {self._n} patches in {self.path}")
+        return i
+
+    @staticmethod
+    def _meta_value(key: str, value: Any) -> Any:
+        if key in ("source", "split", "origin"):
+            return str(value)
+        return int(value)
+
+    def __repr__(self) -> str:
+        return (f"PatchStore({str(self.path)!r}, n={self._n}, patch_size={self.patch_size}, "
+                f"origin={self.origin!r}, types={self.type_table.name!r})")
