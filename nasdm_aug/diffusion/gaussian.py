@@ -1,0 +1,349 @@
+"""The Gaussian diffusion process with learned-range variance and the hybrid loss of
+Nichol & Dhariwal (2021, improved DDPM), modelled on improved-diffusion's gaussian_diffusion.py.
+Math only: every method takes the model as an argument."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+
+__all__ = ["ModelMeanType", "ModelVarType", "LossType", "GaussianDiffusion", "extract_into_tensor"]
+
+ModelFn = Callable[..., torch.Tensor]
+
+
+class ModelMeanType(enum.Enum):
+    """What the model's first C output channels predict."""
+
+    EPSILON = "epsilon"  # the noise eps (Ho et al. 2020)
+    START_X = "start_x"  # x_0 directly
+
+
+class ModelVarType(enum.Enum):
+    """How the reverse-process variance Sigma_theta(x_t, t) is obtained."""
+
+    LEARNED_RANGE = "learned_range"  # v in [-1, 1] interpolates log beta~_t .. log beta_t (eq. 15)
+    LEARNED = "learned"  # the model outputs log Sigma directly
+    FIXED_SMALL = "fixed_small"  # beta~_t, the posterior variance
+    FIXED_LARGE = "fixed_large"  # beta_t
+
+
+class LossType(enum.Enum):
+    """Training objective."""
+
+    MSE = "mse"  # L_simple only (requires a fixed variance)
+    HYBRID = "hybrid"  # L_simple + lambda * L_vlb (eq. 16), stop-gradient on the mean in L_vlb
+    KL = "kl"  # the variational bound alone (L_vlb)
+
+
+def extract_into_tensor(arr: np.ndarray | torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Gather ``arr[t]`` for a batch of indices and reshape to broadcast against an ``ndim`` tensor.
+
+    Args:
+        arr: per-timestep values, shape [T] (float64 numpy or tensor).
+        t: long timesteps, shape [N].
+        ndim: number of dimensions of the tensor the result multiplies.
+
+    Returns:
+        float32 tensor [N, 1, ..., 1] on ``t``'s device.
+    """
+    arr = torch.as_tensor(arr, device=t.device)
+    out = arr[t.long()].float()
+    return out.reshape(out.shape + (1,) * (ndim - out.ndim))
+
+
+def _as_enum(value: Any, kind: type[enum.Enum]) -> enum.Enum:
+    """Accept an enum member or its string value (configs store the string)."""
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"unknown {kind.__name__} {value!r}; expected one of {[m.value for m in kind]}") from None
+
+
+class GaussianDiffusion:
+    """The forward process q, the reverse process p_theta and the training losses.
+
+    Args:
+        betas: float array [T] of noise variances, each in (0, 1].
+        model_mean_type: what the model's first C channels predict.
+        model_var_type: how the reverse variance is obtained; the learned kinds need a model
+            output of 2C channels (mean part then variance part).
+        loss_type: the training objective.
+        vb_weight: lambda of the hybrid loss L_simple + lambda * L_vlb (eq. 16 of improved DDPM).
+
+    Timesteps are 0-based: ``t = 0`` is the first noising step, ``t = T - 1`` the last.
+    """
+
+    def __init__(
+        self,
+        betas: np.ndarray | torch.Tensor,
+        model_mean_type: ModelMeanType | str = ModelMeanType.EPSILON,
+        model_var_type: ModelVarType | str = ModelVarType.LEARNED_RANGE,
+        loss_type: LossType | str = LossType.HYBRID,
+        vb_weight: float = 0.001,
+    ) -> None:
+        self.model_mean_type = _as_enum(model_mean_type, ModelMeanType)
+        self.model_var_type = _as_enum(model_var_type, ModelVarType)
+        self.loss_type = _as_enum(loss_type, LossType)
+        if self.loss_type is LossType.MSE and self.learns_sigma:
+            raise ValueError(f"loss_type 'mse' cannot train model_var_type {self.model_var_type.value!r}; use 'hybrid'")
+        if not (vb_weight >= 0 and math.isfinite(vb_weight)):
+            raise ValueError(f"vb_weight must be a finite number >= 0, got {vb_weight!r}")
+        self.vb_weight = float(vb_weight)
+        betas = np.asarray(torch.as_tensor(betas).cpu(), dtype=np.float64)
+        if betas.ndim != 1 or len(betas) == 0 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError(f"betas must be a non-empty 1-D array in (0, 1], got shape {betas.shape}")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        self._precompute(betas)
+
+    @property
+    def learns_sigma(self) -> bool:
+        """True when the model outputs a variance part (2C channels)."""
+        return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
+
+    def _precompute(self, betas: np.ndarray) -> None:
+        # All in float64 numpy; cast per call, so small differences do not accumulate.
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        # beta~_t of eq. 7 (Ho et al.); at t = 0 it is 0, so its log is clipped to beta~_1.
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        first = self.posterior_variance[1] if len(betas) > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    # ---- forward process -------------------------------------------------------------------
+
+    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, variance and log-variance of q(x_t | x_0) (eq. 4 of Ho et al.); x_start [N, ...], t [N]."""
+        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.ndim).expand_as(x_start)
+        log_variance = extract_into_tensor(np.log(1.0 - self.alphas_cumprod), t, x_start.ndim).expand_as(x_start)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
+
+        Args:
+            x_start: clean data [N, ...].
+            t: long timesteps [N].
+            noise: optional standard normal noise like ``x_start``.
+
+        Returns:
+            x_t, same shape as ``x_start``.
+        """
+        noise = torch.randn_like(x_start) if noise is None else noise
+        if noise.shape != x_start.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_start shape {tuple(x_start.shape)}")
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+        )
+
+    def q_posterior_mean_variance(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7 of Ho et al.).
+
+        Args:
+            x_start, x_t: tensors [N, ...] of one shape.
+            t: long timesteps [N].
+
+        Returns:
+            (mean, variance, log_variance), each shaped like ``x_t``.
+        """
+        if x_start.shape != x_t.shape:
+            raise ValueError(f"x_start shape {tuple(x_start.shape)} differs from x_t shape {tuple(x_t.shape)}")
+        nd = x_t.ndim
+        mean = (
+            extract_into_tensor(self.posterior_mean_coef1, t, nd) * x_start
+            + extract_into_tensor(self.posterior_mean_coef2, t, nd) * x_t
+        )
+        variance = extract_into_tensor(self.posterior_variance, t, nd).expand_as(x_t)
+        log_variance = extract_into_tensor(self.posterior_log_variance_clipped, t, nd).expand_as(x_t)
+        return mean, variance, log_variance
+
+    # ---- reverse process -------------------------------------------------------------------
+
+    def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        nd = x_t.ndim
+        return (
+            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, nd) * x_t
+            - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, nd) * eps
+        )
+
+    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
+        nd = x_t.ndim
+        return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, nd) * x_t - pred_xstart) / (
+            extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, nd)
+        )
+
+    def _model_log_variance(self, var_values: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nd = x.ndim
+        if self.model_var_type is ModelVarType.LEARNED:
+            return var_values
+        if self.model_var_type is ModelVarType.LEARNED_RANGE:
+            # Eq. 15: interpolate in log space between beta~_t (v = -1) and beta_t (v = +1).
+            min_log = extract_into_tensor(self.posterior_log_variance_clipped, t, nd)
+            max_log = extract_into_tensor(np.log(self.betas), t, nd)
+            frac = (var_values + 1) / 2
+            return frac * max_log + (1 - frac) * min_log
+        if self.model_var_type is ModelVarType.FIXED_LARGE:
+            # Use beta~_1 at t = 0, as improved-diffusion does, so the decoder is not too wide.
+            log_var = np.log(np.append(self.posterior_variance[1], self.betas[1:])) if self.num_timesteps > 1 else np.log(self.betas)
+            return extract_into_tensor(log_var, t, nd).expand_as(x)
+        return extract_into_tensor(self.posterior_log_variance_clipped, t, nd).expand_as(x)
+
+    def _split_output(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        c = x.shape[1]
+        want = 2 * c if self.learns_sigma else c
+        if out.shape[0] != x.shape[0] or out.shape[1] != want or out.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"model output shape {tuple(out.shape)} does not fit x {tuple(x.shape)}: expected {want} channels "
+                f"for model_var_type {self.model_var_type.value!r}"
+            )
+        return (out[:, :c], out[:, c:]) if self.learns_sigma else (out, None)
+
+    def p_mean_variance(
+        self,
+        model: ModelFn,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict | None = None,
+        clip_denoised: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Apply the model to get p_theta(x_{t-1} | x_t) and the implied prediction of x_0.
+
+        Args:
+            model: called as ``model(x, t, **model_kwargs)``; returns [N, 2C, ...] (mean part,
+                then variance part) for learned variances, [N, C, ...] otherwise.
+            x: x_t, [N, C, ...].
+            t: long timesteps [N].
+            model_kwargs: passed to the model unread (conditioning).
+            clip_denoised: clamp the predicted x_0 to [-1, 1].
+
+        Returns:
+            dict with ``mean``, ``variance``, ``log_variance``, ``pred_xstart`` and ``eps`` (the noise
+            implied by the possibly clipped ``pred_xstart``), each shaped like ``x``.
+        """
+        out = model(x, t, **(model_kwargs or {}))
+        mean_out, var_values = self._split_output(out, x)
+        log_variance = self._model_log_variance(var_values, x, t)
+        if self.model_mean_type is ModelMeanType.EPSILON:
+            pred_xstart = self.predict_xstart_from_eps(x, t, mean_out)
+        else:
+            pred_xstart = mean_out
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        eps = self.predict_eps_from_xstart(x, t, pred_xstart)
+        return {
+            "mean": mean,
+            "variance": torch.exp(log_variance),
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+            "eps": eps,
+        }
+
+    # ---- losses ----------------------------------------------------------------------------
+
+    def vb_terms_bpd(
+        self,
+        model: ModelFn,
+        x_start: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict | None = None,
+        clip_denoised: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """One term L_t of the variational bound, in bits per dimension.
+
+        L_t = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and the discretized Gaussian
+        decoder NLL -log p(x_0|x_1) at t = 0 (Ho et al. 2020, eq. 5 and 13).
+
+        Returns:
+            dict with ``output`` [N] (bits/dim) and ``pred_xstart`` [N, C, ...].
+        """
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, model_kwargs=model_kwargs, clip_denoised=clip_denoised)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
+        nll = mean_flat(nll) / math.log(2.0)
+        return {"output": torch.where(t == 0, nll, kl), "pred_xstart": out["pred_xstart"]}
+
+    def prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, shape [N]; constant in the model."""
+        t = torch.full((x_start.shape[0],), self.num_timesteps - 1, dtype=torch.long, device=x_start.device)
+        mean, _, log_var = self.q_mean_variance(x_start, t)
+        return mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / math.log(2.0)
+
+    def training_losses(
+        self,
+        model: ModelFn,
+        x_start: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample training losses for one sampled timestep per sample.
+
+        ``mse`` is L_simple = mean over dims of ||eps - eps_theta||^2 (or of x_0 for START_X).
+        ``vb`` is the single term L_t in bits/dim (decoder NLL at t = 0), computed with the
+        mean output detached (the stop-gradient of eq. 16), so it trains only the variance.
+
+        HYBRID returns ``loss = mse + vb_weight * T * vb``. Why the factor T: the paper's L_vlb is
+        the sum over t of L_t, and with t uniform its unbiased one-sample estimate is T * L_t, so
+        lambda * L_vlb = lambda * T * L_t. improved-diffusion writes ``vb *= T / 1000`` (its
+        RESCALED_MSE, the default for learned sigmas) and adds vb; that is exactly lambda = 0.001
+        here: for T = 1000 both weigh L_t by 1.0, for T = 4000 both by 4.0. Note the prior term L_T
+        is constant in the model and not added to ``loss`` (see ``prior_bpd``). KL returns
+        ``loss = T * vb`` (the bound itself, up to L_T).
+
+        Args:
+            model: called as ``model(x_t, t, **model_kwargs)``.
+            x_start: data in [-1, 1], [N, C, ...].
+            t: long timesteps [N] in [0, T).
+            model_kwargs: conditioning passed to the model unread.
+            noise: optional standard normal noise like ``x_start``.
+
+        Returns:
+            dict of per-sample tensors [N]: ``mse``, ``vb`` (zeros for fixed variances) and ``loss``.
+        """
+        model_kwargs = model_kwargs or {}
+        noise = torch.randn_like(x_start) if noise is None else noise
+        x_t = self.q_sample(x_start, t, noise=noise)
+        out = model(x_t, t, **model_kwargs)
+        mean_out, var_values = self._split_output(out, x_t)
+        if self.learns_sigma or self.loss_type is LossType.KL:
+            # Detach the mean so L_vlb trains only the variance (eq. 16); KL trains both.
+            frozen_mean = mean_out.detach() if self.loss_type is LossType.HYBRID else mean_out
+            frozen = frozen_mean if var_values is None else torch.cat([frozen_mean, var_values], dim=1)
+            vb = self.vb_terms_bpd(lambda *_a, **_k: frozen, x_start, x_t, t, clip_denoised=False)["output"]
+        else:
+            vb = torch.zeros(x_start.shape[0], device=x_start.device, dtype=x_start.dtype)
+        target = noise if self.model_mean_type is ModelMeanType.EPSILON else x_start
+        mse = mean_flat((target - mean_out) ** 2)
+        scale = float(self.num_timesteps)
+        if self.loss_type is LossType.KL:
+            loss = scale * vb
+        elif self.loss_type is LossType.HYBRID:
+            loss = mse + self.vb_weight * scale * vb
+        else:
+            loss = mse
+        return {"mse": mse, "vb": vb, "loss": loss}
