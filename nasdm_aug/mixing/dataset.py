@@ -1,0 +1,185 @@
+"""SyntheticMixDataset: a monai.data.Dataset mixing real patches with a synthetic NASDM bank.
+
+Implements the training sets of the NASDM paper's addition, replacement and synthetic-only
+studies (Sec. 4.3.3-4.3.5) as a one-line drop-in for MONAI / PyTorch training loops.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose, ComputeHoVerMaps, Transform
+
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.mixing.plan import MixConfig, MixPlan, build_plan
+
+__all__ = ["SyntheticMixDataset", "LoadMixPatchd", "HoVerTargetsd", "open_store"]
+
+
+def open_store(store: PatchStore | str | os.PathLike | None) -> PatchStore | None:
+    """Return ``store`` as an open ``PatchStore`` (a path is opened; None stays None)."""
+    if store is None or isinstance(store, PatchStore):
+        return store
+    return PatchStore(store)
+
+
+class LoadMixPatchd(Transform):
+    """Read the patch an ``{"origin", "index"}`` record names and convert it to MONAI layout.
+
+    Deterministic, so ``CacheDataset`` caches its output. Each output item holds:
+    ``image`` float32 [3, H, W] in [0, 1]; ``inst`` int32 [1, H, W]; ``type`` int64 [1, H, W];
+    ``origin`` ``"real"`` | ``"synthetic"``; ``index`` (int, index in that store); ``parent``
+    (int, the store's parent metadata: the real patch whose mask made a synthetic patch, -1 for
+    real patches and generated masks).
+
+    Labels are channel-first [1, H, W] like the image, so MONAI's dictionary spatial transforms
+    (``RandFlipd``, ``RandRotate90d``, ...) apply the same operation to every key.
+
+    Args:
+        real: the real store.
+        synthetic: the synthetic bank, or None.
+    """
+
+    def __init__(self, real: PatchStore, synthetic: PatchStore | None = None) -> None:
+        self.stores = {"real": real, "synthetic": synthetic}
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        origin, index = record["origin"], int(record["index"])
+        store = self.stores[origin]
+        if store is None:
+            raise ValueError(f"record {record} names a synthetic patch but no synthetic bank was given")
+        patch = store[index]
+        image = np.ascontiguousarray(patch["image"].transpose(2, 0, 1), dtype=np.float32)
+        image *= 1.0 / 255.0
+        return {
+            "image": image,
+            "inst": patch["inst"][None].astype(np.int32, copy=False),
+            "type": patch["type"][None].astype(np.int64),
+            "origin": origin,
+            "index": index,
+            "parent": int(patch["parent"]),
+        }
+
+
+class HoVerTargetsd(Transform):
+    """Add HoVerNet targets from ``inst`` and ``type``: ``np``, ``hv``, ``nc``.
+
+    ``np`` int64 [1, H, W] nuclei vs background; ``hv`` float32 [2, H, W] horizontal and vertical
+    distance maps from MONAI's ``ComputeHoVerMaps``; ``nc`` int64 [1, H, W] the type map.
+    Run it after spatial transforms: a flip negates one hv component, so hv maps must be
+    computed on the final geometry, not transformed.
+    """
+
+    def __init__(self) -> None:
+        self._hv = ComputeHoVerMaps()
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        inst = np.asarray(d["inst"])
+        d["np"] = (inst > 0).astype(np.int64)
+        d["hv"] = np.asarray(self._hv(inst.astype(np.int64)), dtype=np.float32)
+        d["nc"] = np.asarray(d["type"]).astype(np.int64)
+        return d
+
+
+class SyntheticMixDataset(Dataset):
+    """Real patches mixed with synthetic ones at the paper's ratios, as a ``monai.data.Dataset``.
+
+    Modes (``ratio`` defaults in brackets; counts round half up, ``floor(x + 0.5)``):
+        - ``"add"`` (paper 4.3.3) [0.5]: a base of ``base_fraction`` of the real split, plus
+          ``ratio x len(split)`` synthetic patches whose parents are real patches of the split
+          outside the base, so no base mask appears twice. Paper: base 0.25, ratio 0.25/0.5/0.75.
+        - ``"replace"`` (paper 4.3.4) [0.5]: the whole split, ``ratio x len(split)`` of its real
+          patches replaced in place by their synthetic counterparts (bank parent == index); the
+          masks and the size stay the same.
+        - ``"synthetic"`` (paper 4.3.5) [1.0]: synthetic only, ``ratio`` of the bank patches whose
+          parents are in the split (all with a parent when ``split`` is None).
+        - ``"real"`` [1.0]: real only, ``ratio`` of the split.
+
+    Items are MONAI dictionaries (see ``LoadMixPatchd``): ``image`` float32 [3, H, W] in [0, 1],
+    ``inst`` int32 [1, H, W], ``type`` int64 [1, H, W], ``origin``, ``index``, ``parent``, and
+    with ``hovernet_targets`` also ``np`` [1, H, W], ``hv`` float32 [2, H, W], ``nc`` [1, H, W]
+    (computed after ``transform``, so hv maps follow flips and rotations).
+
+    Stores may be paths or open ``PatchStore`` objects; they reopen in each DataLoader worker,
+    so ``num_workers >= 2`` is safe. For caching, ``as_cache_dataset()`` caches the reads (the
+    deterministic prefix) and reruns the random transforms each epoch.
+
+    Args:
+        real: the real PatchStore or its path.
+        synthetic: the synthetic bank or its path (needed by every mode but ``"real"``).
+        split: real split to draw from (``"Train"``, ``"R1"``, ``"R2"``; None = whole store).
+        mode: ``"add"``, ``"replace"``, ``"synthetic"`` or ``"real"``.
+        ratio: the mode's fraction (see above); None for the mode's default.
+        base_fraction: ``add``: fraction of the split kept as the real base.
+        include_generated: ``add`` / ``synthetic``: also use bank patches from generated masks.
+        seed: seed of the plan.
+        transform: a MONAI dictionary transform (or a sequence of them) applied to each item.
+        hovernet_targets: add ``np``, ``hv``, ``nc`` after ``transform``.
+
+    Raises:
+        InputError: an unfit bank (origin, patch size, type table, parents), a ratio outside its
+            mode's range, too few eligible synthetic patches, or a ``replace`` plan with a chosen
+            real patch that has no synthetic counterpart.
+
+    Example:
+        >>> ds = SyntheticMixDataset("real.h5", "bank.h5", mode="add", ratio=0.5, transform=train_tf)
+        >>> print(ds.summary())
+        >>> loader = monai.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2)
+    """
+
+    def __init__(
+        self,
+        real: PatchStore | str | os.PathLike,
+        synthetic: PatchStore | str | os.PathLike | None = None,
+        *,
+        split: str | None = "Train",
+        mode: str = "add",
+        ratio: float | None = None,
+        base_fraction: float = 0.25,
+        include_generated: bool = False,
+        seed: int = 0,
+        transform: Callable | Sequence[Callable] | None = None,
+        hovernet_targets: bool = False,
+    ) -> None:
+        self.real = open_store(real)
+        self.synthetic = open_store(synthetic)
+        self.config = MixConfig(mode=mode, split=split, ratio=ratio, base_fraction=base_fraction,
+                                include_generated=include_generated, seed=seed)
+        self._plan = build_plan(self.real, self.synthetic, self.config)
+        records = [{"origin": o, "index": i} for o, i in self._plan.entries()]
+        super().__init__(data=records, transform=self._chain(transform, hovernet_targets))
+
+    def _chain(self, transform: Callable | Sequence[Callable] | None, hovernet_targets: bool) -> Compose:
+        chain: list[Callable] = [LoadMixPatchd(self.real, self.synthetic)]
+        if transform is not None:
+            chain += list(transform) if isinstance(transform, (list, tuple)) else [transform]
+        if hovernet_targets:
+            chain.append(HoVerTargetsd())
+        # flatten nested Compose so CacheDataset sees where the first random transform is
+        return Compose(chain).flatten()
+
+    def plan(self) -> MixPlan:
+        """The exact items: ``plan().entries()`` is ``[(origin, index), ...]`` in dataset order."""
+        return self._plan
+
+    def summary(self) -> str:
+        """Printable lines: mode, split, ratio, seed, counts per origin and the indices."""
+        return self._plan.summary()
+
+    def as_cache_dataset(self, **kwargs: Any) -> CacheDataset:
+        """A ``monai.data.CacheDataset`` over the same plan and transforms.
+
+        The store reads are cached; the transforms from the first random one onward run per
+        epoch. ``kwargs`` go to ``CacheDataset`` (``cache_rate``, ``num_workers``, ``progress``...).
+        """
+        kwargs.setdefault("progress", False)
+        return CacheDataset(data=self.data, transform=self.transform, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self._plan.counts()
+        return (f"SyntheticMixDataset(mode={self.config.mode!r}, split={self.config.split!r}, "
+                f"n={len(self)}, real={c['real']}, synthetic={c['synthetic']})")
