@@ -1,0 +1,466 @@
+"""Dataset readers: Lizard, CoNSeP/HoVer-Net, CoNIC and PanNuke on disk -> :class:`Tile` records.
+
+Each format (Graham et al. 2021 Lizard/CoNIC, Graham et al. 2019 HoVer-Net, Gamper et al. 2020
+PanNuke) is checked as it is read; any problem stops with one :class:`InputError` line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from nasdm_aug.data.tile import Tile
+from nasdm_aug.data.tiling import relabel_sequential
+from nasdm_aug.types import CONSEP, LIZARD, PANNUKE, NucleiTypeTable
+from nasdm_aug.utils import InputError
+
+__all__ = [
+    "ReaderSpec", "READERS", "get_reader", "read_lizard", "read_consep", "read_conic", "read_pannuke",
+    "list_lizard", "list_consep", "list_conic", "list_pannuke", "load_rgb",
+]
+
+IMAGE_EXTS = (".png", ".tif", ".tiff")
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+# -- images -------------------------------------------------------------------------------------
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3].
+
+    RGB is taken as is; RGBA whose alpha is fully opaque (255 everywhere) drops the alpha channel;
+    anything else (grayscale, palette, 16-bit, translucent RGBA) is refused rather than guessed.
+
+    Raises:
+        InputError: the file is unreadable or truncated, or the image is not RGB.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError) for bad files
+        raise InputError(f"{path}: unreadable or truncated image ({exc})") from None
+    return _rgb_array(arr, f"{path}", mode)
+
+
+def _rgb_array(arr: np.ndarray, where: str, mode: str = "") -> np.ndarray:
+    """uint8 [H, W, 3] from an image array; integral floats in 0..255 (PanNuke) are converted."""
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        what = f"mode {mode}" if mode else f"shape {arr.shape}"
+        raise InputError(f"{where}: image is not RGB ({what}); convert it to 3-channel RGB")
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "fiu" or arr.size and (
+            arr.min() < 0 or arr.max() > 255 or (arr.dtype.kind == "f" and not np.all(arr == np.round(arr)))
+        ):
+            raise InputError(f"{where}: image dtype {arr.dtype} is not uint8 and not integral 0..255")
+        arr = arr.astype(np.uint8)
+    if arr.shape[2] == 4:
+        if not np.all(arr[..., 3] == 255):
+            raise InputError(f"{where}: image is RGBA with transparent pixels; flatten it to RGB")
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+# -- labels ---------------------------------------------------------------------------------------
+def _int_labels(arr: np.ndarray, where: str, key: str) -> np.ndarray:
+    """int64 copy of an id/class array; floats must be integral, values in 0..int32 max."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise InputError(f"{where}: {key} holds non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise InputError(f"{where}: {key} has dtype {arr.dtype}, expected integers")
+    out = arr.astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() > _INT32_MAX):
+        raise InputError(f"{where}: {key} has values outside 0..{_INT32_MAX} (min {out.min()}, max {out.max()})")
+    return out
+
+
+def _load_mat(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Read keys from a MATLAB v5 (scipy) or v7.3 (HDF5) .mat file.
+
+    MATLAB stores arrays column-major, so v7.3 datasets read by h5py come back transposed;
+    they are transposed back here so both versions give the same [H, W] maps and [N, 1] tables.
+    """
+    out: dict[str, np.ndarray] = {}
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                for k in (*keys, *optional):
+                    if k in f:
+                        out[k] = np.asarray(f[k][()]).T
+        else:
+            m = scipy.io.loadmat(path, variable_names=[*keys, *optional])
+            out = {k: np.asarray(m[k]) for k in (*keys, *optional) if k in m}
+    except Exception as exc:  # scipy/h5py raise ValueError, OSError, TypeError, MatReadError...
+        raise InputError(f"{path}: unreadable or truncated .mat file ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {missing} (has {sorted(out)})")
+    return out
+
+
+def _relabel(inst: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Instance map relabelled 1..N (in order of old id) and the old ids [N] of labels 1..N."""
+    inst = _int_labels(inst, where, "instance map")
+    new = relabel_sequential(inst)
+    old = np.zeros(int(new.max()) + 1, np.int64)
+    old[new] = inst
+    return new, old[1:]
+
+
+def _class_per_instance(inst: np.ndarray, cls: np.ndarray, old_ids: np.ndarray, n_types: int, where: str) -> np.ndarray:
+    """Each instance's one class [N] from a per-pixel class map (0 = unlabelled pixel).
+
+    Raises:
+        InputError: an unknown class id, an instance with no class, or one with two classes.
+    """
+    n = len(old_ids)
+    cls = _int_labels(cls, where, "class map")
+    m = inst > 0
+    ids, c = inst[m].astype(np.int64), cls[m]
+    bad = (c > n_types)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where}: unknown class id {int(c[k])} (instance {old_ids[ids[k] - 1]}); valid 1..{n_types}")
+    # a (instance, class) histogram: one bincount instead of a python loop over instances
+    counts = np.bincount(ids * (n_types + 1) + c, minlength=(n + 1) * (n_types + 1)).reshape(n + 1, n_types + 1)
+    has = counts[1:, 1:] > 0
+    _check_one_class(has.sum(1), old_ids, where)
+    return has.argmax(1) + 1
+
+
+def _check_one_class(n_classes: np.ndarray, old_ids: np.ndarray, where: str) -> None:
+    if (n_classes == 0).any():
+        raise InputError(f"{where}: instance {old_ids[np.flatnonzero(n_classes == 0)[0]]} has no class")
+    if (n_classes > 1).any():
+        raise InputError(f"{where}: instance {old_ids[np.flatnonzero(n_classes > 1)[0]]} has two classes")
+
+
+def _make_tile(image: np.ndarray, inst: np.ndarray, classes: np.ndarray, name: str) -> Tile:
+    """Tile from a relabelled inst map and classes [N] of instances 1..N."""
+    lut = np.concatenate([[0], classes]).astype(np.uint8)
+    return Tile(image=image, inst=inst.astype(np.int32, copy=False), type=lut[inst], name=name)
+
+
+def _check_shapes(image: np.ndarray, maps: dict[str, np.ndarray], where: str) -> None:
+    for key, arr in maps.items():
+        if arr.shape != image.shape[:2]:
+            raise InputError(f"{where}: {key} shape {arr.shape} disagrees with image shape {image.shape[:2]}")
+
+
+# -- Images/ + Labels/ folders (Lizard, CoNSeP) -----------------------------------------------------
+def _pair_folder(src: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """Map image name -> (image path, label path) for ``src/Images/*.png`` + ``src/Labels/*.mat``.
+
+    Raises:
+        InputError: a missing folder, an empty folder, an image without labels or labels without an image.
+    """
+    src = Path(src)
+    img_dir, lbl_dir = src / "Images", src / "Labels"
+    for d in (img_dir, lbl_dir):
+        if not d.is_dir():
+            raise InputError(f"{src}: no {d.name}/ folder (expected Images/*.png and Labels/*.mat)")
+    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    labels = {p.stem: p for p in sorted(lbl_dir.iterdir()) if p.suffix.lower() == ".mat"}
+    if not images and not labels:
+        raise InputError(f"{src}: empty dataset (no images in {img_dir}, no .mat files in {lbl_dir})")
+    for name, path in images.items():
+        if name not in labels:
+            raise InputError(f"{path}: image without labels (no {lbl_dir / (name + '.mat')})")
+    for name, path in labels.items():
+        if name not in images:
+            raise InputError(f"{path}: labels without an image (no {img_dir / name}.png)")
+    return {n: (images[n], labels[n]) for n in sorted(images)}
+
+
+def _folder_reader(read_one: Callable[[Path, Path, str, NucleiTypeTable], Tile], default: NucleiTypeTable):
+    def read(src: str | os.PathLike, names: Sequence[str] | None = None,
+             type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+        pairs = _pair_folder(src)
+        for name in (names if names is not None else list(pairs)):
+            if name not in pairs:
+                raise InputError(f"{src}: no image named {name!r}")
+            yield read_one(*pairs[name], name, type_table or default)
+    return read
+
+
+def list_lizard(src: str | os.PathLike) -> list[str]:
+    """Sorted image names of a Lizard/CoNSeP folder (validates the image/label pairing)."""
+    return list(_pair_folder(src))
+
+
+list_consep = list_lizard
+
+
+def _read_lizard_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTypeTable) -> Tile:
+    image = load_rgb(img_path)
+    m = _load_mat(lbl_path, ("inst_map", "id", "class"))
+    where = str(lbl_path)
+    _check_shapes(image, {"inst_map": m["inst_map"]}, where)
+    inst, old_ids = _relabel(m["inst_map"], where)
+    ids = _int_labels(m["id"], where, "id").ravel()
+    cls = _int_labels(m["class"], where, "class").ravel()
+    if ids.shape != cls.shape:
+        raise InputError(f"{where}: 'id' has {ids.size} entries but 'class' has {cls.size}")
+    order = np.argsort(ids, kind="stable")
+    ids, cls = ids[order], cls[order]
+    dup = (ids[1:] == ids[:-1]) & (cls[1:] != cls[:-1])
+    if dup.any():
+        raise InputError(f"{where}: instance {ids[1:][dup][0]} has two classes ({cls[:-1][dup][0]} and {cls[1:][dup][0]})")
+    pos = np.minimum(np.searchsorted(ids, old_ids), max(len(ids) - 1, 0))
+    found = (ids[pos] == old_ids) if len(ids) else np.zeros(len(old_ids), bool)
+    if not found.all():
+        raise InputError(f"{where}: instance {old_ids[~found][0]} has no class (not in 'id')")
+    classes = cls[pos] if len(ids) else np.zeros(0, np.int64)
+    bad = (classes < 1) | (classes > table.n_types)
+    if bad.any():
+        raise InputError(f"{where}: unknown class id {classes[bad][0]} (instance {old_ids[bad][0]}); "
+                         f"valid 1..{table.n_types} of table {table.name!r}")
+    return _make_tile(image, inst, classes, name)
+
+
+def _read_consep_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTypeTable) -> Tile:
+    image = load_rgb(img_path)
+    m = _load_mat(lbl_path, ("inst_map", "type_map"), optional=("inst_type",))
+    where = str(lbl_path)
+    _check_shapes(image, {"inst_map": m["inst_map"], "type_map": m["type_map"]}, where)
+    inst, old_ids = _relabel(m["inst_map"], where)
+    # type_map is what HoVer-Net trains on; inst_type (row k-1 = instance k) is cross-checked
+    classes = _class_per_instance(inst, m["type_map"], old_ids, table.n_types, where)
+    if "inst_type" in m:
+        listed = _int_labels(m["inst_type"], where, "inst_type").ravel()
+        rows = old_ids - 1
+        given = np.zeros(len(old_ids), np.int64)  # 0 (no class) where inst_type is too short
+        ok = rows < len(listed)
+        given[ok] = listed[rows[ok]]
+        differ = given != classes
+        if differ.any():
+            k = int(np.flatnonzero(differ)[0])
+            raise InputError(f"{where}: instance {old_ids[k]} has two classes "
+                             f"(type_map {classes[k]}, inst_type {given[k]})")
+    return _make_tile(image, inst, classes, name)
+
+
+read_lizard = _folder_reader(_read_lizard_one, LIZARD)
+read_lizard.__name__ = read_lizard.__qualname__ = "read_lizard"
+read_lizard.__doc__ = """Read a Lizard folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
+
+The .mat files (MATLAB v5 or v7.3/HDF5) hold ``inst_map`` [H, W], ``id`` [N, 1] and ``class``
+[N, 1] (the class of each id); ``bbox`` and ``centroid`` are not needed and are ignored.
+
+Args:
+    src: the dataset folder.
+    names: image names to read (default: all, sorted).
+    type_table: the table class ids are checked against (default Lizard's six types).
+
+Yields:
+    Tile with inst relabelled 1..N (order of the original ids) and its type map.
+
+Raises:
+    InputError: see the module checks (pairing, shapes, classes, unreadable files).
+"""
+read_consep = _folder_reader(_read_consep_one, CONSEP)
+read_consep.__name__ = read_consep.__qualname__ = "read_consep"
+read_consep.__doc__ = """Read a CoNSeP / HoVer-Net folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
+
+The .mat files hold ``inst_map`` and ``type_map`` [H, W] and optionally ``inst_type`` [N, 1]
+(cross-checked: it must agree with ``type_map``); ``inst_centroid`` is ignored. Classes are the
+merged 4-class scheme (original 7-class labels must be merged first, as HoVer-Net does).
+
+Args:
+    src: the dataset folder.
+    names: image names to read (default: all, sorted).
+    type_table: the table class ids are checked against (default CoNSeP's four types).
+
+Yields:
+    Tile per image.
+
+Raises:
+    InputError: pairing, shapes, classes, unreadable files.
+"""
+
+
+# -- stacked .npy datasets (CoNIC, PanNuke) ----------------------------------------------------------
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path.parent}: no {path.name} (expected images.npy and the label array)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # ValueError for truncated or pickled files, OSError for unreadable ones
+        raise InputError(f"{path}: unreadable or truncated .npy file ({exc})") from None
+
+
+def _npy_pair(src: str | os.PathLike, label_file: str, channels: int) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+    """images [N,H,W,C] and labels [N,H,W,channels] memory-mapped, with their shapes checked."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(f"{src}: not a folder")
+    ip, lp = src / "images.npy", src / label_file
+    if not ip.exists() and not lp.exists():
+        raise InputError(f"{src}: empty dataset (no images.npy, no {label_file})")
+    if ip.exists() and not lp.exists():
+        raise InputError(f"{ip}: images without labels (no {lp})")
+    if lp.exists() and not ip.exists():
+        raise InputError(f"{lp}: labels without images (no {ip})")
+    images, labels = _load_npy(ip), _load_npy(lp)
+    if images.ndim != 4 or images.shape[3] not in (3, 4):
+        raise InputError(f"{ip}: images are not RGB: shape {images.shape}, expected [N, H, W, 3]")
+    if labels.ndim != 4 or labels.shape[3] != channels:
+        raise InputError(f"{lp}: shape {labels.shape}, expected [N, H, W, {channels}]")
+    if labels.shape[:3] != images.shape[:3]:
+        raise InputError(f"{lp}: shape {labels.shape[:3]} disagrees with images {images.shape[:3]} ({ip})")
+    if len(images) == 0:
+        raise InputError(f"{ip}: empty dataset (0 images)")
+    return images, labels, ip, lp
+
+
+def _npy_names(src: Path, n: int) -> list[str]:
+    """Names of a stacked dataset: CoNIC's patch_info.csv when present, else ``<folder>_<index>``."""
+    info = src / "patch_info.csv"
+    if info.is_file():
+        with open(info, newline="") as fh:
+            rows = [r[0] for r in csv.reader(fh) if r]
+        if rows and rows[0] == "patch_info":  # the header of CoNIC's file
+            rows = rows[1:]
+        if len(rows) != n or len(set(rows)) != n:
+            raise InputError(f"{info}: {len(rows)} distinct names needed for {n} patches")
+        return rows
+    return [f"{src.name}_{i:05d}" for i in range(n)]
+
+
+def _npy_reader(label_file: str, channels: int, build: Callable, default: NucleiTypeTable):
+    def read(src: str | os.PathLike, names: Sequence[str] | None = None,
+             type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+        images, labels, ip, lp = _npy_pair(src, label_file, channels)
+        all_names = _npy_names(Path(src), len(images))
+        index = {n: i for i, n in enumerate(all_names)}
+        for name in (names if names is not None else all_names):
+            if name not in index:
+                raise InputError(f"{src}: no image named {name!r}")
+            i = index[name]
+            image = _rgb_array(np.asarray(images[i]), f"{ip}[{i}]")
+            yield build(image, np.asarray(labels[i]), f"{lp}[{i}]", name, type_table or default)
+
+    def list_names(src: str | os.PathLike) -> list[str]:
+        images, _, _, _ = _npy_pair(src, label_file, channels)
+        return _npy_names(Path(src), len(images))
+    return read, list_names
+
+
+def _build_conic(image: np.ndarray, label: np.ndarray, where: str, name: str, table: NucleiTypeTable) -> Tile:
+    inst, old_ids = _relabel(label[..., 0], where)
+    classes = _class_per_instance(inst, label[..., 1], old_ids, table.n_types, where)
+    return _make_tile(image, inst, classes, name)
+
+
+def _build_pannuke(image: np.ndarray, masks: np.ndarray, where: str, name: str, table: NucleiTypeTable) -> Tile:
+    # channel c < 5 holds the instance ids of class c+1; the last channel is background. Ids are
+    # taken per channel (as CellViT's converter does), so equal ids in two channels are two nuclei.
+    ids = _int_labels(masks[..., :-1], where, "masks")
+    n_cls = ids.shape[-1]
+    if n_cls > table.n_types:
+        raise InputError(f"{where}: {n_cls} class channels but table {table.name!r} has {table.n_types} types")
+    on = ids > 0
+    overlap = on.sum(-1) > 1
+    if overlap.any():
+        y, x = np.argwhere(overlap)[0]
+        raise InputError(f"{where}: pixel ({y}, {x}) belongs to instances of two classes")
+    cls = np.where(on.any(-1), on.argmax(-1), -1)
+    key = np.where(cls >= 0, ids.max(-1) * n_cls + cls, 0)  # one key per (id, class); ids >= 1
+    inst = relabel_sequential(key)
+    old = np.zeros(int(inst.max()) + 1, np.int64)
+    old[inst] = key
+    classes = old[1:] % n_cls + 1
+    return _make_tile(image, inst, classes, name)
+
+
+read_conic, list_conic = _npy_reader("labels.npy", 2, _build_conic, LIZARD)
+read_conic.__name__ = read_conic.__qualname__ = "read_conic"
+read_conic.__doc__ = """Read CoNIC: ``images.npy`` [N, H, W, 3] + ``labels.npy`` [N, H, W, 2].
+
+Channel 0 holds instance ids, channel 1 the class of each pixel (Lizard's six types). Names come
+from ``patch_info.csv`` when present (CoNIC's ``<image>-<index>``), else ``<folder>_<index>``.
+
+Args:
+    src: the folder with the two arrays.
+    names: patch names to read (default: all, in file order).
+    type_table: the table class ids are checked against (default Lizard's).
+
+Yields:
+    Tile per patch.
+
+Raises:
+    InputError: missing or unreadable arrays, shapes, classes.
+"""
+read_pannuke, list_pannuke = _npy_reader("masks.npy", 6, _build_pannuke, PANNUKE)
+read_pannuke.__name__ = read_pannuke.__qualname__ = "read_pannuke"
+read_pannuke.__doc__ = """Read a PanNuke fold: ``images.npy`` [N, H, W, 3] + ``masks.npy`` [N, H, W, 6].
+
+Channels 0-4 hold instance ids of neoplastic, inflammatory, connective, dead and epithelial
+nuclei; channel 5 (background) is ignored. PanNuke ships float64 arrays: integral values in
+0..255 are converted to uint8. Names are ``<folder>_<index>``.
+
+Args:
+    src: the folder with the two arrays.
+    names: patch names to read (default: all, in file order).
+    type_table: the table class ids are checked against (default PanNuke's five types).
+
+Yields:
+    Tile per patch.
+
+Raises:
+    InputError: missing or unreadable arrays, shapes, a pixel claimed by two classes.
+"""
+
+
+# -- registry -------------------------------------------------------------------------------------------
+def _conic_group(name: str) -> str:
+    """CoNIC patches of one Lizard image share a split: ``crag_1-0003`` -> ``crag_1``."""
+    return name.rsplit("-", 1)[0] if "-" in name else name
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """One on-disk format.
+
+    Attributes:
+        name: format name (``--format``).
+        read: ``read(src, names=None, type_table=None) -> Iterator[Tile]``.
+        list_names: ``list_names(src) -> list[str]``: the image names, validated cheaply.
+        type_table: the format's own type table.
+        group: maps an image name to the source image whose split it shares.
+    """
+
+    name: str
+    read: Callable[..., Iterator[Tile]]
+    list_names: Callable[[str | os.PathLike], list[str]]
+    type_table: NucleiTypeTable
+    group: Callable[[str], str] = str
+
+
+READERS: dict[str, ReaderSpec] = {
+    "lizard": ReaderSpec("lizard", read_lizard, list_lizard, LIZARD),
+    "consep": ReaderSpec("consep", read_consep, list_consep, CONSEP),
+    "conic": ReaderSpec("conic", read_conic, list_conic, LIZARD, _conic_group),
+    "pannuke": ReaderSpec("pannuke", read_pannuke, list_pannuke, PANNUKE),
+}
+
+
+def get_reader(name: str) -> ReaderSpec:
+    """Return a registered reader.
+
+    Raises:
+        KeyError: unknown format; the message lists the valid ones.
+    """
+    if name not in READERS:
+        raise KeyError(f"unknown format {name!r}; valid: {', '.join(sorted(READERS))}")
+    return READERS[name]
