@@ -1,0 +1,89 @@
+"""``nasdm-aug prepare``: a dataset on disk (or generated toy tissue) -> one PatchStore with splits."""
+
+from __future__ import annotations
+
+import click
+
+from nasdm_aug.data.prepare import FORMATS, PrepareConfig, format_summary, prepare
+from nasdm_aug.types import TYPE_TABLES
+
+
+def _triple(kind: type):
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return None
+        try:
+            parts = tuple(kind(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected three comma-separated numbers TEST,R2,R1, got {value!r}") from None
+        if len(parts) != 3:
+            raise click.BadParameter(f"expected three values TEST,R2,R1, got {len(parts)} in {value!r}")
+        return parts
+    return parse
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("paths", nargs=-1, metavar="[SRC] OUT.h5")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="dataset format of SRC")
+# -- tiling
+@click.option("--patch-size", type=click.IntRange(8), default=128, help="patch side in pixels")
+@click.option("--stride", type=click.IntRange(1), default=64, help="step between patches")
+@click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, help="keep patches with at least this tissue fraction")
+@click.option("--tissue-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.05,
+              help="HSV saturation above which a pixel is tissue")
+# -- splits
+@click.option("--split-counts", callback=_triple(int), metavar="TEST,R2,R1",
+              help="images per split (Train is the rest) [default: the paper's fractions]")
+@click.option("--split-fractions", callback=_triple(float), metavar="TEST,R2,R1",
+              help="fractions of all images [default: 12/238,36/238,36/238 as in the paper]")
+@click.option("--seed", type=int, default=0, help="seed of the split shuffle and of the toy tissue")
+@click.option("--type-table", type=click.Choice(sorted(TYPE_TABLES)), default=None,
+              help="type table to check and record [default: the format's own]")
+@click.option("--limit", type=click.IntRange(0), default=0, help="use only the first N images (0 = all)")
+# -- toy tissue
+@click.option("--images", type=click.IntRange(1), default=8, help="toy: images to generate")
+@click.option("--size", type=click.IntRange(16), default=1000, help="toy: image side in pixels")
+@click.option("--keep-source", type=click.Path(file_okay=False), default=None,
+              help="toy: keep the generated Lizard-layout folder here")
+# -- output and run
+@click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default="lzf", help="HDF5 compression")
+@click.option("--workers", type=click.IntRange(1), default=1, help="processes that read and tile images")
+@click.option("--overwrite", is_flag=True, help="replace OUT (and --keep-source) if it exists")
+@click.option("--dry-run", is_flag=True, help="print the resolved config as JSON and stop")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, split_counts, split_fractions,
+                seed, type_table, limit, images, size, keep_source, compression, workers, overwrite, dry_run, quiet):
+    """Tile a dataset into a PatchStore with per-image splits (Test, R2, Train, R1 within Train).
+
+    \b
+      nasdm-aug prepare --format lizard|consep|conic|pannuke SRC OUT.h5
+      nasdm-aug prepare --format toy OUT.h5 --images N --seed S [--keep-source DIR]
+
+    Splits default to the paper's proportions of Lizard's 238 images (12 Test, 36 R2, 190 Train
+    of which 36 R1), scaled to the number of images.
+    """
+    want = 1 if fmt == "toy" else 2
+    if len(paths) != want:
+        usage = "OUT.h5" if fmt == "toy" else "SRC OUT.h5"
+        raise click.UsageError(f"--format {fmt} takes {usage}, got {len(paths)} path(s)")
+    if split_counts and split_fractions:
+        raise click.UsageError("give --split-counts or --split-fractions, not both")
+    if keep_source and fmt != "toy":
+        raise click.UsageError("--keep-source only applies to --format toy")
+    fields = dict(
+        format=fmt, src="" if fmt == "toy" else paths[0], out=paths[-1], patch_size=patch_size, stride=stride,
+        min_tissue=min_tissue, tissue_threshold=tissue_threshold, split_counts=split_counts, seed=seed,
+        type_table=type_table or "", limit=limit, toy_images=images, toy_size=size, keep_source=keep_source or "",
+        compression=compression, workers=workers, overwrite=overwrite,
+    )
+    if split_fractions:
+        fields["split_fractions"] = split_fractions
+    try:
+        config = PrepareConfig(**fields)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if dry_run:
+        click.echo(config.to_json())
+        return
+    summary = prepare(config, progress=not quiet)
+    click.echo(format_summary(summary))
