@@ -16,7 +16,7 @@ from nasdm_aug import __version__
 
 # name -> (import path, one-line help shown by `nasdm-aug --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("cli.prepare:prepare_cmd", "tile a dataset (lizard, consep, conic, pannuke, toy) into a PatchStore with splits"),
+    "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
 }
 
 
