@@ -1,0 +1,83 @@
+"""``nasdm-aug train mask|patch``: train a NASDM model on a PatchStore split (thin wrapper over
+:func:`nasdm_aug.training.run.train`; runs under ``torchrun`` unchanged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["train_command"]
+
+
+def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None, seed: int | None):
+    from nasdm_aug.training.config import TrainConfig, get_train_preset
+    from nasdm_aug.training.run import resolve_run_config
+    from nasdm_aug.utils import InputError
+
+    if config_path is not None:
+        config = TrainConfig.load(config_path)
+        if config.kind != kind:
+            raise InputError(f"{config_path}: config is for the {config.kind!r} model, not {kind!r}")
+    elif resume and (out / "config.json").is_file():
+        config = TrainConfig.load(out / "config.json")  # the run's own config
+    else:  # a preset is a recipe: the data fixes the number of types and the patch size
+        from nasdm_aug.data.store import PatchStore
+
+        with PatchStore(store) as data:
+            config = get_train_preset(kind, preset, n_types=data.type_table.n_types, image_size=data.patch_size)
+    if seed is not None:
+        config = config.replace(seed=seed)  # before resolving, so a resume cannot change it silently
+    return resolve_run_config(out, config, resume, steps)
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.argument("kind", type=click.Choice(["mask", "patch"]))
+# -- data
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="S.h5", help="PatchStore to train on.")
+@click.option("--split", default="Train", metavar="NAME", help="Split of the store to train on.")
+# -- config
+@click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", help="Named config (ignored with --config).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the seed.")
+# -- run
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR", help="Run directory.")
+@click.option("--device", default="auto", metavar="DEV", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in RUN_DIR.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
+def train_command(
+    kind: str,
+    store: Path,
+    split: str,
+    preset: str,
+    config_path: Path | None,
+    steps: int | None,
+    seed: int | None,
+    out: Path,
+    device: str,
+    resume: bool,
+    overwrite: bool,
+    no_progress: bool,
+    dry_run: bool,
+) -> None:
+    """Train the KIND model (mask: type presence -> nuclei mask; patch: mask -> H&E patch).
+
+    Multi-GPU: torchrun --nproc_per_node N -m cli.main train ...
+    """
+    config = _resolve(kind, store, preset, config_path, out, resume, steps, seed)
+    if dry_run:
+        click.echo(config.to_json())
+        return
+    from nasdm_aug.training.run import train
+    from nasdm_aug.training.trainer import NonFiniteLossError
+
+    try:
+        run_dir = train(
+            kind, store, split, config, out, resume=resume, overwrite=overwrite, device=device, progress=not no_progress
+        )
+    except NonFiniteLossError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"trained {kind} model: {run_dir}")

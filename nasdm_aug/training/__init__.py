@@ -1,0 +1,33 @@
+"""Training of the NASDM mask and patch models (Shrivastava & Fletcher 2023, 4.1): config,
+data, trainer, EMA, checkpoints, torchrun/DDP and the ``train()`` entry point."""
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_data_info, save_checkpoint
+from .config import DiffusionSettings, TrainConfig, get_train_preset
+from .data import NASDMDataset, batch_indices
+from .distributed import DistInfo, init_distributed
+from .ema import EMA
+from .trainer import NonFiniteLossError, Trainer
+
+__all__ = [
+    "DiffusionSettings",
+    "DistInfo",
+    "EMA",
+    "NASDMDataset",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "batch_indices",
+    "get_train_preset",
+    "init_distributed",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_data_info",
+    "save_checkpoint",
+]
+
+
+def train(*args, **kwargs):
+    """See :func:`nasdm_aug.training.run.train` (imported lazily: it pulls in the sampling stack)."""
+    from .run import train as _train
+
+    return _train(*args, **kwargs)

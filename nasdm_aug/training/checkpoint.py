@@ -1,0 +1,193 @@
+"""NASDM run directories and checkpoints: config.json + safetensors weights (raw and EMA) + a
+weights-only trainer state, written atomically (DESIGN.md, Checkpoints).
+
+Run directory layout (what ``NASDMGenerator.from_pretrained(mask_run, patch_run)`` loads)::
+
+    RUN_DIR/
+      config.json              the resolved TrainConfig (kind, model, diffusion, optimisation)
+      data.json                the training data: store path, split, item count, patch size, type table
+      log.jsonl                one JSON line per log interval (loss, mse, vb, per-quartile terms, lr, it/s)
+      samples/step_XXXXXXXX.png   sample grids (EMA weights)
+      checkpoints/step_XXXXXXXX/  one directory per kept checkpoint; the highest step is the latest
+        config.json, data.json    copies, so a checkpoint directory stands alone
+        model.safetensors         raw weights (state dict of the unwrapped model)
+        ema.safetensors           EMA weights (same keys)
+        trainer_state.pt          step, optimizer state, RNG states, timestep-sampler state;
+                                  tensors and plain containers only, read with weights_only=True
+
+A checkpoint directory appears only complete: it is written as ``step_X.partial`` and renamed.
+Models are rebuilt from ``config.json`` with ``nets.build_model``; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nasdm_aug.utils import InputError, atomic_output
+
+from .config import TrainConfig
+
+__all__ = [
+    "CHECKPOINTS",
+    "save_checkpoint",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "resolve_checkpoint",
+    "load_weights",
+    "load_trainer_state",
+    "load_checkpoint",
+    "load_data_info",
+    "prune_checkpoints",
+]
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # contiguous(): channels_last weights must be stored in the standard layout safetensors expects
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    config: TrainConfig,
+    data_info: dict[str, Any],
+    keep_every: int = 0,
+) -> Path:
+    """Write ``RUN_DIR/checkpoints/step_XXXXXXXX`` atomically, then prune older ones.
+
+    Args:
+        run_dir: the run directory.
+        step: number of optimisation steps done.
+        model_state: raw weights (state dict of the unwrapped model).
+        ema_state: EMA weights, same keys.
+        trainer_state: tensors and plain containers only (read back with ``weights_only=True``).
+        config: the run's config.
+        data_info: JSON-able description of the training data.
+        keep_every: also keep checkpoints whose step is a multiple of this (0: latest only).
+
+    Returns:
+        The checkpoint directory.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / _step_name(step)
+    with atomic_output(final, overwrite=True) as tmp:
+        tmp.mkdir(parents=True)
+        config.save(tmp / "config.json")
+        (tmp / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
+        save_file(_state_to_cpu(model_state), str(tmp / "model.safetensors"), metadata={"step": str(step)})
+        save_file(_state_to_cpu(ema_state), str(tmp / "ema.safetensors"), metadata={"step": str(step)})
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    prune_checkpoints(run_dir, keep_every)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (step, directory), by increasing step."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step, or None when the run has none."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep_every: int = 0) -> None:
+    """Delete all but the latest checkpoint, keeping steps that are multiples of ``keep_every``."""
+    found = list_checkpoints(run_dir)
+    for step, path in found[:-1]:
+        if keep_every > 0 and step % keep_every == 0:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from either a run directory (its latest) or a checkpoint directory.
+
+    Raises:
+        InputError: no checkpoint there.
+    """
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise InputError(f"{path}: no NASDM checkpoint here (expected {CHECKPOINTS}/step_*/ or model.safetensors)")
+    return latest
+
+
+def load_weights(ckpt_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read ``ema.safetensors`` (or ``model.safetensors``) of a checkpoint directory."""
+    path = Path(ckpt_dir) / ("ema.safetensors" if ema else "model.safetensors")
+    if not path.is_file():
+        raise InputError(f"{path}: weights file missing")
+    return load_file(str(path), device=str(device))
+
+
+def load_trainer_state(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read ``trainer_state.pt`` with ``weights_only=True`` (tensors and plain containers only)."""
+    path = Path(ckpt_dir) / "trainer_state.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: trainer state missing")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_data_info(path: str | os.PathLike) -> dict[str, Any]:
+    """``data.json`` of a run or checkpoint directory: store, split, n_items, patch_size, type_table."""
+    ckpt = resolve_checkpoint(path)
+    return json.loads((ckpt / "data.json").read_text())
+
+
+def load_checkpoint(
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained NASDM model from its run (or checkpoint) directory.
+
+    The model is built by ``nasdm_aug.nets.build_model(config.model)`` from the checkpoint's own
+    ``config.json``, then its safetensors weights are loaded strictly.
+
+    Args:
+        path: a run directory (its latest checkpoint is used) or one ``checkpoints/step_*`` directory.
+        ema: load the EMA weights (the ones to sample with) rather than the raw ones.
+        device: where the model goes.
+
+    Returns:
+        (model in eval mode on ``device``, its TrainConfig).
+
+    Raises:
+        InputError: no checkpoint, or an unreadable / incompatible config or weights file.
+    """
+    from nasdm_aug.nets import build_model
+
+    ckpt = resolve_checkpoint(path)
+    config = TrainConfig.load(ckpt / "config.json")
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(load_weights(ckpt, ema=ema), strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{ckpt}: weights do not fit the model its config.json describes ({exc})") from None
+    return model.to(device).eval(), config

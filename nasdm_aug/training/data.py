@@ -1,0 +1,176 @@
+"""Training data for the two NASDM models (Shrivastava & Fletcher 2023, 3.1-3.2): PatchStore
+patches as (x, cond) tensors, a deterministic per-step index stream and batch flips."""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from nasdm_aug.data.masks import encode_mask, mask_channels, patch_condition, type_presence
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.utils import InputError
+
+__all__ = [
+    "ModelKind",
+    "KINDS",
+    "NASDMDataset",
+    "StepIndexSampler",
+    "batch_indices",
+    "step_seed",
+    "random_flip",
+    "x_channels",
+]
+
+ModelKind = Literal["mask", "patch"]
+KINDS: tuple[str, ...] = ("mask", "patch")
+
+
+def x_channels(kind: str, n_types: int) -> int:
+    """Channels C of the generated tensor x: 3 for the patch model, the mask representation's for the mask model."""
+    _check_kind(kind)
+    return 3 if kind == "patch" else mask_channels(n_types)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {list(KINDS)}")
+
+
+class NASDMDataset(Dataset):
+    """A split of a PatchStore as model tensors.
+
+    ``kind="patch"``: ``x`` is the H&E image in [-1, 1], [3, H, W]; ``cond`` the patch condition
+    [1 + n_types + 1, H, W] (background + one-hot types, instance edge).
+    ``kind="mask"``: ``x`` is :func:`encode_mask` of the patch, [n_types + 3, H, W] in [-1, 1];
+    ``cond`` the type-presence vector [n_types].
+
+    Args:
+        store: an open PatchStore, or a path to one.
+        kind: ``"mask"`` or ``"patch"``.
+        split: split name (``"Train"``, ``"R1"`` ...), or None for every patch.
+        indices: explicit store indices instead of a split.
+
+    Raises:
+        InputError: the split is missing or empty.
+    """
+
+    def __init__(
+        self,
+        store: PatchStore | str,
+        kind: str,
+        split: str | None = "Train",
+        indices: np.ndarray | list[int] | None = None,
+    ) -> None:
+        _check_kind(kind)
+        self.store = store if isinstance(store, PatchStore) else PatchStore(store)
+        self.kind = kind
+        self.n_types = self.store.type_table.n_types
+        self.indices = np.asarray(self.store.indices(split) if indices is None else indices, dtype=np.int64)
+        if len(self.indices) == 0:
+            raise InputError(f"{self.store.path}: split {split!r} holds no patches to train on")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Item ``i`` of the split: ``x`` [C, H, W] float32 and ``cond`` (shapes in the class docstring)."""
+        item = self.store.read([int(self.indices[i])])
+        inst, type_map = item["inst"][0], item["type"][0]
+        if self.kind == "patch":
+            x = item["image"][0].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+            cond = patch_condition(inst, type_map, self.n_types)
+        else:
+            x = encode_mask(inst, type_map, self.n_types)
+            cond = type_presence(type_map, self.n_types)
+        return {"x": torch.from_numpy(np.ascontiguousarray(x)), "cond": torch.from_numpy(cond)}
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 finaliser), so nearby (seed, step) pairs decorrelate."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def batch_indices(step: int, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Dataset positions of one rank's batch at one step, a pure function of its arguments.
+
+    Every epoch is a fresh permutation seeded by (seed, epoch); the global batch of step s is the
+    run of ``world_size * batch_size`` positions starting at ``s * world_size * batch_size`` of the
+    endless concatenation of epochs, and rank r takes its r-th slice. Like a DistributedSampler
+    with ``set_epoch``, but addressable by step, so a resumed run reads exactly what an
+    uninterrupted one would have.
+
+    Returns:
+        int64 [batch_size].
+    """
+    start = (step * world_size + rank) * batch_size
+    pos = np.arange(start, start + batch_size, dtype=np.int64)
+    epochs, within = np.divmod(pos, n_items)
+    out = np.empty(batch_size, dtype=np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng(_mix(seed, int(e))).permutation(n_items)
+        sel = epochs == e
+        out[sel] = perm[within[sel]]
+    return out
+
+
+class StepIndexSampler(Sampler[list[int]]):
+    """Batch sampler for a DataLoader: the batches of :func:`batch_indices` from ``start_step`` on.
+
+    Args:
+        n_items: dataset length.
+        batch_size: per-rank batch size.
+        seed: run seed.
+        start_step: first step to yield (the resume point).
+        end_step: one past the last step.
+        rank, world_size: this process's place in the job.
+    """
+
+    def __init__(
+        self, n_items: int, batch_size: int, seed: int, start_step: int, end_step: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.args = (n_items, batch_size, seed, rank, world_size)
+        self.start_step, self.end_step = start_step, end_step
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, b, seed, rank, world = self.args
+        for step in range(self.start_step, self.end_step):
+            yield batch_indices(step, n, b, seed, rank, world).tolist()
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of one rank's randomness at one step (noise, timesteps, flips, condition dropout)."""
+    return _mix(seed, step, rank, 0x5EED)
+
+
+def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random horizontal and vertical flips per sample, the same for ``x`` and a spatial ``cond``.
+
+    Histology has no canonical orientation, and every channel of both representations (types,
+    instance edge, distance) is flip-equivariant. A 1-D ``cond`` (type presence) is unchanged.
+
+    Args:
+        batch: ``x`` [N, C, H, W] and ``cond`` ([N, K, H, W] or [N, K]).
+        generator: a CPU generator (draws 2N bits).
+
+    Returns:
+        A new dict with flipped tensors.
+    """
+    x, cond = batch["x"], batch["cond"]
+    bits = torch.rand(2, x.shape[0], generator=generator) < 0.5
+    out = dict(batch)
+    for dim, flip in ((3, bits[0]), (2, bits[1])):
+        m = flip.to(x.device).view(-1, 1, 1, 1)
+        out["x"] = torch.where(m, out["x"].flip(dim), out["x"])
+        if cond.ndim == 4:
+            out["cond"] = torch.where(m, out["cond"].flip(dim), out["cond"])
+    return out

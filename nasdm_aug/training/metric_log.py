@@ -1,0 +1,73 @@
+"""Training metrics to ``log.jsonl`` (one JSON object per line) and, when the ``tensorboard``
+package is installed, to TensorBoard event files in ``RUN_DIR/tb``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricLogger", "read_log"]
+
+LOG_NAME = "log.jsonl"
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a run's ``log.jsonl`` (an empty list when there is none)."""
+    path = Path(run_dir) / LOG_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricLogger:
+    """Appends records to ``RUN_DIR/log.jsonl`` and mirrors scalars to TensorBoard if available.
+
+    On resume, records past the resumed step (written after the last checkpoint of a killed run)
+    are dropped first, so the log reads as if the run had never stopped.
+
+    Args:
+        run_dir: the run directory.
+        resume_step: the step training restarts from (0 for a fresh run).
+        tensorboard: mirror to TensorBoard when ``torch.utils.tensorboard`` imports.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / LOG_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_step)
+        self._file = self.path.open("a")
+        self._tb = _summary_writer(Path(run_dir) / "tb") if tensorboard else None
+
+    def _truncate(self, resume_step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = [r for r in read_log(self.path.parent) if int(r.get("step", 0)) <= resume_step]
+        tmp = self.path.with_name(self.path.name + ".partial")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (must hold ``step``); numbers also go to TensorBoard as ``train/<key>``."""
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _summary_writer(log_dir: Path) -> Any:
+    # TensorBoard is optional: torch.utils.tensorboard raises ImportError without the package.
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))

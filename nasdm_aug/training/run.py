@@ -1,0 +1,169 @@
+"""``train()``: one NASDM training run from a PatchStore split to a run directory (Shrivastava &
+Fletcher 2023, 4.1), on one process or under torchrun; what ``nasdm-aug train`` calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.utils import InputError
+
+from .checkpoint import latest_checkpoint
+from .config import TrainConfig
+from .data import NASDMDataset, x_channels
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from .preview import SamplePreview
+from .trainer import Trainer
+
+__all__ = ["train", "resolve_run_config", "check_model_fits"]
+
+
+def resolve_run_config(out_dir: str | os.PathLike, config: TrainConfig | None, resume: bool, steps: int | None = None) -> TrainConfig:
+    """The config a run uses: on resume the run's own ``config.json`` (only ``steps`` may change).
+
+    Raises:
+        InputError: nothing to resume, no config given, or a config that differs from the run's.
+    """
+    saved_path = Path(out_dir) / "config.json"
+    if resume and saved_path.is_file():
+        saved = TrainConfig.load(saved_path)
+        if config is not None:
+            diff = sorted(k for k, v in config.replace(steps=saved.steps).to_dict().items() if saved.to_dict()[k] != v)
+            if diff:
+                raise InputError(f"{saved_path}: --resume with a config that differs from the run's in {diff}; only --steps may change")
+        config = saved if config is None else saved.replace(steps=config.steps)
+    if config is None:
+        raise InputError(f"{out_dir}: no config given and no config.json to resume from")
+    return config.replace(steps=steps) if steps is not None else config
+
+
+def check_model_fits(config: TrainConfig, n_types: int, patch_size: int, learns_sigma: bool) -> None:
+    """Check the model config against the store's types and patch size and the process's outputs.
+
+    Raises:
+        InputError: a field that does not fit (names the field and both values).
+    """
+    m = config.model
+    want_in = x_channels(config.kind, n_types)
+    wants = {
+        "n_types": n_types,
+        "image_size": patch_size,
+        "in_channels": want_in,
+        "out_channels": want_in * (2 if learns_sigma else 1),
+    }
+    for name, want in wants.items():
+        if getattr(m, name) != want:
+            raise InputError(
+                f"model.{name} is {getattr(m, name)} but the data and diffusion need {want} "
+                f"({config.kind} model, {n_types} nuclei types, {patch_size}-px patches, var_type={config.diffusion.var_type!r})"
+            )
+
+
+def _prepare_dir(out: Path, resume: bool, overwrite: bool, dist: DistInfo) -> None:
+    if dist.is_main:
+        busy = out.exists() and any(out.iterdir())
+        if busy and not resume:
+            if not overwrite:
+                raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+
+def _preview(dataset: NASDMDataset, diffusion: Any, config: TrainConfig, out: Path, store: PatchStore) -> SamplePreview:
+    k = min(config.sample_count, len(dataset))
+    items = [dataset[i] for i in range(k)]  # the first patches of the split, fixed for the whole run
+    return SamplePreview(
+        diffusion,
+        config.kind,
+        torch.stack([it["cond"] for it in items]),
+        torch.stack([it["x"] for it in items]),
+        store.type_table,
+        out,
+        steps=config.sample_steps,
+        sampler=config.sample_sampler,
+        seed=config.seed,
+    )
+
+
+def train(
+    kind: str,
+    store_path: str | os.PathLike,
+    split: str | None,
+    config: TrainConfig | None,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    steps: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the ``kind`` model on a PatchStore split into ``out_dir`` (layout: ``checkpoint.py``).
+
+    Under torchrun each rank calls this; rank 0 writes the run directory.
+
+    Args:
+        kind: ``"mask"`` or ``"patch"``.
+        store_path: the PatchStore ``.h5``.
+        split: split to train on (``"Train"``), or None for every patch.
+        config: the run config; may be None with ``resume`` (the run's own is used).
+        out_dir: the run directory.
+        resume: continue from the latest checkpoint in ``out_dir`` (fresh when it has none).
+        overwrite: replace an existing run instead of refusing.
+        steps: override ``config.steps`` (e.g. to extend a finished run).
+        device: ``None``/``"auto"`` picks this rank's GPU, else CPU.
+        progress: tqdm bar on rank 0.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        InputError: bad store/split, a model that does not fit the data, or an existing run.
+        NonFiniteLossError: the loss diverged (the last good checkpoint stays).
+    """
+    out = Path(out_dir)
+    config = resolve_run_config(out, config, resume, steps)
+    if config.kind != kind:
+        raise InputError(f"config is for the {config.kind!r} model, but {kind!r} was asked for")
+    started = not torch.distributed.is_initialized()
+    dist = init_distributed(device)
+    try:
+        store = PatchStore(store_path)
+        dataset = NASDMDataset(store, kind, split)
+        diffusion = config.diffusion.build()
+        check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
+        _prepare_dir(out, resume, overwrite, dist)
+        from nasdm_aug.nets import build_model
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
+        model = build_model(config.model)
+        data_info = {
+            "store": str(Path(store_path).resolve()),
+            "split": split,
+            "n_items": len(dataset),
+            "patch_size": store.patch_size,
+            "type_table": store.type_table.to_json(),
+        }
+        trainer = Trainer(
+            model, diffusion, dataset, config, out, data_info=data_info,
+            preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,
+            dist=dist, progress=progress,
+        )
+        ckpt = latest_checkpoint(out) if resume else None
+        if ckpt is not None:
+            trainer.load(ckpt)
+        if dist.is_main:
+            config.save(out / "config.json")
+            (out / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
+        trainer.run()
+        return out
+    finally:
+        if started:
+            cleanup_distributed()

@@ -1,0 +1,304 @@
+"""The NASDM trainer (Shrivastava & Fletcher 2023, 4.1; after improved-diffusion's train_util.py):
+AdamW with a step learning-rate drop, EMA, clipping, bf16/channels_last, DDP, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from nasdm_aug.diffusion.gaussian import GaussianDiffusion
+from nasdm_aug.diffusion.timestep_samplers import ScheduleSampler, create_named_schedule_sampler
+
+from .checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_checkpoint
+from .config import TrainConfig
+from .data import StepIndexSampler, random_flip, step_seed
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier
+from .ema import EMA
+from .metric_log import MetricLogger
+
+__all__ = ["Trainer", "NonFiniteLossError", "TERMS"]
+
+TERMS = ("loss", "mse", "vb")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or inf loss or gradient; the message names the step and the last good checkpoint."""
+
+
+class _LossStats:
+    """Sums of loss/mse/vb per timestep quartile, kept on the device (no per-step host sync)."""
+
+    def __init__(self, num_timesteps: int, device: torch.device) -> None:
+        self.T = num_timesteps
+        self.sums = torch.zeros(len(TERMS), 4, device=device, dtype=torch.float64)
+        self.counts = torch.zeros(4, device=device, dtype=torch.float64)
+        self.grad_norm = torch.zeros((), device=device, dtype=torch.float64)
+        self.steps = 0
+
+    def add(self, t: torch.Tensor, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        q = (t * 4 // self.T).clamp(max=3)
+        for i, term in enumerate(TERMS):
+            self.sums[i].index_add_(0, q, losses[term].detach().double())
+        self.counts.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
+        self.grad_norm += grad_norm.detach().double()
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        """Means over the interval and all ranks: ``loss``, ``mse``, ``vb``, ``<term>_q0..q3``, ``grad_norm``."""
+        packed = all_reduce_sum(torch.cat([self.sums.flatten(), self.counts, self.grad_norm[None]]))
+        vals = packed.tolist()
+        n_world = max(1.0, float(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1.0)
+        sums = np.asarray(vals[: 4 * len(TERMS)]).reshape(len(TERMS), 4)
+        counts = np.asarray(vals[4 * len(TERMS) : 4 * len(TERMS) + 4])
+        out: dict[str, float] = {}
+        for i, term in enumerate(TERMS):
+            out[term] = float(sums[i].sum() / max(counts.sum(), 1.0))
+            for q in range(4):
+                if counts[q] > 0:
+                    out[f"{term}_q{q}"] = float(sums[i, q] / counts[q])
+        out["grad_norm"] = vals[-1] / max(self.steps, 1) / n_world
+        return out
+
+
+class Trainer:
+    """Trains one NASDM model; it builds nothing and receives the model, diffusion and data.
+
+    Randomness at step s on rank r (timesteps, noise, flips, the model's condition dropout) is
+    seeded by ``step_seed(config.seed, s, r)``, and the batch is ``batch_indices(s, ...)``, so a
+    run resumed from a checkpoint reaches the same weights as an uninterrupted one.
+
+    Args:
+        model: the network, ``forward(x [N, C, H, W], t [N], cond) -> [N, 2C, H, W]``; moved to
+            ``dist.device`` here.
+        diffusion: the process whose ``training_losses`` gives the per-sample terms.
+        dataset: items ``{"x": [C, H, W], "cond": ...}`` (e.g. :class:`NASDMDataset`).
+        config: the run's TrainConfig (its optimisation fields are used; all of it is saved).
+        out_dir: the run directory.
+        data_info: JSON-able description of the data, saved beside every checkpoint.
+        preview: ``preview(model, step) -> None`` called on rank 0 every ``sample_every`` steps with the EMA model.
+        dist: this process's place in the job (single process on CPU when None).
+        progress: show a tqdm bar (rank 0).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        dataset: Dataset,
+        config: TrainConfig,
+        out_dir: str | os.PathLike,
+        *,
+        data_info: dict[str, Any] | None = None,
+        preview: Callable[[nn.Module, int], None] | None = None,
+        dist: DistInfo | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config, self.diffusion, self.dataset = config, diffusion, dataset
+        self.out_dir = Path(out_dir)
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.data_info = data_info or {}
+        self.preview, self.progress = preview, progress
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, config.ema_decay)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled
+            else self.model
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+        )
+        self.schedule_sampler: ScheduleSampler = create_named_schedule_sampler(config.schedule_sampler, diffusion)
+        self.step = 0
+        self.logger: MetricLogger | None = None
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Trainer state for ``trainer_state.pt``: tensors and plain containers only."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": 1,
+            "step": self.step,
+            "world_size": self.dist.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "schedule_sampler": _sampler_state(self.schedule_sampler),
+        }
+
+    def load(self, ckpt_dir: str | os.PathLike) -> None:
+        """Restore weights, EMA, optimizer, step and RNG states from a checkpoint directory."""
+        self.model.load_state_dict(load_weights(ckpt_dir, ema=False, device=self.device))
+        self.ema.load_state_dict(load_weights(ckpt_dir, ema=True, device=self.device))
+        state = load_trainer_state(ckpt_dir)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        _load_sampler_state(self.schedule_sampler, state.get("schedule_sampler", {}))
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only; other ranks return None)."""
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(
+            self.out_dir,
+            self.step,
+            model_state=self.model.state_dict(),
+            ema_state=self.ema.state_dict(),
+            trainer_state=self.state_dict(),
+            config=self.config,
+            data_info=self.data_info,
+            keep_every=self.config.keep_every,
+        )
+
+    # -- one step --------------------------------------------------------------------------
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        # Autocast only the network: the diffusion math (KL, log-likelihoods) stays in fp32.
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            out = self.ddp(x, t, **kwargs)
+        return out.float()
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One optimisation step at ``self.step`` on this rank's batch.
+
+        Returns:
+            (t [N], per-sample losses dict ``loss``/``mse``/``vb`` [N], grad norm scalar).
+
+        Raises:
+            NonFiniteLossError: the loss or gradient norm is NaN/inf on any rank (weights untouched).
+        """
+        cfg, dev = self.config, self.device
+        seed = step_seed(cfg.seed, self.step, self.dist.rank)
+        torch.manual_seed(seed)  # the model's own condition dropout draws from the global RNG
+        gen = torch.Generator().manual_seed(seed)
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        if cfg.flip:
+            batch = random_flip(batch, gen)
+        x = batch["x"]
+        t, weights = self.schedule_sampler.sample(x.shape[0], dev, generator=gen)
+        noise = torch.randn(x.shape, generator=gen).to(dev, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(self.step)
+        losses = self.diffusion.training_losses(self._model_fn, x, t, model_kwargs={"cond": batch["cond"]}, noise=noise)
+        if hasattr(self.schedule_sampler, "update_with_local_losses"):
+            self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+        loss = (losses["loss"] * weights).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        vals = torch.stack([loss.detach().float(), grad_norm.float()])
+        if any_rank(not bool(torch.isfinite(vals).all()), dev):
+            self._raise_nonfinite(losses, grad_norm)
+        self.optimizer.step()
+        self.ema.update()
+        self.step += 1
+        return t, losses, grad_norm
+
+    def _raise_nonfinite(self, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        latest = latest_checkpoint(self.out_dir)
+        terms = ", ".join(f"{k}={v.detach().float().mean().item():.4g}" for k, v in losses.items())
+        raise NonFiniteLossError(
+            f"step {self.step}: non-finite training loss or gradient ({terms}, grad_norm={grad_norm.item():.4g}); "
+            f"stopped before updating the weights; last good checkpoint: {latest or 'none yet'}"
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        cfg = self.config
+        sampler = StepIndexSampler(
+            len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, self.dist.rank, self.dist.world_size
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def run(self) -> dict[str, float]:
+        """Train from ``self.step`` to ``config.steps``, logging, sampling and checkpointing.
+
+        Returns:
+            The last logged summary (empty when no step ran).
+        """
+        cfg, main = self.config, self.dist.is_main
+        if main:
+            self.logger = MetricLogger(self.out_dir, resume_step=self.step)
+        self.model.train()
+        stats, last = _LossStats(self.diffusion.num_timesteps, self.device), {}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and main))
+        t0, step0 = time.perf_counter(), self.step
+        try:
+            for batch in self._loader():
+                t, losses, grad_norm = self.train_step(batch)
+                stats.add(t, losses, grad_norm)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    last = self._log(stats, bar, time.perf_counter() - t0, self.step - step0)
+                    stats, t0, step0 = _LossStats(self.diffusion.num_timesteps, self.device), time.perf_counter(), self.step
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if main and self.preview is not None and cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
+                    self.preview(self.ema.module, self.step)
+        finally:
+            bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        barrier()
+        return last
+
+    def _log(self, stats: _LossStats, bar: tqdm, seconds: float, steps: int) -> dict[str, float]:
+        record = stats.summary()  # a collective: every rank calls it
+        if not self.dist.is_main:
+            return record
+        rate = steps / max(seconds, 1e-9)
+        world_batch = self.config.batch_size * self.dist.world_size
+        record.update(
+            step=self.step,
+            epoch=self.step * world_batch / len(self.dataset),
+            lr=self.config.lr_at(self.step - 1),
+            it_per_s=rate,
+            samples_per_s=rate * world_batch,
+        )
+        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        assert self.logger is not None
+        self.logger.write(record)
+        return record
+
+
+def _sampler_state(sampler: ScheduleSampler) -> dict[str, torch.Tensor]:
+    # The loss-aware sampler's history decides future timesteps, so an exact resume needs it.
+    # It has no state_dict of its own; read its two arrays (see the report on issue 3's API).
+    if hasattr(sampler, "_loss_history"):
+        return {
+            "loss_history": torch.from_numpy(sampler._loss_history.copy()),
+            "loss_counts": torch.from_numpy(sampler._loss_counts.copy()),
+        }
+    return {}
+
+
+def _load_sampler_state(sampler: ScheduleSampler, state: dict[str, torch.Tensor]) -> None:
+    if state and hasattr(sampler, "_loss_history"):
+        sampler._loss_history[...] = state["loss_history"].numpy()
+        sampler._loss_counts[...] = state["loss_counts"].numpy()
