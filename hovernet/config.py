@@ -1,0 +1,137 @@
+"""Frozen configs of the bundled HoVerNet and its presets: ``paper`` is HoVerNet's recipe as the
+NASDM paper runs it (Sec. 4.3.2), ``tiny`` trains on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nasdm_aug.config import ConfigBase
+
+__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "TrainConfig", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """The network: an smp encoder and HoVerNet's three decoders."""
+
+    encoder: str = "resnet50"  # any smp encoder name (smp.encoders.encoders)
+    encoder_weights: str | None = None  # None | "imagenet" (needs the internet) | path to a local file
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # per decoder stage, deepest first (5 stages)
+    dense_units: int = 2  # dense units per decoder stage (HoVerNet's decoders use dense blocks)
+    growth: int = 32  # channels each dense unit adds
+    n_types: int = 6  # nuclei types (nc has n_types + 1 channels with background)
+
+    def __post_init__(self) -> None:
+        if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels must be 5 positive ints, got {self.decoder_channels}")
+        if self.dense_units < 0 or self.growth < 1:
+            raise ValueError(f"dense_units >= 0 and growth >= 1 required, got {self.dense_units}, {self.growth}")
+        if self.n_types < 1:
+            raise ValueError(f"n_types must be >= 1, got {self.n_types}")
+
+
+@dataclass(frozen=True)
+class LossConfig(ConfigBase):
+    """Weights of HoVerNet's loss terms (defaults: MONAI's HoVerNetLoss, i.e. HoVerNet's)."""
+
+    np_ce: float = 1.0  # np cross-entropy
+    np_dice: float = 1.0  # np Dice
+    hv_mse: float = 2.0  # hv MSE
+    hv_mse_grad: float = 1.0  # MSE of the hv Sobel gradients inside nuclei
+    nc_ce: float = 1.0  # nc cross-entropy
+    nc_dice: float = 1.0  # nc Dice
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.to_dict().items() if v < 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0, got {bad}")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig(ConfigBase):
+    """Marker-controlled watershed of HoVerNet; defaults are MONAI's HoVerNetInstanceMapPostProcessing
+    except ``marker_radius`` and ``fill_unmarked`` (``PostprocessConfig.monai()`` gives MONAI's exactly)."""
+
+    np_threshold: float = 0.5  # foreground when P(nucleus) >= threshold
+    min_object_size: int = 10  # remove foreground blobs and markers smaller than this (pixels)
+    sobel_kernel_size: int = 5  # Sobel kernel on hv (HoVerNet used 21 at 40x on 1000-px tiles)
+    smooth_sigma: float = 1.0  # Gaussian smoothing of the distance (energy) map
+    marker_threshold: float = 0.4  # energy >= threshold is "uncertain" and removed from markers
+    marker_radius: int = 1  # disk radius of the marker opening (MONAI: 2, for 40x; 1 keeps small 20x nuclei)
+    connectivity: int = 1  # watershed connectivity
+    fill_unmarked: bool = True  # a blob with no marker becomes one nucleus (HoVerNet/MONAI drop it)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.np_threshold < 1.0 or not 0.0 < self.marker_threshold < 1.0:
+            raise ValueError(f"thresholds must be in (0, 1), got {self.np_threshold}, {self.marker_threshold}")
+        if self.sobel_kernel_size < 3 or self.sobel_kernel_size % 2 == 0:
+            raise ValueError(f"sobel_kernel_size must be odd and >= 3, got {self.sobel_kernel_size}")
+        if self.min_object_size < 0 or self.marker_radius < 0 or self.smooth_sigma < 0:
+            raise ValueError("min_object_size, marker_radius and smooth_sigma must be >= 0")
+        if self.connectivity not in (1, 2):
+            raise ValueError(f"connectivity must be 1 or 2, got {self.connectivity}")
+
+    @classmethod
+    def monai(cls) -> "PostprocessConfig":
+        """The settings of MONAI's HoVerNetInstanceMapPostProcessing defaults (for comparisons)."""
+        return cls(marker_radius=2, fill_unmarked=False)
+
+
+@dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """The training recipe; every number of Sec. 4.3.2 of the NASDM paper lives here."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    phase1_epochs: int = 50  # decoders only, encoder frozen
+    phase2_epochs: int = 50  # all layers
+    lr: float = 1e-4  # Adam learning rate at the start of each phase
+    lr_decayed: float = 1e-5  # ... and after lr_decay_epoch epochs of each phase
+    lr_decay_epoch: int = 25
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    val_every: int = 2  # validate every k epochs (and after the last); best by val Dice
+    augment: bool = True  # flips, 90-degree rotations, colour jitter
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPUs
+
+    def __post_init__(self) -> None:
+        if self.phase1_epochs < 0 or self.phase2_epochs < 0 or self.phase1_epochs + self.phase2_epochs < 1:
+            raise ValueError(f"need >= 1 epoch in total, got {self.phase1_epochs} + {self.phase2_epochs}")
+        if self.lr <= 0 or self.lr_decayed <= 0 or self.lr_decay_epoch < 0:
+            raise ValueError(f"lr, lr_decayed > 0 and lr_decay_epoch >= 0 required")
+        if self.batch_size < 1 or self.val_every < 1 or self.num_workers < 0:
+            raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+    @property
+    def epochs(self) -> int:
+        """Total epochs over both phases."""
+        return self.phase1_epochs + self.phase2_epochs
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    # CPU: resnet18, thin decoders with one dense unit; lr 1e-3 because few epochs fit a CPU
+    "tiny": TrainConfig(
+        model=ModelConfig(encoder="resnet18", decoder_channels=(64, 48, 32, 24, 16), dense_units=1, growth=16),
+        phase1_epochs=2, phase2_epochs=4, lr=1e-3, lr_decayed=1e-4, lr_decay_epoch=2, batch_size=8, val_every=2,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """Return a named preset.
+
+    Raises:
+        KeyError: unknown name; the message lists the presets.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown HoVerNet preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]

@@ -1,0 +1,333 @@
+"""Segmentation metrics of HoVerNet (Graham et al., 2019) and CoNIC (Graham et al., 2021):
+Dice, mean IoU, PQ/DQ/SQ, AJI, per-type PQ, mPQ+ and per-type detection F1.
+
+Pure functions take one patch (numpy ``[H, W]`` maps); :class:`HoVerNetMetrics` accumulates a dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "pairwise_iou",
+    "match_instances",
+    "compute_pq",
+    "compute_aji",
+    "compute_dice",
+    "compute_iou",
+    "instance_types",
+    "compute_type_stats",
+    "pq_from_stats",
+    "HoVerNetMetrics",
+]
+
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
+    if pred.ndim != 2:
+        raise ValueError(f"expected [H, W] instance maps, got shape {pred.shape}")
+    return pred, gt
+
+
+def pairwise_iou(pred_inst: np.ndarray, gt_inst: np.ndarray) -> dict[str, np.ndarray]:
+    """Intersections and IoUs of every (gt, pred) instance pair in one pass of ``bincount``.
+
+    Args:
+        pred_inst: predicted instance map [H, W], 0 background.
+        gt_inst: ground-truth instance map [H, W], 0 background.
+
+    Returns:
+        dict with ``gt_ids`` [G], ``pred_ids`` [P] (the nonzero ids, ascending), ``inter`` [G, P]
+        pixel intersections, ``iou`` [G, P], ``gt_area`` [G] and ``pred_area`` [P].
+    """
+    pred, gt = _check_pair(pred_inst, gt_inst)
+    gt_ids, gt_idx = np.unique(gt, return_inverse=True)
+    pred_ids, pred_idx = np.unique(pred, return_inverse=True)
+    # make sure index 0 is background even when a map has no background pixel
+    if gt_ids[0] != 0:
+        gt_ids, gt_idx = np.concatenate([[0], gt_ids]), gt_idx + 1
+    if pred_ids[0] != 0:
+        pred_ids, pred_idx = np.concatenate([[0], pred_ids]), pred_idx + 1
+    n_g, n_p = len(gt_ids), len(pred_ids)
+    joint = np.bincount(gt_idx.ravel() * n_p + pred_idx.ravel(), minlength=n_g * n_p).reshape(n_g, n_p)
+    gt_area, pred_area = joint.sum(1)[1:], joint.sum(0)[1:]
+    inter = joint[1:, 1:]
+    union = gt_area[:, None] + pred_area[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return {"gt_ids": gt_ids[1:], "pred_ids": pred_ids[1:], "inter": inter, "iou": iou,
+            "gt_area": gt_area, "pred_area": pred_area}
+
+
+def _match(iou: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row/column indices of matched pairs: unique by construction above 0.5, Hungarian below."""
+    if iou.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    if iou_threshold >= 0.5:
+        # IoU > 0.5 pairs are unique (two such preds cannot share one gt), as Kirillov et al. (2019).
+        rows, cols = np.nonzero(iou > iou_threshold)
+        return rows, cols
+    rows, cols = linear_sum_assignment(-iou)
+    keep = iou[rows, cols] > iou_threshold
+    return rows[keep], cols[keep]
+
+
+def match_instances(pred_inst: np.ndarray, gt_inst: np.ndarray, iou_threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """Unique (gt, pred) instance pairs with IoU above ``iou_threshold``.
+
+    Returns:
+        dict with ``gt_ids`` [M], ``pred_ids`` [M], ``iou`` [M] of matched pairs, and
+        ``unmatched_gt`` / ``unmatched_pred`` id arrays.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    pw = pairwise_iou(pred_inst, gt_inst)
+    rows, cols = _match(pw["iou"], iou_threshold)
+    return {"gt_ids": pw["gt_ids"][rows], "pred_ids": pw["pred_ids"][cols], "iou": pw["iou"][rows, cols],
+            "unmatched_gt": np.setdiff1d(pw["gt_ids"], pw["gt_ids"][rows]),
+            "unmatched_pred": np.setdiff1d(pw["pred_ids"], pw["pred_ids"][cols])}
+
+
+def pq_from_stats(tp: float, fp: float, fn: float, iou_sum: float) -> dict[str, float]:
+    """PQ = DQ x SQ from matched counts (Kirillov et al., 2019, Eq. 1).
+
+    Returns ``nan`` for all three when there is nothing to count (no gt and no pred), and SQ = 0
+    when nothing matched (as HoVerNet's ``get_fast_pq``).
+    """
+    if tp + fp + fn == 0:
+        return {"pq": math.nan, "dq": math.nan, "sq": math.nan}
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    sq = iou_sum / tp if tp else 0.0
+    return {"pq": dq * sq, "dq": dq, "sq": sq}
+
+
+def compute_pq(pred_inst: np.ndarray, gt_inst: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Panoptic quality of one instance map against another.
+
+    Args:
+        pred_inst: predicted instance map [H, W] (any integer ids, 0 background).
+        gt_inst: ground-truth instance map [H, W].
+        iou_threshold: a pair matches when IoU > threshold (0.5 as the papers).
+
+    Returns:
+        dict with ``pq``, ``dq``, ``sq`` (``nan`` when both maps are empty), and the counts
+        ``tp``, ``fp``, ``fn`` and ``iou_sum`` (the sum of matched IoUs) that pool over a dataset.
+    """
+    m = match_instances(pred_inst, gt_inst, iou_threshold)
+    tp, fp, fn = len(m["gt_ids"]), len(m["unmatched_pred"]), len(m["unmatched_gt"])
+    iou_sum = float(m["iou"].sum())
+    return {**pq_from_stats(tp, fp, fn, iou_sum), "tp": tp, "fp": fp, "fn": fn, "iou_sum": iou_sum}
+
+
+def compute_aji(pred_inst: np.ndarray, gt_inst: np.ndarray, plus: bool = False) -> float:
+    """Aggregated Jaccard Index (Kumar et al., 2017); ``plus=True`` gives AJI+ (Graham et al., 2019).
+
+    AJI pairs each gt instance with the prediction of highest IoU (a prediction may be reused);
+    AJI+ pairs them one-to-one by maximum-IoU assignment. Unpaired predictions join the union.
+
+    Returns:
+        the index in [0, 1], or ``nan`` when both maps are empty.
+    """
+    pw = pairwise_iou(pred_inst, gt_inst)
+    inter, iou = pw["inter"], pw["iou"]
+    n_g, n_p = inter.shape
+    if n_g == 0 and n_p == 0:
+        return math.nan
+    if n_g == 0 or n_p == 0:
+        return 0.0
+    union = pw["gt_area"][:, None] + pw["pred_area"][None, :] - inter
+    if plus:
+        rows, cols = linear_sum_assignment(-iou)
+        keep = iou[rows, cols] > 0
+        rows, cols = rows[keep], cols[keep]
+    else:
+        rows = np.nonzero(iou.max(1) > 0)[0]
+        cols = iou[rows].argmax(1)
+    total_inter = inter[rows, cols].sum()
+    total_union = union[rows, cols].sum()
+    total_union += pw["gt_area"][np.setdiff1d(np.arange(n_g), rows)].sum()
+    total_union += pw["pred_area"][np.setdiff1d(np.arange(n_p), cols)].sum()
+    return float(total_inter / total_union)
+
+
+def compute_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two binary masks [H, W]; ``nan`` when both are empty."""
+    pred, gt = (np.asarray(a) > 0 for a in _check_pair(pred, gt))
+    denom = pred.sum() + gt.sum()
+    return float(2 * (pred & gt).sum() / denom) if denom else math.nan
+
+
+def compute_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU (Jaccard) of two binary masks [H, W]; ``nan`` when both are empty."""
+    pred, gt = (np.asarray(a) > 0 for a in _check_pair(pred, gt))
+    union = (pred | gt).sum()
+    return float((pred & gt).sum() / union) if union else math.nan
+
+
+def instance_types(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
+    """Type of every instance by majority vote of ``type_map`` over its pixels.
+
+    Returns:
+        {instance id: type id} for every nonzero id of ``inst``.
+    """
+    inst, type_map = _check_pair(inst, type_map)
+    ids, idx = np.unique(inst, return_inverse=True)
+    n_t = int(type_map.max()) + 1 if type_map.size else 1
+    votes = np.bincount(idx.ravel() * n_t + type_map.ravel().astype(np.int64), minlength=len(ids) * n_t)
+    votes = votes.reshape(len(ids), n_t)
+    votes[:, 0] = 0  # background votes never win when a nucleus has any typed pixel
+    return {int(i): int(v.argmax()) for i, v in zip(ids, votes) if i != 0}
+
+
+def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np.ndarray,
+                       gt_type: np.ndarray, n_types: int, iou_threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-type counts that pool over a dataset into mPQ+ and the HoVerNet classification F1.
+
+    mPQ+ (CoNIC): for each type, instances of that type are matched on their own, and
+    ``tp``, ``fp``, ``fn``, ``iou_sum`` are summed over all patches before PQ is taken.
+    Classification F1 (HoVerNet, Eq. 6) uses the type-agnostic pairs instead: among them it
+    counts ``tp_c``, ``tn_c``, ``fp_c``, ``fn_c``, plus the unpaired ``fp_d`` / ``fn_d`` of the type.
+    (HoVerNet pairs by centroid distance; we use the same IoU > 0.5 pairs as PQ.)
+
+    Returns:
+        dict of int arrays [n_types] (index k is type k + 1): ``tp``, ``fp``, ``fn``, ``iou_sum``
+        (float), ``tp_c``, ``tn_c``, ``fp_c``, ``fn_c``, ``fp_d``, ``fn_d``.
+    """
+    p_types, g_types = instance_types(pred_inst, pred_type), instance_types(gt_inst, gt_type)
+    out = {k: np.zeros(n_types, np.float64 if k == "iou_sum" else np.int64)
+           for k in ("tp", "fp", "fn", "iou_sum", "tp_c", "tn_c", "fp_c", "fn_c", "fp_d", "fn_d")}
+    for t in range(1, n_types + 1):
+        p_keep = [i for i, v in p_types.items() if v == t]
+        g_keep = [i for i, v in g_types.items() if v == t]
+        s = compute_pq(np.where(np.isin(pred_inst, p_keep), pred_inst, 0),
+                       np.where(np.isin(gt_inst, g_keep), gt_inst, 0), iou_threshold)
+        for k in ("tp", "fp", "fn", "iou_sum"):
+            out[k][t - 1] = s[k]
+    m = match_instances(pred_inst, gt_inst, iou_threshold)
+    pt = np.array([p_types[int(i)] for i in m["pred_ids"]], dtype=np.int64)
+    gtt = np.array([g_types[int(i)] for i in m["gt_ids"]], dtype=np.int64)
+    up = np.array([p_types[int(i)] for i in m["unmatched_pred"]], dtype=np.int64)
+    ug = np.array([g_types[int(i)] for i in m["unmatched_gt"]], dtype=np.int64)
+    for t in range(1, n_types + 1):
+        out["tp_c"][t - 1] = np.sum((pt == t) & (gtt == t))
+        out["tn_c"][t - 1] = np.sum((pt != t) & (gtt != t))
+        out["fp_c"][t - 1] = np.sum((pt == t) & (gtt != t))
+        out["fn_c"][t - 1] = np.sum((pt != t) & (gtt == t))
+        out["fp_d"][t - 1] = np.sum(up == t)
+        out["fn_d"][t - 1] = np.sum(ug == t)
+    return out
+
+
+def _f1_type(s: dict[str, np.ndarray], k: int) -> float:
+    """HoVerNet's F_c^t with weights (2, 2, 1, 1) as in its ``compute_stats.py``."""
+    good = 2 * (s["tp_c"][k] + s["tn_c"][k])
+    denom = good + 2 * s["fp_c"][k] + 2 * s["fn_c"][k] + s["fp_d"][k] + s["fn_d"][k]
+    return float(good / denom) if denom else math.nan
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+class HoVerNetMetrics:
+    """Accumulates the paper's metrics over a dataset of patches.
+
+    Pixel metrics follow the NASDM paper: Dice and mean IoU per channel, then averaged over
+    patches (MONAI's ``reduction="mean"``; patches whose gt channel is empty are skipped).
+    ``dice`` / ``miou`` are computed on the binary nuclei map (the np branch after
+    post-processing: instance map > 0); ``dice_types`` / ``miou_types`` on the one-hot type map
+    without background. ``pq``, ``dq``, ``sq``, ``aji``, ``aji_plus`` are per-patch means
+    (HoVerNet's convention); ``pq_plus`` pools counts over the dataset; ``mpq_plus`` is CoNIC's.
+
+    Args:
+        n_types: number of nuclei types (background excluded).
+        type_names: optional names for the per-type entries (default ``type_1`` ...).
+    """
+
+    def __init__(self, n_types: int, type_names: Sequence[str] | None = None) -> None:
+        from monai.metrics import DiceMetric, MeanIoU
+
+        if n_types < 1:
+            raise ValueError(f"n_types must be >= 1, got {n_types}")
+        self.n_types = n_types
+        self.type_names = list(type_names) if type_names else [f"type_{k}" for k in range(1, n_types + 1)]
+        if len(self.type_names) != n_types:
+            raise ValueError(f"{len(self.type_names)} type names for {n_types} types")
+        self._dice_np, self._iou_np = DiceMetric(reduction="mean"), MeanIoU(reduction="mean")
+        self._dice_t = DiceMetric(include_background=False, reduction="mean")
+        self._iou_t = MeanIoU(include_background=False, reduction="mean")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        for m in (self._dice_np, self._iou_np, self._dice_t, self._iou_t):
+            m.reset()
+        self._per_patch: dict[str, list[float]] = {"pq": [], "dq": [], "sq": [], "aji": [], "aji_plus": []}
+        self._counts = np.zeros(4)  # tp, fp, fn, iou_sum of the type-agnostic matching
+        self._types: dict[str, np.ndarray] | None = None
+
+    def update(self, pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np.ndarray, gt_type: np.ndarray) -> None:
+        """Add one patch or a batch: maps [H, W] or [N, H, W] (numpy or torch, integer ids)."""
+        maps = [np.asarray(torch.as_tensor(a).cpu()) for a in (pred_inst, pred_type, gt_inst, gt_type)]
+        if maps[0].ndim == 2:
+            maps = [a[None] for a in maps]
+        shapes = {a.shape for a in maps}
+        if len(shapes) != 1 or maps[0].ndim != 3:
+            raise ValueError(f"expected four maps of one shape [N, H, W], got {[a.shape for a in maps]}")
+        for pi, pt, gi, gtt in zip(*maps):
+            self._update_one(pi, pt, gi, gtt)
+
+    def _update_one(self, pi: np.ndarray, pt: np.ndarray, gi: np.ndarray, gtt: np.ndarray) -> None:
+        onehot = lambda a, c: torch.nn.functional.one_hot(torch.as_tensor(a, dtype=torch.long), c).permute(2, 0, 1)[None]  # noqa: E731
+        fg_p, fg_g = onehot(pi > 0, 2)[:, 1:], onehot(gi > 0, 2)[:, 1:]
+        self._dice_np(fg_p, fg_g)
+        self._iou_np(fg_p, fg_g)
+        c = self.n_types + 1
+        tp_, tg_ = onehot(np.where(pi > 0, pt, 0).clip(0, c - 1), c), onehot(np.where(gi > 0, gtt, 0).clip(0, c - 1), c)
+        self._dice_t(tp_, tg_)
+        self._iou_t(tp_, tg_)
+        s = compute_pq(pi, gi)
+        for k in ("pq", "dq", "sq"):
+            self._per_patch[k].append(s[k])
+        self._per_patch["aji"].append(compute_aji(pi, gi))
+        self._per_patch["aji_plus"].append(compute_aji(pi, gi, plus=True))
+        self._counts += [s["tp"], s["fp"], s["fn"], s["iou_sum"]]
+        ts = compute_type_stats(pi, pt, gi, gtt, self.n_types)
+        self._types = ts if self._types is None else {k: self._types[k] + v for k, v in ts.items()}
+
+    def aggregate(self) -> dict[str, Any]:
+        """Return the dataset metrics.
+
+        Returns:
+            dict with ``n_patches``, ``dice``, ``miou``, ``dice_types``, ``miou_types``, ``pq``,
+            ``dq``, ``sq``, ``aji``, ``aji_plus``, ``pq_plus``, ``mpq_plus``, ``f1_detection``
+            and ``per_type`` ({name: {pq, dq, sq, f1, n_gt}}); ``nan`` where undefined.
+        """
+        n = len(self._per_patch["pq"])
+        out: dict[str, Any] = {"n_patches": n}
+        for key, m in (("dice", self._dice_np), ("miou", self._iou_np), ("dice_types", self._dice_t), ("miou_types", self._iou_t)):
+            out[key] = float(m.aggregate().item()) if n else math.nan
+        out.update({k: _nanmean(v) for k, v in self._per_patch.items()})
+        tp, fp, fn, iou_sum = self._counts
+        out["pq_plus"] = pq_from_stats(tp, fp, fn, iou_sum)["pq"]
+        out["f1_detection"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else math.nan
+        per_type, pqs = {}, []
+        for k, name in enumerate(self.type_names):
+            ts = self._types
+            if ts is None:
+                per_type[name] = {"pq": math.nan, "dq": math.nan, "sq": math.nan, "f1": math.nan, "n_gt": 0}
+                continue
+            q = pq_from_stats(ts["tp"][k], ts["fp"][k], ts["fn"][k], ts["iou_sum"][k])
+            per_type[name] = {**q, "f1": _f1_type(ts, k), "n_gt": int(ts["tp"][k] + ts["fn"][k])}
+            pqs.append(q["pq"])
+        out["per_type"] = per_type
+        # CoNIC's mPQ+ averages the pooled per-type PQ over types present in gt or pred
+        out["mpq_plus"] = _nanmean(pqs)
+        return out
