@@ -16,6 +16,7 @@ from nasdm_aug import __version__
 
 # name -> (import path, one-line help shown by `nasdm-aug --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "toy": ("cli.toy:toy", "write procedural H&E toy tissue (Lizard layout) with exact labels"),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
 }
 
