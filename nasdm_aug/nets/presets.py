@@ -1,0 +1,107 @@
+"""U-Net configuration and the named presets: ``tiny`` for a CPU, ``paper`` for NASDM/SDM at 128 px (NASDM 4.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nasdm_aug.config import ConfigBase
+from nasdm_aug.data.masks import mask_channels
+
+__all__ = ["UNetConfig", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class UNetConfig(ConfigBase):
+    """One U-Net; ``kind`` picks the patch (SPADE) or the mask (multi-hot) configuration."""
+
+    kind: Literal["patch", "mask"] = "patch"  # which NASDM model
+    image_size: int = 64  # training size in pixels; sets where attention sits
+    in_channels: int = 3  # 3 (RGB) for patch, mask_channels(n_types) for mask
+    out_channels: int = 6  # 2 * in_channels: eps and the variance interpolation v
+    base_channels: int = 32  # channels of the first level
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # level widths in units of base_channels
+    num_res_blocks: int = 1  # resblocks per level in the encoder (+1 in the decoder)
+    attention_resolutions: tuple[int, ...] = (16,)  # feature sizes in pixels that get attention
+    head_channels: int = 32  # channels per attention head
+    dropout: float = 0.0  # dropout inside resblocks
+    n_types: int = 6  # nuclei types (the condition's width follows from it)
+    cond_drop_prob: float = 0.2  # training-time probability of the null condition (CFG)
+    norm_groups: int = 8  # GroupNorm groups; divides every level's width
+    spade_hidden: int = 32  # hidden width of each SPADE conv net (patch only)
+
+    def __post_init__(self) -> None:
+        self._check_scalars()
+        widths = [self.base_channels * m for m in self.channel_mults]
+        bad = [w for w in widths if w % self.norm_groups or w % self.head_channels]
+        if bad:
+            raise ValueError(
+                f"level widths {widths} must be multiples of norm_groups={self.norm_groups} "
+                f"and head_channels={self.head_channels}; {bad} are not"
+            )
+        reachable = {self.image_size >> level for level in range(len(self.channel_mults))}
+        missing = sorted(set(self.attention_resolutions) - reachable)
+        if missing:
+            raise ValueError(f"attention_resolutions {missing} are not feature sizes of this U-Net: {sorted(reachable)}")
+        if self.kind == "mask" and self.in_channels != mask_channels(self.n_types):
+            raise ValueError(
+                f"mask model in_channels must be mask_channels({self.n_types}) = {mask_channels(self.n_types)}, "
+                f"got {self.in_channels}"
+            )
+
+    def _check_scalars(self) -> None:
+        if self.kind not in ("patch", "mask"):
+            raise ValueError(f"kind must be 'patch' or 'mask', got {self.kind!r}")
+        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "head_channels", "n_types"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.norm_groups < 1 or self.spade_hidden < 1:
+            raise ValueError(f"norm_groups and spade_hidden must be >= 1, got {self.norm_groups}, {self.spade_hidden}")
+        if self.out_channels not in (self.in_channels, 2 * self.in_channels):
+            raise ValueError(
+                f"out_channels must be in_channels (fixed variance) or 2 * in_channels (learned), "
+                f"got {self.out_channels} for in_channels={self.in_channels}"
+            )
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(f"channel_mults must be positive integers, got {self.channel_mults}")
+        if self.image_size % (1 << (len(self.channel_mults) - 1)):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**{len(self.channel_mults) - 1} (one halving per level)"
+            )
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"dropout and cond_drop_prob must lie in [0, 1), got {self.dropout}, {self.cond_drop_prob}")
+
+    @property
+    def cond_channels(self) -> int:
+        """Width of the condition: the patch map (1 + n_types + 1) or the presence vector (n_types)."""
+        return self.n_types + 2 if self.kind == "patch" else self.n_types
+
+
+_TINY: dict[str, Any] = dict(
+    image_size=64, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(16,),
+    head_channels=32, norm_groups=8, spade_hidden=32, dropout=0.0,
+)  # fmt: skip
+# SDM/NASDM for 128-px Lizard: 256 channels, mults 1,1,2,3,4, 2 resblocks, attention 32/16/8, 64-ch heads
+_PAPER: dict[str, Any] = dict(
+    image_size=128, base_channels=256, channel_mults=(1, 1, 2, 3, 4), num_res_blocks=2,
+    attention_resolutions=(32, 16, 8), head_channels=64, norm_groups=32, spade_hidden=128, dropout=0.0,
+)  # fmt: skip
+PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, "paper": _PAPER}
+
+
+def get_preset(kind: str, name: str, **overrides: Any) -> UNetConfig:
+    """Return the named preset for ``kind`` ("patch" | "mask"), with optional field overrides.
+
+    For the mask model, in/out channels follow ``n_types`` unless given.
+
+    Raises:
+        KeyError: unknown preset name (the message lists the valid ones).
+        ValueError: an invalid kind or an override the config rejects.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
+    fields = {"kind": kind, **PRESETS[name], **overrides}
+    if kind == "mask":  # presets hold no in/out channels, so these defaults never mask an override
+        fields.setdefault("in_channels", mask_channels(fields.get("n_types", 6)))
+        fields.setdefault("out_channels", 2 * fields["in_channels"])
+    return UNetConfig(**fields)

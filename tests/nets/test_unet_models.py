@@ -1,0 +1,192 @@
+"""PatchUNet and MaskUNet: shapes, null condition and its dropout, gradients, configs and presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nasdm_aug.nets import MaskUNet, PatchUNet, SPADEGroupNorm, UNetConfig, build_model, get_preset
+
+SMALL = dict(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,), head_channels=16,
+             norm_groups=4, spade_hidden=16)  # fmt: skip
+
+
+def _small(kind: str, **kw) -> UNetConfig:
+    return get_preset(kind, "tiny", **{**SMALL, **kw})
+
+
+def _cond(config: UNetConfig, n: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if config.kind == "mask":
+        return (torch.rand(n, config.n_types, generator=g) > 0.5).float()
+    cls = torch.randint(0, config.n_types + 1, (n, size, size), generator=g)
+    onehot = torch.nn.functional.one_hot(cls, config.n_types + 1).permute(0, 3, 1, 2).float()
+    return torch.cat([onehot, (torch.rand(n, 1, size, size, generator=g) > 0.8).float()], 1)
+
+
+def _unzero(model: torch.nn.Module) -> torch.nn.Module:
+    """Give zero-initialised layers random weights, so every branch changes the output."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.05)
+    return model
+
+
+CASES = [  # kind, overrides, batch, size, expected output channels
+    ("patch", {}, 2, 32, 6),
+    ("patch", {"n_types": 4, "num_res_blocks": 2}, 1, 32, 6),
+    ("patch", {"out_channels": 3}, 1, 16, 3),
+    ("mask", {}, 2, 32, 18),
+    ("mask", {"n_types": 4, "channel_mults": (1, 1, 2), "attention_resolutions": (8,)}, 3, 32, 14),
+]
+
+
+@pytest.mark.parametrize("kind, overrides, batch, size, out_ch", CASES)
+def test_output_shape(kind, overrides, batch, size, out_ch):
+    config = _small(kind, **overrides)
+    model = build_model(config).eval()
+    x = torch.randn(batch, config.in_channels, size, size)
+    with torch.no_grad():
+        y = model(x, torch.randint(0, 1000, (batch,)), _cond(config, batch, size))
+    assert y.shape == (batch, out_ch, size, size)
+    assert isinstance(model, PatchUNet if kind == "patch" else MaskUNet)
+
+
+@pytest.mark.parametrize("kind, in_ch, out_ch, params", [("patch", 3, 6, 500_509_446), ("mask", 9, 18, 420_514_322)])
+def test_paper_preset_size(kind, in_ch, out_ch, params):
+    config = get_preset(kind, "paper")
+    assert (config.base_channels, config.channel_mults, config.num_res_blocks) == (256, (1, 1, 2, 3, 4), 2)
+    assert (config.attention_resolutions, config.head_channels, config.image_size) == ((32, 16, 8), 64, 128)
+    with torch.device("meta"):  # no memory, no time: only the parameter table
+        model = build_model(config)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert (model.config.in_channels, model.config.out_channels) == (in_ch, out_ch)
+
+
+@pytest.mark.slow
+def test_paper_patch_forward_batch1():
+    config = get_preset("patch", "paper")
+    model = build_model(config).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, 128, 128), torch.tensor([10]), _cond(config, 1, 128))
+    assert y.shape == (1, 6, 128, 128)
+
+
+@pytest.mark.parametrize("kind", ["patch", "mask"])
+def test_condition_dropout_only_in_training(kind):
+    config = _small(kind, cond_drop_prob=0.5)
+    model = _unzero(build_model(config))
+    n = 16
+    x, t, cond = torch.randn(n, config.in_channels, 16, 16), torch.full((n,), 500), _cond(config, n, 16)
+    model.eval()
+    with torch.no_grad():
+        y_cond, y_null = model(x, t, cond), model(x, t, model.null_condition(cond))
+        torch.manual_seed(0)
+        model.train()
+        y_train = model(x, t, cond)
+    per_sample = lambda a, b: torch.isclose(a, b, atol=1e-5).flatten(1).all(1)  # noqa: E731
+    dropped, kept = per_sample(y_train, y_null), per_sample(y_train, y_cond)
+    assert not (per_sample(y_cond, y_null)).any()  # the condition matters
+    assert (dropped ^ kept).all() and 2 <= int(dropped.sum()) <= 14  # each sample one or the other, both occur
+    model.eval()  # eval mode never drops
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, cond), y_cond, atol=1e-6)
+
+
+def test_null_conditions():
+    patch, mask = build_model(_small("patch")), build_model(_small("mask"))
+    c = _cond(patch.config, 2, 8)
+    assert torch.equal(patch.null_condition(c), torch.zeros_like(c))
+    y = torch.tensor([[0.0, 1, 0, 0, 1, 0]])
+    assert torch.equal(mask.null_condition(y), torch.full_like(y, -1.0))
+    assert mask.cond_drop_prob == patch.cond_drop_prob == 0.2
+
+
+@pytest.mark.parametrize("kind", ["patch", "mask"])
+def test_gradients_reach_every_parameter(kind):
+    config = _small(kind)
+    model = _unzero(build_model(config)).eval()
+    n = 2
+    cond = _cond(config, n, 16)
+    if kind == "mask":  # one null row, so the learned null embedding takes part
+        cond = torch.cat([cond, model.null_condition(cond[:1])])
+        n = 3
+    model(torch.randn(n, config.in_channels, 16, 16), torch.tensor([3, 700, 50][:n]), cond).square().mean().backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not silent
+
+
+def test_bf16_autocast_and_channels_last():
+    config = _small("patch")
+    model = _unzero(build_model(config)).eval()
+    x, t, cond = torch.randn(2, 3, 32, 32), torch.tensor([1, 999]), _cond(config, 2, 32)
+    with torch.no_grad():
+        ref = model(x, t, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, cond)
+        model = model.to(memory_format=torch.channels_last)
+        cl = model(x.to(memory_format=torch.channels_last), t, cond.to(memory_format=torch.channels_last))
+    assert torch.isfinite(low).all() and (low.float() - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert torch.allclose(cl, ref, atol=1e-4)
+
+
+def test_spade_group_norm_closed_form():
+    norm = SPADEGroupNorm(8, 3, groups=2, hidden=4)
+    torch.nn.init.zeros_(norm.gamma_beta.weight)
+    with torch.no_grad():
+        norm.gamma_beta.bias.copy_(torch.cat([torch.full((8,), 1.0), torch.full((8,), 0.5)]))  # gamma 1, beta 0.5
+    x = torch.randn(2, 8, 4, 4)
+    want = torch.nn.functional.group_norm(x, 2) * 2 + 0.5
+    assert torch.allclose(norm(x, torch.rand(2, 3, 16, 16)), want, atol=1e-5)
+
+
+def test_wrong_condition_shape_raises():
+    model = build_model(_small("patch"))
+    with pytest.raises(ValueError, match=r"cond of shape \[1, 8, 16, 16\]"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), torch.zeros(1, 7, 16, 16))
+    with pytest.raises(ValueError, match="kind 'mask', got 'patch'"):
+        MaskUNet(_small("patch"))
+
+
+ILL_CASES = [
+    {"kind": "video"},
+    {"base_channels": 0},
+    {"channel_mults": ()},
+    {"channel_mults": (1, 0)},
+    {"out_channels": 5},
+    {"image_size": 30},  # not divisible by 2**2
+    {"attention_resolutions": (7,)},
+    {"head_channels": 24},  # 32 is not a multiple of 24
+    {"norm_groups": 5},
+    {"dropout": 1.0},
+    {"cond_drop_prob": -0.1},
+    {"n_types": 0},
+]
+
+
+@pytest.mark.parametrize("overrides", ILL_CASES)
+def test_invalid_config_raises(overrides):
+    with pytest.raises(ValueError):
+        get_preset("patch", "tiny").replace(**overrides)
+
+
+def test_mask_channels_must_match_types():
+    with pytest.raises(ValueError, match=r"mask_channels\(6\) = 9"):
+        UNetConfig(kind="mask", in_channels=8, out_channels=16)
+    assert get_preset("mask", "tiny", n_types=4).in_channels == 7
+
+
+def test_config_json_round_trip(tmp_path):
+    config = get_preset("mask", "paper", n_types=5, dropout=0.1)
+    assert UNetConfig.from_dict(json.loads(config.to_json())) == config
+    config.save(tmp_path / "config.json")
+    assert UNetConfig.load(tmp_path / "config.json") == config
+
+
+def test_unknown_preset_lists_names():
+    with pytest.raises(KeyError, match="paper, tiny"):
+        get_preset("patch", "huge")
