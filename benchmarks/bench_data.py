@@ -1,0 +1,158 @@
+"""Data-layer benchmarks (issue 2, section 10): ``prepare`` throughput on toy tissue at Lizard scale
+and on CoNSeP, and PatchStore random-access reads against raw h5py reads of the same file.
+
+    .venv/bin/python benchmarks/bench_data.py                       # full: 238 toy images of 1000 px
+    .venv/bin/python benchmarks/bench_data.py --toy-images 8 --reads 500   # a quick check
+
+Prints one JSON object with every number (and writes it to ``--json`` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nasdm_aug.data.prepare import PrepareConfig, prepare
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.toy import write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONSEP = REPO.parent / "shared" / "data" / "consep" / "Train"
+KEYS = ("image", "inst", "type")
+
+
+class RawH5(Dataset):
+    """The baseline: the same three arrays read straight from h5py, handle opened per worker."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self._f, self._ds, self._n = path, None, None, None
+        with h5py.File(path, "r") as f:
+            self._n = f["image"].shape[0]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict:
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+            self._ds = [self._f[k] for k in KEYS]  # dataset handles looked up once: the fastest raw path
+        return {k: ds[i] for k, ds in zip(KEYS, self._ds)}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_f": None, "_ds": None}
+
+
+class StoreArrays(Dataset):
+    """What a training loop sees: ``PatchStore.__getitem__`` (arrays plus metadata)."""
+
+    def __init__(self, path: str) -> None:
+        self.store = PatchStore(path)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.store[i]
+        return {k: item[k] for k in KEYS}
+
+
+def _time_prepare(fmt: str, src: str, out: Path, **kw) -> dict:
+    summary = prepare(PrepareConfig(format=fmt, src=src, out=str(out), overwrite=True, **kw), progress=True)
+    size = out.stat().st_size
+    return {"images": summary["images"], "patches": summary["patches"], "seconds": summary["seconds"],
+            "images_per_s": summary["images_per_s"], "patches_per_s": summary["patches_per_s"],
+            "store_mb": round(size / 1e6, 1), "nuclei": sum(summary["nuclei"].values())}
+
+
+def _reads_one_process(ds: Dataset, idx: np.ndarray) -> float:
+    t = time.perf_counter()
+    for i in idx:
+        ds[int(i)]
+    return len(idx) / (time.perf_counter() - t)
+
+
+def _reads_loader(ds: Dataset, idx: np.ndarray, workers: int, batch: int) -> float:
+    loader = DataLoader(ds, batch_size=batch, sampler=idx.tolist(), num_workers=workers,
+                        persistent_workers=False)
+    t = time.perf_counter()
+    n = sum(len(b["image"]) for b in loader)
+    return n / (time.perf_counter() - t)
+
+
+def bench_reads(path: Path, n_reads: int, rounds: int, workers: int, batch: int, seed: int = 0) -> dict:
+    """Patches/s of the store and of raw h5py, alternated over ``rounds`` so load spikes hit both."""
+    store, raw = StoreArrays(str(path)), RawH5(str(path))
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {"store_1p": [], "raw_1p": [], "store_dl": [], "raw_dl": []}
+    _reads_one_process(store, rng.integers(0, len(raw), 200))  # warm the page cache and meta columns
+    _reads_one_process(raw, rng.integers(0, len(raw), 200))
+    for _ in range(rounds):
+        idx = rng.integers(0, len(raw), n_reads)  # the same indices for both
+        out["store_1p"].append(_reads_one_process(store, idx))
+        out["raw_1p"].append(_reads_one_process(raw, idx))
+        out["store_dl"].append(_reads_loader(store, idx, workers, batch))
+        out["raw_dl"].append(_reads_loader(raw, idx, workers, batch))
+    med = {k: float(np.median(v)) for k, v in out.items()}
+    return {
+        "patches": len(raw), "reads_per_round": n_reads, "rounds": rounds, "loader_workers": workers,
+        "batch": batch, **{f"{k}_patches_per_s": round(v, 1) for k, v in med.items()},
+        # overhead = extra time per patch of the store over raw h5py (median over rounds)
+        "overhead_1p": round(med["raw_1p"] / med["store_1p"] - 1, 4),
+        "overhead_dl": round(med["raw_dl"] / med["store_dl"] - 1, 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--toy-images", type=int, default=238, help="toy images (Lizard has 238)")
+    ap.add_argument("--toy-size", type=int, default=1000, help="toy image side in pixels")
+    ap.add_argument("--toy-cache", type=Path, default=None, help="reuse/keep the generated toy folder here")
+    ap.add_argument("--consep", type=Path, default=CONSEP, help="CoNSeP Train folder (skipped if absent)")
+    ap.add_argument("--reads", type=int, default=2000, help="random reads per round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating store/raw rounds")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--batch", type=int, default=32, help="DataLoader batch size")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
+                 "load_avg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        tmp = Path(tmp)
+        # 1. toy tissue at Lizard scale: generate once (timed apart), then prepare from the Lizard layout
+        toy_dir = args.toy_cache or tmp / "toy"
+        if not (toy_dir / "Images").is_dir():
+            t = time.perf_counter()
+            write_toy_dataset(toy_dir, args.toy_images, 0, size=(args.toy_size, args.toy_size), progress=True)
+            res["toy_generate_seconds"] = round(time.perf_counter() - t, 1)
+        res["prepare_toy"] = _time_prepare("lizard", str(toy_dir), tmp / "toy.h5")
+        # 2. real CoNSeP (27 images, 1000 x 1000)
+        consep_store = None
+        if (args.consep / "Images").is_dir():
+            consep_store = tmp / "consep.h5"
+            res["prepare_consep"] = _time_prepare("consep", str(args.consep), consep_store)
+        # 3. random-access reads, store vs raw h5py, on the CoNSeP store (else the toy one)
+        path = consep_store or tmp / "toy.h5"
+        res["reads"] = {"file": path.name, **bench_reads(path, args.reads, args.rounds, args.workers, args.batch)}
+        shutil.rmtree(tmp / "toy", ignore_errors=True)
+    res["load_avg_end"] = os.getloadavg()
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
