@@ -16,6 +16,7 @@ from nasdm_aug import __version__
 
 # name -> (import path, one-line help shown by `nasdm-aug --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cli.train:train_command", "train the NASDM mask or patch diffusion model on a PatchStore split"),
     "toy": ("cli.toy:toy", "write procedural H&E toy tissue (Lizard layout) with exact labels"),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
 }
