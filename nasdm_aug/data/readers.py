@@ -182,15 +182,13 @@ def _pair_folder(src: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
     return {n: (images[n], labels[n]) for n in sorted(images)}
 
 
-def _folder_reader(read_one: Callable[[Path, Path, str, NucleiTypeTable], Tile], default: NucleiTypeTable):
-    def read(src: str | os.PathLike, names: Sequence[str] | None = None,
-             type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
-        pairs = _pair_folder(src)
-        for name in (names if names is not None else list(pairs)):
-            if name not in pairs:
-                raise InputError(f"{src}: no image named {name!r}")
-            yield read_one(*pairs[name], name, type_table or default)
-    return read
+def _read_folder(src, names, table: NucleiTypeTable, read_one: Callable[..., Tile]) -> Iterator[Tile]:
+    pairs = _pair_folder(src)  # pairing errors surface at the call, before any image is read
+    todo = list(pairs) if names is None else list(names)
+    missing = [n for n in todo if n not in pairs]
+    if missing:
+        raise InputError(f"{src}: no image named {missing[0]!r}")
+    return (read_one(*pairs[n], n, table) for n in todo)
 
 
 def list_lizard(src: str | os.PathLike) -> list[str]:
@@ -250,43 +248,48 @@ def _read_consep_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTyp
     return _make_tile(image, inst, classes, name)
 
 
-read_lizard = _folder_reader(_read_lizard_one, LIZARD)
-read_lizard.__name__ = read_lizard.__qualname__ = "read_lizard"
-read_lizard.__doc__ = """Read a Lizard folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
+def read_lizard(src: str | os.PathLike, names: Sequence[str] | None = None,
+                type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+    """Read a Lizard folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
 
-The .mat files (MATLAB v5 or v7.3/HDF5) hold ``inst_map`` [H, W], ``id`` [N, 1] and ``class``
-[N, 1] (the class of each id); ``bbox`` and ``centroid`` are not needed and are ignored.
+    The .mat files (MATLAB v5 or v7.3/HDF5) hold ``inst_map`` [H, W], ``id`` [N, 1] and ``class``
+    [N, 1] (the class of each id); ``bbox`` and ``centroid`` are not needed and are ignored. The
+    Lizard download splits images over two folders: put them together under ``Images/``.
 
-Args:
-    src: the dataset folder.
-    names: image names to read (default: all, sorted).
-    type_table: the table class ids are checked against (default Lizard's six types).
+    Args:
+        src: the dataset folder.
+        names: image names to read (default: all, sorted).
+        type_table: the table class ids are checked against (default Lizard's six types).
 
-Yields:
-    Tile with inst relabelled 1..N (order of the original ids) and its type map.
+    Returns:
+        iterator of Tile, inst relabelled 1..N in the order of the original ids.
 
-Raises:
-    InputError: see the module checks (pairing, shapes, classes, unreadable files).
-"""
-read_consep = _folder_reader(_read_consep_one, CONSEP)
-read_consep.__name__ = read_consep.__qualname__ = "read_consep"
-read_consep.__doc__ = """Read a CoNSeP / HoVer-Net folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
+    Raises:
+        InputError: pairing, shapes, classes, unreadable files (one line naming the file).
+    """
+    return _read_folder(src, names, type_table or LIZARD, _read_lizard_one)
 
-The .mat files hold ``inst_map`` and ``type_map`` [H, W] and optionally ``inst_type`` [N, 1]
-(cross-checked: it must agree with ``type_map``); ``inst_centroid`` is ignored. Classes are the
-merged 4-class scheme (original 7-class labels must be merged first, as HoVer-Net does).
 
-Args:
-    src: the dataset folder.
-    names: image names to read (default: all, sorted).
-    type_table: the table class ids are checked against (default CoNSeP's four types).
+def read_consep(src: str | os.PathLike, names: Sequence[str] | None = None,
+                type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+    """Read a CoNSeP / HoVer-Net folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
 
-Yields:
-    Tile per image.
+    The .mat files hold ``inst_map`` and ``type_map`` [H, W] and optionally ``inst_type`` [N, 1]
+    (cross-checked: it must agree with ``type_map``); ``inst_centroid`` is ignored. Classes are the
+    merged 4-class scheme (original 7-class labels must be merged first, as HoVer-Net does).
 
-Raises:
-    InputError: pairing, shapes, classes, unreadable files.
-"""
+    Args:
+        src: the dataset folder.
+        names: image names to read (default: all, sorted).
+        type_table: the table class ids are checked against (default CoNSeP's four types).
+
+    Returns:
+        iterator of Tile.
+
+    Raises:
+        InputError: pairing, shapes, classes, unreadable files (one line naming the file).
+    """
+    return _read_folder(src, names, type_table or CONSEP, _read_consep_one)
 
 
 # -- stacked .npy datasets (CoNIC, PanNuke) ----------------------------------------------------------
@@ -337,23 +340,31 @@ def _npy_names(src: Path, n: int) -> list[str]:
     return [f"{src.name}_{i:05d}" for i in range(n)]
 
 
-def _npy_reader(label_file: str, channels: int, build: Callable, default: NucleiTypeTable):
-    def read(src: str | os.PathLike, names: Sequence[str] | None = None,
-             type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
-        images, labels, ip, lp = _npy_pair(src, label_file, channels)
-        all_names = _npy_names(Path(src), len(images))
-        index = {n: i for i, n in enumerate(all_names)}
-        for name in (names if names is not None else all_names):
-            if name not in index:
-                raise InputError(f"{src}: no image named {name!r}")
+def _read_npy(src, names, table: NucleiTypeTable, label_file: str, channels: int, build: Callable) -> Iterator[Tile]:
+    images, labels, ip, lp = _npy_pair(src, label_file, channels)
+    all_names = _npy_names(Path(src), len(images))
+    index = {n: i for i, n in enumerate(all_names)}
+    todo = all_names if names is None else list(names)
+    missing = [n for n in todo if n not in index]
+    if missing:
+        raise InputError(f"{src}: no image named {missing[0]!r}")
+
+    def gen() -> Iterator[Tile]:
+        for name in todo:
             i = index[name]
             image = _rgb_array(np.asarray(images[i]), f"{ip}[{i}]")
-            yield build(image, np.asarray(labels[i]), f"{lp}[{i}]", name, type_table or default)
+            yield build(image, np.asarray(labels[i]), f"{lp}[{i}]", name, table)
+    return gen()
 
-    def list_names(src: str | os.PathLike) -> list[str]:
-        images, _, _, _ = _npy_pair(src, label_file, channels)
-        return _npy_names(Path(src), len(images))
-    return read, list_names
+
+def list_conic(src: str | os.PathLike) -> list[str]:
+    """Patch names of a CoNIC folder (validates the two arrays' shapes)."""
+    return _npy_names(Path(src), len(_npy_pair(src, "labels.npy", 2)[0]))
+
+
+def list_pannuke(src: str | os.PathLike) -> list[str]:
+    """Patch names of a PanNuke fold folder (validates the two arrays' shapes)."""
+    return _npy_names(Path(src), len(_npy_pair(src, "masks.npy", 6)[0]))
 
 
 def _build_conic(image: np.ndarray, label: np.ndarray, where: str, name: str, table: NucleiTypeTable) -> Tile:
@@ -383,43 +394,47 @@ def _build_pannuke(image: np.ndarray, masks: np.ndarray, where: str, name: str, 
     return _make_tile(image, inst, classes, name)
 
 
-read_conic, list_conic = _npy_reader("labels.npy", 2, _build_conic, LIZARD)
-read_conic.__name__ = read_conic.__qualname__ = "read_conic"
-read_conic.__doc__ = """Read CoNIC: ``images.npy`` [N, H, W, 3] + ``labels.npy`` [N, H, W, 2].
+def read_conic(src: str | os.PathLike, names: Sequence[str] | None = None,
+               type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+    """Read CoNIC: ``images.npy`` [N, H, W, 3] + ``labels.npy`` [N, H, W, 2].
 
-Channel 0 holds instance ids, channel 1 the class of each pixel (Lizard's six types). Names come
-from ``patch_info.csv`` when present (CoNIC's ``<image>-<index>``), else ``<folder>_<index>``.
+    Channel 0 holds instance ids, channel 1 the class of each pixel (Lizard's six types). Names
+    come from ``patch_info.csv`` when present (CoNIC's ``<image>-<index>``), else ``<folder>_<index>``.
 
-Args:
-    src: the folder with the two arrays.
-    names: patch names to read (default: all, in file order).
-    type_table: the table class ids are checked against (default Lizard's).
+    Args:
+        src: the folder with the two arrays.
+        names: patch names to read (default: all, in file order).
+        type_table: the table class ids are checked against (default Lizard's).
 
-Yields:
-    Tile per patch.
+    Returns:
+        iterator of Tile, one per patch.
 
-Raises:
-    InputError: missing or unreadable arrays, shapes, classes.
-"""
-read_pannuke, list_pannuke = _npy_reader("masks.npy", 6, _build_pannuke, PANNUKE)
-read_pannuke.__name__ = read_pannuke.__qualname__ = "read_pannuke"
-read_pannuke.__doc__ = """Read a PanNuke fold: ``images.npy`` [N, H, W, 3] + ``masks.npy`` [N, H, W, 6].
+    Raises:
+        InputError: missing or unreadable arrays, shapes, classes.
+    """
+    return _read_npy(src, names, type_table or LIZARD, "labels.npy", 2, _build_conic)
 
-Channels 0-4 hold instance ids of neoplastic, inflammatory, connective, dead and epithelial
-nuclei; channel 5 (background) is ignored. PanNuke ships float64 arrays: integral values in
-0..255 are converted to uint8. Names are ``<folder>_<index>``.
 
-Args:
-    src: the folder with the two arrays.
-    names: patch names to read (default: all, in file order).
-    type_table: the table class ids are checked against (default PanNuke's five types).
+def read_pannuke(src: str | os.PathLike, names: Sequence[str] | None = None,
+                 type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+    """Read a PanNuke fold: ``images.npy`` [N, H, W, 3] + ``masks.npy`` [N, H, W, 6].
 
-Yields:
-    Tile per patch.
+    Channels 0-4 hold instance ids of neoplastic, inflammatory, connective, dead and epithelial
+    nuclei; channel 5 (background) is ignored. PanNuke ships float64 arrays: integral values in
+    0..255 are converted to uint8. Names are ``<folder>_<index>``.
 
-Raises:
-    InputError: missing or unreadable arrays, shapes, a pixel claimed by two classes.
-"""
+    Args:
+        src: the folder with the two arrays.
+        names: patch names to read (default: all, in file order).
+        type_table: the table class ids are checked against (default PanNuke's five types).
+
+    Returns:
+        iterator of Tile, one per patch.
+
+    Raises:
+        InputError: missing or unreadable arrays, shapes, a pixel claimed by two classes.
+    """
+    return _read_npy(src, names, type_table or PANNUKE, "masks.npy", 6, _build_pannuke)
 
 
 # -- registry -------------------------------------------------------------------------------------------
