@@ -114,13 +114,15 @@ def _background(rng: np.random.Generator, h2: int, w2: int) -> dict:
     """
     tissue = np.clip((_smooth_noise(rng, (h2, w2), 70.0) - rng.uniform(-2.4, -1.4)) * 2.0, 0, 1)
     fibre, warp, t0 = _fibres(rng, h2, w2)
-    streak = np.clip(_smooth_noise(rng, (h2, w2), 7.0) * 0.5 + 0.5, 0, 1)
+    streak = np.clip(_smooth_noise(rng, (h2, w2), 10.0) * 0.5 + 0.5, 0, 1)
     patchy = _smooth_noise(rng, (h2, w2), 25.0)
     # Clefts: thin pale gaps where the fibre profile is low (loose stroma between bundles).
     cleft = np.clip((0.33 - fibre) * 6.0, 0, 1) * np.clip(patchy * 0.5 + 0.6, 0, 1)
     e = (0.03 + 0.075 * fibre * (0.4 + streak) + 0.012 * patchy) * (1 - 0.8 * cleft)
     hx = (0.04 + 0.008 * patchy + 0.02 * fibre * streak) * (1 - 0.7 * cleft)
-    return {"H": hx * tissue + 0.01, "E": e * tissue + 0.012, "tissue": tissue, "warp": warp, "t0": t0}
+    family = np.clip(_smooth_noise(rng, (h2, w2), 30.0) + 0.5, 0, 1)
+    return {"H": hx * tissue + 0.01, "E": e * tissue + 0.012, "tissue": tissue, "warp": warp, "t0": t0,
+            "streak": streak, "family": family}  # fmt: skip
 
 
 def _fibrils(rng: np.random.Generator, bg: dict, h: int, w: int) -> np.ndarray:
@@ -129,13 +131,18 @@ def _fibrils(rng: np.random.Generator, bg: dict, h: int, w: int) -> np.ndarray:
     Returns:
         float32 [H, W] multiplicative factor on the background stains (1 outside free stroma).
     """
-    up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:h, :w]  # noqa: E731
     yy, xx = np.ogrid[0:h, 0:w]
-    phi = (-np.sin(bg["t0"]) * xx + np.cos(bg["t0"]) * yy).astype(np.float32) + 2.0 * up(bg["warp"])
-    idx = ((phi - phi.min()) * 2).astype(np.int64)
-    profile = ndimage.gaussian_filter1d(rng.standard_normal(int(idx.max()) + 8), 1.6)
-    profile = (profile / (profile.std() + 1e-6)).astype(np.float32)
-    return 1.0 + 0.3 * np.clip(profile[idx], -1.5, 1.5) * up(bg["free"].astype(np.float32))
+    # A second family at a slight angle, so fibrils cross and fan out instead of running parallel.
+    t1 = bg["t0"] + rng.uniform(0.25, 0.5) * rng.choice([-1, 1])
+    out = np.zeros((h, w), np.float32)
+    for t, weight in ((bg["t0"], bg["family"]), (t1, 1.0 - bg["family"])):
+        phi = (-np.sin(t) * xx + np.cos(t) * yy).astype(np.float32) + 2.0 * _upsample2(bg["warp"], h, w)
+        idx = ((phi - phi.min()) * 2).astype(np.int64)
+        profile = ndimage.gaussian_filter1d(rng.standard_normal(int(idx.max()) + 8), 1.6)
+        profile = (profile / (profile.std() + 1e-6)).astype(np.float32)
+        out += np.clip(profile[idx], -1.5, 1.5) * _upsample2(weight, h, w)
+    # Fibrils are short: their amplitude breaks up along the fibre (the half-res streak field).
+    return 1.0 + 0.35 * out * _upsample2(bg["free"] * bg["streak"], h, w)
 
 
 def fibre_angle(bg: dict, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
@@ -172,29 +179,43 @@ def _blur3(x: np.ndarray, a: float) -> np.ndarray:
     return x
 
 
+def _upsample2(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour 2x upsampling, cropped to [h, w] (one copy, no repeat chains)."""
+    h2, w2 = a.shape
+    return np.broadcast_to(a[:, None, :, None], (h2, 2, w2, 2)).reshape(2 * h2, 2 * w2)[:h, :w]
+
+
 def _render(rng: np.random.Generator, bg: dict, maps: dict, grain: np.ndarray) -> np.ndarray:
     """Stain concentrations -> uint8 RGB [H, W, 3] by Beer-Lambert, with blur and sensor noise."""
     h, w = grain.shape
-    # Stroma is mottled at the 2-px scale, not smooth: modulate the upsampled background.
-    fibrils = _fibrils(rng, bg, h, w) * (0.8 + 0.4 * grain)
-    conc = [np.repeat(np.repeat(bg[k], 2, 0), 2, 1)[:h, :w] * fibrils for k in ("H", "E")]
-    conc.append(np.zeros((h, w), np.float32))
+    # Stroma is mottled at the 2-px scale and fibrillar at 1 px, not smooth.
+    texture = _fibrils(rng, bg, h, w) * (0.8 + 0.4 * grain)
+    conc = [_upsample2(bg[k], h, w) * texture for k in ("H", "E")]
+    orange = []
     for values, where in maps.values():
-        for c in range(3):
-            conc[c][where] = values[c]
-    # Two passes of the 3-tap blur: an optical blur of sigma ~0.8-1.0 px.
-    a = float(rng.uniform(0.15, 0.25))
-    has_orange = bool(conc[2].any())
-    conc = [_blur3(_blur3(c, a), a) if (i < 2 or has_orange) else c for i, c in enumerate(conc)]
+        idx = np.flatnonzero(where)
+        for c in range(2):
+            conc[c].ravel()[idx] = values[c]
+        # The orange tint (eosinophil granules) is sparse: keep it as (pixels, values), unblurred.
+        if np.any(values[2]):
+            orange.append((idx, values[2]))
+    a = float(rng.uniform(0.18, 0.28))  # one 3-tap pass: an optical blur of sigma ~0.6-0.75 px
+    conc = [_blur3(c, a) for c in conc]
     stains = _STAINS * rng.uniform([0.85, 0.85, 0.9], [1.15, 1.2, 1.1])[:, None].astype(np.float32) * np.log(10)
-    noise = (rng.random((h, w), dtype=np.float32) - 0.5) * 7.0
+    noise = rng.random((h, w), dtype=np.float32)
+    noise -= 0.5
+    noise *= 7.0
     rgb = np.empty((h, w, 3), np.uint8)
+    od = np.empty((h, w), np.float32)
     for ch in range(3):
-        od = conc[0] * stains[0, ch] + conc[1] * stains[1, ch]
-        if has_orange:
-            od += conc[2] * stains[2, ch]
-        val = np.exp(-od) * 255.0 + noise
-        rgb[:, :, ch] = np.clip(val, 0, 255, out=val)
+        np.multiply(conc[0], -stains[0, ch], out=od)
+        od -= conc[1] * stains[1, ch]
+        for idx, vals in orange:
+            od.ravel()[idx] -= vals * stains[2, ch]
+        od += np.float32(np.log(255.0))
+        np.exp(od, out=od)
+        od += noise
+        rgb[:, :, ch] = np.clip(od, 0, 255, out=od)
     return rgb
 
 
@@ -264,7 +285,7 @@ def generate_toy_tile(
     type_of[lut[lut > 0]] = cells.nucleus_type[lut > 0]
     tmap = type_of[inst]
     # 3. Appearance: per-pixel stain concentrations of cytoplasm and nuclei, then render.
-    grain = np.repeat(np.repeat(rng.random(bg["H"].shape, dtype=np.float32), 2, 0), 2, 1)[:h, :w]
+    grain = _upsample2(rng.random(bg["H"].shape, dtype=np.float32), h, w)
     spot = np.zeros((h, w), np.uint8)
     for stamps in cells.spots:
         paint_stamps(spot, None, stamps)

@@ -8,7 +8,7 @@ import numpy as np
 
 __all__ = ["place_glands"]
 
-_SPACING = (8.8, 10.2)  # arc distance between neighbouring epithelial nuclei (px): they touch
+_SPACING = (8.0, 9.6)  # arc distance between neighbouring epithelial nuclei (px): they touch
 
 
 def _radius(g: dict, psi: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def _ring_nuclei(rng: np.random.Generator, g: dict, h: int, w: int) -> dict:
     n = max(int(arc[-1] / rng.uniform(*_SPACING)), 3)
     s = (np.arange(n) + rng.uniform(0, 1) + rng.uniform(-0.1, 0.1, n)) * arc[-1] / n % arc[-1]
     at = np.interp(s, arc, psi)
-    d = _radius(g, at) + g["f"] * g["t"] + rng.normal(0, 1.8, n)
+    d = _radius(g, at) + g["f"] * g["t"] + rng.normal(0, 2.4, n)
     ang = at + g["om"]
     cy, cx = g["cy"] + d * np.sin(ang), g["cx"] + d * np.cos(ang)
     a = rng.uniform(8.5, 11.5, n)
