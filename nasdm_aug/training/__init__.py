@@ -6,6 +6,7 @@ from .config import DiffusionSettings, TrainConfig, get_train_preset
 from .data import NASDMDataset, batch_indices
 from .distributed import DistInfo, init_distributed
 from .ema import EMA
+from .run import train
 from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
@@ -23,11 +24,6 @@ __all__ = [
     "load_checkpoint",
     "load_data_info",
     "save_checkpoint",
+    "train",
 ]
 
-
-def train(*args, **kwargs):
-    """See :func:`nasdm_aug.training.run.train` (imported lazily: it pulls in the sampling stack)."""
-    from .run import train as _train
-
-    return _train(*args, **kwargs)

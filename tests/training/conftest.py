@@ -20,8 +20,10 @@ def _disc_patch(rng: np.random.Generator, n_types: int) -> tuple[np.ndarray, np.
     yy, xx = np.mgrid[:PATCH, :PATCH]
     inst = np.zeros((PATCH, PATCH), np.int32)
     type_map = np.zeros((PATCH, PATCH), np.uint8)
-    for i in range(1, rng.integers(2, 5) + 1):
-        cy, cx, r = rng.integers(5, PATCH - 5, 2).tolist() + [int(rng.integers(3, 6))]
+    quadrants = rng.permutation(4)[: rng.integers(2, 5)]  # one disc per 16-px quadrant: no overlaps
+    for i, q in enumerate(quadrants, start=1):
+        r = int(rng.integers(3, 6))
+        cy, cx = 16 * (q // 2) + int(rng.integers(r + 1, 16 - r)), 16 * (q % 2) + int(rng.integers(r + 1, 16 - r))
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         inst[disc] = i
         type_map[disc] = rng.integers(1, n_types + 1)
@@ -86,3 +88,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SMALL_NET = dict(
+    n_types=CONSEP.n_types, image_size=PATCH, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,),
+    head_channels=16, spade_hidden=16,
+)
+
+
+def small_config(kind: str, **changes):
+    """A TrainConfig for the tiny store: a 0.2-0.4 M-parameter U-Net, no grids, frequent logs."""
+    from nasdm_aug.training.config import get_train_preset
+
+    base = get_train_preset(kind, "tiny", **SMALL_NET)
+    return base.replace(**{**dict(batch_size=2, steps=6, log_every=1, ckpt_every=3, sample_every=0), **changes})

@@ -1,0 +1,110 @@
+"""TrainConfig validation and presets; the deterministic data stream, the dataset tensors and flips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasdm_aug.data.masks import decode_mask, mask_channels
+from nasdm_aug.training.config import DiffusionSettings, TrainConfig, get_train_preset
+from nasdm_aug.training.data import NASDMDataset, StepIndexSampler, batch_indices, random_flip
+from nasdm_aug.utils import InputError
+
+
+@pytest.mark.parametrize("kind", ["mask", "patch"])
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_presets_round_trip_json(kind, name):
+    cfg = get_train_preset(kind, name, n_types=4, image_size=64)
+    back = TrainConfig.from_dict(cfg.to_dict())
+    assert back == cfg
+    assert cfg.lr == 1e-4 and cfg.lr_after_drop == 2e-5 and cfg.ema_decay == 0.999
+    assert cfg.model.kind == kind and cfg.model.n_types == 4
+
+
+ILL = [
+    dict(batch_size=0),
+    dict(lr=0.0),
+    dict(ema_decay=1.0),
+    dict(grad_clip=-1.0),
+    dict(schedule_sampler="nope"),
+    dict(adam_betas=(0.9,)),
+    dict(kind="mask"),  # the model config is a patch model
+    dict(diffusion=DiffusionSettings(steps=10).replace(steps=10)),  # valid: guards the table itself
+]
+
+
+@pytest.mark.parametrize("change", ILL[:-1])
+def test_invalid_configs_raise(change):
+    base = get_train_preset("patch", "tiny")
+    with pytest.raises(ValueError):
+        base.replace(**change)
+
+
+def test_valid_change_is_accepted():
+    assert get_train_preset("patch", "tiny").replace(**ILL[-1]).diffusion.steps == 10
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="cubic"), dict(var_type="learnt"), dict(steps=0), dict(vb_weight=-1.0)])
+def test_invalid_diffusion_settings(bad):
+    with pytest.raises(ValueError):
+        DiffusionSettings(**bad)
+
+
+def test_lr_schedule_warmup_then_drop():
+    cfg = get_train_preset("patch", "tiny").replace(warmup_steps=4, lr_drop_step=10)
+    assert [cfg.lr_at(s) for s in range(4)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4])
+    assert cfg.lr_at(9) == 1e-4 and cfg.lr_at(10) == 2e-5 and cfg.lr_at(10_000) == 2e-5
+    assert get_train_preset("patch", "tiny").replace(lr_drop_step=0).lr_at(10**6) == 1e-4
+
+
+def test_batch_indices_epochs_are_permutations_and_ranks_disjoint():
+    n, b, world = 10, 2, 2
+    # 10 items, global batch 4: steps 0..4 cover exactly two epochs (20 positions)
+    seen = np.concatenate([batch_indices(s, n, b, seed=3, rank=r, world_size=world) for s in range(5) for r in range(world)])
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert not np.array_equal(seen[:10], seen[10:])  # each epoch reshuffles
+    assert np.array_equal(batch_indices(7, n, b, 3, 1, 2), batch_indices(7, n, b, 3, 1, 2))
+    assert not np.array_equal(batch_indices(0, n, 5, seed=3), batch_indices(0, n, 5, seed=4))
+
+
+def test_step_sampler_resumes_midway():
+    full = list(StepIndexSampler(7, 3, seed=1, start_step=0, end_step=8))
+    tail = list(StepIndexSampler(7, 3, seed=1, start_step=5, end_step=8))
+    assert full[5:] == tail and len(full) == 8
+
+
+def test_patch_dataset_tensors(store_path):
+    ds = NASDMDataset(store_path, "patch", "Train")
+    assert len(ds) == 4
+    item = ds[0]
+    assert item["x"].shape == (3, 32, 32) and item["x"].dtype == torch.float32
+    assert -1.0 <= item["x"].min() and item["x"].max() <= 1.0
+    assert item["cond"].shape == (6, 32, 32)  # background + 4 CoNSeP types + edge
+    assert torch.equal(item["cond"][:5].sum(0), torch.ones(32, 32))  # one-hot
+
+
+def test_mask_dataset_round_trips_instances(store_path):
+    ds = NASDMDataset(store_path, "mask", "Train")
+    item = ds[1]
+    assert item["x"].shape == (mask_channels(4), 32, 32) and item["cond"].shape == (4,)
+    inst_real = ds.store.read([int(ds.indices[1])])["inst"][0]
+    inst, _ = decode_mask(item["x"], 4)
+    assert inst.max() == len(np.unique(inst_real)) - 1
+
+
+def test_dataset_errors_name_the_problem(store_path):
+    with pytest.raises(InputError, match="no split 'R9'"):
+        NASDMDataset(store_path, "patch", "R9")
+    with pytest.raises(ValueError, match="unknown model kind"):
+        NASDMDataset(store_path, "image", "Train")
+
+
+def test_random_flip_moves_x_and_cond_together():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    batch = {"x": x, "cond": x.clone() * 10}
+    out = random_flip(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out["cond"], out["x"] * 10)
+    assert not torch.equal(out["x"], x)  # seed 0 flips at least one sample
+    vec = {"x": x, "cond": torch.ones(2, 3)}
+    assert torch.equal(random_flip(vec, torch.Generator().manual_seed(0))["cond"], vec["cond"])
