@@ -4,7 +4,7 @@ losses, respacing and training timestep samplers. The model is always an argumen
 from .analytic import DEFAULT_MIXTURE, GaussianMixture1D, OptimalMixtureModel
 from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, extract_into_tensor
 from .likelihood import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .respace import SpacedDiffusion, create_diffusion, respace, space_timesteps
+from .respace import SPACINGS, SpacedDiffusion, create_diffusion, logsnr_timesteps, respace, space_timesteps
 from .schedules import BETA_SCHEDULES, betas_for_alpha_bar, get_named_beta_schedule
 from .timestep_samplers import (
     SCHEDULE_SAMPLERS,
@@ -39,4 +39,6 @@ __all__ = [
     "normal_kl",
     "respace",
     "space_timesteps",
+    "logsnr_timesteps",
+    "SPACINGS",
 ]

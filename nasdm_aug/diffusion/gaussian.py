@@ -100,7 +100,7 @@ class GaussianDiffusion:
         self.vb_weight = float(vb_weight)
         betas = np.asarray(torch.as_tensor(betas).cpu(), dtype=np.float64)
         if betas.ndim != 1 or len(betas) == 0 or not ((betas > 0) & (betas <= 1)).all():
-            raise ValueError(f"betas must be a non-empty 1-D array in (0, 1], got shape {betas.shape}")
+            raise ValueError(f"betas must be a non-empty 1-D array in (0, 1], got shape {betas.shape}, range [{betas.min(initial=0):.3g}, {betas.max(initial=0):.3g}]")
         self.betas = betas
         self.num_timesteps = len(betas)
         self._precompute(betas)

@@ -11,7 +11,9 @@ import torch
 from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
 from .schedules import get_named_beta_schedule
 
-__all__ = ["space_timesteps", "SpacedDiffusion", "create_diffusion", "respace"]
+__all__ = ["space_timesteps", "logsnr_timesteps", "SpacedDiffusion", "create_diffusion", "respace", "SPACINGS"]
+
+SPACINGS = ("uniform", "logsnr")
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> set[int]:
@@ -62,6 +64,35 @@ def _ddim_timesteps(num_timesteps: int, spec: str) -> set[int]:
         if len(range(0, num_timesteps, stride)) == desired:
             return set(range(0, num_timesteps, stride))
     raise ValueError(f"cannot create exactly {desired} steps with an integer stride from T={num_timesteps}")
+
+
+def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> set[int]:
+    """Choose ``count`` timesteps evenly spaced in log-SNR lambda_t = log(alpha_t / sigma_t).
+
+    The spacing DPM-Solver recommends (Lu et al. 2022, section 3.3): with the linear schedule,
+    evenly strided t leaves one large lambda jump at the last step, where the fine structure of
+    the data is resolved; even lambda spacing puts more steps there.
+
+    Args:
+        alphas_cumprod: abar_t of the base process [T].
+        count: number of steps to keep (1 <= count <= T); t = T - 1 and, for count > 1, t = 0 are kept.
+
+    Returns:
+        Set of exactly ``count`` original timesteps.
+    """
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    if not 1 <= count <= len(ab):
+        raise ValueError(f"cannot take {count} steps from a process of {len(ab)}")
+    lam = 0.5 * (np.log(ab) - np.log1p(-ab))
+    targets = np.linspace(lam[-1], lam[0], count) if count > 1 else lam[-1:]
+    kept, prev = [], len(ab)
+    for j, target in enumerate(targets):
+        t = int(np.argmin(np.abs(lam - target)))
+        # Keep t strictly decreasing and leave room for the remaining steps, so exactly count remain.
+        t = max(min(t, prev - 1), count - 1 - j)
+        kept.append(t)
+        prev = t
+    return set(kept)
 
 
 class _WrappedModel:
@@ -121,23 +152,34 @@ def _init_kwargs(diffusion: GaussianDiffusion) -> dict[str, Any]:
     }
 
 
-def respace(diffusion: GaussianDiffusion, section_counts: str | int | Sequence[int]) -> SpacedDiffusion:
+def respace(
+    diffusion: GaussianDiffusion, section_counts: str | int | Sequence[int], spacing: str = "uniform"
+) -> SpacedDiffusion:
     """Respace a (base or already spaced) process, keeping its model interface.
 
     Args:
         diffusion: the process the model was trained with, or a ``SpacedDiffusion`` of it.
-        section_counts: as in ``space_timesteps`` (an int means one section).
+        section_counts: as in ``space_timesteps`` (an int means one section); an int with
+            ``spacing="logsnr"`` keeps that many steps evenly spaced in log-SNR.
+        spacing: ``"uniform"`` (``space_timesteps``) or ``"logsnr"`` (``logsnr_timesteps``).
 
     Returns:
         A ``SpacedDiffusion`` over the original timesteps; for a spaced input, the new steps are
         chosen among its kept steps.
     """
-    spec = str(section_counts) if isinstance(section_counts, int) else section_counts
-    if isinstance(diffusion, SpacedDiffusion):
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
+    if spacing == "logsnr":
+        if not isinstance(section_counts, int):
+            raise ValueError(f"logsnr spacing takes an int step count, got {section_counts!r}")
+        kept = logsnr_timesteps(diffusion.alphas_cumprod, section_counts)
+    else:
+        spec = str(section_counts) if isinstance(section_counts, int) else section_counts
         kept = space_timesteps(diffusion.num_timesteps, spec)
+    if isinstance(diffusion, SpacedDiffusion):
         use = [diffusion.use_timesteps[i] for i in sorted(kept)]
         return SpacedDiffusion(use, diffusion.original_betas, **_init_kwargs(diffusion))
-    return SpacedDiffusion(space_timesteps(diffusion.num_timesteps, spec), diffusion.betas, **_init_kwargs(diffusion))
+    return SpacedDiffusion(kept, diffusion.betas, **_init_kwargs(diffusion))
 
 
 def create_diffusion(

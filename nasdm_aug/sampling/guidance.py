@@ -1,0 +1,61 @@
+"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper that turns a conditional model into
+a guided ``model_fn``; the null condition belongs to the model (cf. lucidrains' cond_drop_prob)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["classifier_free_guidance"]
+
+
+def classifier_free_guidance(model: Any, scale: float) -> Callable[..., torch.Tensor]:
+    """Wrap ``model`` so that eps = eps_null + scale * (eps_cond - eps_null).
+
+    One batched forward of ``[cond; model.null_condition(cond)]`` gives both predictions. Only
+    the first C = x.shape[1] output channels (eps) are guided; the remaining channels (the learned
+    variance) are the conditional model's, as in NASDM/SDM. Scale 1 calls the conditional model
+    alone, so it equals it exactly; scale 0 calls the unconditional one alone.
+
+    Args:
+        model: called as ``model(x, t, cond=cond, **kwargs)``, with a method
+            ``null_condition(cond) -> tensor like cond``.
+        scale: guidance weight w >= 0 (1 = no guidance).
+
+    Returns:
+        ``model_fn(x, t, cond, **kwargs) -> [N, C or 2C, ...]``. Other tensor kwargs whose first
+        dimension is N are repeated for the doubled batch; everything else is passed unchanged.
+
+    Raises:
+        ValueError: ``scale`` negative or not finite.
+        TypeError: ``model`` has no ``null_condition``.
+    """
+    scale = float(scale)
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"guidance scale must be a finite number >= 0, got {scale}")
+    if not callable(getattr(model, "null_condition", None)):
+        raise TypeError(f"{type(model).__name__} has no null_condition(cond); classifier-free guidance needs one")
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if scale == 1.0:
+            return model(x, t, cond=cond, **kwargs)
+        null = model.null_condition(cond)
+        if scale == 0.0:
+            return model(x, t, cond=null, **kwargs)
+        n = x.shape[0]
+        doubled = {k: _repeat2(v, n) for k, v in kwargs.items()}
+        out = model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, null]), **doubled)
+        out_cond, out_null = out[:n], out[n:]
+        c = x.shape[1]
+        eps = out_null[:, :c] + scale * (out_cond[:, :c] - out_null[:, :c])
+        return torch.cat([eps, out_cond[:, c:]], dim=1)
+
+    return model_fn
+
+
+def _repeat2(value: Any, n: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n:
+        return torch.cat([value, value])
+    return value
