@@ -86,6 +86,21 @@ def test_prepare_real_consep_store(consep_dir, tmp_path):
     assert sum(summary["nuclei"].values()) == want
 
 
+def test_worker_pool_gives_the_same_store(consep_dir, tmp_path):
+    stores = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.h5"
+        prepare(PrepareConfig(format="consep", src=str(consep_dir), out=str(out), limit=2, stride=256,
+                              workers=workers), progress=False)
+        stores.append(PatchStore(out))
+    a, b = stores
+    assert len(a) == len(b) > 0 and a.splits == b.splits
+    for key in ("image", "inst", "type"):
+        np.testing.assert_array_equal(a.read(range(len(a)), [key])[key], b.read(range(len(b)), [key])[key])
+    for key in ("source", "y", "x", "split"):
+        np.testing.assert_array_equal(a.meta(key), b.meta(key))
+
+
 def test_interrupted_prepare_leaves_nothing(consep_dir, tmp_path, monkeypatch):
     calls = []
 
