@@ -187,7 +187,7 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
     compression = None if config.compression == "none" else config.compression
     with PatchStoreWriter(config.out, patch_size=config.patch_size, type_table=table, config=config.to_dict(),
                           compression=compression, overwrite=config.overwrite,
-                          attrs={"source_format": fmt, "source_dir": str(src)}) as writer:
+                          attrs={"source_format": fmt, "source_dir": _source_dir(config, src)}) as writer:
         writer.set_splits(splits)
         bar = tqdm(_results(config, fmt, src, names, table), total=len(names), desc="prepare",
                    unit="img", disable=not progress)
@@ -203,6 +203,13 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
                        patches_per_s=round(summary["patches"] / seconds, 3))
         writer.set_attr("summary", summary)
     return summary
+
+
+def _source_dir(config: PrepareConfig, src: str) -> str:
+    """Where the images came from; generated toy tissue in a temporary folder is not kept."""
+    if config.format == "toy" and not config.keep_source:
+        return f"(toy tissue, seed {config.seed}, not kept)"
+    return str(Path(src).resolve())
 
 
 def _membership(splits: dict[str, list[str]]) -> dict[str, list[str]]:
