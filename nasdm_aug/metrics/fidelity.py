@@ -1,0 +1,177 @@
+"""Mask fidelity: the four expert criteria of NASDM (Oh et al., 2023, Sec. 4.5) made automatic by
+segmenting a patch and comparing with the mask it was made from (boundaries, types, missing, excess).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+
+from hovernet.metrics import instance_types, match_instances
+
+__all__ = ["boundary_f1", "patch_fidelity", "FidelityAccumulator", "compare_fidelity"]
+
+_COUNT_KEYS = ("n_mask", "n_pred", "matched", "type_correct", "missing", "excess")
+
+
+def boundary_f1(mask_a: np.ndarray, mask_b: np.ndarray, tolerance: int = 2) -> float:
+    """Boundary F1 of two binary masks: boundary pixels within ``tolerance`` px count as agreeing.
+
+    As the BF score of Csurka et al. (2013): precision = share of ``mask_b``'s boundary within
+    ``tolerance`` of ``mask_a``'s, recall the converse.
+
+    Args:
+        mask_a: reference binary mask [H, W]; mask_b: compared binary mask [H, W].
+        tolerance: distance in pixels.
+
+    Returns:
+        F1 in [0, 1]; 1 when both are empty, 0 when exactly one is.
+    """
+    a, b = np.asarray(mask_a) > 0, np.asarray(mask_b) > 0
+    if not a.any() and not b.any():
+        return 1.0
+    if not a.any() or not b.any():
+        return 0.0
+    # crop to the union's bounding box (+ margin) so the distance transforms stay small
+    ys, xs = np.nonzero(a | b)
+    m = tolerance + 2
+    sl = (slice(max(ys.min() - m, 0), ys.max() + m + 1), slice(max(xs.min() - m, 0), xs.max() + m + 1))
+    ba, bb = find_boundaries(a[sl], mode="inner"), find_boundaries(b[sl], mode="inner")
+    dist_a, dist_b = ndimage.distance_transform_edt(~ba), ndimage.distance_transform_edt(~bb)
+    precision = float((dist_a[bb] <= tolerance).mean())
+    recall = float((dist_b[ba] <= tolerance).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def patch_fidelity(mask_inst: np.ndarray, mask_type: np.ndarray, pred_inst: np.ndarray, pred_type: np.ndarray,
+                   n_types: int, iou_threshold: float = 0.5, tolerance: int = 2) -> dict[str, np.ndarray | float]:
+    """Compare the nuclei a segmenter found in a patch with the mask the patch should show.
+
+    Args:
+        mask_inst: int [H, W] instances of the conditioning (or annotated) mask.
+        mask_type: uint8 [H, W] its type map (ids 1..n_types).
+        pred_inst: int [H, W] instances the segmenter found.
+        pred_type: uint8 [H, W] their types.
+        n_types: number of nuclei types.
+        iou_threshold: a pair matches when IoU > threshold.
+        tolerance: boundary tolerance in pixels.
+
+    Returns:
+        dict of int arrays [n_types] (index k is type k + 1): ``n_mask`` and ``n_pred`` nuclei
+        per type, ``matched`` mask nuclei found, ``type_correct`` of those with the right type,
+        ``missing`` mask nuclei not found, ``excess`` found nuclei (by predicted type) not in the
+        mask; floats ``dice_sum`` and ``bf1_sum`` over matched pairs, ``n_matched``, and
+        ``score`` = detection F1 x mean Dice of matched nuclei (1 when both are empty).
+    """
+    m = match_instances(pred_inst, mask_inst, iou_threshold)
+    mask_t, pred_t = instance_types(mask_inst, mask_type), instance_types(pred_inst, pred_type)
+    out = {k: np.zeros(n_types, np.int64) for k in _COUNT_KEYS}
+    for t in mask_t.values():
+        out["n_mask"][t - 1] += t > 0
+    for t in pred_t.values():
+        out["n_pred"][t - 1] += t > 0
+    for g in m["unmatched_gt"]:
+        if mask_t[int(g)] > 0:
+            out["missing"][mask_t[int(g)] - 1] += 1
+    for p in m["unmatched_pred"]:
+        if pred_t[int(p)] > 0:
+            out["excess"][pred_t[int(p)] - 1] += 1
+    dice_sum = bf1_sum = 0.0
+    for g, p, iou in zip(m["gt_ids"], m["pred_ids"], m["iou"]):
+        tg = mask_t[int(g)]
+        if tg > 0:
+            out["matched"][tg - 1] += 1
+            out["type_correct"][tg - 1] += pred_t[int(p)] == tg
+        dice_sum += 2 * iou / (1 + iou)
+        bf1_sum += boundary_f1(mask_inst == g, pred_inst == p, tolerance)
+    n_match, n_gt, n_pr = len(m["gt_ids"]), len(mask_t), len(pred_t)
+    if n_gt + n_pr == 0:
+        score = 1.0
+    else:
+        f1 = 2 * n_match / (n_gt + n_pr)
+        score = f1 * (dice_sum / n_match if n_match else 0.0)
+    return {**out, "dice_sum": dice_sum, "bf1_sum": bf1_sum, "n_matched": float(n_match), "score": float(score)}
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+class FidelityAccumulator:
+    """Pool :func:`patch_fidelity` over patches into the four criteria.
+
+    Args:
+        type_names: names of types 1..n_types.
+        iou_threshold: matching threshold; tolerance: boundary tolerance in pixels.
+    """
+
+    def __init__(self, type_names: Sequence[str], iou_threshold: float = 0.5, tolerance: int = 2) -> None:
+        self.type_names = list(type_names)
+        self.iou_threshold, self.tolerance = iou_threshold, tolerance
+        self.totals = {k: np.zeros(len(self.type_names), np.int64) for k in _COUNT_KEYS}
+        self.dice_sum = self.bf1_sum = self.n_matched = 0.0
+        self.scores: list[float] = []
+
+    def add(self, mask_inst: np.ndarray, mask_type: np.ndarray, pred_inst: np.ndarray,
+            pred_type: np.ndarray) -> float:
+        """Add one patch ([H, W] maps, as :func:`patch_fidelity`); returns its score."""
+        r = patch_fidelity(mask_inst, mask_type, pred_inst, pred_type, len(self.type_names),
+                           self.iou_threshold, self.tolerance)
+        for k in _COUNT_KEYS:
+            self.totals[k] += r[k]
+        self.dice_sum += r["dice_sum"]
+        self.bf1_sum += r["bf1_sum"]
+        self.n_matched += r["n_matched"]
+        self.scores.append(r["score"])
+        return r["score"]
+
+    def aggregate(self) -> dict[str, float]:
+        """The criteria as a flat dict (``nan`` where a denominator is 0).
+
+        Keys: ``dice``, ``boundary_f1`` (means over matched nuclei), ``type_accuracy`` and
+        ``type_accuracy/<name>`` (correct / matched), ``missing_rate`` and
+        ``missing_rate/<name>`` (missing / mask nuclei), ``excess_rate`` and
+        ``excess_rate/<name>`` (excess / found nuclei), ``score`` (mean per-patch score), plus the
+        counts ``n_patches``, ``n_mask``, ``n_pred``, ``n_matched``.
+        """
+        t = self.totals
+        out = {"dice": _ratio(self.dice_sum, self.n_matched), "boundary_f1": _ratio(self.bf1_sum, self.n_matched),
+               "type_accuracy": _ratio(t["type_correct"].sum(), t["matched"].sum()),
+               "missing_rate": _ratio(t["missing"].sum(), t["n_mask"].sum()),
+               "excess_rate": _ratio(t["excess"].sum(), t["n_pred"].sum()),
+               "score": float(np.mean(self.scores)) if self.scores else math.nan}
+        for k, name in enumerate(self.type_names):
+            out[f"type_accuracy/{name}"] = _ratio(t["type_correct"][k], t["matched"][k])
+            out[f"missing_rate/{name}"] = _ratio(t["missing"][k], t["n_mask"][k])
+            out[f"excess_rate/{name}"] = _ratio(t["excess"][k], t["n_pred"][k])
+        out.update(n_patches=len(self.scores), n_mask=int(t["n_mask"].sum()), n_pred=int(t["n_pred"].sum()),
+                   n_matched=int(self.n_matched))
+        return {k: float(v) for k, v in out.items()}
+
+
+def compare_fidelity(synthetic: dict[str, float], real: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each criterion for synthetic and real patches and their ratio (synthetic / real).
+
+    A ratio of 1 means synthetic patches show their masks as faithfully as real patches show
+    their annotations; equal values (0 and 0 included) give 1, and ``nan`` stands where the
+    real value is 0 or undefined otherwise.
+
+    Returns:
+        {metric: {"synthetic", "real", "ratio"}} for every key the two dicts share.
+    """
+    out = {}
+    for key in synthetic:
+        if key in real:
+            s, r = synthetic[key], real[key]
+            out[key] = {"synthetic": s, "real": r, "ratio": _compare(s, r)}
+    return out
+
+
+def _compare(s: float, r: float) -> float:
+    if s == r:
+        return 1.0
+    return s / r if r and not math.isnan(r) else math.nan
