@@ -4,6 +4,7 @@ from .guidance import classifier_free_guidance
 from .samplers import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    DEFAULT_STEPS_BY_SAMPLER,
     SAMPLERS,
     get_sampler,
     sample_ddim,
@@ -15,6 +16,7 @@ from .samplers import (
 __all__ = [
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
+    "DEFAULT_STEPS_BY_SAMPLER",
     "SAMPLERS",
     "classifier_free_guidance",
     "get_sampler",

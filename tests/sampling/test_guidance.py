@@ -1,0 +1,78 @@
+"""Classifier-free guidance: one batched forward, eps-only guidance, scale 1 = conditional model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasdm_aug.diffusion import create_diffusion
+from nasdm_aug.sampling import classifier_free_guidance, sample_dpmpp_2m
+
+
+class ToyConditional:
+    """A conditional 'network' with the nets' interface: forward(x, t, cond) and null_condition(cond).
+
+    Output [N, 2C, ...]: eps = 0.5 x + cond, v = tanh(cond) - 0.1 (differs between cond and null).
+    """
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(cond, -0.25)
+
+    def __call__(self, x, t, cond, scale_map=None):
+        self.batch_sizes.append(x.shape[0])
+        eps = 0.5 * x + cond + (0 if scale_map is None else scale_map)
+        return torch.cat([eps, torch.tanh(cond).expand_as(x) - 0.1], dim=1)
+
+
+@pytest.fixture
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 4, generator=g)  # C = 2: the split must follow x, not a fixed 3
+    cond = torch.randn(3, 2, 4, 4, generator=g)
+    return x, torch.tensor([5, 6, 7]), cond
+
+
+def test_scale_one_equals_the_conditional_model(inputs):
+    x, t, cond = inputs
+    model = ToyConditional()
+    assert torch.equal(classifier_free_guidance(model, 1.0)(x, t, cond=cond), model(x, t, cond=cond))
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.5, 7.0])
+def test_guides_eps_only_with_one_batched_forward(inputs, scale):
+    x, t, cond = inputs
+    model = ToyConditional()
+    out = classifier_free_guidance(model, scale)(x, t, cond=cond)
+    assert model.batch_sizes == [3 if scale == 0 else 6]  # one forward of [cond; null]
+    c_out, u_out = model(x, t, cond=cond), model(x, t, cond=model.null_condition(cond))
+    torch.testing.assert_close(out[:, :2], u_out[:, :2] + scale * (c_out[:, :2] - u_out[:, :2]))
+    want_var = u_out[:, 2:] if scale == 0 else c_out[:, 2:]  # the conditional variance is kept
+    torch.testing.assert_close(out[:, 2:], want_var)
+
+
+def test_batched_kwargs_are_doubled(inputs):
+    x, t, cond = inputs
+    model = ToyConditional()
+    shift = torch.arange(3.0).reshape(3, 1, 1, 1)
+    out = classifier_free_guidance(model, 3.0)(x, t, cond=cond, scale_map=shift)
+    torch.testing.assert_close(out[:, :2] - shift, classifier_free_guidance(ToyConditional(), 3.0)(x, t, cond=cond)[:, :2])
+
+
+def test_rejects_bad_scale_and_models_without_null():
+    with pytest.raises(ValueError, match="scale"):
+        classifier_free_guidance(ToyConditional(), -1.0)
+    with pytest.raises(ValueError, match="scale"):
+        classifier_free_guidance(ToyConditional(), float("nan"))
+    with pytest.raises(TypeError, match="null_condition"):
+        classifier_free_guidance(lambda x, t, cond: x, 2.0)
+
+
+def test_guided_model_fn_drives_a_sampler(inputs):
+    _, _, cond = inputs
+    diffusion = create_diffusion(steps=50)
+    guided = classifier_free_guidance(ToyConditional(), 2.0)
+    x = sample_dpmpp_2m(guided, (3, 2, 4, 4), {"cond": cond}, diffusion=diffusion, steps=5, seed=0)
+    assert x.shape == (3, 2, 4, 4) and torch.isfinite(x).all() and x.abs().max() <= 1
