@@ -1,0 +1,132 @@
+"""Mask fidelity (the four expert criteria) and mask-model checks on hand-built masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nasdm_aug.metrics.fidelity import FidelityAccumulator, boundary_f1, compare_fidelity, patch_fidelity
+from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present
+
+NAMES = ["a", "b", "c"]
+
+
+def disks(centres, types, size=48, r=5):
+    """inst and type maps with one disk per centre (ids 1..n) of the given types."""
+    yy, xx = np.mgrid[:size, :size]
+    inst, typ = np.zeros((size, size), np.int32), np.zeros((size, size), np.uint8)
+    for i, ((y, x), t) in enumerate(zip(centres, types), start=1):
+        d = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        inst[d], typ[d] = i, t
+    return inst, typ
+
+
+CENTRES = [(10, 10), (10, 35), (35, 10), (35, 35)]
+TYPES = [1, 1, 2, 3]
+
+
+def test_identical_patch_is_perfect():
+    inst, typ = disks(CENTRES, TYPES)
+    r = patch_fidelity(inst, typ, inst, typ, n_types=3)
+    assert r["score"] == 1.0 and r["dice_sum"] == 4.0 and r["bf1_sum"] == 4.0
+    assert list(r["n_mask"]) == [2, 1, 1] and list(r["matched"]) == [2, 1, 1]
+    assert r["missing"].sum() == 0 and r["excess"].sum() == 0
+
+
+def test_removed_nucleus_is_missing_of_its_type():
+    inst, typ = disks(CENTRES, TYPES)
+    pred_inst, pred_type = disks(CENTRES[:3], TYPES[:3])  # the type-3 nucleus is not found
+    r = patch_fidelity(inst, typ, pred_inst, pred_type, n_types=3)
+    assert list(r["missing"]) == [0, 0, 1] and r["excess"].sum() == 0
+    assert r["score"] == pytest.approx(2 * 3 / 7)  # detection F1 x Dice 1
+
+
+def test_added_nucleus_is_excess_of_its_predicted_type():
+    inst, typ = disks(CENTRES, TYPES)
+    pred_inst, pred_type = disks([*CENTRES, (22, 22)], [*TYPES, 2])
+    r = patch_fidelity(inst, typ, pred_inst, pred_type, n_types=3)
+    assert list(r["excess"]) == [0, 1, 0] and r["missing"].sum() == 0
+    assert list(r["n_pred"]) == [2, 2, 1]
+
+
+def test_wrong_type_lowers_type_accuracy_of_that_type_only():
+    inst, typ = disks(CENTRES, TYPES)
+    _, wrong = disks(CENTRES, [1, 3, 2, 3])  # one type-1 nucleus called type 3
+    acc = FidelityAccumulator(NAMES)
+    acc.add(inst, typ, inst, wrong)
+    agg = acc.aggregate()
+    assert agg["type_accuracy/a"] == 0.5 and agg["type_accuracy/b"] == 1.0 and agg["type_accuracy/c"] == 1.0
+    assert agg["type_accuracy"] == 0.75 and agg["dice"] == 1.0
+
+
+def test_shifted_boundary_lowers_dice_and_boundary_f1():
+    inst, typ = disks(CENTRES[:1], [1], r=6)
+    moved, _ = disks([(11, 10)], [1], r=6)  # one pixel down: within the 2 px tolerance
+    far, _ = disks([(13, 10)], [1], r=6)  # three pixels: part of the boundary disagrees
+    assert boundary_f1(inst > 0, moved > 0, tolerance=2) == 1.0
+    assert 0 < boundary_f1(inst > 0, far > 0, tolerance=2) < 1
+    r = patch_fidelity(inst, typ, moved, typ, n_types=3)
+    assert 0.8 < r["dice_sum"] < 1.0
+
+
+def test_boundary_f1_edge_cases():
+    empty = np.zeros((8, 8), bool)
+    full = np.zeros((8, 8), bool)
+    full[2:6, 2:6] = True
+    assert boundary_f1(empty, empty) == 1.0 and boundary_f1(full, empty) == 0.0
+
+
+def test_synthetic_equal_to_real_parent_has_ratio_one():
+    acc_syn, acc_real = FidelityAccumulator(NAMES), FidelityAccumulator(NAMES)
+    inst, typ = disks(CENTRES, TYPES)
+    pred_inst, pred_type = disks(CENTRES[:3], TYPES[:3])
+    for acc in (acc_syn, acc_real):
+        acc.add(inst, typ, pred_inst, pred_type)
+    cmp = compare_fidelity(acc_syn.aggregate(), acc_real.aggregate())
+    assert all(v["ratio"] == 1.0 for k, v in cmp.items() if not math.isnan(v["real"])), cmp
+    assert math.isnan(cmp["excess_rate/c"]["ratio"])  # nothing of type c predicted: undefined
+
+
+def test_ratio_of_worse_synthetic():
+    cmp = compare_fidelity({"dice": 0.6, "missing_rate": 0.2}, {"dice": 0.8, "missing_rate": 0.0})
+    assert cmp["dice"]["ratio"] == pytest.approx(0.75)
+    assert math.isnan(cmp["missing_rate"]["ratio"])
+
+
+def test_types_present_and_type_control():
+    maps = np.zeros((3, 4, 4), np.uint8)
+    maps[0, 0, 0] = 1
+    maps[1, 0, 0], maps[1, 1, 1] = 1, 2
+    present = types_present(maps, 3)
+    assert present.tolist() == [[True, False, False], [True, True, False], [False, False, False]]
+    requested = np.array([[1, 0, 0], [1, 0, 1], [0, 1, 0]], bool)
+    tc = type_control(requested, present, NAMES)
+    assert tc["a"]["precision"] == 1.0 and tc["a"]["recall"] == 1.0
+    assert tc["b"]["precision"] == 0.0 and tc["b"]["recall"] == 0.0
+    assert math.isnan(tc["c"]["precision"]) and tc["c"]["recall"] == 0.0
+    assert tc["all"]["precision"] == pytest.approx(2 / 3) and tc["all"]["recall"] == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="must both be"):
+        type_control(requested[:, :2], present, NAMES)
+
+
+def test_nuclei_statistics_and_wasserstein():
+    inst1, typ1 = disks(CENTRES, TYPES, r=4)
+    inst2, typ2 = disks(CENTRES[:2], TYPES[:2], r=4)
+    stats = nuclei_statistics(np.stack([inst1, inst2]), np.stack([typ1, typ2]), 3)
+    assert stats["count"].tolist() == [4, 2] and stats["count/1"].tolist() == [2, 2]
+    assert len(stats["area"]) == 6 and np.all(stats["area"] == stats["area"][0])
+    assert np.allclose(stats["eccentricity"], 0, atol=0.05) and np.all(stats["solidity"] > 0.8)
+    same = mask_realism(stats, stats, NAMES)
+    assert same["count"] == 0 and same["area"] == 0 and same["count/a"] == 0
+    big = nuclei_statistics(np.stack([disks(CENTRES, TYPES, r=6)[0]] * 2), np.stack([typ1] * 2), 3)
+    w = mask_realism(stats, big, NAMES)
+    assert w["count"] == pytest.approx(1.0)  # counts {4, 2} vs {4, 4}: mass 1/2 moved by 2
+    assert w["area"] > 20 and w["area/a"] > 20
+
+
+def test_mask_realism_nan_when_type_absent():
+    inst, typ = disks(CENTRES[:2], [1, 1])
+    stats = nuclei_statistics(inst[None], typ[None], 3)
+    assert math.isnan(mask_realism(stats, stats, NAMES)["area/b"])
