@@ -18,7 +18,10 @@ from nasdm_aug import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train:train_command", "train the NASDM mask or patch diffusion model on a PatchStore split"),
     "toy": ("cli.toy:toy", "write procedural H&E toy tissue (Lizard layout) with exact labels"),
+    "synthesize": ("cli.synthesize:synthesize", "Make a synthetic patch bank from real or generated masks."),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
+    "hovernet": ("cli.hovernet:hovernet", "train, evaluate and apply the bundled HoVerNet (Dice, PQ, AJI, mPQ+)"),
+    "evaluate": ("cli.evaluate:evaluate", "FID/IS/KID, automated expert criteria and mask checks of a synthetic bank"),
 }
 
 

@@ -1,0 +1,74 @@
+"""``nasdm-aug synthesize``: a patch bank from real masks (S1 / S2) or from generated masks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from nasdm_aug.utils import InputError
+
+
+@click.command("synthesize")
+# -- models
+@click.option("--model", "models", multiple=True, default=("toy",), show_default=True, metavar="RUN",
+              help="'toy' (the embedded toy models) or the mask and patch run directories (repeat the option).")
+# -- what to make
+@click.option("--masks", type=click.Path(dir_okay=False), default=None, metavar="STORE.h5",
+              help="Real PatchStore: one synthetic patch per real mask, recording its parent index.")
+@click.option("--split", default=None, metavar="NAME", help="With --masks: use this split's masks (e.g. R2).")
+@click.option("--indices", default=None, metavar="I,J,...", help="With --masks: explicit patch indices.")
+@click.option("--types", default=None, metavar="NAMES",
+              help="Generated masks: 'all', 'random', or comma-separated type names (e.g. epithelial,lymphocyte).")
+@click.option("--num", type=int, default=None, metavar="N", help="Generated masks: number of patches.")
+# -- output
+@click.option("--out", type=click.Path(dir_okay=False), required=True, metavar="BANK.h5", help="Output bank.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bank (and parts of a different run).")
+@click.option("--resume", is_flag=True, help="Accept an existing complete bank as done; reruns resume by themselves.")
+@click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Write BANK.h5.preview.png: mask | synthetic | real parent for the first N patches.")
+# -- sampling
+@click.option("--sampler", default=None, metavar="NAME", help="Sampler (default: the package default).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Network evaluations per sample.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Sampling precision.")
+@click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: GPU when available).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="A full SynthesizeConfig; options given on the line override it.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
+def synthesize(models, masks, split, indices, types, num, out, overwrite, resume, preview, sampler, steps,
+               guidance, seed, batch_size, dtype, device, config_path, dry_run) -> None:
+    """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
+    from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
+
+    base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
+    given = {"masks": masks, "split": split, "types": types, "num": num, "sampler": sampler, "steps": steps,
+             "guidance": guidance, "seed": seed, "batch_size": batch_size, "dtype": dtype}
+    if masks is not None or types is not None:  # the source given on the line replaces the config's
+        base.update({"masks": "", "types": "", "num": 0, "split": "", "indices": []})
+    base.update({k: v for k, v in given.items() if v is not None})
+    if tuple(models) != ("toy",) or "model" not in base:
+        base["model"] = list(models)
+    if indices is not None:
+        try:
+            base["indices"] = [int(v) for v in indices.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--indices must be comma-separated integers, got {indices!r}") from None
+    try:
+        config = SynthesizeConfig.from_dict(base)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if dry_run:
+        click.echo(config.to_json())
+        click.echo(f"patches: {len(plan_jobs(config))}")
+        return
+    if resume and Path(out).is_file() and not overwrite:
+        click.echo(f"{out} is complete; nothing to do")
+        return
+    result = run(config, out, device=device, overwrite=overwrite, preview=preview)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        click.echo(json.dumps(result, indent=2))

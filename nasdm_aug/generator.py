@@ -1,0 +1,335 @@
+"""NASDMGenerator: trained mask + patch models -> annotated H&E patches (NASDM, Shrivastava & Fletcher 2023).
+
+``generate_masks`` samples the mask model for a multi-hot choice of types and decodes instance +
+type maps; ``generate_patches`` samples the SPADE patch model for given maps; ``generate`` chains
+both (the paper's NASDM++). Every sample is seeded by (seed, its index), never by batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
+from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, classifier_free_guidance, get_sampler
+from nasdm_aug.sampling.samplers import sample_seed
+from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
+from nasdm_aug.training.config import TrainConfig
+from nasdm_aug.types import NucleiTypeTable
+from nasdm_aug.utils import InputError
+
+__all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "DEFAULT_GUIDANCE", "resolve_types", "resolve_model_dirs"]
+
+#: The tiny mask and patch models trained on the toy tissue, shipped inside the package.
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy"
+#: Classifier-free guidance scale used when none is given (eps = eps_null + s (eps_cond - eps_null)).
+DEFAULT_GUIDANCE = 1.5
+# The mask stage draws its noise from a seed stream disjoint from the patch stage's.
+_MASK_SEED_SALT = 0x6D61736B
+
+
+def resolve_model_dirs(model: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[Path, Path | None]:
+    """Turn ``--model`` values into (mask run, patch run).
+
+    ``"toy"`` names the embedded toy models; otherwise one or two run directories, told apart by
+    the ``kind`` in their config. A single patch run is allowed (masks then come from a store).
+
+    Raises:
+        InputError: a directory without a checkpoint, two runs of one kind, or more than two.
+    """
+    values = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    if [str(v) for v in values] == ["toy"]:
+        return TOY_MODEL_DIR / "mask", TOY_MODEL_DIR / "patch"
+    if not 1 <= len(values) <= 2:
+        raise InputError(f"--model takes 'toy' or one or two run directories (mask, patch), got {len(values)}")
+    found: dict[str, Path] = {}
+    for value in values:
+        path = Path(value)
+        ckpt = resolve_checkpoint(path)
+        config_path = ckpt / "config.json"
+        if not config_path.is_file():
+            raise InputError(f"{path}: checkpoint {ckpt.name} has no config.json")
+        kind = TrainConfig.load(config_path).kind
+        if kind in found:
+            raise InputError(f"{path}: both --model runs are {kind} models; give one mask and one patch run")
+        found[kind] = path
+    if "patch" not in found:
+        raise InputError(f"--model needs a patch run; got only a {', '.join(found)} run")
+    return found.get("mask"), found["patch"]
+
+
+def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: NucleiTypeTable, seed: int = 0,
+                  sample_offset: int = 0) -> np.ndarray:
+    """The multi-hot type-presence vectors [n, n_types] for a request.
+
+    Args:
+        types: ``"all"``; ``"random"`` (each type present with probability 1/2, drawn per sample
+            from (seed, index), never empty); type names (a list or a comma-separated string) given
+            to every sample; or an explicit array [n, n_types] / [n_types].
+        n: number of samples.
+        table: the models' type table.
+        seed: run seed (for ``"random"``).
+        sample_offset: index of the first sample (for ``"random"``).
+
+    Raises:
+        InputError: an unknown type name, an empty choice, or an array of the wrong shape.
+    """
+    k = table.n_types
+    if isinstance(types, np.ndarray):
+        arr = np.broadcast_to(types.astype(np.float32), (n, k)) if types.shape in ((k,), (n, k)) else None
+        if arr is None:
+            raise InputError(f"type presence array must be [{k}] or [{n}, {k}], got {list(types.shape)}")
+        return np.ascontiguousarray(arr)
+    if isinstance(types, str) and types.strip().lower() == "all":
+        return np.ones((n, k), np.float32)
+    if isinstance(types, str) and types.strip().lower() == "random":
+        out = np.zeros((n, k), np.float32)
+        for j in range(n):
+            rng = np.random.default_rng(sample_seed(seed, sample_offset + j))
+            row = rng.random(k) < 0.5
+            while not row.any():
+                row = rng.random(k) < 0.5
+            out[j] = row
+        return out
+    names = [t for t in (types.split(",") if isinstance(types, str) else types) if str(t).strip()]
+    if not names:
+        raise InputError("no nuclei types given; name at least one, or use 'all' or 'random'")
+    row = np.zeros(k, np.float32)
+    for name in names:
+        try:
+            row[table.id_of(str(name)) - 1] = 1.0
+        except KeyError as exc:
+            raise InputError(str(exc).strip('"')) from None
+    return np.tile(row, (n, 1))
+
+
+def _file_hash(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class NASDMGenerator:
+    """Generate annotated H&E patches with trained NASDM models.
+
+    Build it with :meth:`from_pretrained`. Sampling options (all keyword arguments of the
+    ``generate*`` methods) default to ``sampler=DEFAULT_SAMPLER`` (nasdm_aug.sampling),
+    ``steps=DEFAULT_STEPS``, ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``,
+    ``batch_size=8``.
+
+    Args:
+        patch_model: the SPADE patch U-Net (``forward(x, t, cond)``, ``null_condition``).
+        patch_config: its TrainConfig.
+        type_table: the nuclei types both models were trained on.
+        mask_model: the mask U-Net and its config (None: only ``generate_patches`` works).
+        device: where the models run (default: cuda when available, else cpu).
+        dtype: float32, or bfloat16 for autocast sampling.
+        model_hash: an identifier of the weights, recorded in synthetic stores.
+    """
+
+    def __init__(
+        self,
+        patch_model: torch.nn.Module,
+        patch_config: TrainConfig,
+        type_table: NucleiTypeTable,
+        mask_model: torch.nn.Module | None = None,
+        mask_config: TrainConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        model_hash: str = "",
+    ) -> None:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype
+        self.type_table = type_table
+        self.patch_model = patch_model.to(self.device).eval()
+        self.patch_config = patch_config
+        self.mask_model = mask_model.to(self.device).eval() if mask_model is not None else None
+        self.mask_config = mask_config
+        self.model_hash = model_hash
+        self._diffusion = {"patch": patch_config.diffusion.build()}
+        if mask_config is not None:
+            self._diffusion["mask"] = mask_config.diffusion.build()
+            if mask_config.model.image_size != patch_config.model.image_size:
+                raise InputError(
+                    f"mask model makes {mask_config.model.image_size}-px masks but the patch model was "
+                    f"trained on {patch_config.model.image_size}-px patches"
+                )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        mask_run: str | os.PathLike | None,
+        patch_run: str | os.PathLike | None = None,
+        *,
+        ema: bool = True,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "NASDMGenerator":
+        """Load the models from run (or checkpoint) directories, each rebuilt from its own config.
+
+        Args:
+            mask_run: the mask model's run directory, ``"toy"`` for the embedded toy models (then
+                ``patch_run`` is ignored), or None for a patch-only generator.
+            patch_run: the patch model's run directory.
+            ema: load EMA weights (default) rather than the raw ones.
+            device: default cuda when available, else cpu.
+            dtype: float32 or bfloat16 (autocast).
+
+        Raises:
+            InputError: a missing or broken run directory, or models of different type tables/sizes.
+        """
+        if str(mask_run) == "toy":
+            mask_run, patch_run = TOY_MODEL_DIR / "mask", TOY_MODEL_DIR / "patch"
+        if patch_run is None:
+            raise InputError("a patch model run directory is required")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        patch_model, patch_config = cls._load(patch_run, "patch", ema, device)
+        table = NucleiTypeTable.from_json(load_data_info(patch_run)["type_table"])
+        files = [resolve_checkpoint(patch_run) / ("ema.safetensors" if ema else "model.safetensors")]
+        mask_model = mask_config = None
+        if mask_run is not None:
+            mask_model, mask_config = cls._load(mask_run, "mask", ema, device)
+            mask_table = NucleiTypeTable.from_json(load_data_info(mask_run)["type_table"])
+            if mask_table != table:
+                raise InputError(f"{mask_run}: mask model types {mask_table.names} differ from the patch model's {table.names}")
+            files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
+        return cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
+                   model_hash=_file_hash(files))
+
+    @staticmethod
+    def _load(run: str | os.PathLike, kind: str, ema: bool, device: torch.device):
+        path = Path(run)
+        if not path.exists():
+            raise InputError(f"{path}: no such model run directory")
+        model, config = load_checkpoint(path, ema=ema, device=device)
+        if config.kind != kind:
+            raise InputError(f"{path}: expected a {kind} model run, found a {config.kind} model")
+        return model, config
+
+    @property
+    def patch_size(self) -> int:
+        """Side of the patches (and masks) the models were trained on."""
+        return int(self.patch_config.model.image_size)
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampler: str, steps: int,
+                guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
+        model = self.mask_model if kind == "mask" else self.patch_model
+        model_fn = classifier_free_guidance(model, guidance)
+        shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            x = get_sampler(sampler)(
+                model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], steps=steps, seed=seed,
+                sample_offset=sample_offset, device=self.device,
+            )
+        return x.float().clamp(-1, 1)
+
+    def generate_masks(
+        self, types: str | Sequence[str] | np.ndarray, n: int, *, sampler: str = DEFAULT_SAMPLER,
+        steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
+        batch_size: int = 8, min_size: int = 10, progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
+
+        Args:
+            types: see :func:`resolve_types` (``"all"``, ``"random"``, names, or presence vectors).
+            n: number of masks (>= 1).
+            min_size: instances smaller than this many pixels are dropped by the decoder.
+            (others: see the class docstring.)
+
+        Returns:
+            (inst int32 [n, H, W], type uint8 [n, H, W]).
+
+        Raises:
+            InputError: no mask model, ``n`` < 1, or an unknown type.
+        """
+        if self.mask_model is None:
+            raise InputError("this generator has no mask model; load one with from_pretrained(mask_run, patch_run)")
+        _check_n(n)
+        k = self.type_table.n_types
+        presence = resolve_types(types, n, self.type_table, seed, sample_offset)
+        insts = np.zeros((n, self.patch_size, self.patch_size), np.int32)
+        type_maps = np.zeros_like(insts, dtype=np.uint8)
+        for start in tqdm(range(0, n, batch_size), desc="masks", disable=not progress, leave=False):
+            stop = min(n, start + batch_size)
+            cond = torch.from_numpy(presence[start:stop]).to(self.device)
+            rep = self._sample("mask", cond, mask_channels(k), sampler=sampler, steps=steps, guidance=guidance,
+                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start)
+            for j, r in enumerate(rep.cpu().numpy()):
+                insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size)
+        return insts, type_maps
+
+    def generate_patches(
+        self, inst: np.ndarray, type_map: np.ndarray, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0, batch_size: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Sample H&E patches for given instance + type maps.
+
+        Args:
+            inst: instance maps [n, H, W] (or one [H, W]).
+            type_map: type maps of the same shape, ids 0..n_types.
+
+        Returns:
+            uint8 RGB patches [n, H, W, 3] (or [H, W, 3] for one map).
+
+        Raises:
+            InputError: maps of the wrong size for the model, or type ids outside its table.
+        """
+        single = np.ndim(inst) == 2
+        if single:
+            inst, type_map = inst[None], type_map[None]
+        p = self.patch_size
+        if inst.shape != type_map.shape or inst.shape[1:] != (p, p):
+            raise InputError(
+                f"masks of shape {list(inst.shape[1:])} do not fit the patch model, trained on {p}x{p} patches"
+            )
+        if type_map.size and int(type_map.max()) > self.type_table.n_types:
+            raise InputError(f"type id {int(type_map.max())} is outside 0..{self.type_table.n_types} of the model's table")
+        n = inst.shape[0]
+        _check_n(n)
+        out = np.zeros((n, p, p, 3), np.uint8)
+        for start in tqdm(range(0, n, batch_size), desc="patches", disable=not progress, leave=False):
+            stop = min(n, start + batch_size)
+            cond = patch_condition_torch(
+                torch.from_numpy(np.asarray(inst[start:stop], np.int64)).to(self.device),
+                torch.from_numpy(np.asarray(type_map[start:stop], np.int64)).to(self.device),
+                self.type_table.n_types,
+            )
+            x = self._sample("patch", cond, 3, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                             sample_offset=sample_offset + start)
+            img = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            out[start:stop] = img.cpu().numpy()
+        return out[0] if single else out
+
+    def generate(self, types: str | Sequence[str] | np.ndarray, n: int, **kwargs) -> dict[str, np.ndarray]:
+        """End to end (NASDM++): masks for the chosen types, then patches for those masks.
+
+        Args:
+            types, n: as in :meth:`generate_masks`; other keyword arguments go to both stages
+            (``min_size`` only to the mask stage).
+
+        Returns:
+            dict with ``image`` uint8 [n, H, W, 3], ``inst`` int32 [n, H, W], ``type`` uint8 [n, H, W].
+        """
+        min_size = kwargs.pop("min_size", 10)
+        inst, type_map = self.generate_masks(types, n, min_size=min_size, **kwargs)
+        image = self.generate_patches(inst, type_map, **kwargs)
+        return {"image": image, "inst": inst, "type": type_map}
+
+
+def _check_n(n: int) -> None:
+    if int(n) < 1:
+        raise InputError(f"number of samples must be >= 1, got {n}")

@@ -1,0 +1,241 @@
+"""Synthesis of patch banks (NASDM 4.3): one synthetic patch per real mask (S1 / S2), or patches
+for generated masks; resumable after any kill and sharded over torchrun ranks.
+
+Work is cut into chunks of ``batch_size`` patches. Each finished chunk is a small PatchStore in
+``OUT.parts/`` (written atomically), so a rerun with the same arguments skips it; ranks take every
+``world_size``-th chunk. When all chunks exist, rank 0 merges them in order into ``OUT`` and
+removes the parts. Patch i draws all its noise from (seed, i), so the bank does not depend on
+the batch size, on kills, or on the number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nasdm_aug.config import ConfigBase
+from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from nasdm_aug.sampling.samplers import sample_seed
+from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
+from nasdm_aug.utils import InputError, check_writable
+from nasdm_aug.viz import colour_mask, contact_sheet
+
+__all__ = ["SynthesizeConfig", "synthesize", "plan_jobs"]
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig(ConfigBase):
+    """What to synthesize and how; saved in the bank and beside its parts for resuming."""
+
+    model: tuple[str, ...] = ("toy",)  # "toy" (embedded models) or the mask and/or patch run dirs
+    masks: str = ""  # a real PatchStore: one synthetic patch per real mask (S1 / S2)
+    split: str = ""  # with masks: the split whose masks are used ("" = all patches)
+    indices: tuple[int, ...] = ()  # with masks: explicit patch indices (instead of a split)
+    types: str = ""  # generated masks: "all", "random" or comma-separated type names
+    num: int = 0  # generated masks: how many patches
+    sampler: str = DEFAULT_SAMPLER  # nasdm_aug.sampling sampler name
+    steps: int = DEFAULT_STEPS  # network evaluations per sample
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
+    seed: int = 0  # run seed; patch i is seeded by (seed, i)
+    batch_size: int = 8  # patches per forward, and per resumable chunk
+    ema: bool = True  # sample with the EMA weights
+    min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
+    dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
+
+    def __post_init__(self) -> None:
+        if bool(self.masks) == bool(self.types):
+            raise ValueError("give exactly one source: masks (a real store) or types (generated masks)")
+        if self.types and self.num < 1:
+            raise ValueError(f"--num must be >= 1, got {self.num}")
+        if self.masks and self.num:
+            raise ValueError("--num applies to generated masks (--types), not to --masks")
+        if self.split and self.indices:
+            raise ValueError("give --split or --indices, not both")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        if self.steps < 1 or self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
+            raise ValueError(
+                f"steps and batch_size must be >= 1, seed and min_size >= 0; got steps={self.steps}, "
+                f"batch_size={self.batch_size}, seed={self.seed}, min_size={self.min_size}"
+            )
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+
+def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
+    """Parent index of every patch to make (-1 for generated masks), in output order.
+
+    Raises:
+        InputError: an unreadable store, a split it lacks, indices out of range, or no masks at all.
+    """
+    if config.types:
+        return np.full(config.num, -1, np.int64)
+    store = PatchStore(config.masks)
+    if config.indices:
+        bad = [i for i in config.indices if not 0 <= i < len(store)]
+        if bad:
+            raise InputError(f"{config.masks}: indices {bad[:5]} are outside 0..{len(store) - 1}")
+        jobs = np.asarray(config.indices, np.int64)
+    else:
+        jobs = store.indices(config.split or None).astype(np.int64)
+    if len(jobs) == 0:
+        where = f"split {config.split!r} of " if config.split else ""
+        raise InputError(f"{config.masks}: {where}the store holds no masks to synthesize from")
+    return jobs
+
+
+def synthesize(
+    config: SynthesizeConfig,
+    out: str | Path,
+    *,
+    device: str | None = None,
+    overwrite: bool = False,
+    preview: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Make a synthetic PatchStore at ``out`` (see the module docstring for resuming and sharding).
+
+    Args:
+        config: what to make.
+        out: the bank's path (``.h5``).
+        device: "cpu", "cuda", "cuda:1" ...; default this rank's GPU when there is one.
+        overwrite: replace an existing bank and discard parts of an earlier, different run.
+        preview: write ``out`` with suffix ``.preview.png``: a contact sheet of the first N patches.
+        progress: show a tqdm bar over chunks.
+
+    Returns:
+        dict with ``out``, ``n_patches``, ``n_chunks``, ``chunks_done_before`` (resumed work),
+        ``model_hash`` and, when asked, ``preview``.
+
+    Raises:
+        InputError: bad input (see :class:`SynthesizeConfig`, :func:`plan_jobs`), an existing ``out``
+            without ``overwrite``, or parts left by a run with other arguments.
+    """
+    out = Path(out)
+    dist = init_distributed(device)
+    if dist.is_main:
+        check_writable(out, overwrite)
+    jobs = plan_jobs(config)
+    mask_run, patch_run = resolve_model_dirs(config.model)
+    gen = NASDMGenerator.from_pretrained(
+        mask_run, patch_run, ema=config.ema, device=dist.device,
+        dtype=torch.bfloat16 if config.dtype == "bfloat16" else torch.float32,
+    )
+    real = _check_fit(config, gen)
+    parts = out.with_name(out.name + ".parts")
+    if dist.is_main:
+        _prepare_parts(parts, config, overwrite)
+    barrier()
+    chunks = [(s, min(len(jobs), s + config.batch_size)) for s in range(0, len(jobs), config.batch_size)]
+    done_before = sum(_part(parts, c).is_file() for c in range(len(chunks)))
+    mine = [c for c in range(dist.rank, len(chunks), dist.world_size) if not _part(parts, c).is_file()]
+    for c in tqdm(mine, desc=f"synthesize (rank {dist.rank})", disable=not progress, unit="chunk"):
+        _make_chunk(gen, config, real, jobs, chunks[c], _part(parts, c))
+    barrier()
+    result = {"out": str(out), "n_patches": int(len(jobs)), "n_chunks": len(chunks),
+              "chunks_done_before": int(done_before), "model_hash": gen.model_hash}
+    if dist.is_main:
+        _merge(parts, len(chunks), out, config, gen, real, overwrite)
+        shutil.rmtree(parts)
+        if preview:
+            result["preview"] = str(write_preview(out, preview, real))
+    barrier()
+    cleanup_distributed()
+    return result
+
+
+def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | None:
+    if config.types:
+        if gen.mask_model is None:
+            raise InputError("--types needs a mask model: pass the mask run as well as the patch run to --model")
+        resolve_types(config.types, 1, gen.type_table)  # unknown names fail before any work
+        return None
+    real = PatchStore(config.masks)
+    if real.patch_size != gen.patch_size:
+        raise InputError(
+            f"{config.masks}: {real.patch_size}-px patches, but the patch model was trained on {gen.patch_size}-px patches"
+        )
+    if real.type_table.names != gen.type_table.names:
+        raise InputError(f"{config.masks}: types {real.type_table.names} differ from the model's {gen.type_table.names}")
+    return real
+
+
+def _part(parts: Path, chunk: int) -> Path:
+    return parts / f"part_{chunk:06d}.h5"
+
+
+def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool) -> None:
+    record = parts / "config.json"
+    if parts.is_dir() and record.is_file():
+        if json.loads(record.read_text()) == config.to_dict():
+            return  # same arguments: resume
+        if not overwrite:
+            raise InputError(
+                f"{parts} holds an interrupted run with other arguments; rerun with those, or pass --overwrite"
+            )
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    config.save(record)
+
+
+def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore | None, jobs: np.ndarray,
+                span: tuple[int, int], path: Path) -> None:
+    start, stop = span
+    n = stop - start
+    opts = dict(sampler=config.sampler, steps=config.steps, guidance=config.guidance, seed=config.seed,
+                sample_offset=start, batch_size=config.batch_size)
+    if real is None:
+        inst, type_map = gen.generate_masks(config.types, n, min_size=config.min_size, **opts)
+        meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
+    else:
+        data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
+        inst, type_map = data["inst"], data["type"]
+        meta = {k: list(data[k]) for k in ("source", "y", "x", "split")}
+    image = gen.generate_patches(inst, type_map, **opts)
+    with PatchStoreWriter(path, patch_size=gen.patch_size, type_table=gen.type_table, origin="synthetic",
+                          overwrite=True) as writer:
+        writer.append_batch(image, inst.astype(np.int32), type_map.astype(np.uint8), **meta,
+                            parent=list(jobs[start:stop]), seed=[sample_seed(config.seed, i) for i in range(start, stop)])
+
+
+def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
+           real: PatchStore | None, overwrite: bool) -> None:
+    provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampler,
+                  "steps": config.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
+                  "parent_store": str(Path(config.masks).resolve()) if real is not None else ""}
+    with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),
+                          origin="synthetic", overwrite=overwrite, attrs={"provenance": provenance}) as writer:
+        if real is not None:
+            writer.set_splits(real.splits)
+        for c in range(n_chunks):
+            part = PatchStore(_part(parts, c))
+            idx = np.arange(len(part))
+            d = part.read(idx, keys=("image", "inst", "type", "source", "y", "x", "split", "parent", "seed"))
+            writer.append_batch(d["image"], d["inst"], d["type"], source=list(d["source"]), y=list(d["y"]),
+                                x=list(d["x"]), split=list(d["split"]), parent=list(d["parent"]), seed=list(d["seed"]))
+            part.close()
+
+
+def write_preview(bank_path: str | Path, n: int, real: PatchStore | None = None) -> Path:
+    """Contact sheet of the first ``n`` patches: mask in type colours | synthetic | real parent."""
+    bank = PatchStore(bank_path)
+    rows = []
+    for i in range(min(n, len(bank))):
+        item = bank[i]
+        parent = real[item["parent"]]["image"] if real is not None and item["parent"] >= 0 else None
+        rows.append([colour_mask(item["inst"], item["type"], bank.type_table), item["image"], parent])
+    titles = ["mask", "synthetic"] + (["real parent"] if real is not None else [])
+    path = Path(str(bank_path) + ".preview.png")
+    return contact_sheet(rows, path, column_titles=titles)

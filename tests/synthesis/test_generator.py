@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from nasdm_aug.generator import NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.types import LIZARD
+from nasdm_aug.utils import InputError
+
+OPTS = dict(sampler="ddim", steps=4, guidance=2.0)
+
+
+@pytest.fixture(scope="module")
+def gen(runs):
+    return NASDMGenerator.from_pretrained(*runs, device="cpu")
+
+
+def test_resolve_types():
+    np.testing.assert_array_equal(resolve_types("epithelial, eosinophil", 2, LIZARD)[1], [0, 1, 0, 0, 1, 0])
+    assert resolve_types("all", 3, LIZARD).sum() == 18
+    rnd = resolve_types("random", 50, LIZARD, seed=4)
+    assert rnd.sum(1).min() >= 1 and 0.3 < rnd.mean() < 0.7
+    np.testing.assert_array_equal(rnd[10:], resolve_types("random", 40, LIZARD, seed=4, sample_offset=10))
+    with pytest.raises(InputError, match="unknown type 'macrophage'.*neutrophil"):
+        resolve_types("macrophage", 1, LIZARD)
+    with pytest.raises(InputError, match=r"must be \[6\]"):
+        resolve_types(np.ones(5), 1, LIZARD)
+
+
+def test_generate_end_to_end(gen):
+    out = gen.generate("all", 3, seed=1, **OPTS)
+    assert out["image"].shape == (3, 16, 16, 3) and out["image"].dtype == np.uint8
+    assert out["inst"].dtype == np.int32 and out["type"].max() <= 6
+    # every pixel of an instance has one type
+    for inst, type_map in zip(out["inst"], out["type"]):
+        for k in np.unique(inst[inst > 0]):
+            assert len(np.unique(type_map[inst == k])) == 1
+
+
+def test_patches_do_not_depend_on_batch_size_or_offset(gen, real_store):
+    from nasdm_aug.data.store import PatchStore
+
+    d = PatchStore(real_store).read(range(5), keys=("inst", "type"))
+    a = gen.generate_patches(d["inst"], d["type"], seed=3, batch_size=5, **OPTS)
+    b = gen.generate_patches(d["inst"], d["type"], seed=3, batch_size=2, **OPTS)
+    c = gen.generate_patches(d["inst"][2:], d["type"][2:], seed=3, sample_offset=2, **OPTS)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[2:], c)
+    other = gen.generate_patches(d["inst"], d["type"], seed=4, batch_size=5, **OPTS)
+    assert not np.array_equal(a, other)
+
+
+def test_generator_errors(gen, runs, tmp_path):
+    with pytest.raises(InputError, match="trained on 16x16"):
+        gen.generate_patches(np.zeros((1, 8, 8), np.int32), np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="must be >= 1"):
+        gen.generate_masks("all", 0)
+    with pytest.raises(InputError, match="no such model run"):
+        NASDMGenerator.from_pretrained(tmp_path / "nope", runs[1])
+    with pytest.raises(InputError, match="expected a mask model run"):
+        NASDMGenerator.from_pretrained(runs[1], runs[1])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no NASDM checkpoint"):
+        resolve_model_dirs([str(tmp_path / "empty")])
+    assert resolve_model_dirs([str(runs[1]), str(runs[0])]) == (runs[0], runs[1])

@@ -1,0 +1,131 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.synthesize import SynthesizeConfig, synthesize
+
+FAST = dict(sampler="ddim", steps=3, batch_size=2)
+
+
+def _args(runs, out, *extra):
+    return ["synthesize", "--model", str(runs[0]), "--model", str(runs[1]), "--out", str(out),
+            "--sampler", "ddim", "--steps", "3", "--batch-size", "2", "--device", "cpu", *extra]
+
+
+def _assert_same_bank(a, b):
+    sa, sb = PatchStore(a), PatchStore(b)
+    assert len(sa) == len(sb)
+    idx = np.arange(len(sa))
+    ra = sa.read(idx, keys=("image", "inst", "type", "parent", "seed"))
+    rb = sb.read(idx, keys=("image", "inst", "type", "parent", "seed"))
+    for key in ra:
+        np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference(runs, real_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "bank.h5"
+    cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
+    result = synthesize(cfg, out, device="cpu", preview=3, progress=False)
+    return out, result
+
+
+def test_bank_from_real_masks(reference, real_store):
+    out, result = reference
+    bank, real = PatchStore(out), PatchStore(real_store)
+    parents = real.indices("R2")
+    assert result["n_patches"] == len(parents) == len(bank) and bank.origin == "synthetic"
+    np.testing.assert_array_equal(bank.meta("parent"), parents)
+    np.testing.assert_array_equal(bank.read(range(len(bank)))["inst"], real.read(parents)["inst"])
+    assert bank.splits == real.splits and list(bank.meta("source")) == list(real.meta("source")[parents])
+    prov = bank.attrs["provenance"]
+    assert prov["sampler"] == "ddim" and prov["steps"] == 3 and len(prov["model_hash"]) == 16
+    assert len(set(bank.meta("seed"))) == len(bank)
+    assert Path(result["preview"]).stat().st_size > 0
+    assert not Path(str(out) + ".parts").exists()
+
+
+def test_generated_masks_via_cli(runs, tmp_path):
+    out = tmp_path / "gen.h5"
+    res = CliRunner().invoke(cli, _args(runs, out, "--types", "epithelial,lymphocyte", "--num", "3"))
+    assert res.exit_code == 0, res.output
+    bank = PatchStore(out)
+    assert len(bank) == 3 and set(bank.meta("parent")) == {-1}
+
+
+def test_resume_after_kill_9(runs, real_store, reference, tmp_path):
+    out = tmp_path / "bank.h5"
+    cmd = [sys.executable, "-c", "from cli.main import main; main()",
+           *_args(runs, out, "--masks", str(real_store), "--split", "R2", "--seed", "5")]
+    parts = Path(str(out) + ".parts")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("part_*.h5")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list(parts.glob("part_*.h5"))
+    assert done and not out.exists(), "the kill should land after the first chunk and before the merge"
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert '"chunks_done_before": 0' not in res.stdout
+    _assert_same_bank(out, reference[0])
+
+
+def test_two_ranks_match_one_process(runs, real_store, reference, tmp_path):
+    out = tmp_path / "bank.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cli.main", *_args(runs, out, "--masks", str(real_store), "--split", "R2", "--seed", "5")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _assert_same_bank(out, reference[0])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--types", "macrophage", "--num", "2"], "unknown type 'macrophage'"),
+        (["--types", "all", "--num", "0"], "--num must be >= 1"),
+        (["--masks", "MISSING.h5"], "no such PatchStore"),
+        (["--masks", "REAL", "--split", "R9"], "no split 'R9'"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(runs, real_store, tmp_path, extra, message):
+    out = tmp_path / "bank.h5"
+    extra = [str(real_store) if e == "REAL" else str(tmp_path / e) if e.endswith(".h5") else e for e in extra]
+    res = subprocess.run([sys.executable, "-m", "cli.main", *_args(runs, out, *extra)], capture_output=True, text=True)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_out_needs_overwrite_or_resume(runs, reference):
+    out = reference[0]
+    res = CliRunner().invoke(cli, _args(runs, out, "--types", "all", "--num", "1"))
+    assert res.exit_code != 0
+    res = CliRunner().invoke(cli, _args(runs, out, "--types", "all", "--num", "1", "--resume"))
+    assert res.exit_code == 0 and "nothing to do" in res.output
+
+
+def test_wrong_patch_size_and_dry_run(runs, tmp_path):
+    from nasdm_aug.data.store import PatchStoreWriter
+    from nasdm_aug.types import LIZARD
+
+    store = tmp_path / "big.h5"
+    with PatchStoreWriter(store, patch_size=32, type_table=LIZARD) as w:
+        w.append(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.int32), np.zeros((32, 32), np.uint8))
+    res = subprocess.run([sys.executable, "-m", "cli.main", *_args(runs, tmp_path / "o.h5", "--masks", str(store))],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "32-px patches, but the patch model was trained on 16-px" in res.stderr
+    res = CliRunner().invoke(cli, _args(runs, tmp_path / "o.h5", "--types", "all", "--num", "7", "--dry-run"))
+    assert res.exit_code == 0 and "patches: 7" in res.output and not (tmp_path / "o.h5").exists()
