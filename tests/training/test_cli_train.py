@@ -1,0 +1,62 @@
+"""``nasdm-aug train``: dry-run config resolution, user errors as one line, a short run and its resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import small_config
+
+from cli.main import main
+from nasdm_aug.training.checkpoint import list_checkpoints
+
+
+def _run(capsys, *args):
+    """Run the console entry point; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+        raise SystemExit(0)  # main() returns normally on success
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_dry_run_takes_types_and_size_from_the_store(store_path, tmp_path, capsys):
+    code, out, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--preset", "tiny", "--steps", "7", "--seed", "3", "--dry-run")  # fmt: skip
+    cfg = json.loads(out)
+    assert code == 0 and cfg["steps"] == 7 and cfg["seed"] == 3 and cfg["kind"] == "mask"
+    assert cfg["model"]["n_types"] == 4 and cfg["model"]["image_size"] == 32 and cfg["model"]["in_channels"] == 7
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--store", "missing.h5"], "no such PatchStore file"),
+        (["--config", "nope.json"], "config file not found"),
+    ],
+)
+def test_user_errors_are_one_line(store_path, tmp_path, capsys, args, message):
+    base = ["train", "patch", "--store", str(store_path), "--out", str(tmp_path / "r"), "--dry-run"]
+    code, _, err = _run(capsys, *base, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_of_the_other_kind_is_refused(store_path, tmp_path, capsys):
+    small_config("mask").save(tmp_path / "mask.json")
+    code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--config", str(tmp_path / "mask.json"), "--dry-run")  # fmt: skip
+    assert code == 2 and "is for the 'mask' model" in err
+
+
+def test_short_run_then_resume_extends_it(store_path, tmp_path, capsys):
+    small_config("mask", steps=2, ckpt_every=2).save(tmp_path / "run.json")
+    out = tmp_path / "run"
+    common = ["train", "mask", "--store", str(store_path), "--out", str(out), "--no-progress"]
+    code, stdout, _ = _run(capsys, *common, "--config", str(tmp_path / "run.json"))
+    assert code == 0 and "trained mask model" in stdout and [s for s, _ in list_checkpoints(out)] == [2]
+    code, _, err = _run(capsys, *common, "--config", str(tmp_path / "run.json"))  # a second fresh run is refused
+    assert code == 2 and "--resume" in err
+    code, _, _ = _run(capsys, *common, "--resume", "--steps", "3")
+    assert code == 0 and [s for s, _ in list_checkpoints(out)] == [3]
+    assert json.loads((out / "config.json").read_text())["steps"] == 3

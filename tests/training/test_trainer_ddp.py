@@ -1,0 +1,58 @@
+"""Two gloo processes train through ``train()`` as under torchrun; both must end with identical weights."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch._dynamo  # noqa: F401  DDP and AdamW import it lazily (seconds); once here, shared by forked ranks
+import torch.multiprocessing as mp
+from conftest import small_config
+from safetensors.torch import load_file, save_file
+
+from nasdm_aug.training import run as _run  # noqa: F401  imported before the fork, shared by the ranks
+from nasdm_aug.training.checkpoint import latest_checkpoint
+from nasdm_aug.training.metric_log import read_log
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, store: str, run: str, dump: str) -> None:
+    # what torchrun sets for each process
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from nasdm_aug.training import trainer as trainer_mod
+    from nasdm_aug.training.run import train
+
+    run_loop = trainer_mod.Trainer.run
+
+    def run_and_dump(self):  # keep each rank's final weights and its first batch for the parent
+        out = run_loop(self)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, f"{dump}/rank{rank}.safetensors")
+        return out
+
+    trainer_mod.Trainer.run = run_and_dump
+    train("mask", store, "Train", small_config("mask", steps=3, log_every=1, ckpt_every=3), run, device="cpu", progress=False)
+
+
+def test_two_gloo_ranks_end_identical(store_path, tmp_path):
+    run, dump = tmp_path / "run", tmp_path
+    # fork: the children reuse the parent's imported torch (spawn re-imports it, ~5 s CPU per rank)
+    mp.start_processes(
+        _worker, args=(_free_port(), str(store_path), str(run), str(dump)), nprocs=WORLD, join=True, start_method="fork"
+    )
+    w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))  # written by rank 0 alone
+    assert all(torch.equal(saved[k], w0[k]) for k in w0)
+    records = read_log(run)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[-1]["samples_per_s"] / records[-1]["it_per_s"] == 2 * WORLD  # global batch
+    assert records[-1]["epoch"] == 3 * 2 * WORLD / 4
