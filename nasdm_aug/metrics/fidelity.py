@@ -16,6 +16,7 @@ from hovernet.metrics import instance_types, match_instances
 __all__ = ["boundary_f1", "patch_fidelity", "FidelityAccumulator", "compare_fidelity"]
 
 _COUNT_KEYS = ("n_mask", "n_pred", "matched", "type_correct", "missing", "excess")
+_TOTAL_KEYS = ("n_patches", "n_mask", "n_pred", "n_matched")  # sizes, not criteria: never compared
 
 
 def boundary_f1(mask_a: np.ndarray, mask_b: np.ndarray, tolerance: int = 2) -> float:
@@ -161,11 +162,12 @@ def compare_fidelity(synthetic: dict[str, float], real: dict[str, float]) -> dic
     real value is 0 or undefined otherwise.
 
     Returns:
-        {metric: {"synthetic", "real", "ratio"}} for every key the two dicts share.
+        {metric: {"synthetic", "real", "ratio"}} for every criterion the two dicts share (the
+        counts ``n_patches``, ``n_mask``, ``n_pred``, ``n_matched`` are left out).
     """
     out = {}
     for key in synthetic:
-        if key in real:
+        if key in real and key not in _TOTAL_KEYS:
             s, r = synthetic[key], real[key]
             out[key] = {"synthetic": s, "real": r, "ratio": _compare(s, r)}
     return out

@@ -1,0 +1,138 @@
+"""The ``nasdm-aug evaluate`` report folder: metrics JSON, markdown tables shaped like NASDM's Table 1
+(Oh et al., 2023) and its expert-criteria table, and PNGs of the best and worst synthetic patches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.utils import atomic_output
+from nasdm_aug.viz import contact_sheet, overlay_mask
+
+__all__ = ["write_report", "markdown_report", "json_safe"]
+
+_CRITERIA = (("dice", "Boundary Dice of matched nuclei", "up"), ("boundary_f1", "Boundary F1 (2 px)", "up"),
+             ("type_accuracy", "Type accuracy of matched nuclei", "up"), ("missing_rate", "Missing nuclei rate", "down"),
+             ("excess_rate", "Excess nuclei rate", "down"), ("score", "Per-patch fidelity score", "up"))
+
+
+def json_safe(x: Any) -> Any:
+    """Replace non-finite floats by None (JSON has no NaN) and numpy scalars by Python ones."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _undefined(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not math.isfinite(v))
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _table1(result: dict[str, Any]) -> list[str]:
+    g = result["generative"]
+    real, syn = result["real"], result["synthetic"]
+    kid = g["kid"]
+    split = f":{real['split']}" if real["split"] else ""
+    return [
+        "| Set | N | FID ↓ | IS ↑ | KID ×10³ ↓ |", "|---|---:|---:|---:|---:|",
+        f"| real ({Path(real['store']).name}{split}) | {real['n']} | 0 (reference) | "
+        f"{_f(g['is_real']['mean'], 2)} ± {_f(g['is_real']['std'], 2)} | 0 (reference) |",
+        f"| synthetic ({Path(syn['store']).name}) | {syn['n']} | {_f(g['fid'], 2)} | "
+        f"{_f(g['is_synthetic']['mean'], 2)} ± {_f(g['is_synthetic']['std'], 2)} | "
+        f"{_f(kid['mean'] * 1e3, 2)} ± {_f(kid['std'] * 1e3, 2)} |",
+        "",
+        ("IS: ImageNet classes of the Inception network." if g["is_kind"] == "imagenet" else
+         f"IS ({g['is_kind']}): the InceptionV3 file ends at pool3 and has no ImageNet classifier, so IS is taken "
+         "over k-means pseudo-classes of the real features (hard assignment: the effective number of real-data "
+         "clusters covered). It is not comparable with ImageNet-IS numbers in papers; pass `--inception` with a "
+         "TorchScript that returns class logits for the classic IS."),
+    ]
+
+
+def _fidelity_table(fid: dict[str, Any], type_names: list[str]) -> list[str]:
+    cmp = fid["comparison"]
+    rows = ["| Criterion | Synthetic | Real | Ratio (syn / real) |", "|---|---:|---:|---:|"]
+    for key, label, arrow in _CRITERIA:
+        names = [""] + ([f"/{n}" for n in type_names] if key in ("type_accuracy", "missing_rate", "excess_rate") else [])
+        for suffix in names:
+            c = cmp.get(key + suffix)
+            if c is None or (suffix and _undefined(c["synthetic"]) and _undefined(c["real"])):
+                continue  # a type neither side has: a row of n/a says nothing
+            what = f"{label} {'↑' if arrow == 'up' else '↓'}" if not suffix else f"&nbsp;&nbsp;{suffix[1:]}"
+            rows.append(f"| {what} | {_f(c['synthetic'])} | {_f(c['real'])} | {_f(c['ratio'], 2)} |")
+    s, r = fid["synthetic"], fid["real"]
+    rows += ["", f"Nuclei in the masks: synthetic {int(s['n_mask'])}, real {int(r['n_mask'])}; found by the "
+             f"segmenter: {int(s['n_pred'])} and {int(r['n_pred'])}. Real patches are scored against their own "
+             "annotations, so the ratio says how close a synthetic patch shows its mask to how a real patch "
+             "shows its annotation (1 = as faithful as real)."]
+    return rows
+
+
+def _mask_table(mm: dict[str, Any]) -> list[str]:
+    if not mm.get("n_generated"):
+        return ["Every synthetic patch was made from a real mask; no mask-model checks apply."]
+    rows = [f"{mm['n_generated']} patches from generated masks.", "",
+            "| Statistic | Wasserstein distance to real |", "|---|---:|"]
+    rows += [f"| {k} | {_f(v)} |" for k, v in mm["realism"].items() if "/" not in k]
+    if "type_control" in mm:
+        rows += ["", "| Type | Precision | Recall | Requested | Present |", "|---|---:|---:|---:|---:|"]
+        rows += [f"| {k} | {_f(v['precision'])} | {_f(v['recall'])} | {int(v['requested'])} | {int(v['present'])} |"
+                 for k, v in mm["type_control"].items() if v["requested"] or v["present"]]
+    return rows
+
+
+def markdown_report(result: dict[str, Any], type_names: list[str]) -> str:
+    """The report as markdown: Table-1-like generative metrics, fidelity and mask-model tables."""
+    lines = ["# Synthetic bank evaluation", "", "## Image quality (as NASDM Table 1)", "", *_table1(result), ""]
+    lines += ["## Mask fidelity (the four expert criteria, automated)", ""]
+    if result["fidelity"] is None:
+        lines += ["Not measured: pass `--segmenter` with a HoVerNet run trained on real data.", ""]
+    else:
+        lines += [*_fidelity_table(result["fidelity"], type_names), "",
+                  "Best and worst synthetic patches by fidelity score: `best_patches.png`, `worst_patches.png` "
+                  "(columns: patch, its mask, what the segmenter found).", ""]
+    lines += ["## Mask model", "", *_mask_table(result["mask_model"]), ""]
+    return "\n".join(lines)
+
+
+def _patch_sheet(syn: PatchStore, indices: list[int], scores: list[float], segment: Callable, path: Path) -> None:
+    d = syn.read(indices)
+    pred_inst, pred_type = segment(d["image"])
+    rows = [[img, overlay_mask(img, inst, typ, syn.type_table), overlay_mask(img, pi, pt, syn.type_table)]
+            for img, inst, typ, pi, pt in zip(d["image"], d["inst"], d["type"], pred_inst, pred_type)]
+    contact_sheet(rows, path, column_titles=["synthetic", "mask", "segmented"],
+                  row_titles=[f"#{i} s={s:.2f}" for i, s in zip(indices, scores)])
+
+
+def write_report(result: dict[str, Any], config: Any, syn: PatchStore, out: str | Path, *, overwrite: bool = False,
+                 segment: Callable | None = None) -> Path:
+    """Write ``metrics.json``, ``report.md``, ``config.json`` and the best/worst PNGs to ``out`` atomically."""
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown_report(result, list(syn.type_table.names)))
+        config.save(tmp / "config.json")
+        fid = result["fidelity"]
+        if fid is not None and segment is not None and config.n_show:
+            order = np.argsort(fid["scores"], kind="stable")
+            idx, scores = np.asarray(fid["indices"]), np.asarray(fid["scores"])
+            n = min(config.n_show, len(order))
+            best, worst = order[::-1][:n], order[:n]
+            _patch_sheet(syn, [int(i) for i in idx[best]], list(scores[best]), segment, tmp / "best_patches.png")
+            _patch_sheet(syn, [int(i) for i in idx[worst]], list(scores[worst]), segment, tmp / "worst_patches.png")
+    return Path(out)

@@ -1,0 +1,142 @@
+"""`nasdm-aug evaluate` end to end on tiny stores, a tiny TorchScript feature net and an untrained HoVerNet."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from cli.main import cli
+from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
+from nasdm_aug.types import LIZARD
+
+SIZE = 32
+
+
+def _patches(rng: np.random.Generator, n: int):
+    """n patches with 1-3 square nuclei each, types 2 (epithelial) or 3 (lymphocyte)."""
+    out = []
+    for _ in range(n):
+        img = np.full((SIZE, SIZE, 3), (230, 180, 210), np.uint8)
+        inst, typ = np.zeros((SIZE, SIZE), np.int32), np.zeros((SIZE, SIZE), np.uint8)
+        for k in range(1, rng.integers(2, 5)):
+            y, x = rng.integers(2, SIZE - 8, 2)
+            inst[y:y + 6, x:x + 6], typ[y:y + 6, x:x + 6] = k, rng.choice([2, 3])
+            img[y:y + 6, x:x + 6] = (90, 50, 140)
+        out.append((img, inst, typ))
+    return out
+
+
+class _TinyFeatures(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    rng = np.random.default_rng(0)
+    real = root / "real.h5"
+    with PatchStoreWriter(real, patch_size=SIZE, type_table=LIZARD) as w:
+        for i, (img, inst, typ) in enumerate(_patches(rng, 8)):
+            w.append(img, inst, typ, source=f"img{min(i, 3)}")  # R1 (img0) holds 1 patch
+        w.set_splits({"Train": ["img0", "img1", "img2"], "R1": ["img0"], "R2": ["img3"], "Test": ["img3"]})
+    bank = root / "bank.h5"
+    with PatchStoreWriter(bank, patch_size=SIZE, type_table=LIZARD, origin="synthetic",
+                          config={"types": "epithelial", "seed": 0}) as w:
+        for i, (img, inst, typ) in enumerate(_patches(rng, 6)):
+            w.append(img, inst, typ, parent=i if i < 2 else -1)
+    feats = root / "feats.pt"
+    torch.jit.script(_TinyFeatures()).save(str(feats))
+    hv = root / "hovernet"
+    hv.mkdir()
+    from hovernet.config import get_preset
+    from hovernet.model import HoVerNet
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    model = HoVerNet(cfg.model)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(hv / "model.safetensors"))
+    cfg.save(hv / "config.json")
+    (hv / "data.json").write_text(json.dumps({"type_table": LIZARD.to_json(), "patch_size": SIZE}))
+    return {"real": real, "bank": bank, "feats": feats, "hovernet": hv, "root": root}
+
+
+def test_dry_run_prints_resolved_config(files):
+    res = CliRunner().invoke(cli, ["evaluate", "--real", f"{files['real']}:Train", "--synthetic", str(files["bank"]),
+                                   "--out", str(files["root"] / "x"), "--max-patches", "5", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.output)
+    assert cfg["real_split"] == "Train" and cfg["max_patches"] == 5 and cfg["real"] == str(files["real"])
+    assert not (files["root"] / "x").exists()
+
+
+def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
+    out = files["root"] / "report"
+    args = ["evaluate", "--real", str(files["real"]), "--synthetic", str(files["bank"]), "--inception",
+            str(files["feats"]), "--segmenter", str(files["hovernet"]), "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "config.json", "best_patches.png",
+                                               "worst_patches.png"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["real"]["n"] == 8 and m["synthetic"]["n"] == 6
+    assert m["generative"]["fid"] > 0 and m["generative"]["is_kind"].startswith("clusters-")
+    assert set(m["fidelity"]["comparison"]) >= {"dice", "boundary_f1", "type_accuracy/epithelial",
+                                                "missing_rate/lymphocyte", "excess_rate"}
+    mm = m["mask_model"]
+    assert mm["n_generated"] == 4 and mm["type_control"]["epithelial"]["requested"] == 4
+    assert mm["type_control"]["lymphocyte"]["requested"] == 0
+    md = (out / "report.md").read_text()
+    assert "| synthetic (bank.h5) | 6 |" in md and "Missing nuclei rate" in md
+    # a second run refuses to overwrite; the cached features are reused
+    assert list(files["real"].parent.glob("real.h5.features-*.npz"))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "--overwrite" in str(res.exception)
+
+
+def test_bad_inputs_are_one_clear_line(files, tmp_path):
+    base = ["evaluate", "--synthetic", str(files["bank"]), "--inception", str(files["feats"]), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--real", str(tmp_path / "missing.h5")], "missing.h5: store not found"),
+        (["--real", f"{files['real']}:Nope"], "Nope"),
+        (["--real", f"{files['real']}:R1"], "need at least 2"),
+        (["--real", str(files["real"]), "--inception", str(tmp_path / "none.pt")], "none.pt: file not found"),
+    ]
+    for extra, message in cases:
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code != 0 and message in str(res.exception), (extra, res.exception)
+
+
+def test_fidelity_with_oracle_segmenter_gives_ratio_one(files):
+    from nasdm_aug.data.store import PatchStore
+
+    real, bank = PatchStore(files["real"]), PatchStore(files["bank"])
+    masks = {}
+    for store in (real, bank):
+        for i in range(len(store)):
+            d = store[i]
+            masks[d["image"].tobytes()] = (d["inst"], d["type"])
+
+    def oracle(images):  # a perfect segmenter: returns each patch's own mask
+        inst, typ = zip(*(masks[im.tobytes()] for im in images))
+        return np.stack(inst), np.stack(typ)
+
+    r = fidelity_metrics(oracle, real, np.arange(8), bank, np.arange(6), batch_size=4)
+    assert r["synthetic"]["dice"] == 1.0 and r["synthetic"]["missing_rate"] == 0.0
+    assert all(s == 1.0 for s in r["scores"])
+    ratios = [v["ratio"] for v in r["comparison"].values()]
+    assert all(x == 1.0 or math.isnan(x) for x in ratios)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="both real and synthetic"):
+        EvaluateConfig(real="a.h5")
+    with pytest.raises(ValueError, match="batch_size"):
+        EvaluateConfig(real="a.h5", synthetic="b.h5", batch_size=0)
