@@ -208,8 +208,10 @@ def sample_dpmpp_2m(
 ):
     """DPM-Solver++(2M): the second-order multistep data-prediction solver (Alg. 2 of Lu et al. 2022).
 
-    Works in lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t);
-    the first step is first order (DDIM), the last evaluation at t = 0 returns its x_0 prediction.
+    Works in lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t).
+    The first step and the step into t = 0 are first order (DPM-Solver's ``lower_order_final``: the
+    lambda jump into t = 0 is the largest, and extrapolating across it over-disperses); the last
+    evaluation, at t = 0, returns its x_0 prediction.
 
     Args: as ``sample_ddpm``.
 
@@ -231,7 +233,7 @@ def sample_dpmpp_2m(
         else:
             h = float(lam[i - 1] - lam[i])
             if old_denoised is not None and i > 1:
-                # Second-order correction from the previous x_0 prediction (r = h_last / h).
+                # Second-order multistep correction from the previous x_0 prediction (r = h_last / h).
                 r = float(lam[i] - lam[i + 1]) / h
                 denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             else:
