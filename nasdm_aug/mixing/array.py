@@ -24,14 +24,13 @@ MISSING = ("keep", "error")
 
 
 class PatchGenerator(Protocol):
-    """What ``RandSyntheticSwap`` needs of a live generator (``NASDMGenerator``, issue 5).
+    """What ``RandSyntheticSwap`` needs of a live generator: ``NASDMGenerator`` (issue 5) fits.
 
-    ``generate_patches({"inst": int32 [N, H, W], "type": uint8 [N, H, W]})`` returns the images,
-    either uint8 [N, H, W, 3] (the PatchStore layout) or float [N, 3, H, W] in [-1, 1] (the model
-    layout); numpy or torch.
+    ``generate_patches(inst int32 [n, H, W], type_map uint8 [n, H, W], **kwargs)`` returns uint8
+    [n, H, W, 3] images (float [n, 3, H, W] in [-1, 1], numpy or torch, is accepted too).
     """
 
-    def generate_patches(self, masks: dict[str, np.ndarray]) -> Any: ...
+    def generate_patches(self, inst: np.ndarray, type_map: np.ndarray, **kwargs: Any) -> Any: ...
 
 
 class RandSyntheticSwap(RandomizableTransform):
@@ -40,7 +39,10 @@ class RandSyntheticSwap(RandomizableTransform):
     The synthetic image comes from ``bank`` (a synthetic PatchStore; the patch whose ``parent``
     equals the sample's real index, one drawn at random when there are several) or, when the bank
     has none or no bank is given, from ``generator`` (see ``PatchGenerator``), whose outputs are
-    kept in an LRU cache of ``cache_size`` images per process.
+    kept in an LRU cache of ``cache_size`` images per process. The generator is called with
+    ``sample_offset=parent`` plus ``generator_kwargs`` (e.g. ``steps``, ``guidance``, ``seed``),
+    so the image made for a mask depends only on the generator seed and the real index, as in
+    ``nasdm-aug synthesize``; only the decision to swap uses ``self.R``.
 
     The image must be channel-first [3, H, W]: a floating image is taken as [0, 1] and gets the
     synthetic patch / 255, an integer image gets it as uint8 values. The output keeps the input's
@@ -52,6 +54,7 @@ class RandSyntheticSwap(RandomizableTransform):
         bank: the synthetic PatchStore (or its path), or None.
         prob: probability of a swap.
         generator: an object with ``generate_patches`` (see ``PatchGenerator``), or None.
+        generator_kwargs: extra keyword arguments for ``generate_patches``.
         cache_size: LRU cache size for generated images.
         on_missing: ``"keep"`` returns the image unchanged when no synthetic image exists;
             ``"error"`` raises ``KeyError``.
@@ -69,6 +72,7 @@ class RandSyntheticSwap(RandomizableTransform):
         generator: PatchGenerator | None = None,
         cache_size: int = 128,
         on_missing: str = "keep",
+        generator_kwargs: dict[str, Any] | None = None,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         if bank is None and generator is None:
@@ -79,6 +83,7 @@ class RandSyntheticSwap(RandomizableTransform):
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.bank = bank if bank is None or isinstance(bank, PatchStore) else PatchStore(bank)
         self.generator = generator
+        self.generator_kwargs = dict(generator_kwargs or {})
         self.cache_size = int(cache_size)
         self.on_missing = on_missing
         self._by_parent: dict[int, np.ndarray] | None = None
@@ -159,8 +164,9 @@ class RandSyntheticSwap(RandomizableTransform):
         if parent in self._cache:
             self._cache.move_to_end(parent)
             return self._cache[parent]
-        masks = {"inst": _plane(inst, np.int32)[None], "type": _plane(type, np.uint8)[None]}
-        image = _to_uint8_hwc(self.generator.generate_patches(masks))[0]
+        kwargs = {"sample_offset": parent, **self.generator_kwargs}
+        images = self.generator.generate_patches(_plane(inst, np.int32)[None], _plane(type, np.uint8)[None], **kwargs)
+        image = _to_uint8_hwc(images)[0]
         if self.cache_size:
             self._cache[parent] = image
             while len(self._cache) > self.cache_size:

@@ -38,6 +38,7 @@ class RandSyntheticSwapd(RandomizableTransform, MapTransform):
         origin_key: key of the origin string; samples marked ``"synthetic"`` are never swapped.
         swap_key: key that receives True / False, or None.
         generator: an object with ``generate_patches`` (see ``PatchGenerator``), or None.
+        generator_kwargs: extra keyword arguments for ``generate_patches`` (steps, guidance, seed).
         cache_size: LRU cache size for generated images.
         on_missing: ``"keep"`` or ``"error"`` when no synthetic image exists.
         allow_missing_keys: do not raise when a key is absent.
@@ -58,12 +59,13 @@ class RandSyntheticSwapd(RandomizableTransform, MapTransform):
         generator: PatchGenerator | None = None,
         cache_size: int = 128,
         on_missing: str = "keep",
+        generator_kwargs: dict[str, Any] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.swapper = RandSyntheticSwap(bank, prob=prob, generator=generator, cache_size=cache_size,
-                                         on_missing=on_missing)
+                                         on_missing=on_missing, generator_kwargs=generator_kwargs)
         self.parent_key, self.inst_key, self.type_key = parent_key, inst_key, type_key
         self.origin_key, self.swap_key = origin_key, swap_key
 

@@ -82,23 +82,28 @@ def test_refuses_to_run_after_a_spatial_transform(stores):
 
 
 class FakeGenerator:
-    """Stands in for NASDMGenerator (issue 5): paints nuclei in channel 2, in the model layout."""
+    """Stands in for NASDMGenerator.generate_patches (issue 5): paints nuclei in channel 2."""
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, layout="uint8"):
+        self.calls, self.kwargs, self.layout = 0, [], layout
 
-    def generate_patches(self, masks):
+    def generate_patches(self, inst, type_map, **kwargs):
         self.calls += 1
-        inst = torch.as_tensor(masks["inst"])
-        out = -torch.ones(inst.shape[0], 3, *inst.shape[1:])
-        out[:, 2][inst > 0] = 1.0
+        self.kwargs.append(kwargs)
+        assert inst.shape == type_map.shape and inst.ndim == 3 and inst.dtype == np.int32
+        if self.layout == "float":  # the model layout [n, 3, H, W] in [-1, 1]
+            out = -torch.ones(inst.shape[0], 3, *inst.shape[1:])
+            out[:, 2][torch.as_tensor(inst) > 0] = 1.0
+            return out
+        out = np.zeros((*inst.shape, 3), np.uint8)
+        out[..., 2][inst > 0] = 255
         return out
 
 
 def test_generator_with_lru_cache(stores):
     items = _real_items(stores)
     gen = FakeGenerator()
-    t = RandSyntheticSwapd("image", generator=gen, prob=1.0, cache_size=2)
+    t = RandSyntheticSwapd("image", generator=gen, prob=1.0, cache_size=2, generator_kwargs={"steps": 7})
     out = t(items[3])
     want = make_image(make_mask(3)[0], 2, 0).transpose(2, 0, 1) > 0.5 * 255
     np.testing.assert_array_equal(out["image"] > 0.5, want)
@@ -106,7 +111,8 @@ def test_generator_with_lru_cache(stores):
     assert gen.calls == 1  # served from the cache
     t(items[4]), t(items[5]), t(items[3])
     assert gen.calls == 4  # 3 was evicted by 4 and 5 (cache of 2)
-    array = RandSyntheticSwap(generator=FakeGenerator(), prob=1.0)
+    assert [k["sample_offset"] for k in gen.kwargs] == [3, 4, 5, 3] and gen.kwargs[0]["steps"] == 7
+    array = RandSyntheticSwap(generator=FakeGenerator("float"), prob=1.0)
     np.testing.assert_array_equal(array(items[3]["image"], 3, items[3]["inst"], items[3]["type"]), out["image"])
 
 
