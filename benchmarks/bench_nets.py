@@ -1,0 +1,229 @@
+"""Networks benchmark (issue 4): mask round trip, model sizes, and PatchUNet against MONAI's SPADE U-Net.
+
+Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|all] [--size 64] [--threads 1]``.
+Prints markdown tables for benchmarks/RESULTS.md; ``--part masks`` also writes benchmarks/mask_roundtrip.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image
+from skimage.measure import label
+from skimage.segmentation import relabel_sequential
+from torch.utils.flop_counter import FlopCounterMode
+
+from hovernet.metrics import compute_pq
+from nasdm_aug.data.masks import decode_mask, encode_mask
+from nasdm_aug.data.toy import generate_toy_tile
+from nasdm_aug.nets import build_model, get_preset
+
+HERE = Path(__file__).resolve().parent
+CONSEP = HERE.parent.parent / "shared" / "data" / "consep" / "Train"
+
+
+# ---------------------------------------------------------------- mask round trip
+def _split_components(inst: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(inst)
+    for i in range(1, int(inst.max()) + 1):
+        parts = label(inst == i, connectivity=1)
+        out[parts > 0] = parts[parts > 0] + out.max()
+    return out
+
+
+def _crops(crop: int = 128):
+    """Yield (source, image or None, inst, type, n_types): every CoNSeP image on a 128-px grid, and toy tiles."""
+    for mat in sorted((CONSEP / "Labels").glob("*.mat")):
+        m = scipy.io.loadmat(mat)
+        img = np.asarray(Image.open(CONSEP / "Images" / f"{mat.stem}.png").convert("RGB"))
+        for y in range(0, m["inst_map"].shape[0] - crop + 1, crop):
+            for x in range(0, m["inst_map"].shape[1] - crop + 1, crop):
+                inst = relabel_sequential(m["inst_map"][y : y + crop, x : x + crop].astype(np.int32))[0]
+                yield "consep", img[y : y + crop, x : x + crop], inst, m["type_map"][y : y + crop, x : x + crop], 4
+    for seed in range(100):
+        tile = generate_toy_tile(seed, size=(crop, crop))
+        yield "toy", tile.image, relabel_sequential(tile.inst)[0], tile.type, 6
+
+
+def _colour(inst: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    """Random colours per id; with ``like``, each id takes the colour of its majority id there."""
+    ref = inst if like is None else like
+    lut = np.random.default_rng(0).integers(60, 255, (int(max(ref.max(), inst.max())) + 1, 3), dtype=np.uint8)
+    lut[0] = 0
+    if like is None:
+        return lut[inst]
+    own = np.zeros(int(inst.max()) + 1, dtype=np.int64)
+    for i in range(1, len(own)):
+        own[i] = np.bincount(like[inst == i]).argmax()
+    return lut[own[inst]]
+
+
+def bench_masks(min_size: int) -> None:
+    stats: dict[str, dict[str, list]] = {}
+    panels = []
+    for source, img, inst, typ, n_types in _crops():
+        inst = _split_components(inst)  # a crop can cut one nucleus into two pieces
+        if min_size > 1:  # the decoder drops specks below min_size by design, so score without them
+            sizes = np.bincount(inst.ravel())
+            inst = relabel_sequential(np.where(sizes[inst] < min_size, 0, inst))[0]
+            typ = np.where(inst > 0, typ, 0)
+        if not inst.any():
+            continue
+        rep = encode_mask(inst, typ, n_types)
+        out_inst, out_typ = decode_mask(rep, n_types, min_size=min_size)
+        s = stats.setdefault(source, {"pq": [], "tp": 0, "fp": 0, "fn": 0, "iou": 0.0, "typ": []})
+        r = compute_pq(out_inst, inst)
+        s["pq"].append(r["pq"])
+        s["tp"], s["fp"], s["fn"], s["iou"] = s["tp"] + r["tp"], s["fp"] + r["fp"], s["fn"] + r["fn"], s["iou"] + r["iou_sum"]
+        s["typ"].append(float((out_typ == typ)[inst > 0].mean()))
+        if len(panels) < 4 and source == "consep" and inst.max() > 25 or len(panels) == 4 and source == "toy":
+            d = ((rep[-1] + 1) * 127.5).astype(np.uint8)
+            e = ((rep[-2] + 1) * 127.5).astype(np.uint8)
+            row = [img, _colour(inst), np.stack([e] * 3, -1), np.stack([d] * 3, -1), _colour(out_inst, inst)]
+            panels.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in row], 1))
+    print(f"| source | crops | nuclei | mean PQ per crop | min PQ | pooled PQ | pixel type agreement |  (min_size={min_size})")
+    print("|---|---|---|---|---|---|---|")
+    for source, s in stats.items():
+        pooled = s["iou"] / (s["tp"] + 0.5 * s["fp"] + 0.5 * s["fn"])
+        print(f"| {source} | {len(s['pq'])} | {s['tp'] + s['fn']} | {np.mean(s['pq']):.4f} | {np.min(s['pq']):.4f} | "
+              f"{pooled:.4f} | {np.mean(s['typ']):.4f} |")  # fmt: skip
+    out = HERE / "mask_roundtrip.png"
+    Image.fromarray(np.concatenate(panels, 0)).save(out)
+    print(f"figure: {out} (columns: image, instances, edge channel, distance channel, decoded instances)")
+
+
+# ---------------------------------------------------------------- sizes
+def _flops(fn) -> float:
+    """FLOPs (2 per multiply-add) of one call of ``fn()``, counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_size() -> None:
+    print("| preset | kind | image | params (M) | GFLOP / sample (forward) |")
+    print("|---|---|---|---|---|")
+    for name in ("tiny", "paper"):
+        for kind in ("patch", "mask"):
+            cfg = get_preset(kind, name)
+            with torch.device("meta"):  # counts shapes only: the paper model never needs memory or time
+                model = build_model(cfg).eval()
+                s = cfg.image_size
+                x, t = torch.randn(1, cfg.in_channels, s, s), torch.zeros(1)
+                cond = torch.randn(1, cfg.cond_channels, s, s) if kind == "patch" else torch.rand(1, cfg.n_types)
+                flops = _flops(lambda: model(x, t, cond))
+            params = sum(p.numel() for p in model.parameters())
+            print(f"| {name} | {kind} | {s} px | {params / 1e6:.2f} | {flops / 1e9:.2f} |")
+
+
+# ---------------------------------------------------------------- speed
+def _monai_twin(cfg):
+    from monai.networks.nets import SPADEDiffusionModelUNet  # needs einops for its attention blocks
+
+    sizes = [cfg.image_size >> i for i in range(len(cfg.channel_mults))]
+    return SPADEDiffusionModelUNet(
+        spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.out_channels, label_nc=cfg.cond_channels,
+        num_res_blocks=cfg.num_res_blocks, channels=[cfg.base_channels * m for m in cfg.channel_mults],
+        attention_levels=[s in cfg.attention_resolutions for s in sizes], norm_num_groups=cfg.norm_groups,
+        resblock_updown=True, num_head_channels=cfg.head_channels, spade_intermediate_channels=cfg.spade_hidden,
+        use_flash_attention=True,
+    )  # fmt: skip
+
+
+def _step_fn(model, opt, x, t, cond, mode, dtype):
+    call = (lambda: model(x, t, cond)) if not hasattr(model, "conv_in") else (lambda: model(x, t, seg=cond))
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            if mode == "fwd":
+                with torch.no_grad():
+                    return call()
+            loss = call().float().square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN primitive creation
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def _conv_ceiling(size: int, dtype: str, repeats: int) -> float:
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(8, 64, size, size)
+    flops = 2 * 8 * 64 * 64 * 9 * size * size
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            conv(x)
+
+    return flops / _time(run, repeats) / 1e9
+
+
+def bench_speed(size: int, repeats: int) -> None:
+    cfg = get_preset("patch", "tiny", image_size=size, attention_resolutions=(size // 4,))
+    torch.manual_seed(0)
+    models = {"PatchUNet": build_model(cfg), "MONAI SPADEDiffusionModelUNet": _monai_twin(cfg)}
+    x, t, c = torch.randn(1, 3, size, size), torch.zeros(1), torch.rand(1, cfg.cond_channels, size, size)
+    with torch.no_grad():
+        flops = {
+            "PatchUNet": _flops(lambda: models["PatchUNet"].eval()(x, t, c)),
+            "MONAI SPADEDiffusionModelUNet": _flops(lambda: models["MONAI SPADEDiffusionModelUNet"](x, t, seg=c)),
+        }
+    models["PatchUNet"].train()  # training mode, as the trainer runs it (condition dropout on)
+    ceiling = {d: _conv_ceiling(size, d, repeats) for d in ("fp32", "bf16")}
+    print(f"3x3-conv ceiling (64->64, {size} px, batch 8): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 {ceiling['bf16']:.1f} GFLOP/s")
+    print(f"forward GFLOP/sample: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in flops.items()))
+    print("| mode | dtype | batch | PatchUNet ms/sample | MONAI ms/sample | MONAI/ours | ours GFLOP/s | % of conv ceiling |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode in ("fwd", "fwd+bwd+step"):
+        for dtype in ("fp32", "bf16"):
+            for batch in (4, 8):
+                x, t = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+                cond = torch.rand(batch, cfg.cond_channels, size, size)
+                fns = {k: _step_fn(m, torch.optim.AdamW(m.parameters(), 1e-4), x, t, cond, mode, dtype) for k, m in models.items()}
+                times = {k: [] for k in fns}
+                for _ in range(repeats):  # interleave, so a burst of load on the shared CPU hits both
+                    for k, fn in fns.items():
+                        times[k].append(_time(fn, 1) / batch)
+                ours, theirs = statistics.median(times["PatchUNet"]), statistics.median(times["MONAI SPADEDiffusionModelUNet"])
+                work = flops["PatchUNet"] * (1 if mode == "fwd" else 3)  # backward ~ 2x forward
+                gfs = work / ours / 1e9
+                print(f"| {mode} | {dtype} | {batch} | {ours * 1e3:.0f} | {theirs * 1e3:.0f} | {theirs / ours:.2f} | "
+                      f"{gfs:.1f} | {100 * gfs / ceiling[dtype]:.0f}% |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["masks", "size", "speed", "all"], default="all")
+    parser.add_argument("--size", type=int, default=64, help="image size for the speed part")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the dev box is 2 shared cores)")
+    parser.add_argument("--min-size", type=int, default=10, help="decode_mask min_size for the round trip")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    if args.part in ("masks", "all"):
+        bench_masks(args.min_size)
+    if args.part in ("size", "all"):
+        bench_size()
+    if args.part in ("speed", "all"):
+        bench_speed(args.size, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
