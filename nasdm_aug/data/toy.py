@@ -77,7 +77,10 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float)
         mats.append(wts / wts.sum(1, keepdims=True))
     grid = rng.standard_normal((mats[0].shape[1], mats[1].shape[1])).astype(np.float32)
     out = np.einsum("ik,kj->ij", mats[0], np.einsum("kl,jl->kj", grid, mats[1]))
-    return out / max(float(out.std()), 1e-6)
+    # Normalise by the field's expected std, not the tile's sample std: a tile smaller than
+    # ``cell`` must not have its few grid values blown up to unit variance.
+    expected = np.sqrt((mats[0] ** 2).sum(1).mean() * (mats[1] ** 2).sum(1).mean())
+    return out / np.float32(expected)
 
 
 def _fibres(rng: np.random.Generator, h2: int, w2: int) -> tuple[np.ndarray, np.ndarray, float]:

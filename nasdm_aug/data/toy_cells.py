@@ -209,9 +209,10 @@ def build_cells(rng: np.random.Generator, bg: dict, quotas: np.ndarray, h: int, 
         :class:`Cells`.
     """
     epi, free = place_glands(rng, bg, int(quotas[EPI]), h, w)
-    if quotas[EPI] >= 4 and len(epi["cy"]) < quotas[EPI]:
-        # Crypts that did not fit shrink the other quotas alike, so the type shares hold.
-        scaled = quotas * len(epi["cy"]) / quotas[EPI]
+    if quotas[EPI] >= 4 and len(epi["cy"]) != quotas[EPI]:
+        # Crypts come in whole rings: scale the other quotas by the epithelial count actually
+        # placed (capped at 2x, for room), so the type shares hold.
+        scaled = quotas * min(len(epi["cy"]) / quotas[EPI], 2.0)
         quotas = np.floor(scaled + rng.random(len(quotas))).astype(np.int64)
     groups = [{"t": EPI, "cy": epi["cy"], "cx": epi["cx"], "ncy": epi["cy"], "ncx": epi["cx"],
                "fn": ellipse_field, "half": 13, "p": epi["p"],
