@@ -86,48 +86,62 @@ def _toy(out: Path, n: int, unique: int, size: int) -> dict:
 
 
 def _time_prepare(fmt: str, src: str, out: Path, **kw) -> dict:
+    cpu = time.process_time()
     summary = prepare(PrepareConfig(format=fmt, src=src, out=str(out), overwrite=True, **kw), progress=True)
+    cpu = time.process_time() - cpu  # this process only (workers=1): the cost without other jobs' contention
     size = out.stat().st_size
     return {"images": summary["images"], "patches": summary["patches"], "seconds": summary["seconds"],
+            "cpu_seconds": round(cpu, 1),
             "images_per_s": summary["images_per_s"], "patches_per_s": summary["patches_per_s"],
             "store_mb": round(size / 1e6, 1), "nuclei": sum(summary["nuclei"].values())}
 
 
-def _reads_one_process(ds: Dataset, idx: np.ndarray) -> float:
-    t = time.perf_counter()
+def _reads_one_process(ds: Dataset, idx: np.ndarray) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) to read ``idx`` one patch at a time."""
+    t, c = time.perf_counter(), time.process_time()
     for i in idx:
         ds[int(i)]
-    return len(idx) / (time.perf_counter() - t)
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def _reads_loader(ds: Dataset, idx: np.ndarray, workers: int, batch: int) -> float:
-    loader = DataLoader(ds, batch_size=batch, sampler=idx.tolist(), num_workers=workers,
-                        persistent_workers=False)
+    """Wall seconds to read ``idx`` through a DataLoader (worker start-up included, as in training)."""
+    loader = DataLoader(ds, batch_size=batch, sampler=idx.tolist(), num_workers=workers)
     t = time.perf_counter()
-    n = sum(len(b["image"]) for b in loader)
-    return n / (time.perf_counter() - t)
+    assert sum(len(b["image"]) for b in loader) == len(idx)
+    return time.perf_counter() - t
 
 
 def bench_reads(path: Path, n_reads: int, rounds: int, workers: int, batch: int, seed: int = 0) -> dict:
-    """Patches/s of the store and of raw h5py, alternated over ``rounds`` so load spikes hit both."""
+    """Store vs raw h5py on the same indices, in A-B-B-A order per round so load drifts hit both.
+
+    The overhead is (store time / raw time - 1) per round, median over rounds; single-process
+    reads also report it from CPU time, which other jobs on a shared machine do not inflate.
+    """
     store, raw = StoreArrays(str(path)), RawH5(str(path))
     rng = np.random.default_rng(seed)
-    out: dict[str, list[float]] = {"store_1p": [], "raw_1p": [], "store_dl": [], "raw_dl": []}
     _reads_one_process(store, rng.integers(0, len(raw), 200))  # warm the page cache and meta columns
     _reads_one_process(raw, rng.integers(0, len(raw), 200))
+    wall, cpu, loader = [], [], []
+    t_store = t_raw = c_store = c_raw = d_store = d_raw = 0.0
     for _ in range(rounds):
         idx = rng.integers(0, len(raw), n_reads)  # the same indices for both
-        out["store_1p"].append(_reads_one_process(store, idx))
-        out["raw_1p"].append(_reads_one_process(raw, idx))
-        out["store_dl"].append(_reads_loader(store, idx, workers, batch))
-        out["raw_dl"].append(_reads_loader(raw, idx, workers, batch))
-    med = {k: float(np.median(v)) for k, v in out.items()}
+        (w1, c1), (w2, c2), (w3, c3), (w4, c4) = (_reads_one_process(d, idx) for d in (store, raw, raw, store))
+        wall.append((w1 + w4) / (w2 + w3) - 1)
+        cpu.append((c1 + c4) / (c2 + c3) - 1)
+        l1, l2, l3, l4 = (_reads_loader(d, idx, workers, batch) for d in (store, raw, raw, store))
+        loader.append((l1 + l4) / (l2 + l3) - 1)
+        t_store, t_raw, c_store, c_raw = t_store + w1 + w4, t_raw + w2 + w3, c_store + c1 + c4, c_raw + c2 + c3
+        d_store, d_raw = d_store + l1 + l4, d_raw + l2 + l3
+    n = 2 * rounds * n_reads
     return {
-        "patches": len(raw), "reads_per_round": n_reads, "rounds": rounds, "loader_workers": workers,
-        "batch": batch, **{f"{k}_patches_per_s": round(v, 1) for k, v in med.items()},
-        # overhead = extra time per patch of the store over raw h5py (median over rounds)
-        "overhead_1p": round(med["raw_1p"] / med["store_1p"] - 1, 4),
-        "overhead_dl": round(med["raw_dl"] / med["store_dl"] - 1, 4),
+        "patches": len(raw), "reads_per_round": n_reads, "rounds": rounds, "loader_workers": workers, "batch": batch,
+        "store_1p_patches_per_s": round(n / t_store, 1), "raw_1p_patches_per_s": round(n / t_raw, 1),
+        "store_1p_cpu_patches_per_s": round(n / c_store, 1), "raw_1p_cpu_patches_per_s": round(n / c_raw, 1),
+        "store_dl_patches_per_s": round(n / d_store, 1), "raw_dl_patches_per_s": round(n / d_raw, 1),
+        "overhead_1p_wall": round(float(np.median(wall)), 4), "overhead_1p_cpu": round(float(np.median(cpu)), 4),
+        "overhead_dl_wall": round(float(np.median(loader)), 4),
+        "overhead_dl_wall_rounds": [round(v, 3) for v in loader],
     }
 
 
@@ -138,8 +152,8 @@ def main() -> None:
     ap.add_argument("--toy-unique", type=int, default=34, help="generated images (the rest are copies); 0 = all")
     ap.add_argument("--toy-cache", type=Path, default=None, help="reuse/keep the generated toy folder here")
     ap.add_argument("--consep", type=Path, default=CONSEP, help="CoNSeP Train folder (skipped if absent)")
-    ap.add_argument("--reads", type=int, default=2000, help="random reads per round")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating store/raw rounds")
+    ap.add_argument("--reads", type=int, default=1000, help="random reads per round")
+    ap.add_argument("--rounds", type=int, default=5, help="store/raw/raw/store rounds")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--batch", type=int, default=32, help="DataLoader batch size")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
