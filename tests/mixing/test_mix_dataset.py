@@ -103,7 +103,7 @@ def test_items_are_monai_dicts(stores):
         assert item["image"].shape == (3, 16, 16) and item["image"].dtype == np.float32
         assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
         assert item["inst"].shape == item["type"].shape == (1, 16, 16)
-        assert item["inst"].dtype == np.int32 and item["type"].dtype == np.int64
+        assert item["inst"].dtype == np.int32 and item["type"].dtype == np.uint8
         assert (item["origin"], item["index"]) == (origin, index)
         marked = 1 if origin == "synthetic" else 0  # the fixture marks nuclei in this channel
         np.testing.assert_array_equal(item["image"][marked] > 0.8, item["inst"][0] > 0)
