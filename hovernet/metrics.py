@@ -315,7 +315,7 @@ class HoVerNetMetrics:
         for key, m in (("dice", self._dice_np), ("miou", self._iou_np), ("dice_types", self._dice_t), ("miou_types", self._iou_t)):
             out[key] = float(m.aggregate().item()) if n else math.nan
         out.update({k: _nanmean(v) for k, v in self._per_patch.items()})
-        tp, fp, fn, iou_sum = self._counts
+        tp, fp, fn, iou_sum = (float(c) for c in self._counts)
         out["pq_plus"] = pq_from_stats(tp, fp, fn, iou_sum)["pq"]
         out["f1_detection"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else math.nan
         per_type, pqs = {}, []
@@ -324,7 +324,7 @@ class HoVerNetMetrics:
             if ts is None:
                 per_type[name] = {"pq": math.nan, "dq": math.nan, "sq": math.nan, "f1": math.nan, "n_gt": 0}
                 continue
-            q = pq_from_stats(ts["tp"][k], ts["fp"][k], ts["fn"][k], ts["iou_sum"][k])
+            q = pq_from_stats(*(float(ts[c][k]) for c in ("tp", "fp", "fn", "iou_sum")))
             per_type[name] = {**q, "f1": _f1_type(ts, k), "n_gt": int(ts["tp"][k] + ts["fn"][k])}
             pqs.append(q["pq"])
         out["per_type"] = per_type

@@ -1,0 +1,141 @@
+"""HoVerNet training data: HoVerNet's standard augmentation (flips, 90-degree rotations, colour
+jitter) as MONAI dict transforms, and a Dataset wrapper that adds np/hv/nc targets afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose, MapTransform, RandAdjustContrastd, RandFlipd, RandomizableTransform, RandRotate90d, RandScaleIntensityd,
+)
+from torch.utils.data import Dataset
+
+from hovernet.targets import as_label_map, compute_targets
+from nasdm_aug.utils import InputError
+
+__all__ = ["RandSaturationd", "build_augmentation", "HoVerNetTrainDataset", "store_dataset", "parse_store_arg"]
+
+_LABELS = ("image", "inst", "type")
+
+
+class RandSaturationd(RandomizableTransform, MapTransform):
+    """Scale colour saturation of an RGB image [3, H, W] by a factor in [1 - s, 1 + s].
+
+    MONAI has brightness and contrast jitter but no saturation jitter, which H&E stain
+    variation needs most (HoVerNet jitters hue, saturation, contrast and brightness).
+
+    Args:
+        keys: image keys.
+        prob: probability of jittering.
+        strength: s above.
+    """
+
+    def __init__(self, keys: Any, prob: float = 0.5, strength: float = 0.2) -> None:
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.strength = strength
+        self._factor = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._factor = float(self.R.uniform(1.0 - self.strength, 1.0 + self.strength))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key], dtype=torch.float32)
+            grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+            d[key] = (grey + self._factor * (img - grey)).clamp(0.0, 1.0)
+        return d
+
+
+def build_augmentation() -> Compose:
+    """Flips on both axes, a random multiple of 90 degrees, brightness, contrast and saturation jitter.
+
+    Spatial transforms act on ``image``, ``inst`` and ``type`` together (nearest by nature: flips
+    and rotations by 90 degrees never interpolate), so labels stay aligned.
+    """
+    return Compose([
+        RandFlipd(_LABELS, prob=0.5, spatial_axis=0),
+        RandFlipd(_LABELS, prob=0.5, spatial_axis=1),
+        RandRotate90d(_LABELS, prob=0.75, max_k=3),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),  # brightness: x (1 + f)
+        RandAdjustContrastd("image", prob=0.5, gamma=(0.8, 1.25)),
+        RandSaturationd("image", prob=0.5, strength=0.2),
+    ])
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class HoVerNetTrainDataset(Dataset):
+    """Wrap any dataset of MONAI dicts into HoVerNet training items.
+
+    Base items hold ``image`` float [3, H, W] in [0, 1] and ``inst`` / ``type`` maps [H, W] or
+    [1, H, W] (``SyntheticMixDataset`` items fit). Augmentation is seeded by (seed, epoch,
+    index), so an item is the same whatever the worker, rank or resume point.
+
+    Args:
+        base: the dataset.
+        augment: apply :func:`build_augmentation`.
+        seed: base seed.
+
+    Items: ``image`` float [3, H, W], ``np`` long [H, W], ``hv`` float [2, H, W], ``nc`` long [H, W].
+    """
+
+    def __init__(self, base: Dataset, augment: bool = True, seed: int = 0) -> None:
+        self.base, self.augment, self.seed, self.epoch = base, augment, seed, 0
+        self._aug = build_augmentation() if augment else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call before each epoch's DataLoader pass)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.base[index]
+        d = {"image": _image(item, index), "inst": as_label_map(item["inst"], "inst")[None],
+             "type": as_label_map(item["type"], "type")[None]}
+        if self._aug is not None:
+            self._aug.set_random_state(seed=_item_seed(self.seed, self.epoch, index))
+            d = self._aug(d)
+        image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32).clamp(0.0, 1.0)
+        return {"image": image, **compute_targets(np.asarray(d["inst"]), np.asarray(d["type"]))}
+
+
+def _image(item: Mapping[str, Any], index: int) -> torch.Tensor:
+    img = torch.as_tensor(np.asarray(item["image"]))
+    if img.ndim != 3 or img.shape[0] != 3 or not img.is_floating_point():
+        raise ValueError(f"item {index}: expected image float [3, H, W] in [0, 1], got {img.dtype} {tuple(img.shape)}")
+    return img.float()
+
+
+def parse_store_arg(arg: str, default_split: str | None = None) -> tuple[str, str | None]:
+    """Split ``STORE[:split]`` into (path, split); a Windows drive letter is not a split."""
+    path, sep, split = str(arg).rpartition(":")
+    if not sep or not path or os.sep in split or "/" in split:
+        return str(arg), default_split
+    return path, split
+
+
+def store_dataset(path: str | os.PathLike, split: str | None) -> Dataset:
+    """Real patches of one split of a PatchStore as MONAI dicts (``SyntheticMixDataset`` in "real" mode).
+
+    Raises:
+        InputError: the store is unreadable or the split is unknown or empty.
+    """
+    from nasdm_aug.mixing import SyntheticMixDataset
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: store not found")
+    return SyntheticMixDataset(path, split=split, mode="real", ratio=1.0)

@@ -1,0 +1,245 @@
+"""HoVerNet model, loss, trainer, evaluator and CLI on tiny synthetic stores (64 px, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hovernet.config import LossConfig, ModelConfig, TrainConfig, get_preset
+from hovernet.losses import HoVerNetLoss
+from hovernet.model import HoVerNet
+from hovernet.targets import compute_targets
+from nasdm_aug.types import CONSEP
+from nasdm_aug.utils import InputError
+
+SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 8, 8, 8, 8), dense_units=0, growth=4, n_types=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two OpenMP threads on a shared 2-core box spin-wait and run convolutions ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _patch(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pink background with dark disks (nuclei) whose shade encodes their type: learnable."""
+    inst = np.zeros((size, size), np.int32)
+    typ = np.zeros((size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(1, 7):
+        cy, cx, r = rng.integers(6, size - 6), rng.integers(6, size - 6), rng.integers(3, 6)
+        disk = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (inst == 0)
+        inst[disk], typ[disk] = k, 1 + k % 2
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = (230, 180, 210)
+    image[typ == 1] = (80, 40, 140)
+    image[typ == 2] = (150, 60, 90)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    return image, inst, typ
+
+
+def _items(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        image, inst, typ = _patch(rng)
+        out.append({"image": image.transpose(2, 0, 1).astype(np.float32) / 255, "inst": inst[None], "type": typ[None]})
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    from nasdm_aug.data.store import PatchStoreWriter
+
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(1)
+    with PatchStoreWriter(path, patch_size=64, type_table=CONSEP) as w:
+        for i in range(6):
+            image, inst, typ = _patch(rng)
+            w.append(image, inst, typ, source=f"img{i % 3}")
+        w.set_splits({"Train": ["img0", "img1"], "Test": ["img2"]})
+    return path
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model=SMALL, phase1_epochs=1, phase2_epochs=1, lr=1e-3, lr_decayed=1e-4, lr_decay_epoch=1,
+                batch_size=2, val_every=1, augment=True, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_output_shapes_match_input(size):
+    cfg = SMALL if size == 64 else get_preset("tiny").model
+    out = HoVerNet(cfg)(torch.rand(1, 3, size, size))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "np": (1, 2, size, size), "hv": (1, 2, size, size), "nc": (1, cfg.n_types + 1, size, size)}
+
+
+@pytest.mark.parametrize("bad", [(1, 3, 48, 64), (1, 1, 64, 64), (3, 64, 64)])
+def test_bad_input_shapes_raise(bad):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        HoVerNet(SMALL)(torch.rand(*bad))
+
+
+@pytest.mark.parametrize("kw", [{"decoder_channels": (8, 8)}, {"n_types": 0}, {"dense_units": -1}])
+def test_bad_model_configs_raise(kw):
+    with pytest.raises(ValueError):
+        ModelConfig(**kw)
+
+
+def test_encoder_weights_local_file_and_errors(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    src = HoVerNet(SMALL)
+    path = tmp_path / "enc.safetensors"
+    save_file({f"encoder.{k}": v.contiguous() for k, v in src.encoder.state_dict().items()}, str(path))
+    dst = HoVerNet(SMALL.replace(encoder_weights=str(path)))
+    assert all(torch.equal(a, b) for a, b in zip(src.encoder.state_dict().values(), dst.encoder.state_dict().values()))
+    with pytest.raises(InputError, match="not found"):
+        HoVerNet(SMALL.replace(encoder_weights=str(tmp_path / "missing.pt")))
+    with pytest.raises(KeyError, match="unknown smp encoder"):
+        HoVerNet(SMALL.replace(encoder="no_such_net"))
+
+    import segmentation_models_pytorch.encoders as enc
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(enc, "hf_hub_download", offline)  # never download in tests
+    with pytest.raises(InputError, match="could not download imagenet weights"):
+        HoVerNet(SMALL.replace(encoder_weights="imagenet"))
+
+
+def test_loss_equals_monai_hovernet_loss():
+    from monai.apps.pathology.losses import HoVerNetLoss as MonaiLoss
+
+    torch.manual_seed(0)
+    items = _items(2)
+    t = [compute_targets(i["inst"], i["type"]) for i in items]
+    target = {k: torch.stack([x[k] for x in t]) for k in ("np", "hv", "nc")}
+    pred = {"np": torch.randn(2, 2, 64, 64), "hv": torch.randn(2, 2, 64, 64), "nc": torch.randn(2, 5, 64, 64)}
+    w = LossConfig(np_ce=0.5, np_dice=1.5, hv_mse=2.0, hv_mse_grad=0.7, nc_ce=1.2, nc_dice=0.3)
+    ours = HoVerNetLoss(w)(pred, target)
+    onehot = lambda a, c: torch.nn.functional.one_hot(a, c).permute(0, 3, 1, 2).float()  # noqa: E731
+    from monai.utils.enums import HoVerNetBranch as B
+
+    names = {"np": B.NP.value, "hv": B.HV.value, "nc": B.NC.value}  # MONAI's long branch names
+    ref = MonaiLoss(lambda_hv_mse=2.0, lambda_hv_mse_grad=0.7, lambda_np_ce=0.5, lambda_np_dice=1.5,
+                    lambda_nc_ce=1.2, lambda_nc_dice=0.3)(
+        {names[k]: v for k, v in pred.items()},
+        {names["np"]: onehot(target["np"], 2), names["hv"]: target["hv"], names["nc"]: onehot(target["nc"], 5)})
+    assert float(ours["loss"]) == pytest.approx(float(ref), rel=1e-5)
+    assert set(ours) == {"loss", "np_ce", "np_dice", "hv_mse", "hv_mse_grad", "nc_ce", "nc_dice"}
+
+
+def test_frozen_encoder_gets_no_gradient():
+    model = HoVerNet(SMALL)
+    model.freeze_encoder(True)
+    sum(v.mean() for v in model(torch.rand(2, 3, 64, 64)).values()).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.decoders.parameters())
+
+
+def test_lr_schedule_per_phase():
+    from hovernet.trainer import lr_at
+
+    cfg = get_preset("paper")
+    assert [lr_at(cfg, e) for e in (0, 24, 25, 49, 50, 74, 75, 99)] == [
+        (1, 1e-4), (1, 1e-4), (1, 1e-5), (1, 1e-5), (2, 1e-4), (2, 1e-4), (2, 1e-5), (2, 1e-5)]
+    assert cfg.batch_size == 16 and cfg.val_every == 2 and cfg.model.encoder == "resnet50"
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_overfit_few_patches():
+    """Two patches, 40 Adam steps: np CE falls 10x, hv MSE 10x, and the watershed recovers the nuclei."""
+    from hovernet.data import HoVerNetTrainDataset
+    from hovernet.evaluate import evaluate_model
+    from hovernet.trainer import _make_optimizer
+
+    torch.manual_seed(0)
+    items = _items(2, seed=3)
+    cfg = _cfg(augment=False, model=SMALL.replace(encoder="mobilenet_v2"))  # 2x faster than resnet18 here
+    model = HoVerNet(cfg.model)
+    opt = _make_optimizer(model, cfg.replace(lr=1e-2), phase=2)
+    ds = HoVerNetTrainDataset(items, augment=False)
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ("image", "np", "hv", "nc")}
+    loss_fn, first = HoVerNetLoss(), None
+    for _ in range(40):
+        terms = loss_fn(model(batch["image"]), batch)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        first = first or {k: float(v.detach()) for k, v in terms.items()}
+    last = {k: float(v) for k, v in terms.items()}
+    assert last["np_ce"] < first["np_ce"] / 10 and last["hv_mse"] < first["hv_mse"] / 10, (first, last)
+    metrics, kept = evaluate_model(model, items, cfg, batch_size=2, n_keep=1, progress=False)
+    assert metrics["dice"] > 0.85 and metrics["pq"] > 0.6 and metrics["mpq_plus"] > 0.5, metrics
+    assert kept[0]["image"].dtype == np.uint8 and kept[0]["pred_inst"].max() >= 4
+
+
+def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
+    from hovernet.trainer import train_hovernet
+
+    items, cfg = _items(4), _cfg()
+    full = train_hovernet(items, tmp_path / "full", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
+    part = train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
+                          stop_after_epochs=1, progress=False)
+    assert part["epochs_done"] == 1
+    with pytest.raises(InputError, match="not empty"):
+        train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
+    rest = train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
+                          resume=True, progress=False)
+    assert rest["epochs_done"] == full["epochs_done"] == 2
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full/checkpoints/epoch_0002/model.safetensors"))
+    b = load_file(str(tmp_path / "part/checkpoints/epoch_0002/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    best = json.loads((tmp_path / "full/best.json").read_text())
+    assert best["epoch"] == full["best_epoch"] and (tmp_path / "full" / best["path"]).is_dir()
+    log = [json.loads(x) for x in (tmp_path / "full/log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == [1, 2] and "dice" in log[0]["val"]
+    with pytest.raises(InputError, match="differs"):
+        train_hovernet(items, tmp_path / "part", cfg.replace(seed=5), resume=True, type_table=CONSEP, progress=False)
+
+
+def test_cli_train_evaluate_predict(store, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli.main import cli
+
+    cfg_path = tmp_path / "run.json"
+    _cfg(phase2_epochs=0).save(cfg_path)
+    r = CliRunner().invoke(cli, ["hovernet", "train", "--train", str(store), "--out", str(tmp_path / "run"),
+                                 "--config", str(cfg_path), "--dry-run"])
+    assert r.exit_code == 0 and json.loads(r.output)["phase2_epochs"] == 0
+    run = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["hovernet", "train", "--train", f"{store}:Train", "--val", f"{store}:Test",
+                                 "--out", str(run), "--config", str(cfg_path)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "data.json").read_text())["patch_size"] == 64
+    r = CliRunner().invoke(cli, ["hovernet", "evaluate", "--model", str(run), "--data", f"{store}:Test",
+                                 "--out", str(tmp_path / "ev"), "--overlays", "2"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert metrics["n_patches"] == 2 and set(metrics["per_type"]) == set(CONSEP.names)
+    assert Image.open(tmp_path / "ev/overlay.png").size[0] > 3 * 64
+    Image.fromarray(_patch(np.random.default_rng(0), 64)[0][:50, :60]).save(tmp_path / "x.png")
+    r = CliRunner().invoke(cli, ["hovernet", "predict", "--model", str(run), "--image", str(tmp_path / "x.png"),
+                                 "--out", str(tmp_path / "y.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "y.png").size == (60, 50) and np.load(tmp_path / "y.npz")["inst"].shape == (50, 60)
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["hovernet", "evaluate", "--model", str(run), "--data", f"{store}:Nope", "--out", str(tmp_path / "e2")])
+    assert exc.value.code == 2
