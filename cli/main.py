@@ -21,7 +21,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("cli.synthesize:synthesize", "Make a synthetic patch bank from real or generated masks."),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
     "hovernet": ("cli.hovernet:hovernet", "train, evaluate and apply the bundled HoVerNet (Dice, PQ, AJI, mPQ+)"),
-    "hovernet": ("cli.hovernet:hovernet", "train, evaluate and apply the bundled HoVerNet (Dice, PQ, AJI, mPQ+)"),
     "evaluate": ("cli.evaluate:evaluate", "FID/IS/KID, automated expert criteria and mask checks of a synthetic bank"),
 }
 
