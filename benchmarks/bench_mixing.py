@@ -2,6 +2,7 @@
 
 Builds a real store and a synthetic bank of the same size in a temp dir, then times items/s
 through a monai DataLoader (2 workers) for: a minimal Dataset doing ``store[i]`` (the reference),
+the same read plus the float [3, H, W] image conversion (what the item format costs by itself),
 SyntheticMixDataset in modes "real" and "add" (and "add" with HoVerNet targets on --hovernet). Reference and
 candidates alternate over several rounds; the median of the per-round ratios is reported.
 
@@ -29,15 +30,20 @@ from nasdm_aug.types import LIZARD
 class PlainDataset(torch.utils.data.Dataset):
     """The reference: what a user without this package writes, ``store[i]`` and nothing else."""
 
-    def __init__(self, store: PatchStore) -> None:
+    def __init__(self, store: PatchStore, to_float: bool = False) -> None:
         self.store = store
+        self.to_float = to_float
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> dict:
         item = self.store[i]
-        return {"image": item["image"], "inst": item["inst"], "type": item["type"]}
+        image = item["image"]
+        if self.to_float:  # the same float [3, H, W] in [0, 1] conversion SyntheticMixDataset does
+            image = image.transpose(2, 0, 1).astype(np.float32)
+            image *= np.float32(1.0 / 255.0)
+        return {"image": image, "inst": item["inst"], "type": item["type"]}
 
 
 def _patch(rng: np.random.Generator, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,6 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         real, bank = build_stores(Path(tmp), args.n, args.size)
         candidates = {
+            "plain store[i] + float": PlainDataset(PatchStore(real), to_float=True),
             "mix real": SyntheticMixDataset(real, mode="real"),
             "mix add 0.25+0.75": SyntheticMixDataset(real, bank, mode="add", ratio=0.75),
         }

@@ -70,7 +70,9 @@ class HoVerTargetsd(Transform):
     """Add HoVerNet targets from ``inst`` and ``type``: ``np``, ``hv``, ``nc``.
 
     ``np`` int64 [1, H, W] nuclei vs background; ``hv`` float32 [2, H, W] horizontal and vertical
-    distance maps from MONAI's ``ComputeHoVerMaps``; ``nc`` int64 [1, H, W] the type map.
+    distance maps from MONAI's ``ComputeHoVerMaps``; ``nc`` int64 [1, H, W] the type map inside
+    nuclei. Channel-first for MONAI pipelines; ``hovernet.data`` builds its own [H, W] targets
+    (this floor cannot import ``hovernet``).
     Run it after spatial transforms: a flip negates one hv component, so hv maps must be
     computed on the final geometry, not transformed.
     """
@@ -83,7 +85,8 @@ class HoVerTargetsd(Transform):
         inst = np.asarray(d["inst"])
         d["np"] = (inst > 0).astype(np.int64)
         d["hv"] = np.asarray(self._hv(inst.astype(np.int64)), dtype=np.float32)
-        d["nc"] = np.asarray(d["type"]).astype(np.int64)
+        # a type pixel outside every nucleus is background for nc too (as hovernet/targets.py)
+        d["nc"] = np.where(inst > 0, np.asarray(d["type"]), 0).astype(np.int64)
         return d
 
 

@@ -152,6 +152,8 @@ def test_monai_chain_keeps_image_and_labels_aligned(stores):
         assert torch.equal(torch.as_tensor(item["type"])[0] > 0, nuclei)
         hv = ComputeHoVerMaps()(torch.as_tensor(item["inst"]).long())
         np.testing.assert_allclose(np.asarray(item["hv"]), np.asarray(hv), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(item["np"])[0], nuclei.numpy())
+        np.testing.assert_array_equal(np.asarray(item["nc"]), np.asarray(item["type"]) * nuclei.numpy())
         changed += not np.array_equal(np.asarray(item["inst"]), ref["inst"])
     assert changed > len(ds) // 2  # the chain really moved most items
 
