@@ -1,0 +1,96 @@
+"""Study outputs: results.json, tables.md laid out like the NASDM paper's Tables 3-5, results.csv
+and one PNG plot per study (Dice against the synthetic share, with error bars)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["write_study_outputs", "format_tables", "plot_study"]
+
+_TITLES = {
+    "addition": "Table 3: adding synthetic patches (S2) to 25% of R2",
+    "replacement": "Table 4: replacing real patches of R2 by synthetic ones (same masks)",
+    "real-vs-synthetic": "Table 5: real (R1) against synthetic (S1) annotations",
+}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pm(entry: dict[str, Any], key: str) -> str:
+    mean = entry.get(key)
+    return "n/a" if mean is None else f"{mean:.4f} ± {entry.get(key + '_std', 0.0):.4f}"
+
+
+def format_tables(table: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables, one per study: rows, number of patches, Dice, IoU and PQ as mean ± std."""
+    out = []
+    for study, title in _TITLES.items():
+        rows = [e for e in table if e["study"] == study]
+        if not rows:
+            continue
+        out += [f"### {title}", "", "| training data | patches (real + synthetic) | Dice | IoU | PQ | runs |",
+                "|---|---|---|---|---|---|"]
+        for e in rows:
+            out.append(f"| {e['row']} | {e['n_patches']} ({e['n_real']} + {e['n_synthetic']}) | {_pm(e, 'dice')} "
+                       f"| {_pm(e, 'miou')} | {_pm(e, 'pq')} | {e['runs']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: str) -> Path | None:
+    """Dice (and PQ) against the row's synthetic share, mean ± std error bars, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [e for e in table if e["study"] == study and e.get("dice") is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    xs = [e["x"] for e in rows]
+    for key, label, fmt in (("dice", "Dice", "o-"), ("pq", "PQ", "s--")):
+        ys = [e[key] if e[key] is not None else float("nan") for e in rows]
+        ax.errorbar(xs, ys, yerr=[e[f"{key}_std"] for e in rows], fmt=fmt, capsize=4, label=label)
+    ax.set_xticks(xs, [f"{e['row']}" for e in rows], rotation=20, ha="right", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score on Test (mean ± std)")
+    ax.set_title(_TITLES[study].split(": ", 1)[1], fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
+    """Write results.json, tables.md, results.csv and study_<name>.png into ``out``."""
+    from nasdm_aug.studies import PLOT_AXES
+
+    paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
+    _atomic_text(paths["json"], json.dumps(summary, indent=2) + "\n")
+    _atomic_text(paths["tables"], format_tables(summary["table"]))
+    buf = io.StringIO()
+    fields = ["study", "row", "runs", "n_patches", "n_real", "n_synthetic", "dice", "dice_std", "miou",
+              "miou_std", "pq", "pq_std", "aji", "aji_std"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(summary["table"])
+    _atomic_text(paths["csv"], buf.getvalue())
+    for study in dict.fromkeys(r.study for r in rows):
+        png = plot_study(summary["table"], study, out / f"study_{study}.png", PLOT_AXES[study])
+        if png is not None:
+            paths[f"plot_{study}"] = png
+    return paths

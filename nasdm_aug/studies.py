@@ -1,0 +1,351 @@
+"""The NASDM paper's downstream studies (Sec. 4.3-4.4, Tables 3-5): addition, replacement and
+synthetic-vs-real annotations, each row trained N times with HoVerNet and tested on Test.
+
+A run is one (row, seed): a mixed training set (``SyntheticMixDataset``), a HoVerNet trained on it
+with the configured recipe, and its test metrics. Each finished run leaves ``result.json`` in its
+own folder, so a rerun skips it; a killed run resumes its HoVerNet training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nasdm_aug.config import ConfigBase
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.mixing import SyntheticMixDataset
+from nasdm_aug.utils import InputError
+
+__all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
+           "run_studies", "summarise"]
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One row of a study table: how its training set is mixed.
+
+    Attributes:
+        study: ``addition``, ``replacement`` or ``real-vs-synthetic``.
+        label: the row's name in the paper's table.
+        mode, split, ratio, base_fraction: the ``SyntheticMixDataset`` arguments.
+        bank: ``"S1"``, ``"S2"`` or None (real only).
+        x: the row's position on the study's plot (percent; see ``PLOT_AXES``).
+    """
+
+    study: str
+    label: str
+    mode: str
+    split: str
+    ratio: float
+    base_fraction: float = 0.25
+    bank: str | None = None
+    x: float = 0.0
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the row."""
+        return "".join(c if c.isalnum() else "-" for c in self.label.lower()).strip("-").replace("--", "-")
+
+
+# Table 3: 25% of R2, plus S2 patches made from the masks of the other 75% of R2.
+# Table 4: R2 with 0/25/50/75/100% of its patches swapped for their synthetic counterparts.
+# Table 5: real R1 against synthetic S1 (same masks).
+STUDIES: dict[str, list[StudyRow]] = {
+    "addition": [
+        StudyRow("addition", "25% R2", "add", "R2", 0.0, bank="S2", x=0),
+        StudyRow("addition", "25% R2 + 25% S2", "add", "R2", 0.25, bank="S2", x=25),
+        StudyRow("addition", "25% R2 + 50% S2", "add", "R2", 0.50, bank="S2", x=50),
+        StudyRow("addition", "25% R2 + 75% S2", "add", "R2", 0.75, bank="S2", x=75),
+    ],
+    "replacement": [
+        StudyRow("replacement", "R2", "real", "R2", 1.0, x=0),
+        StudyRow("replacement", "75% R2 / 25% S2", "replace", "R2", 0.25, bank="S2", x=25),
+        StudyRow("replacement", "50% R2 / 50% S2", "replace", "R2", 0.50, bank="S2", x=50),
+        StudyRow("replacement", "25% R2 / 75% S2", "replace", "R2", 0.75, bank="S2", x=75),
+        StudyRow("replacement", "S2", "replace", "R2", 1.0, bank="S2", x=100),
+    ],
+    "real-vs-synthetic": [
+        StudyRow("real-vs-synthetic", "R1", "real", "R1", 1.0, x=0),
+        StudyRow("real-vs-synthetic", "S1", "synthetic", "R1", 1.0, bank="S1", x=100),
+    ],
+}
+PLOT_AXES = {"addition": "S2 added (% of R2)", "replacement": "synthetic share of R2 (%)",
+             "real-vs-synthetic": "synthetic share (%)"}
+BANK_SPLITS = {"S1": "R1", "S2": "R2"}
+METRICS = ("dice", "miou", "pq", "aji")
+
+
+@dataclass(frozen=True)
+class StudyConfig(ConfigBase):
+    """Everything a study run needs; written as ``config.json`` in the output folder."""
+
+    name: str = "demo"  # preset name, for the report
+    store: str = ""  # the real PatchStore; "" = prepare one from ``source`` (or toy tissue) into OUT/data
+    source: str = ""  # dataset folder to prepare when ``store`` is empty ("" = toy tissue)
+    source_format: str = "toy"  # prepare format: toy, lizard, consep, conic, pannuke
+    toy_images: int = 40  # toy: images to generate
+    toy_size: int = 256  # toy: image side in pixels
+    patch_size: int = 128  # prepare: patch side (must match the NASDM models)
+    stride: int = 64  # prepare: step between patches
+    model: tuple[str, ...] = ()  # NASDM runs making S1 / S2 ("toy" = embedded); () = banks must be given
+    s1: str = ""  # an existing S1 bank (synthetic from R1 masks); "" = make it in OUT/banks
+    s2: str = ""  # an existing S2 bank (synthetic from R2 masks)
+    sampler: str = ""  # synthesis sampler ("" = package default)
+    steps: int = 0  # synthesis steps (0 = package default)
+    guidance: float = -1.0  # synthesis guidance (< 0 = package default)
+    synth_batch_size: int = 8
+    hovernet_preset: str = "tiny"  # hovernet.config preset
+    epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
+    batch_size: int = 0  # HoVerNet batch size (0 = preset)
+    n_runs: int = 3  # runs per row (seeds seed .. seed + n_runs - 1)
+    val_patches: int = 0  # validation patches drawn from Train outside R1 (0 = keep the last epoch)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.n_runs < 1:
+            raise ValueError(f"n_runs must be >= 1, got {self.n_runs}")
+        if self.epochs and (len(self.epochs) != 2 or min(self.epochs) < 0 or sum(self.epochs) < 1):
+            raise ValueError(f"epochs must be (phase1, phase2) with at least one epoch, got {self.epochs}")
+        if self.val_patches < 0 or self.batch_size < 0 or self.steps < 0 or self.synth_batch_size < 1:
+            raise ValueError("val_patches, batch_size and steps must be >= 0, synth_batch_size >= 1")
+
+
+STUDY_PRESETS: dict[str, StudyConfig] = {
+    # toy tissue, the embedded toy NASDM models and a tiny HoVerNet: minutes on a 2-core CPU
+    "demo": StudyConfig(name="demo", toy_images=36, toy_size=256, patch_size=64, stride=32, model=("toy",),
+                        steps=20, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
+    # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it)
+    "consep": StudyConfig(name="consep", source_format="consep", patch_size=128, stride=64,
+                          hovernet_preset="tiny", epochs=(5, 10), n_runs=3, val_patches=64),
+    # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
+    "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
+                          hovernet_preset="paper", n_runs=3, val_patches=512, synth_batch_size=32),
+}
+
+
+def get_study_preset(name_or_path: str) -> StudyConfig:
+    """A named preset or a StudyConfig JSON file.
+
+    Raises:
+        InputError: neither a preset name nor a readable config file.
+    """
+    if name_or_path in STUDY_PRESETS:
+        return STUDY_PRESETS[name_or_path]
+    if name_or_path.endswith(".json"):
+        return StudyConfig.load(name_or_path)
+    raise InputError(f"unknown preset {name_or_path!r}; valid: {', '.join(STUDY_PRESETS)}, or a CONFIG.json path")
+
+
+def select_rows(study: str) -> list[StudyRow]:
+    """Rows of one study, or of ``"all"``.
+
+    Raises:
+        InputError: an unknown study name.
+    """
+    if study == "all":
+        return [r for rows in STUDIES.values() for r in rows]
+    if study not in STUDIES:
+        raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}, all")
+    return list(STUDIES[study])
+
+
+def check_store(store: PatchStore, rows: Sequence[StudyRow]) -> None:
+    """Every split the rows (and the test) need exists and holds patches.
+
+    Raises:
+        InputError: a missing or empty split, naming the study that needs it.
+    """
+    for split, study in [(r.split, r.study) for r in rows] + [("Test", "every study")]:
+        if split not in store.splits or len(store.indices(split)) == 0:
+            raise InputError(f"{store.path}: {study} needs a non-empty {split!r} split (splits here: "
+                             f"{', '.join(f'{k}={len(store.indices(k))}' for k in store.splits) or 'none'})")
+
+
+def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig) -> list[dict[str, Any]]:
+    """The runs a study would do with their data sizes, computed from the real store alone.
+
+    Returns:
+        one dict per run: ``study``, ``row``, ``seed``, ``n_real``, ``n_synthetic``, ``n_patches``.
+    """
+    from nasdm_aug.mixing.plan import count_of
+
+    runs = []
+    for row in rows:
+        n = len(store.indices(row.split))
+        if row.mode == "add":
+            n_real, n_syn = count_of(row.base_fraction, n), count_of(row.ratio, n)
+        elif row.mode == "replace":
+            n_syn = count_of(row.ratio, n)
+            n_real = n - n_syn
+        elif row.mode == "synthetic":
+            n_real, n_syn = 0, count_of(row.ratio, n)
+        else:
+            n_real, n_syn = count_of(row.ratio, n), 0
+        for k in range(config.n_runs):
+            runs.append({"study": row.study, "row": row.label, "seed": config.seed + k, "n_real": n_real,
+                         "n_synthetic": n_syn, "n_patches": n_real + n_syn})
+    return runs
+
+
+def _hovernet_config(config: StudyConfig, seed: int):
+    from hovernet.config import get_preset
+
+    cfg = get_preset(config.hovernet_preset).replace(seed=seed, device=config.device)
+    if config.epochs:
+        cfg = cfg.replace(phase1_epochs=config.epochs[0], phase2_epochs=config.epochs[1],
+                          lr_decay_epoch=max(1, min(cfg.lr_decay_epoch, max(config.epochs) - 1)))
+    if config.batch_size:
+        cfg = cfg.replace(batch_size=config.batch_size)
+    return cfg
+
+
+def _validation(store: PatchStore, config: StudyConfig):
+    if not config.val_patches:
+        return None
+    import torch
+
+    pool = np.setdiff1d(store.indices("Train"), store.indices("R1") if "R1" in store.splits else [])
+    chosen = np.sort(np.random.default_rng(config.seed).permutation(pool)[: config.val_patches])
+    all_train = SyntheticMixDataset(store, split=None, mode="real", ratio=1.0)
+    return torch.utils.data.Subset(all_train, chosen.tolist())
+
+
+def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchStore], config: StudyConfig,
+            run_dir: Path, test_data, progress: bool) -> dict[str, Any]:
+    """Train and test one (row, seed); cached in ``run_dir/result.json``."""
+    from hovernet.evaluate import evaluate_model, load_hovernet
+    from hovernet.trainer import train_hovernet
+
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    bank = banks.get(row.bank) if row.bank else None
+    data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
+                               base_fraction=row.base_fraction, seed=seed)
+    model_dir = run_dir / "hovernet"
+    resume = model_dir.is_dir() and any(model_dir.iterdir())
+    train_hovernet(data, model_dir, _hovernet_config(config, seed), val_data=_validation(store, config),
+                   type_table=store.type_table, patch_size=store.patch_size, resume=resume,
+                   data_desc=f"{row.study}: {row.label} (seed {seed})", progress=progress)
+    model, cfg, _ = load_hovernet(model_dir, "cpu" if config.device == "auto" else config.device)
+    metrics, _ = evaluate_model(model, test_data, cfg, list(store.type_table.names), progress=False)
+    plan = data.plan()
+    result = {"study": row.study, "row": row.label, "seed": seed, "n_patches": len(plan),
+              "n_synthetic": int(np.sum(plan.origin == 1)), "n_real": int(np.sum(plan.origin == 0)),
+              "metrics": {k: metrics[k] for k in (*METRICS, "mpq_plus", "f1_detection")},
+              "per_type": metrics["per_type"]}
+    tmp = result_path.with_name("result.json.partial")
+    tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    os.replace(tmp, result_path)
+    return result
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
+    """Mean and sample std (ddof=1; 0 for one run) of each metric per row, in table order."""
+    table = []
+    for row in rows:
+        runs = [r for r in results if r["study"] == row.study and r["row"] == row.label]
+        if not runs:
+            continue
+        entry: dict[str, Any] = {"study": row.study, "row": row.label, "x": row.x, "runs": len(runs),
+                                 "n_patches": runs[0]["n_patches"], "n_real": runs[0]["n_real"],
+                                 "n_synthetic": runs[0]["n_synthetic"]}
+        for m in METRICS:
+            vals = np.array([np.nan if r["metrics"][m] is None else r["metrics"][m] for r in runs], float)
+            entry[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+            entry[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+        table.append(entry)
+    return table
+
+
+def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+    """Run the rows of ``study`` (or ``"all"``) and write the results (see ``nasdm_aug.report``).
+
+    Returns:
+        dict with ``config``, ``runs`` (one result per run) and ``table`` (per-row mean and std).
+
+    Raises:
+        InputError: a store without the needed splits, or synthetic rows with neither a model nor a bank.
+    """
+    from hovernet.data import store_dataset
+    from nasdm_aug.report import write_study_outputs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = select_rows(study)
+    store = PatchStore(ensure_store(config, out, progress))
+    check_store(store, rows)
+    banks = ensure_banks(config, store, rows, out, progress)
+    test_data = store_dataset(store.path, "Test")
+    runs = plan_study(store, rows, config)
+    results = []
+    bar = tqdm(runs, desc="study runs", unit="run", disable=not progress)
+    for run in bar:
+        bar.set_postfix_str(f"{run['row']} seed {run['seed']}")
+        row = next(r for r in rows if r.label == run["row"] and r.study == run["study"])
+        run_dir = out / "runs" / row.study / row.slug / f"seed{run['seed']}"
+        results.append(run_one(row, run["seed"], store, banks, config, run_dir, test_data, progress=False))
+    summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "runs": results,
+               "table": summarise(results, rows)}
+    write_study_outputs(summary, rows, out)
+    return summary
+
+
+def ensure_store(config: StudyConfig, out: Path, progress: bool) -> Path:
+    """The real store: ``config.store``, or one prepared (once) into ``OUT/data/real.h5``."""
+    if config.store:
+        return Path(config.store)
+    path = out / "data" / "real.h5"
+    if path.is_file():
+        return path
+    from nasdm_aug.data.prepare import PrepareConfig, prepare
+
+    if config.source_format != "toy" and not config.source:
+        raise InputError(f"preset {config.name!r} needs the dataset folder: pass --source DIR (or --store STORE.h5)")
+    prepare(PrepareConfig(format=config.source_format, src=config.source, out=str(path), patch_size=config.patch_size,
+                          stride=config.stride, seed=config.seed, toy_images=config.toy_images,
+                          toy_size=config.toy_size), progress=progress)
+    return path
+
+
+def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,
+                 progress: bool) -> dict[str, PatchStore]:
+    """S1 / S2 as the rows need them: given, made before in ``OUT/banks``, or synthesized now."""
+    from nasdm_aug.synthesize import SynthesizeConfig, synthesize
+
+    banks: dict[str, PatchStore] = {}
+    for name in sorted({r.bank for r in rows if r.bank}):
+        given = config.s1 if name == "S1" else config.s2
+        path = Path(given) if given else out / "banks" / f"{name}.h5"
+        if not path.is_file():
+            if given:
+                raise InputError(f"{path}: the {name} bank does not exist")
+            if not config.model:
+                needing = sorted({r.study for r in rows if r.bank == name})
+                raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
+                                 f"(NASDM mask and patch runs, or 'toy') or --{name.lower()} BANK.h5")
+            opts: dict[str, Any] = {"model": config.model, "masks": str(store.path), "split": BANK_SPLITS[name],
+                                    "seed": config.seed, "batch_size": config.synth_batch_size}
+            opts.update({k: v for k, v in (("sampler", config.sampler), ("steps", config.steps)) if v})
+            if config.guidance >= 0:
+                opts["guidance"] = config.guidance
+            device = None if config.device == "auto" else config.device
+            synthesize(SynthesizeConfig(**opts), path, device=device, preview=8, progress=progress)
+        banks[name] = PatchStore(path)
+    return banks

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.mixing import SyntheticMixDataset
+from nasdm_aug.studies import STUDIES, StudyConfig, check_store, get_study_preset, plan_study, run_studies
+from nasdm_aug.types import LIZARD
+from nasdm_aug.utils import InputError
+from nasdm_test_runs import make_run
+
+P = 32
+
+
+def _store(path, n_per_image, splits, origin="real", parents=None):
+    rng = np.random.default_rng(len(str(path)))
+    yy, xx = np.mgrid[:P, :P]
+    with PatchStoreWriter(path, patch_size=P, type_table=LIZARD, origin=origin) as w:
+        i = 0
+        for name in sorted({n for names in splits.values() for n in names}):
+            for _ in range(n_per_image):
+                inst = np.zeros((P, P), np.int32)
+                type_map = np.zeros((P, P), np.uint8)
+                for k in range(1, 4):
+                    cy, cx = rng.integers(6, P - 6, 2)
+                    disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+                    inst[disk], type_map[disk] = k, rng.integers(1, 7)
+                image = np.full((P, P, 3), 220, np.uint8)
+                image[inst > 0] = (90, 40, 140)
+                w.append(image, inst, type_map, source=name, parent=-1 if parents is None else parents[i])
+                i += 1
+        w.set_splits(splits)
+    return path
+
+
+SPLITS = {"Test": ["t0", "t1"], "R2": ["a", "b"], "Train": ["c", "d"], "R1": ["c"]}
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return _store(tmp_path_factory.mktemp("s") / "real.h5", 4, SPLITS)  # R2: 8 patches, R1: 4, Test: 8
+
+
+def test_plan_matches_the_paper_and_the_mixing_dataset(real, tmp_path):
+    store = PatchStore(real)
+    r2 = store.indices("R2")
+    bank = _store(tmp_path / "s2.h5", 4, {"R2": ["a", "b"]}, origin="synthetic", parents=list(r2))
+    cfg = StudyConfig(n_runs=1)
+    expected = {  # (real, synthetic) per row, from Tables 3 and 4 with |R2| = 8
+        "25% R2": (2, 0), "25% R2 + 25% S2": (2, 2), "25% R2 + 50% S2": (2, 4), "25% R2 + 75% S2": (2, 6),
+        "R2": (8, 0), "75% R2 / 25% S2": (6, 2), "50% R2 / 50% S2": (4, 4), "25% R2 / 75% S2": (2, 6), "S2": (0, 8),
+    }
+    rows = STUDIES["addition"] + STUDIES["replacement"]
+    for run, row in zip(plan_study(store, rows, cfg), rows):
+        assert (run["n_real"], run["n_synthetic"]) == expected[row.label]
+        ds = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio, seed=0)
+        plan = ds.plan()
+        assert (int((plan.origin == 0).sum()), int((plan.origin == 1).sum())) == expected[row.label]
+        if row.mode == "add":  # S2 masks come from the 75% of R2 outside the base
+            assert not set(plan.mask[plan.origin == 1]) & set(plan.base)
+    rvs = plan_study(store, STUDIES["real-vs-synthetic"], cfg.replace(n_runs=3))
+    assert [(r["row"], r["seed"], r["n_patches"]) for r in rvs] == [
+        ("R1", 0, 4), ("R1", 1, 4), ("R1", 2, 4), ("S1", 0, 4), ("S1", 1, 4), ("S1", 2, 4)]
+
+
+def test_bad_input(real, tmp_path):
+    with pytest.raises(InputError, match="unknown preset 'nope'; valid: demo, consep, lizard"):
+        get_study_preset("nope")
+    no_r1 = _store(tmp_path / "no_r1.h5", 1, {"Test": ["t"], "R2": ["a"], "Train": ["c"]})
+    with pytest.raises(InputError, match="real-vs-synthetic needs a non-empty 'R1' split"):
+        check_store(PatchStore(no_r1), STUDIES["real-vs-synthetic"])
+    cfg = StudyConfig(store=str(real), model=(), n_runs=1)
+    with pytest.raises(InputError, match="needs the synthetic bank S2: pass --model"):
+        run_studies(cfg, "replacement", tmp_path / "out", progress=False)
+
+
+def test_studies_end_to_end_and_resume(real, tmp_path):
+    runs = (make_run(tmp_path / "m", "mask", 1, size=P), make_run(tmp_path / "p", "patch", 2, size=P))
+    out = tmp_path / "bench"
+    args = ["benchmark", "--preset", str(tmp_path / "cfg.json"), "--study", "real-vs-synthetic", "--out", str(out),
+            "--store", str(real), "--model", str(runs[0]), "--model", str(runs[1]), "--device", "cpu"]
+    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    res = CliRunner().invoke(cli, args + ["--dry-run"])
+    assert res.exit_code == 0 and "S1                 seed 1: 4 patches (0 real + 4 synthetic)" in res.output
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "results.json").read_text())
+    assert [(e["row"], e["runs"], e["n_patches"]) for e in summary["table"]] == [("R1", 2, 4), ("S1", 2, 4)]
+    assert all(0.0 <= r["metrics"]["dice"] <= 1.0 for r in summary["runs"])
+    assert PatchStore(out / "banks" / "S1.h5").origin == "synthetic"
+    assert "Table 5" in (out / "tables.md").read_text() and (out / "study_real-vs-synthetic.png").stat().st_size
+    assert len((out / "results.csv").read_text().splitlines()) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/result.json")}
+    assert len(stamps) == 4
+    res = CliRunner().invoke(cli, args)  # a rerun reuses every finished run
+    assert res.exit_code == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
