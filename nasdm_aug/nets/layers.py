@@ -111,7 +111,7 @@ class ResBlock(nn.Module):
         h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
         scale, shift = self.emb_proj(F.silu(emb))[..., None, None].chunk(2, dim=1)
-        h = self.norm2(h, cond) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.norm2(h, cond), 1 + scale)  # time scale-shift, fused
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
 
