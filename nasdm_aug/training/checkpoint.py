@@ -132,7 +132,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         InputError: no checkpoint there.
     """
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    # a checkpoint directory holds config.json and weights; a shipped model may hold only the EMA ones
+    if (path / "config.json").is_file() and any((path / f).is_file() for f in ("model.safetensors", "ema.safetensors")):
         return path
     latest = latest_checkpoint(path)
     if latest is None:
