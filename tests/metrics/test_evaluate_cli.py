@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -140,3 +141,33 @@ def test_config_validation():
         EvaluateConfig(real="a.h5")
     with pytest.raises(ValueError, match="batch_size"):
         EvaluateConfig(real="a.h5", synthetic="b.h5", batch_size=0)
+
+
+def test_feature_cache_is_keyed_and_reused(files, tmp_path):
+    import shutil
+
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.metrics.generative import feature_cache_path, store_features
+    from nasdm_aug.metrics.inception import InceptionExtractor
+
+    path = tmp_path / "copy.h5"
+    shutil.copy(files["real"], path)
+    idx = np.arange(4)
+    key = feature_cache_path(path, "Train", idx, "d1")
+    assert key != feature_cache_path(path, "Test", idx, "d1") != feature_cache_path(path, "Train", idx[:3], "d1")
+    assert key != feature_cache_path(path, "Train", idx, "d2")
+    ex = InceptionExtractor(files["feats"])
+    store = PatchStore(path)
+    first = store_features(store, idx, ex, "Train")
+    assert feature_cache_path(path, "Train", idx, ex.digest).is_file()
+
+    class Refuse(InceptionExtractor):
+        def __call__(self, images, progress=False):
+            raise AssertionError("features were recomputed instead of read from the cache")
+
+    again = store_features(store, idx, Refuse(files["feats"]), "Train")
+    assert np.array_equal(first["features"], again["features"]) and again["probs"] is None
+    before = feature_cache_path(path, "Train", idx, ex.digest)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten store has a new mtime
+    assert feature_cache_path(path, "Train", idx, ex.digest) != before
