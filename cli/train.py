@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -80,4 +81,5 @@ def train_command(
         )
     except NonFiniteLossError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"trained {kind} model: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        click.echo(f"trained {kind} model: {run_dir}")

@@ -1,7 +1,7 @@
 """Training of the NASDM mask and patch models (Shrivastava & Fletcher 2023, 4.1): config,
 data, trainer, EMA, checkpoints, torchrun/DDP and the ``train()`` entry point."""
 
-from .checkpoint import latest_checkpoint, load_checkpoint, load_data_info, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, load_data_info, load_type_table, save_checkpoint
 from .config import DiffusionSettings, TrainConfig, get_train_preset
 from .data import NASDMDataset, batch_indices
 from .distributed import DistInfo, init_distributed
@@ -23,6 +23,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_data_info",
+    "load_type_table",
     "save_checkpoint",
     "train",
 ]

@@ -5,7 +5,8 @@ Run directory layout (what ``NASDMGenerator.from_pretrained(mask_run, patch_run)
 
     RUN_DIR/
       config.json              the resolved TrainConfig (kind, model, diffusion, optimisation)
-      data.json                the training data: store path, split, item count, patch size, type table
+      data.json                the training data: store path, split, n_items, patch_size, type_table
+                               (the table as a JSON object; ``load_type_table`` rebuilds it)
       log.jsonl                one JSON line per log interval (loss, mse, vb, per-quartile terms, lr, it/s)
       samples/step_XXXXXXXX.png   sample grids (EMA weights)
       checkpoints/step_XXXXXXXX/  one directory per kept checkpoint; the highest step is the latest
@@ -32,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, atomic_output
 
 from .config import TrainConfig
@@ -46,6 +48,7 @@ __all__ = [
     "load_trainer_state",
     "load_checkpoint",
     "load_data_info",
+    "load_type_table",
     "prune_checkpoints",
 ]
 
@@ -161,6 +164,11 @@ def load_data_info(path: str | os.PathLike) -> dict[str, Any]:
     """``data.json`` of a run or checkpoint directory: store, split, n_items, patch_size, type_table."""
     ckpt = resolve_checkpoint(path)
     return json.loads((ckpt / "data.json").read_text())
+
+
+def load_type_table(path: str | os.PathLike) -> NucleiTypeTable:
+    """The nuclei type table a run (or checkpoint) was trained with, from its ``data.json``."""
+    return NucleiTypeTable.from_json(json.dumps(load_data_info(path)["type_table"]))
 
 
 def load_checkpoint(

@@ -3,10 +3,10 @@ AdamW with a step learning-rate drop, EMA, clipping, bf16/channels_last, DDP, ex
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,6 +146,13 @@ class Trainer:
         self.model.load_state_dict(load_weights(ckpt_dir, ema=False, device=self.device))
         self.ema.load_state_dict(load_weights(ckpt_dir, ema=True, device=self.device))
         state = load_trainer_state(ckpt_dir)
+        if int(state.get("world_size", 1)) != self.dist.world_size:
+            # each rank's batch depends on the world size: training continues, but not bit-exactly
+            warnings.warn(
+                f"{ckpt_dir}: saved with {state.get('world_size')} ranks, resumed with {self.dist.world_size}; "
+                "the data order after the resume differs from an uninterrupted run",
+                stacklevel=2,
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -13,10 +13,17 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from nasdm_aug.training import trainer as trainer_mod
-from nasdm_aug.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_trainer_state
+from nasdm_aug.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainer_state,
+    load_type_table,
+)
 from nasdm_aug.training.data import NASDMDataset
 from nasdm_aug.training.metric_log import read_log
 from nasdm_aug.training.run import train
+from nasdm_aug.types import CONSEP
 from nasdm_aug.utils import InputError
 
 
@@ -47,6 +54,8 @@ def test_resume_after_kill_matches_uninterrupted_run(store_path, tmp_path, monke
 
     (raw_a, ema_a, state_a), (raw_b, ema_b, state_b) = _final(straight), _final(killed)
     assert state_a["step"] == state_b["step"] == 6
+    grid = np.asarray(Image.open(straight / "samples" / "step_00000006.png"))
+    assert grid.shape == (2 + 2 * 34, 2 + 2 * 34, 3)  # 2 samples x (real mask | decoded sample)
     for a, b in ((raw_a, raw_b), (ema_a, ema_b)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     moments_a, moments_b = state_a["optimizer"]["state"], state_b["optimizer"]["state"]
@@ -74,6 +83,7 @@ def test_log_grid_and_load_checkpoint(store_path, tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     data = json.loads((run / "data.json").read_text())
     assert data["split"] == "Train" and data["n_items"] == 4 and data["patch_size"] == 32
+    assert load_type_table(run) == CONSEP
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store_path, tmp_path, stand_in):
@@ -107,3 +117,21 @@ def test_model_must_fit_the_store(store_path, tmp_path):
     cfg = small_config("patch").replace(model=small_config("patch").model.replace(n_types=6))
     with pytest.raises(InputError, match="model.n_types is 6"):
         train("patch", store_path, "Train", cfg, tmp_path / "run", progress=False)
+
+
+def test_bf16_channels_last_and_loss_aware_sampler_state(store_path, tmp_path):
+    from nasdm_aug.nets import build_model
+    from nasdm_aug.training.trainer import Trainer
+
+    cfg = small_config("mask", steps=2, bf16=True, channels_last=True, schedule_sampler="loss-second-moment")
+    ds = NASDMDataset(store_path, "mask", "Train")
+    trainer = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
+    record = trainer.run()
+    assert np.isfinite(record["loss"]) and record["step"] == 2
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, not a cast
+    counts = trainer.schedule_sampler._loss_counts
+    assert counts.sum() == 2 * cfg.batch_size  # both steps' losses were recorded
+    fresh = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
+    fresh.load(latest_checkpoint(tmp_path))
+    assert fresh.step == 2 and np.array_equal(fresh.schedule_sampler._loss_history, trainer.schedule_sampler._loss_history)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.ema.module.parameters(), trainer.ema.module.parameters()))
