@@ -137,14 +137,16 @@ def fidelity_metrics(segment: Segmenter, real: PatchStore, real_idx: np.ndarray,
 
 
 def mask_model_checks(real: PatchStore, real_idx: np.ndarray, syn: PatchStore, syn_idx: np.ndarray) -> dict[str, Any]:
-    """Type control and realism of the bank's generated masks (patches with no real parent).
+    """Type control and realism of the bank's generated masks (synthetic patches with no real parent).
 
     Returns:
         dict with ``n_generated``, ``realism`` (Wasserstein distances, :func:`mask_realism`) and
         ``type_control`` (:func:`type_control`, only when the bank's config names the requested
         types); empty apart from ``n_generated`` = 0 when every mask came from a real patch.
     """
-    gen_idx = syn_idx[syn.meta("parent")[syn_idx] < 0]
+    # a real store passed as --synthetic (a real-vs-real baseline) has parent -1 too: not generated
+    generated = (syn.meta("parent")[syn_idx] < 0) & (syn.meta("origin")[syn_idx] == "synthetic")
+    gen_idx = syn_idx[generated]
     out: dict[str, Any] = {"n_generated": int(len(gen_idx))}
     if not len(gen_idx):
         return out

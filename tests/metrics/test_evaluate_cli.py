@@ -171,3 +171,13 @@ def test_feature_cache_is_keyed_and_reused(files, tmp_path):
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten store has a new mtime
     assert feature_cache_path(path, "Train", idx, ex.digest) != before
+
+
+def test_real_store_as_synthetic_has_no_generated_masks(files):
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.metrics.evaluate import mask_model_checks
+
+    real, bank = PatchStore(files["real"]), PatchStore(files["bank"])
+    assert mask_model_checks(real, np.arange(8), real, np.arange(8)) == {"n_generated": 0}
+    checks = mask_model_checks(real, np.arange(8), bank, np.arange(6))
+    assert checks["n_generated"] == 4 and checks["realism"]["count"] >= 0
