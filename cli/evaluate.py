@@ -33,7 +33,11 @@ from nasdm_aug.utils import InputError
 def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: str | None, out: str, overwrite: bool,
              max_patches: int | None, batch_size: int | None, device: str | None, seed: int | None,
              config_path: str | None, dry_run: bool) -> None:
-    """Compare a synthetic bank with real patches: Table-1 metrics, mask fidelity, mask-model checks."""
+    """Compare a synthetic bank with real patches: Table-1 metrics, mask fidelity, mask-model checks.
+
+    For the fidelity ratio, give a real split the segmenter was not trained on (e.g. STORE.h5:Test),
+    so that real patches are not scored more kindly than synthetic ones.
+    """
     from hovernet.data import parse_store_arg
     from nasdm_aug.metrics.evaluate import EvaluateConfig
 

