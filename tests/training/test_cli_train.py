@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import small_config
+from _trainer_helpers import small_config
 
 from cli.main import main
 from nasdm_aug.training.checkpoint import list_checkpoints

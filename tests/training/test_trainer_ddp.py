@@ -8,7 +8,7 @@ import socket
 import torch
 import torch._dynamo  # noqa: F401  DDP and AdamW import it lazily (seconds); once here, shared by forked ranks
 import torch.multiprocessing as mp
-from conftest import small_config
+from _trainer_helpers import small_config
 from safetensors.torch import load_file, save_file
 
 from nasdm_aug.training import run as _run  # noqa: F401  imported before the fork, shared by the ranks

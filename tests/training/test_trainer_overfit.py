@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import small_config
+from _trainer_helpers import small_config
 
 from nasdm_aug.nets import build_model
 from nasdm_aug.training.data import NASDMDataset

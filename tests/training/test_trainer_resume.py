@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from _trainer_helpers import small_config
 from PIL import Image
 from safetensors.torch import load_file
 
