@@ -3,8 +3,9 @@
 Builds a real store and a synthetic bank of the same size in a temp dir, then times items/s
 through a monai DataLoader (2 workers) for: a minimal Dataset doing ``store[i]`` (the reference),
 the same read plus the float [3, H, W] image conversion (what the item format costs by itself),
-SyntheticMixDataset in modes "real" and "add" (and "add" with HoVerNet targets on --hovernet). Reference and
-candidates alternate over several rounds; the median of the per-round ratios is reported.
+SyntheticMixDataset in modes "real" and "add" (and "add" with HoVerNet targets on --hovernet);
+then the same in-process without a DataLoader (the datasets' own cost). Reference and candidates
+alternate over several rounds; the median of the per-round ratios is reported.
 
 Run: .venv/bin/python benchmarks/bench_mixing.py [--n 640 --size 128 --rounds 5 --hovernet]
 """
@@ -85,6 +86,21 @@ def items_per_second(dataset, batch_size: int, workers: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def items_per_second_inprocess(dataset) -> float:
+    """Items/s of ``dataset[i]`` in this process: the dataset's own cost, without worker IPC."""
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def _table(title: str, rates: dict[str, list[float]], ratios: dict[str, list[float]]) -> None:
+    print(title)
+    for name, values in rates.items():
+        extra = f"  ratio vs plain (median) {statistics.median(ratios[name]):.2f}x" if name in ratios else ""
+        print(f"  {name:28s} {statistics.median(values):8.0f} items/s{extra}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=640, help="real patches (and as many synthetic)")
@@ -106,19 +122,20 @@ def main() -> None:
             candidates["mix add + hovernet targets"] = SyntheticMixDataset(real, bank, mode="add", ratio=0.75,
                                                                            hovernet_targets=True)
         reference = PlainDataset(PatchStore(real))
-        rates: dict[str, list[float]] = {"plain store[i]": [], **{k: [] for k in candidates}}
-        ratios: dict[str, list[float]] = {k: [] for k in candidates}
-        for _ in range(args.rounds):
-            for name, ds in candidates.items():  # reference right before each candidate: same load
-                ref = items_per_second(reference, args.batch_size, args.workers)
-                got = items_per_second(ds, args.batch_size, args.workers)
-                rates["plain store[i]"].append(ref)
-                rates[name].append(got)
-                ratios[name].append(got / ref)
-    print(f"n={args.n} size={args.size} batch={args.batch_size} workers={args.workers} rounds={args.rounds}")
-    for name, values in rates.items():
-        extra = f"  ratio vs plain (median) {statistics.median(ratios[name]):.2f}x" if name in ratios else ""
-        print(f"{name:28s} {statistics.median(values):8.0f} items/s{extra}")
+        for title, measure in (
+            (f"DataLoader, batch {args.batch_size}, {args.workers} workers",
+             lambda d: items_per_second(d, args.batch_size, args.workers)),
+            ("in-process dataset[i], no DataLoader", items_per_second_inprocess),
+        ):
+            rates: dict[str, list[float]] = {"plain store[i]": [], **{k: [] for k in candidates}}
+            ratios: dict[str, list[float]] = {k: [] for k in candidates}
+            for _ in range(args.rounds):
+                for name, ds in candidates.items():  # reference right before each candidate: same load
+                    ref, got = measure(reference), measure(ds)
+                    rates["plain store[i]"].append(ref)
+                    rates[name].append(got)
+                    ratios[name].append(got / ref)
+            _table(f"{title} (n={args.n}, {args.size} px, {args.rounds} rounds)", rates, ratios)
 
 
 if __name__ == "__main__":
