@@ -6,7 +6,7 @@ Run directory layout (what ``NASDMGenerator.from_pretrained(mask_run, patch_run)
     RUN_DIR/
       config.json              the resolved TrainConfig (kind, model, diffusion, optimisation)
       data.json                the training data: store path, split, n_items, patch_size, type_table
-                               (the table as a JSON object; ``load_type_table`` rebuilds it)
+                               (the table as NucleiTypeTable.to_json text; ``load_type_table`` rebuilds it)
       log.jsonl                one JSON line per log interval (loss, mse, vb, per-quartile terms, lr, it/s)
       samples/step_XXXXXXXX.png   sample grids (EMA weights)
       checkpoints/step_XXXXXXXX/  one directory per kept checkpoint; the highest step is the latest
@@ -168,7 +168,8 @@ def load_data_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_type_table(path: str | os.PathLike) -> NucleiTypeTable:
     """The nuclei type table a run (or checkpoint) was trained with, from its ``data.json``."""
-    return NucleiTypeTable.from_json(json.dumps(load_data_info(path)["type_table"]))
+    table = load_data_info(path)["type_table"]
+    return NucleiTypeTable.from_json(table if isinstance(table, str) else json.dumps(table))
 
 
 def load_checkpoint(

@@ -149,7 +149,7 @@ def train(
             "split": split,
             "n_items": len(dataset),
             "patch_size": store.patch_size,
-            "type_table": json.loads(store.type_table.to_json()),
+            "type_table": store.type_table.to_json(),  # NucleiTypeTable.to_json text
         }
         trainer = Trainer(
             model, diffusion, dataset, config, out, data_info=data_info,
