@@ -46,6 +46,18 @@ def _remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     return lab
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``binary_fill_holes`` by labelling the background once (4-connected, as scipy's default):
+    a background component that touches no image edge is a hole. ~10x faster than scipy's dilations."""
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    hole[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = False
+    return mask | hole[lab]
+
+
 def instance_energy(mask: np.ndarray, hv: np.ndarray, kernel_size: int = 5) -> np.ndarray:
     """HoVerNet's boundary energy: max over h and v of 1 - normalised Sobel(hv), zero off nuclei.
 
@@ -90,7 +102,7 @@ def instances_from_np_hv(np_prob: np.ndarray, hv: np.ndarray, cfg: PostprocessCo
     energy = instance_energy(mask, hv, cfg.sobel_kernel_size)
     dist = -ndi.gaussian_filter((1.0 - energy) * mask, cfg.smooth_sigma, mode="constant", truncate=4.0)
     marker = np.clip(mask - (energy >= cfg.marker_threshold), 0, None).astype(bool)
-    marker = ndi.binary_fill_holes(marker)
+    marker = _fill_holes(marker)
     marker = opening(marker.astype(np.uint8), disk(cfg.marker_radius))
     markers = _remove_small(marker, cfg.min_object_size)
     if cfg.fill_unmarked:

@@ -51,6 +51,17 @@ def test_touching_nuclei_are_separated_by_hv():
     assert merged.max() == 1
 
 
+def test_fast_fill_holes_equals_scipy():
+    from scipy import ndimage as ndi
+
+    from hovernet.postprocess import _fill_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = ndi.binary_opening(rng.random((48, 48)) > 0.45)
+        np.testing.assert_array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
+
+
 def test_empty_prediction_gives_no_instances():
     out = instances_from_np_hv(np.zeros((16, 16), np.float32), np.zeros((2, 16, 16), np.float32))
     assert out.shape == (16, 16) and out.max() == 0
