@@ -103,6 +103,10 @@ class SyntheticMixDataset(Dataset):
         - ``"synthetic"`` (paper 4.3.5) [1.0]: synthetic only, ``ratio`` of the bank patches whose
           parents are in the split (all with a parent when ``split`` is None).
         - ``"real"`` [1.0]: real only, ``ratio`` of the split.
+        - ``"balance"`` [0.5]: the whole split plus at most ``floor(ratio x len(split))`` bank
+          patches (generated masks, or masks of the split), chosen greedily so the nuclei-type
+          shares of the mixed set come closest (L1) to ``target``; ties follow the seeded
+          permutation. ``plan().stats`` holds the per-type nuclei counts before and after.
 
     Items are MONAI dictionaries (see ``LoadMixPatchd``): ``image`` float32 [3, H, W] in [0, 1],
     ``inst`` int32 [1, H, W], ``type`` uint8 [1, H, W], ``origin``, ``index``, ``parent``, and
@@ -117,18 +121,20 @@ class SyntheticMixDataset(Dataset):
         real: the real PatchStore or its path.
         synthetic: the synthetic bank or its path (needed by every mode but ``"real"``).
         split: real split to draw from (``"Train"``, ``"R1"``, ``"R2"``; None = whole store).
-        mode: ``"add"``, ``"replace"``, ``"synthetic"`` or ``"real"``.
+        mode: ``"add"``, ``"replace"``, ``"synthetic"``, ``"real"`` or ``"balance"``.
         ratio: the mode's fraction (see above); None for the mode's default.
         base_fraction: ``add``: fraction of the split kept as the real base.
         include_generated: ``add`` / ``synthetic``: also use bank patches from generated masks.
         seed: seed of the plan.
+        target: ``balance``: ``"uniform"``, ``"sqrt"``, ``{type name: weight}`` or n_types weights.
         transform: a MONAI dictionary transform (or a sequence of them) applied to each item.
         hovernet_targets: add ``np``, ``hv``, ``nc`` after ``transform``.
 
     Raises:
         InputError: an unfit bank (origin, patch size, type table, parents), a ratio outside its
             mode's range, too few eligible synthetic patches, or a ``replace`` plan with a chosen
-            real patch that has no synthetic counterpart.
+            real patch that has no synthetic counterpart; for ``balance``, a target naming a type
+            the table lacks, or a bank with no patch of a type the target needs more of.
 
     Example:
         >>> ds = SyntheticMixDataset("real.h5", "bank.h5", mode="add", ratio=0.5, transform=train_tf)
@@ -147,13 +153,14 @@ class SyntheticMixDataset(Dataset):
         base_fraction: float = 0.25,
         include_generated: bool = False,
         seed: int = 0,
+        target: str | tuple[float, ...] | dict[str, float] = "sqrt",
         transform: Callable | Sequence[Callable] | None = None,
         hovernet_targets: bool = False,
     ) -> None:
         self.real = open_store(real)
         self.synthetic = open_store(synthetic)
         self.config = MixConfig(mode=mode, split=split, ratio=ratio, base_fraction=base_fraction,
-                                include_generated=include_generated, seed=seed)
+                                include_generated=include_generated, seed=seed, target=target)
         self._plan = build_plan(self.real, self.synthetic, self.config)
         records = [{"origin": o, "index": i} for o, i in self._plan.entries()]
         self._load = LoadMixPatchd(self.real, self.synthetic)

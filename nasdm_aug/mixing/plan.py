@@ -1,7 +1,7 @@
 """Mixing plans: which real and which synthetic patches a training set holds.
 
 The modes follow the NASDM paper's studies: addition (Sec. 4.3.3), replacement (Sec. 4.3.4) and
-synthetic versus real (Sec. 4.3.5). A plan is seeded and deterministic.
+synthetic versus real (Sec. 4.3.5), plus rare-type balancing (issue 10). A plan is seeded and deterministic.
 """
 
 from __future__ import annotations
@@ -9,27 +9,29 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.mixing.balance import TARGETS, greedy_balance, l1_to_target, needed_types, resolve_target, type_counts
 from nasdm_aug.utils import InputError
 
 __all__ = ["MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of"]
 
-MODES = ("add", "replace", "synthetic", "real")
+MODES = ("add", "replace", "synthetic", "real", "balance")
 # Default ratio per mode when ``ratio`` is None.
-DEFAULT_RATIO = {"add": 0.5, "replace": 0.5, "synthetic": 1.0, "real": 1.0}
+DEFAULT_RATIO = {"add": 0.5, "replace": 0.5, "synthetic": 1.0, "real": 1.0, "balance": 0.5}
 # (low, high, low inclusive) per mode; every upper bound is inclusive.
 RATIO_RANGE = {"add": (0.0, math.inf, True), "replace": (0.0, 1.0, True),
-               "synthetic": (0.0, 1.0, False), "real": (0.0, 1.0, False)}
+               "synthetic": (0.0, 1.0, False), "real": (0.0, 1.0, False), "balance": (0.0, 1.0, False)}
 _RATIO_MEANING = {
     "add": "synthetic patches as a fraction of the real split",
     "replace": "fraction of the real split replaced by synthetic counterparts",
     "synthetic": "fraction of the eligible synthetic patches taken",
     "real": "fraction of the real split taken",
+    "balance": "most synthetic patches as a fraction of the real split",
 }
 ORIGIN_NAMES = ("real", "synthetic")
 
@@ -48,15 +50,19 @@ class MixConfig(ConfigBase):
     """How a mixed training set is drawn (validated on construction).
 
     Args:
-        mode: ``"add"``, ``"replace"``, ``"synthetic"`` or ``"real"`` (see ``SyntheticMixDataset``).
+        mode: ``"add"``, ``"replace"``, ``"synthetic"``, ``"real"`` or ``"balance"`` (see ``SyntheticMixDataset``).
         split: real split the plan draws from (``"Train"``, ``"R1"``, ``"R2"``); None = whole store.
         ratio: mode-specific fraction (``add``: synthetic count / real split size, >= 0;
             ``replace``: fraction replaced, in [0, 1]; ``synthetic`` / ``real``: fraction taken,
-            in (0, 1]); None takes ``DEFAULT_RATIO[mode]``.
+            in (0, 1]; ``balance``: most synthetic patches / real split size, in (0, 1]); None takes
+            ``DEFAULT_RATIO[mode]``.
         base_fraction: ``add`` only: fraction of the real split kept as the real base, in (0, 1].
         include_generated: ``add`` / ``synthetic``: also draw bank patches made from generated
             masks (parent -1); they carry no real mask, so they cannot leak one.
         seed: seed of the plan's generator.
+        target: ``balance`` only: the target type distribution: ``"uniform"``, ``"sqrt"`` (square
+            roots of the real split's counts), a dict ``{type name: weight}`` (unnamed types weigh
+            0) or a tuple of ``n_types`` weights.
     """
 
     mode: str = "add"
@@ -65,8 +71,14 @@ class MixConfig(ConfigBase):
     base_fraction: float = 0.25
     include_generated: bool = False
     seed: int = 0
+    target: str | tuple[float, ...] | dict[str, float] = "sqrt"
 
     def __post_init__(self) -> None:
+        if isinstance(self.target, (list, tuple)):  # JSON gives a list; keep the config hashable-ish
+            object.__setattr__(self, "target", tuple(float(w) for w in self.target))
+        if isinstance(self.target, str) and self.target not in TARGETS:
+            raise InputError(f"unknown balance target {self.target!r}; valid: {', '.join(TARGETS)}, a dict of "
+                             "per-type weights or a tuple of n_types weights")
         if self.mode not in MODES:
             raise InputError(f"unknown mixing mode {self.mode!r}; valid: {', '.join(MODES)}")
         lo, hi, lo_incl = RATIO_RANGE[self.mode]
@@ -140,11 +152,17 @@ class MixPlan:
                          f"synthetic parents all outside the base")
         if self.sources[1]:
             lines.append(f"  synthetic bank {self.sources[1]}")
-        lines += [f"  {k}: {v}" for k, v in self.stats.items()]
+        lines += [f"  {k}: {_stat(v)}" for k, v in self.stats.items()]
         lines.append(f"  items: {len(self)} = {c['real']} real + {c['synthetic']} synthetic")
         for name in ORIGIN_NAMES:
             lines.append(f"  {name} indices: {_short(self.indices(name))}")
         return "\n".join(lines)
+
+
+def _stat(value: Any) -> str:
+    if isinstance(value, Mapping):  # per-type numbers: "neutrophil 12, epithelial 300, ..."
+        return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _short(idx: np.ndarray, k: int = 12) -> str:
@@ -208,7 +226,7 @@ def build_plan(real: PatchStore, bank: PatchStore | None, config: MixConfig) -> 
     """
     if bank is not None:
         check_bank_fits(real, bank)
-    needs_bank = config.mode == "synthetic" or (config.mode in ("add", "replace") and config.resolved_ratio > 0)
+    needs_bank = config.mode in ("synthetic", "balance") or (config.mode in ("add", "replace") and config.resolved_ratio > 0)
     if needs_bank and bank is None:
         raise InputError(f"mode {config.mode!r} with ratio {config.resolved_ratio:g} needs a synthetic bank; "
                          "pass synthetic=PATH")
@@ -282,8 +300,41 @@ def _plan_synthetic(inp: _Inputs) -> MixPlan:
     return MixPlan(inp.config, np.ones(len(syn), np.uint8), syn.astype(np.int64), mask, len(inp.split_idx))
 
 
+def _plan_balance(inp: _Inputs) -> MixPlan:
+    n = len(inp.split_idx)
+    table = inp.real.type_table
+    # 1. eligible bank patches: generated masks, or masks of the split itself (never a held-out mask)
+    par = inp.bank.meta("parent")
+    cand = np.flatnonzero((par < 0) | np.isin(par, inp.split_idx)).astype(np.int64)
+    # 2. per-type nuclei counts of the real split and of every candidate, and the target shares
+    before = type_counts(inp.real, inp.split_idx).sum(0)
+    target = resolve_target(inp.config.target, table, before, str(inp.bank.path))
+    cand_counts = type_counts(inp.bank, cand)
+    need = needed_types(before, target)
+    lacking = [table.names[k] for k in np.flatnonzero(need & ~(cand_counts > 0).any(0))]
+    if lacking:
+        raise InputError(f"mode 'balance': {inp.bank.path} has no patch holding type {lacking[0]!r}"
+                         f"{' (nor ' + ', '.join(map(repr, lacking[1:])) + ')' if lacking[1:] else ''}, which the "
+                         f"target needs more of; synthesize some (nasdm-aug synthesize --balance-for) or change the target")
+    # 3. greedy choice under the cap; the seeded permutation breaks ties
+    cap = int(math.floor(inp.ratio * n + 1e-9))
+    perm = inp.rng.permutation(len(cand))
+    picks = greedy_balance(before, cand_counts[perm], target, cap)
+    syn = np.sort(cand[perm[picks]])
+    after = before + cand_counts[perm[picks]].sum(0)
+    named = lambda v: {name: int(c) for name, c in zip(table.names, v)}  # noqa: E731
+    stats = {"target": {name: round(float(t), 4) for name, t in zip(table.names, target)},
+             "nuclei before": named(before), "nuclei after": named(after),
+             "L1 to target": f"{l1_to_target(before, target):.4f} -> {l1_to_target(after, target):.4f}",
+             "synthetic cap": f"{len(syn)} of at most {cap} ({len(cand)} eligible in the bank)"}
+    origin = np.r_[np.zeros(n, np.uint8), np.ones(len(syn), np.uint8)]
+    mask = np.r_[inp.split_idx, par[syn]].astype(np.int64)
+    return MixPlan(inp.config, origin, np.r_[inp.split_idx, syn].astype(np.int64), mask, n, stats=stats)
+
+
 _PLANNERS: dict[str, Callable[[_Inputs], MixPlan]] = {
     "add": _plan_add, "replace": _plan_replace, "synthetic": _plan_synthetic, "real": _plan_real,
+    "balance": _plan_balance,
 }
 
 
