@@ -23,6 +23,16 @@ from nasdm_aug.utils import InputError
 @click.option("--types", default=None, metavar="NAMES",
               help="Generated masks: 'all', 'random', or comma-separated type names (e.g. epithelial,lymphocyte).")
 @click.option("--num", type=int, default=None, metavar="N", help="Generated masks: number of patches.")
+@click.option("--combination", "combinations", multiple=True, metavar="NAME+NAME:N",
+              help="Generated masks: N patches holding exactly these types (repeat the option).")
+# -- rare-type balancing (issue 10)
+@click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
+              help="Generated masks of the type combinations that move this real split (default Train) "
+                   "toward --target; the plan is stored in the bank's attrs['balance_plan'].")
+@click.option("--target", default="sqrt", show_default=True, metavar="uniform|sqrt|NAME=W,...",
+              help="With --balance-for: target type distribution.")
+@click.option("--ratio", type=float, default=0.5, show_default=True, metavar="R",
+              help="With --balance-for: at most R x (split size) patches, R in (0, 1].")
 # -- output
 @click.option("--out", type=click.Path(dir_okay=False), required=True, metavar="BANK.h5", help="Output bank.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bank (and parts of a different run).")
@@ -40,16 +50,21 @@ from nasdm_aug.utils import InputError
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
-def synthesize(models, masks, split, indices, types, num, out, overwrite, resume, preview, sampler, steps,
-               guidance, seed, batch_size, dtype, device, config_path, dry_run) -> None:
+def synthesize(models, masks, split, indices, types, num, combinations, balance_for, target, ratio, out, overwrite,
+               resume, preview, sampler, steps, guidance, seed, batch_size, dtype, device, config_path, dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
     given = {"masks": masks, "split": split, "types": types, "num": num, "sampler": sampler, "steps": steps,
              "guidance": guidance, "seed": seed, "batch_size": batch_size, "dtype": dtype}
-    if masks is not None or types is not None:  # the source given on the line replaces the config's
-        base.update({"masks": "", "types": "", "num": 0, "split": "", "indices": []})
+    plan = _balance_plan(balance_for, target, ratio) if balance_for else None
+    if plan is not None:
+        combinations = plan.combinations
+    if masks is not None or types is not None or combinations:  # the source given on the line replaces the config's
+        base.update({"masks": "", "types": "", "num": 0, "split": "", "indices": [], "combinations": []})
+    if combinations:
+        base["combinations"] = list(combinations)
     base.update({k: v for k, v in given.items() if v is not None})
     if tuple(models) != ("toy",) or "model" not in base:
         base["model"] = list(models)
@@ -65,10 +80,29 @@ def synthesize(models, masks, split, indices, types, num, out, overwrite, resume
     if dry_run:
         click.echo(config.to_json())
         click.echo(f"patches: {len(plan_jobs(config))}")
+        if plan is not None:
+            click.echo(plan.summary())
         return
     if resume and Path(out).is_file() and not overwrite:
         click.echo(f"{out} is complete; nothing to do")
         return
-    result = run(config, out, device=device, overwrite=overwrite, preview=preview)
+    attrs = {"balance_plan": plan.record} if plan is not None else None
+    result = run(config, out, device=device, overwrite=overwrite, preview=preview, attrs=attrs)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         click.echo(json.dumps(result, indent=2))
+
+
+def _balance_plan(balance_for: str, target: str, ratio: float):
+    """The balance plan for ``STORE.h5[:SPLIT]`` (split Train when none is named)."""
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
+
+    path, sep, split = balance_for.rpartition(":")
+    if not sep or "/" in split or split.endswith(".h5"):
+        path, split = balance_for, "Train"
+    if not Path(path).is_file():
+        raise InputError(f"--balance-for: {path} does not exist")
+    store = PatchStore(path)
+    if split not in store.splits:
+        raise InputError(f"--balance-for: {path} has no split {split!r} (splits: {', '.join(store.splits) or 'none'})")
+    return plan_balance_synthesis(store, split, parse_target(target), ratio)

@@ -85,7 +85,7 @@ def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: Nuclei
         arr = np.broadcast_to(types.astype(np.float32), (n, k)) if types.shape in ((k,), (n, k)) else None
         if arr is None:
             raise InputError(f"type presence array must be [{k}] or [{n}, {k}], got {list(types.shape)}")
-        return np.ascontiguousarray(arr)
+        return np.array(arr)  # a writable copy: torch.from_numpy warns on read-only broadcast views
     if isinstance(types, str) and types.strip().lower() == "all":
         return np.ones((n, k), np.float32)
     if isinstance(types, str) and types.strip().lower() == "random":

@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.mixing.balance import parse_combination
 from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
 from nasdm_aug.utils import InputError, check_writable
 from nasdm_aug.viz import colour_mask, contact_sheet
 
-__all__ = ["SynthesizeConfig", "synthesize", "plan_jobs"]
+__all__ = ["SynthesizeConfig", "synthesize", "plan_jobs", "combination_presence"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class SynthesizeConfig(ConfigBase):
     indices: tuple[int, ...] = ()  # with masks: explicit patch indices (instead of a split)
     types: str = ""  # generated masks: "all", "random" or comma-separated type names
     num: int = 0  # generated masks: how many patches
+    # generated masks for explicit type combinations, "name+name:count" each, made in this order
+    # (nasdm-aug synthesize --balance-for works them out; see nasdm_aug.mixing.balance)
+    combinations: tuple[str, ...] = ()
     sampler: str = DEFAULT_SAMPLER  # nasdm_aug.sampling sampler name
     steps: int = DEFAULT_STEPS  # network evaluations per sample
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
@@ -52,8 +56,13 @@ class SynthesizeConfig(ConfigBase):
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
 
     def __post_init__(self) -> None:
-        if bool(self.masks) == bool(self.types):
-            raise ValueError("give exactly one source: masks (a real store) or types (generated masks)")
+        if bool(self.masks) + bool(self.types) + bool(self.combinations) != 1:
+            raise ValueError("give exactly one source: masks (a real store) or types (generated masks) "
+                             "or combinations (generated masks per type combination)")
+        if self.combinations and self.num:
+            raise ValueError("--num applies to --types; combinations carry their own counts")
+        for combo in self.combinations:
+            _combination_count(combo)
         if self.types and self.num < 1:
             raise ValueError(f"--num must be >= 1, got {self.num}")
         if self.masks and self.num:
@@ -73,6 +82,23 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
 
+def _combination_count(combo: str) -> int:
+    names, _, count = combo.rpartition(":")
+    if not (names.strip() and count.isdigit() and int(count) >= 1):
+        raise ValueError(f"combination {combo!r}: expected 'name+name:count' with count >= 1")
+    return int(count)
+
+
+def combination_presence(combinations: tuple[str, ...], table) -> np.ndarray:
+    """Presence vectors float32 [N, n_types] for ``("name+name:count", ...)``, in order.
+
+    Raises:
+        InputError: a type name the table lacks.
+    """
+    rows = [parse_combination(c, table) for c in combinations]
+    return np.concatenate([np.tile(row, (n, 1)) for row, n in rows]).astype(np.float32)
+
+
 def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
     """Parent index of every patch to make (-1 for generated masks), in output order.
 
@@ -81,6 +107,8 @@ def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
     """
     if config.types:
         return np.full(config.num, -1, np.int64)
+    if config.combinations:
+        return np.full(sum(_combination_count(c) for c in config.combinations), -1, np.int64)
     store = PatchStore(config.masks)
     if config.indices:
         bad = [i for i in config.indices if not 0 <= i < len(store)]
@@ -103,6 +131,7 @@ def synthesize(
     overwrite: bool = False,
     preview: int = 0,
     progress: bool = True,
+    attrs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make a synthetic PatchStore at ``out`` (see the module docstring for resuming and sharding).
 
@@ -113,6 +142,7 @@ def synthesize(
         overwrite: replace an existing bank and discard parts of an earlier, different run.
         preview: write ``out`` with suffix ``.preview.png``: a contact sheet of the first N patches.
         progress: show a tqdm bar over chunks.
+        attrs: extra JSON-able bank attributes (e.g. ``{"balance_plan": ...}``).
 
     Returns:
         dict with ``out``, ``n_patches``, ``n_chunks``, ``chunks_done_before`` (resumed work),
@@ -146,7 +176,7 @@ def synthesize(
     result = {"out": str(out), "n_patches": int(len(jobs)), "n_chunks": len(chunks),
               "chunks_done_before": int(done_before), "model_hash": gen.model_hash}
     if dist.is_main:
-        _merge(parts, len(chunks), out, config, gen, real, overwrite)
+        _merge(parts, len(chunks), out, config, gen, real, overwrite, attrs)
         shutil.rmtree(parts)
         if preview:
             result["preview"] = str(write_preview(out, preview, real))
@@ -156,10 +186,14 @@ def synthesize(
 
 
 def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | None:
-    if config.types:
+    if config.types or config.combinations:
         if gen.mask_model is None:
-            raise InputError("--types needs a mask model: pass the mask run as well as the patch run to --model")
-        resolve_types(config.types, 1, gen.type_table)  # unknown names fail before any work
+            raise InputError("generated masks (--types, --balance-for) need a mask model: pass the mask run as "
+                             "well as the patch run to --model")
+        if config.types:
+            resolve_types(config.types, 1, gen.type_table)  # unknown names fail before any work
+        else:
+            combination_presence(config.combinations, gen.type_table)
         return None
     real = PatchStore(config.masks)
     if real.patch_size != gen.patch_size:
@@ -197,7 +231,9 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
     opts = dict(sampler=config.sampler, steps=config.steps, guidance=config.guidance, seed=config.seed,
                 sample_offset=start, batch_size=config.batch_size)
     if real is None:
-        inst, type_map = gen.generate_masks(config.types, n, min_size=config.min_size, **opts)
+        # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
+        types = config.types or combination_presence(config.combinations, gen.type_table)[start:stop]
+        inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, **opts)
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
@@ -211,12 +247,12 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
 
 
 def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
-           real: PatchStore | None, overwrite: bool) -> None:
+           real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampler,
                   "steps": config.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),
-                          origin="synthetic", overwrite=overwrite, attrs={"provenance": provenance}) as writer:
+                          origin="synthetic", overwrite=overwrite, attrs={"provenance": provenance, **(attrs or {})}) as writer:
         if real is not None:
             writer.set_splits(real.splits)
         for c in range(n_chunks):
