@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from monai.metrics import compute_dice as monai_dice
+from monai.metrics import compute_iou as monai_iou
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -252,23 +254,20 @@ class HoVerNetMetrics:
     """
 
     def __init__(self, n_types: int, type_names: Sequence[str] | None = None) -> None:
-        from monai.metrics import DiceMetric, MeanIoU
-
         if n_types < 1:
             raise ValueError(f"n_types must be >= 1, got {n_types}")
         self.n_types = n_types
         self.type_names = list(type_names) if type_names else [f"type_{k}" for k in range(1, n_types + 1)]
         if len(self.type_names) != n_types:
             raise ValueError(f"{len(self.type_names)} type names for {n_types} types")
-        self._dice_np, self._iou_np = DiceMetric(reduction="mean"), MeanIoU(reduction="mean")
-        self._dice_t = DiceMetric(include_background=False, reduction="mean")
-        self._iou_t = MeanIoU(include_background=False, reduction="mean")
         self.reset()
 
     def reset(self) -> None:
         """Forget everything accumulated."""
-        for m in (self._dice_np, self._iou_np, self._dice_t, self._iou_t):
-            m.reset()
+        # per-patch, per-channel values of MONAI's compute_dice / compute_iou (nan: empty gt channel).
+        # MONAI's DiceMetric/MeanIoU objects are not used: their aggregate() all-gathers over
+        # ranks, which deadlocks when only rank 0 validates under torchrun.
+        self._pixel: dict[str, list[torch.Tensor]] = {"dice": [], "miou": [], "dice_types": [], "miou_types": []}
         self._per_patch: dict[str, list[float]] = {"pq": [], "dq": [], "sq": [], "aji": [], "aji_plus": []}
         self._counts = np.zeros(4)  # tp, fp, fn, iou_sum of the type-agnostic matching
         self._types: dict[str, np.ndarray] | None = None
@@ -287,12 +286,12 @@ class HoVerNetMetrics:
     def _update_one(self, pi: np.ndarray, pt: np.ndarray, gi: np.ndarray, gtt: np.ndarray) -> None:
         onehot = lambda a, c: torch.nn.functional.one_hot(torch.as_tensor(a, dtype=torch.long), c).permute(2, 0, 1)[None]  # noqa: E731
         fg_p, fg_g = onehot(pi > 0, 2)[:, 1:], onehot(gi > 0, 2)[:, 1:]
-        self._dice_np(fg_p, fg_g)
-        self._iou_np(fg_p, fg_g)
         c = self.n_types + 1
         tp_, tg_ = onehot(np.where(pi > 0, pt, 0).clip(0, c - 1), c), onehot(np.where(gi > 0, gtt, 0).clip(0, c - 1), c)
-        self._dice_t(tp_, tg_)
-        self._iou_t(tp_, tg_)
+        self._pixel["dice"].append(monai_dice(fg_p, fg_g, include_background=True, ignore_empty=True).flatten())
+        self._pixel["miou"].append(monai_iou(fg_p, fg_g, include_background=True, ignore_empty=True).flatten())
+        self._pixel["dice_types"].append(monai_dice(tp_, tg_, include_background=False, ignore_empty=True).flatten())
+        self._pixel["miou_types"].append(monai_iou(tp_, tg_, include_background=False, ignore_empty=True).flatten())
         s = compute_pq(pi, gi)
         for k in ("pq", "dq", "sq"):
             self._per_patch[k].append(s[k])
@@ -312,8 +311,9 @@ class HoVerNetMetrics:
         """
         n = len(self._per_patch["pq"])
         out: dict[str, Any] = {"n_patches": n}
-        for key, m in (("dice", self._dice_np), ("miou", self._iou_np), ("dice_types", self._dice_t), ("miou_types", self._iou_t)):
-            out[key] = float(m.aggregate().item()) if n else math.nan
+        for key, vals in self._pixel.items():
+            # MONAI's reduction="mean": the mean over patches and channels of the non-nan values
+            out[key] = _nanmean(torch.cat(vals).tolist()) if vals else math.nan
         out.update({k: _nanmean(v) for k, v in self._per_patch.items()})
         tp, fp, fn, iou_sum = (float(c) for c in self._counts)
         out["pq_plus"] = pq_from_stats(tp, fp, fn, iou_sum)["pq"]

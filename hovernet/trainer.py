@@ -63,6 +63,7 @@ def _start_run(out: Path, cfg: TrainConfig, info: dict[str, Any], resume: bool, 
         return state
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise InputError(f"{out} is not empty; pass --resume to continue or --overwrite to start again")
+    barrier()  # every rank has looked before rank 0 writes
     if main:
         if overwrite and out.exists() and not resume:
             shutil.rmtree(out)
@@ -148,7 +149,8 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
         progress: tqdm bars.
 
     Returns:
-        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history`` and ``run_dir``.
+        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history`` and ``run_dir``
+        (validation and best tracking happen on rank 0; other ranks return ``best_epoch`` -1).
 
     Raises:
         InputError: a non-empty run directory without resume/overwrite, a config that differs
