@@ -1,4 +1,5 @@
-"""``nasdm-aug benchmark``: the paper's addition, replacement and synthetic-vs-real studies."""
+"""``nasdm-aug benchmark``: the paper's addition, replacement and synthetic-vs-real studies, and the
+rare-type balancing study (issue 10)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import click
 @click.command("benchmark")
 @click.option("--preset", default="demo", show_default=True, metavar="demo|consep|lizard|CONFIG.json",
               help="A named study preset or a StudyConfig JSON file.")
-@click.option("--study", type=click.Choice(["addition", "replacement", "real-vs-synthetic", "all"]), default="all",
-              show_default=True, help="Which study (Table 3, 4 or 5 of the paper), or all.")
+@click.option("--study", type=click.Choice(["addition", "replacement", "real-vs-synthetic", "balance", "all"]),
+              default="all", show_default=True,
+              help="Which study (Table 3, 4 or 5 of the paper, or rare-type balance); all = the paper's three.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, metavar="DIR",
               help="Output folder; finished runs in it are reused on a rerun.")
 # -- data and models
@@ -21,18 +23,24 @@ import click
               help="NASDM runs that make S1/S2 ('toy', or mask and patch run dirs; repeat the option).")
 @click.option("--s1", default=None, metavar="BANK.h5", help="An existing S1 bank (synthetic from R1 masks).")
 @click.option("--s2", default=None, metavar="BANK.h5", help="An existing S2 bank (synthetic from R2 masks).")
+@click.option("--balance-bank", default=None, metavar="BANK.h5",
+              help="Balance study: an existing bank of generated rare-type patches (else made with --model).")
+@click.option("--balance-target", default=None, metavar="uniform|sqrt|NAME=W,...",
+              help="Balance study: target nuclei-type distribution (default: the preset's, uniform).")
 # -- protocol
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Runs (seeds) per row.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
 @click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
 @click.option("--dry-run", is_flag=True, help="Print the config and the runs with their data sizes, then exit.")
-def benchmark(preset, study, out, store, source, models, s1, s2, runs, seed, device, dry_run) -> None:
+def benchmark(preset, study, out, store, source, models, s1, s2, balance_bank, balance_target, runs, seed, device,
+              dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test."""
     from nasdm_aug.data.store import PatchStore
     from nasdm_aug.studies import check_store, get_study_preset, plan_study, run_studies, select_rows
 
     config = get_study_preset(preset)
-    changes = {"store": store, "source": source, "s1": s1, "s2": s2, "n_runs": runs, "seed": seed, "device": device}
+    changes = {"store": store, "source": source, "s1": s1, "s2": s2, "balance_bank": balance_bank,
+               "balance_target": balance_target, "n_runs": runs, "seed": seed, "device": device}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     if models:
         config = config.replace(model=tuple(models))
@@ -44,7 +52,7 @@ def benchmark(preset, study, out, store, source, models, s1, s2, runs, seed, dev
             check_store(real, rows)
             for run in plan_study(real, rows, config):
                 click.echo(f"{run['study']:<18} {run['row']:<18} seed {run['seed']}: {run['n_patches']} patches "
-                           f"({run['n_real']} real + {run['n_synthetic']} synthetic)")
+                           f"({run['n_real']} real + {'up to ' if run.get('upto') else ''}{run['n_synthetic']} synthetic)")
         else:
             click.echo(f"{len(rows) * config.n_runs} runs ({len(rows)} rows x {config.n_runs} seeds); data sizes "
                        "follow once the store is prepared (or pass --store)")

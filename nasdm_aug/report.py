@@ -1,5 +1,6 @@
 """Study outputs: results.json, tables.md laid out like the NASDM paper's Tables 3-5, results.csv
-and one PNG plot per study (Dice against the synthetic share, with error bars)."""
+and one PNG plot per study (Dice against the synthetic share, with error bars; per-type bars for
+the rare-type balancing study of issue 10)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["write_study_outputs", "format_tables", "plot_study"]
+__all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
 
 _TITLES = {
     "addition": "Table 3: adding synthetic patches (S2) to 25% of R2",
     "replacement": "Table 4: replacing real patches of R2 by synthetic ones (same masks)",
     "real-vs-synthetic": "Table 5: real (R1) against synthetic (S1) annotations",
+    "balance": "Rare-type balancing: R2 alone against R2 + balanced synthetic patches (same epochs)",
 }
 
 
@@ -43,6 +45,24 @@ def format_tables(table: Sequence[dict[str, Any]]) -> str:
             out.append(f"| {e['row']} | {e['n_patches']} ({e['n_real']} + {e['n_synthetic']}) | {_pm(e, 'dice')} "
                        f"| {_pm(e, 'miou')} | {_pm(e, 'pq')} | {e['runs']} |")
         out.append("")
+        if study == "balance":
+            out += [format_per_type(rows), ""]
+    return "\n".join(out)
+
+
+def format_per_type(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-type F1 and PQ (mean ± std) of each row, with the training nuclei per type, as Markdown."""
+    rows = [e for e in rows if e.get("per_type")]
+    if not rows:
+        return ""
+    head = ["type", "Test nuclei"] + [f"{m} {e['row']}" for m in ("F1", "PQ") for e in rows] + \
+        [f"train nuclei {e['row']}" for e in rows]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in rows[0]["per_type"]:
+        cells = [name, str(rows[0]["per_type"][name].get("n_gt", ""))]
+        cells += [_pm(e["per_type"][name], m) for m in ("f1", "pq") for e in rows]
+        cells += [str(e.get("train_nuclei", {}).get(name, "")) for e in rows]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -75,6 +95,39 @@ def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: 
     return path
 
 
+def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Path | None:
+    """Grouped bars per nuclei type: F1 and PQ of each row, mean ± std error bars, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [e for e in table if e["study"] == study and e.get("per_type")]
+    if not rows:
+        return None
+    names = list(rows[0]["per_type"])
+    x = np.arange(len(names))
+    width = 0.8 / len(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120, sharey=True)
+    for ax, key, label in zip(axes, ("f1", "pq"), ("F1", "PQ")):
+        for j, e in enumerate(rows):
+            vals = [e["per_type"][n].get(key) for n in names]
+            errs = [e["per_type"][n].get(key + "_std", 0.0) for n in names]
+            ax.bar(x + (j - (len(rows) - 1) / 2) * width, [np.nan if v is None else v for v in vals], width,
+                   yerr=errs, capsize=3, label=e["row"])
+        ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+        ax.set_title(f"per-type {label} on Test (mean ± std)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
     """Write results.json, tables.md, results.csv and study_<name>.png into ``out``."""
     from nasdm_aug.studies import PLOT_AXES
@@ -90,7 +143,10 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path)
     writer.writerows(summary["table"])
     _atomic_text(paths["csv"], buf.getvalue())
     for study in dict.fromkeys(r.study for r in rows):
-        png = plot_study(summary["table"], study, out / f"study_{study}.png", PLOT_AXES[study])
+        if study == "balance":  # one bar per type rather than a curve over a synthetic share
+            png = plot_per_type(summary["table"], study, out / f"study_{study}.png")
+        else:
+            png = plot_study(summary["table"], study, out / f"study_{study}.png", PLOT_AXES[study])
         if png is not None:
             paths[f"plot_{study}"] = png
     return paths

@@ -1,5 +1,6 @@
 """The NASDM paper's downstream studies (Sec. 4.3-4.4, Tables 3-5): addition, replacement and
-synthetic-vs-real annotations, each row trained N times with HoVerNet and tested on Test.
+synthetic-vs-real annotations, plus rare-type balancing (issue 10), each row trained N times with
+HoVerNet and tested on Test.
 
 A run is one (row, seed): a mixed training set (``SyntheticMixDataset``), a HoVerNet trained on it
 with the configured recipe, and its test metrics. Each finished run leaves ``result.json`` in its
@@ -32,10 +33,10 @@ class StudyRow:
     """One row of a study table: how its training set is mixed.
 
     Attributes:
-        study: ``addition``, ``replacement`` or ``real-vs-synthetic``.
+        study: ``addition``, ``replacement``, ``real-vs-synthetic`` or ``balance``.
         label: the row's name in the paper's table.
         mode, split, ratio, base_fraction: the ``SyntheticMixDataset`` arguments.
-        bank: ``"S1"``, ``"S2"`` or None (real only).
+        bank: ``"S1"``, ``"S2"``, ``"B"`` (generated rare-type patches) or None (real only).
         x: the row's position on the study's plot (percent; see ``PLOT_AXES``).
     """
 
@@ -75,10 +76,19 @@ STUDIES: dict[str, list[StudyRow]] = {
         StudyRow("real-vs-synthetic", "R1", "real", "R1", 1.0, x=0),
         StudyRow("real-vs-synthetic", "S1", "synthetic", "R1", 1.0, bank="S1", x=100),
     ],
+    # issue 10: R2 alone against R2 + at most 50% of |R2| generated rare-type patches chosen to move
+    # the nuclei-type shares toward ``StudyConfig.balance_target`` (same epochs, so more steps)
+    "balance": [
+        StudyRow("balance", "R2", "real", "R2", 1.0, x=0),
+        StudyRow("balance", "R2 + balanced", "balance", "R2", 0.5, bank="B", x=100),
+    ],
 }
+# "all" = the paper's three studies; balance needs generated masks and a bank of its own, so it runs
+# on request (--study balance) rather than doubling the demo's run time
+PAPER_STUDIES = ("addition", "replacement", "real-vs-synthetic")
 PLOT_AXES = {"addition": "S2 added (% of R2)", "replacement": "synthetic share of R2 (%)",
-             "real-vs-synthetic": "synthetic share (%)"}
-BANK_SPLITS = {"S1": "R1", "S2": "R2"}
+             "real-vs-synthetic": "synthetic share (%)", "balance": "nuclei type"}
+BANK_SPLITS = {"S1": "R1", "S2": "R2", "B": "R2"}
 METRICS = ("dice", "miou", "pq", "aji")
 
 
@@ -97,6 +107,8 @@ class StudyConfig(ConfigBase):
     model: tuple[str, ...] = ()  # NASDM runs making S1 / S2 ("toy" = embedded); () = banks must be given
     s1: str = ""  # an existing S1 bank (synthetic from R1 masks); "" = make it in OUT/banks
     s2: str = ""  # an existing S2 bank (synthetic from R2 masks)
+    balance_bank: str = ""  # an existing bank of generated rare-type patches; "" = make it with --balance-for
+    balance_target: str = "uniform"  # balance study: uniform, sqrt or name=weight,... (nasdm_aug.mixing.balance)
     sampler: str = ""  # synthesis sampler ("" = package default)
     steps: int = 0  # synthesis steps (0 = package default)
     guidance: float = -1.0  # synthesis guidance (< 0 = package default)
@@ -151,7 +163,7 @@ def select_rows(study: str) -> list[StudyRow]:
         InputError: an unknown study name.
     """
     if study == "all":
-        return [r for rows in STUDIES.values() for r in rows]
+        return [r for name in PAPER_STUDIES for r in STUDIES[name]]
     if study not in STUDIES:
         raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}, all")
     return list(STUDIES[study])
@@ -173,7 +185,8 @@ def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig)
     """The runs a study would do with their data sizes, computed from the real store alone.
 
     Returns:
-        one dict per run: ``study``, ``row``, ``seed``, ``n_real``, ``n_synthetic``, ``n_patches``.
+        one dict per run: ``study``, ``row``, ``seed``, ``n_real``, ``n_synthetic``, ``n_patches``, and
+        ``upto`` (True where ``n_synthetic`` is a cap: balance picks only the patches that help).
     """
     from nasdm_aug.mixing.plan import count_of
 
@@ -187,11 +200,13 @@ def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig)
             n_real = n - n_syn
         elif row.mode == "synthetic":
             n_real, n_syn = 0, count_of(row.ratio, n)
+        elif row.mode == "balance":
+            n_real, n_syn = n, int(math.floor(row.ratio * n + 1e-9))
         else:
             n_real, n_syn = count_of(row.ratio, n), 0
         for k in range(config.n_runs):
             runs.append({"study": row.study, "row": row.label, "seed": config.seed + k, "n_real": n_real,
-                         "n_synthetic": n_syn, "n_patches": n_real + n_syn})
+                         "n_synthetic": n_syn, "n_patches": n_real + n_syn, "upto": row.mode == "balance"})
     return runs
 
 
@@ -228,8 +243,10 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     if result_path.is_file():
         return json.loads(result_path.read_text())
     bank = banks.get(row.bank) if row.bank else None
+    from nasdm_aug.mixing.balance import parse_target, type_counts
+
     data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
-                               base_fraction=row.base_fraction, seed=seed)
+                               base_fraction=row.base_fraction, seed=seed, target=parse_target(config.balance_target))
     model_dir = run_dir / "hovernet"
     resume = model_dir.is_dir() and any(model_dir.iterdir())
     train_hovernet(data, model_dir, _hovernet_config(config, seed), val_data=_validation(store, config),
@@ -242,6 +259,10 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
               "n_synthetic": int(np.sum(plan.origin == 1)), "n_real": int(np.sum(plan.origin == 0)),
               "metrics": {k: metrics[k] for k in (*METRICS, "mpq_plus", "f1_detection")},
               "per_type": metrics["per_type"]}
+    if row.study == "balance":  # what the training set held, per type
+        counts = sum(type_counts(s, plan.indices(o)).sum(0) for o, s in (("real", store), ("synthetic", bank))
+                     if s is not None and len(plan.indices(o)))
+        result["train_nuclei"] = dict(zip(store.type_table.names, map(int, counts)))
     tmp = result_path.with_name("result.json.partial")
     tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     os.replace(tmp, result_path)
@@ -270,8 +291,26 @@ def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> li
             vals = np.array([np.nan if r["metrics"][m] is None else r["metrics"][m] for r in runs], float)
             entry[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
             entry[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+        if all(r.get("per_type") for r in runs):
+            entry["per_type"] = _per_type_summary(runs)
+        if "train_nuclei" in runs[0]:
+            entry["train_nuclei"] = runs[0]["train_nuclei"]
         table.append(entry)
     return table
+
+
+def _per_type_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per type: mean and sample std of F1 and PQ over runs, and the Test nuclei count."""
+    out = {}
+    for name in runs[0]["per_type"]:
+        entry: dict[str, Any] = {"n_gt": runs[0]["per_type"][name].get("n_gt")}
+        for m in ("f1", "pq"):
+            vals = np.array([np.nan if r["per_type"][name].get(m) is None else r["per_type"][name][m] for r in runs],
+                            float)
+            entry[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+            entry[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+        out[name] = entry
+    return out
 
 
 def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
@@ -331,21 +370,34 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
 
     banks: dict[str, PatchStore] = {}
     for name in sorted({r.bank for r in rows if r.bank}):
-        given = config.s1 if name == "S1" else config.s2
+        given = {"S1": config.s1, "S2": config.s2, "B": config.balance_bank}[name]
         path = Path(given) if given else out / "banks" / f"{name}.h5"
         if not path.is_file():
             if given:
                 raise InputError(f"{path}: the {name} bank does not exist")
             if not config.model:
                 needing = sorted({r.study for r in rows if r.bank == name})
+                flag = "--balance-bank" if name == "B" else f"--{name.lower()}"
                 raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
-                                 f"(NASDM mask and patch runs, or 'toy') or --{name.lower()} BANK.h5")
-            opts: dict[str, Any] = {"model": config.model, "masks": str(store.path), "split": BANK_SPLITS[name],
-                                    "seed": config.seed, "batch_size": config.synth_batch_size}
+                                 f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
+            opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
+            attrs = None
+            if name == "B":  # generated masks of the type combinations the split lacks (issue 10)
+                ratio = max(r.ratio for r in rows if r.bank == "B")
+                plan = _balance_synthesis_plan(store, config, ratio)
+                opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
+            else:
+                opts.update(masks=str(store.path), split=BANK_SPLITS[name])
             opts.update({k: v for k, v in (("sampler", config.sampler), ("steps", config.steps)) if v})
             if config.guidance >= 0:
                 opts["guidance"] = config.guidance
             device = None if config.device == "auto" else config.device
-            synthesize(SynthesizeConfig(**opts), path, device=device, preview=8, progress=progress)
+            synthesize(SynthesizeConfig(**opts), path, device=device, preview=8, progress=progress, attrs=attrs)
         banks[name] = PatchStore(path)
     return banks
+
+
+def _balance_synthesis_plan(store: PatchStore, config: StudyConfig, ratio: float):
+    from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
+
+    return plan_balance_synthesis(store, BANK_SPLITS["B"], parse_target(config.balance_target), ratio)
