@@ -61,7 +61,7 @@ def main() -> None:
     start = time.time()
     procs = {}
     for kind in ("mask", "patch"):
-        cmd = [*exe, "train", kind, "--store", str(store), "--split", "Train", "--config", str(config_dir / f"toy_{kind}.json"), "--out", str(work / kind), "--device", "cpu", "--no-progress",
+        cmd = [*exe, "train", kind, "--store", str(store), "--split", "Train", "--config", str(config_dir / f"toy_{kind}.json"), "--steps", str(args.steps), "--out", str(work / kind), "--device", "cpu", "--no-progress",
                "--resume" if args.resume else "--overwrite"]
         procs[kind] = (cmd, subprocess.Popen(cmd, env=env))
     for kind, (cmd, proc) in procs.items():

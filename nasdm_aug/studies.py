@@ -104,6 +104,7 @@ class StudyConfig(ConfigBase):
     toy_size: int = 256  # toy: image side in pixels
     patch_size: int = 128  # prepare: patch side (must match the NASDM models)
     stride: int = 64  # prepare: step between patches
+    split_counts: tuple[int, ...] = ()  # prepare: (Test, R2, R1) images; () = the paper's fractions
     model: tuple[str, ...] = ()  # NASDM runs making S1 / S2 ("toy" = embedded); () = banks must be given
     s1: str = ""  # an existing S1 bank (synthetic from R1 masks); "" = make it in OUT/banks
     s2: str = ""  # an existing S2 bank (synthetic from R2 masks)
@@ -132,8 +133,8 @@ class StudyConfig(ConfigBase):
 
 STUDY_PRESETS: dict[str, StudyConfig] = {
     # toy tissue, the embedded toy NASDM models and a tiny HoVerNet: minutes on a 2-core CPU
-    "demo": StudyConfig(name="demo", toy_images=36, toy_size=256, patch_size=64, stride=32, model=("toy",),
-                        steps=20, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
+    "demo": StudyConfig(name="demo", toy_images=24, toy_size=256, patch_size=64, stride=64, split_counts=(4, 4, 4),
+                        model=("toy",), steps=20, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it)
     "consep": StudyConfig(name="consep", source_format="consep", patch_size=128, stride=64,
                           hovernet_preset="tiny", epochs=(5, 10), n_runs=3, val_patches=64),
@@ -359,7 +360,8 @@ def ensure_store(config: StudyConfig, out: Path, progress: bool) -> Path:
         raise InputError(f"preset {config.name!r} needs the dataset folder: pass --source DIR (or --store STORE.h5)")
     prepare(PrepareConfig(format=config.source_format, src=config.source, out=str(path), patch_size=config.patch_size,
                           stride=config.stride, seed=config.seed, toy_images=config.toy_images,
-                          toy_size=config.toy_size), progress=progress)
+                          toy_size=config.toy_size, split_counts=tuple(config.split_counts) or None),
+            progress=progress)
     return path
 
 
