@@ -134,7 +134,7 @@ class StudyConfig(ConfigBase):
 STUDY_PRESETS: dict[str, StudyConfig] = {
     # toy tissue, the embedded toy NASDM models and a tiny HoVerNet: minutes on a 2-core CPU
     "demo": StudyConfig(name="demo", toy_images=24, toy_size=256, patch_size=64, stride=64, split_counts=(4, 4, 4),
-                        model=("toy",), steps=20, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
+                        model=("toy",), steps=25, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it)
     "consep": StudyConfig(name="consep", source_format="consep", patch_size=128, stride=64,
                           hovernet_preset="tiny", epochs=(5, 10), n_runs=3, val_patches=64),
