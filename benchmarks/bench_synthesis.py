@@ -63,8 +63,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true")
+    ap.add_argument("--paper-batches", default="1,8", help="batch sizes timed for the paper preset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     out: dict = {"threads": args.threads, "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}
 
     gen = NASDMGenerator.from_pretrained("toy", device="cpu")
@@ -79,12 +81,13 @@ def main() -> None:
 
     if not args.skip_paper:
         model = build_model(get_preset("patch", "paper")).eval()
-        for batch in (1, 8):
+        batches = [int(b) for b in args.paper_batches.split(",")]
+        for batch in batches:
             nfe = guided_nfe_seconds(model, batch, 128, 1)
             out[f"paper_guided_nfe_seconds_b{batch}"] = nfe["batched"]
             out[f"paper_patches_per_s_b{batch}"] = batch / (nfe["batched"] * DEFAULT_STEPS)
             out[f"paper_guidance_batched_over_separate_b{batch}"] = nfe["separate"] / nfe["batched"]
-        per_patch_nfe = out["paper_guided_nfe_seconds_b8"] / 8
+        per_patch_nfe = out[f"paper_guided_nfe_seconds_b{batches[-1]}"] / batches[-1]
         out["paper_S2_hours_default"] = PAPER_S2 * DEFAULT_STEPS * per_patch_nfe / 3600
         out["paper_S2_hours_1000_steps"] = PAPER_S2 * PAPER_STEPS * per_patch_nfe / 3600
         out["paper_S2_nfe_default"] = PAPER_S2 * DEFAULT_STEPS
