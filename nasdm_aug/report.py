@@ -32,6 +32,18 @@ def _pm(entry: dict[str, Any], key: str) -> str:
     return "n/a" if mean is None else f"{mean:.4f} ± {entry.get(key + '_std', 0.0):.4f}"
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def format_tables(table: Sequence[dict[str, Any]]) -> str:
     """Markdown tables, one per study: rows, number of patches, Dice, IoU and PQ as mean ± std."""
     out = []
@@ -87,12 +99,7 @@ def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: 
     ax.set_title(_TITLES[study].split(": ", 1)[1], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Path | None:
@@ -120,12 +127,7 @@ def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Pa
         ax.set_title(f"per-type {label} on Test (mean ± std)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
