@@ -6,7 +6,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SPADEGroupNorm"]
+__all__ = ["SPADEGroupNorm", "ConditionPyramid"]
+
+
+class ConditionPyramid:
+    """One forward pass's condition at every feature size, resized and cast once per size.
+
+    A U-Net calls its SPADE norms dozens of times at three or four sizes; resizing (nearest) and
+    casting the condition in each call cost a copy each, 18% of a bf16 training step on the CPU in
+    our profile. The pyramid does it once per size, in the network's compute dtype (the autocast
+    dtype where autocast is on) and memory format.
+
+    Args:
+        cond: the full-size condition [N, K, H, W].
+        dtype: dtype of the resized copies (default ``cond.dtype``).
+        memory_format: ``torch.contiguous_format`` or ``torch.channels_last``.
+    """
+
+    def __init__(self, cond: torch.Tensor, dtype: torch.dtype | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.full = cond
+        self.dtype = dtype or cond.dtype
+        self.memory_format = memory_format
+        self._sizes: dict[tuple[int, int], torch.Tensor] = {}
+
+    def at(self, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """The condition at spatial ``size`` (H, W)."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._sizes:
+            c = self.full if tuple(self.full.shape[-2:]) == size else F.interpolate(self.full, size=size, mode="nearest")
+            self._sizes[size] = c.to(self.dtype).contiguous(memory_format=self.memory_format)
+        return self._sizes[size]
 
 
 class SPADEGroupNorm(nn.Module):
@@ -30,9 +60,11 @@ class SPADEGroupNorm(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
         self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` [N, C, H, W] and modulate it by ``cond`` [N, K, H', W'] (any H', W')."""
-        if cond.shape[-2:] != x.shape[-2:]:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | ConditionPyramid) -> torch.Tensor:
+        """Normalise ``x`` [N, C, H, W] and modulate it by ``cond`` [N, K, H', W'] (any H', W') or a pyramid."""
+        if isinstance(cond, ConditionPyramid):
+            cond = cond.at(x.shape[-2:])
+        elif cond.shape[-2:] != x.shape[-2:]:
             cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
         gamma, beta = self.gamma_beta(self.shared(cond)).chunk(2, dim=1)
         return torch.addcmul(beta, self.norm(x), 1 + gamma)  # one fused pass instead of a mul and an add

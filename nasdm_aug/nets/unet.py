@@ -12,6 +12,7 @@ from torch import nn
 
 from nasdm_aug.nets.layers import AttentionBlock, ResBlock, TimestepSequential, timestep_embedding, zero_module
 from nasdm_aug.nets.presets import UNetConfig
+from nasdm_aug.nets.spade import ConditionPyramid
 
 __all__ = ["DiffusionUNet", "PatchUNet", "MaskUNet", "build_model"]
 
@@ -78,6 +79,11 @@ class DiffusionUNet(nn.Module):
 
     def _unet(self, x: torch.Tensor, emb: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor:
         """Run the backbone. x [N, C_in, H, W]; emb [N, 4 * base]; spatial [N, K, H, W] or None."""
+        if spatial is not None:
+            dev = x.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            spatial = ConditionPyramid(spatial, dtype, torch.channels_last if cl else torch.contiguous_format)
         hs = []
         h = x
         for block in self.input_blocks:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nasdm_aug.nets import MaskUNet, PatchUNet, SPADEGroupNorm, UNetConfig, build_model, get_preset
+from nasdm_aug.nets import ConditionPyramid, MaskUNet, PatchUNet, SPADEGroupNorm, UNetConfig, build_model, get_preset
 
 SMALL = dict(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,), head_channels=16,
              norm_groups=4, spade_hidden=16)  # fmt: skip
@@ -142,6 +142,19 @@ def test_spade_group_norm_closed_form():
     x = torch.randn(2, 8, 4, 4)
     want = torch.nn.functional.group_norm(x, 2) * 2 + 0.5
     assert torch.allclose(norm(x, torch.rand(2, 3, 16, 16)), want, atol=1e-5)
+
+
+def test_condition_pyramid_matches_per_call_resize():
+    norm = _unzero(SPADEGroupNorm(8, 3, groups=2, hidden=4))
+    cond = torch.rand(2, 3, 16, 16)
+    pyramid = ConditionPyramid(cond)
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(norm(x, pyramid), norm(x, cond))
+    assert pyramid.at((4, 4)) is pyramid.at(torch.Size([4, 4]))  # resized once per size
+    assert pyramid.at((16, 16)) is cond  # full size: no copy
+    low = ConditionPyramid(cond, torch.bfloat16, torch.channels_last).at((8, 8))
+    assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(low.float(), torch.nn.functional.interpolate(cond, size=(8, 8), mode="nearest").bfloat16().float())
 
 
 def test_wrong_condition_shape_raises():
