@@ -7,6 +7,7 @@ Prints markdown tables for benchmarks/RESULTS.md; ``--part masks`` also writes b
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -175,36 +176,47 @@ def _conv_ceiling(size: int, dtype: str, repeats: int) -> float:
 
 
 def bench_speed(size: int, repeats: int) -> None:
+    """Both nets in both memory layouts (NCHW, channels_last), interleaved; ratios against MONAI's best layout."""
     cfg = get_preset("patch", "tiny", image_size=size, attention_resolutions=(size // 4,))
     torch.manual_seed(0)
-    models = {"PatchUNet": build_model(cfg), "MONAI SPADEDiffusionModelUNet": _monai_twin(cfg)}
+    models = {"ours": build_model(cfg), "monai": _monai_twin(cfg)}
     x, t, c = torch.randn(1, 3, size, size), torch.zeros(1), torch.rand(1, cfg.cond_channels, size, size)
     with torch.no_grad():
-        flops = {
-            "PatchUNet": _flops(lambda: models["PatchUNet"].eval()(x, t, c)),
-            "MONAI SPADEDiffusionModelUNet": _flops(lambda: models["MONAI SPADEDiffusionModelUNet"](x, t, seg=c)),
-        }
-    models["PatchUNet"].train()  # training mode, as the trainer runs it (condition dropout on)
+        flops = _flops(lambda: models["ours"].eval()(x, t, c))
+        flops_monai = _flops(lambda: models["monai"](x, t, seg=c))
+    models["ours"].train()  # training mode, as the trainer runs it (condition dropout on)
     ceiling = {d: _conv_ceiling(size, d, repeats) for d in ("fp32", "bf16")}
     print(f"3x3-conv ceiling (64->64, {size} px, batch 8): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 {ceiling['bf16']:.1f} GFLOP/s")
-    print(f"forward GFLOP/sample: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in flops.items()))
-    print("| mode | dtype | batch | PatchUNet ms/sample | MONAI ms/sample | MONAI/ours | ours GFLOP/s | % of conv ceiling |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"forward GFLOP/sample: PatchUNet {flops / 1e9:.2f}, MONAI SPADEDiffusionModelUNet {flops_monai / 1e9:.2f}")
+    print("ms/sample, median of the interleaved repeats; NHWC = channels_last model and input")
+    print("| mode | dtype | batch | ours NCHW | ours NHWC | MONAI NCHW | MONAI NHWC | MONAI best / ours best | ours best GFLOP/s | % of conv ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    best: dict[tuple[str, str, int], float] = {}
     for mode in ("fwd", "fwd+bwd+step"):
         for dtype in ("fp32", "bf16"):
             for batch in (4, 8):
                 x, t = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
                 cond = torch.rand(batch, cfg.cond_channels, size, size)
-                fns = {k: _step_fn(m, torch.optim.AdamW(m.parameters(), 1e-4), x, t, cond, mode, dtype) for k, m in models.items()}
+                fns = {}
+                for layout, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+                    for name, model in models.items():
+                        m = copy.deepcopy(model).to(memory_format=fmt)  # .to() converts in place
+                        fns[(name, layout)] = _step_fn(m, torch.optim.AdamW(m.parameters(), 1e-4), x.contiguous(memory_format=fmt),
+                                                       t, cond.contiguous(memory_format=fmt), mode, dtype)  # fmt: skip
                 times = {k: [] for k in fns}
-                for _ in range(repeats):  # interleave, so a burst of load on the shared CPU hits both
+                for _ in range(repeats):  # interleave, so a burst of load on the shared CPU hits all four
                     for k, fn in fns.items():
                         times[k].append(_time(fn, 1) / batch)
-                ours, theirs = statistics.median(times["PatchUNet"]), statistics.median(times["MONAI SPADEDiffusionModelUNet"])
-                work = flops["PatchUNet"] * (1 if mode == "fwd" else 3)  # backward ~ 2x forward
+                med = {k: statistics.median(v) for k, v in times.items()}
+                ours = min(med[("ours", "NCHW")], med[("ours", "NHWC")])
+                theirs = min(med[("monai", "NCHW")], med[("monai", "NHWC")])
+                best[(mode, dtype, batch)] = ours
+                work = flops * (1 if mode == "fwd" else 3)  # backward ~ 2x forward
                 gfs = work / ours / 1e9
-                print(f"| {mode} | {dtype} | {batch} | {ours * 1e3:.0f} | {theirs * 1e3:.0f} | {theirs / ours:.2f} | "
-                      f"{gfs:.1f} | {100 * gfs / ceiling[dtype]:.0f}% |")  # fmt: skip
+                cells = " | ".join(f"{med[k] * 1e3:.1f}" for k in (("ours", "NCHW"), ("ours", "NHWC"), ("monai", "NCHW"), ("monai", "NHWC")))
+                print(f"| {mode} | {dtype} | {batch} | {cells} | {theirs / ours:.2f} | {gfs:.1f} | {100 * gfs / ceiling[dtype]:.0f}% |")
+    print("bf16 autocast speed-up over fp32, ours, best layout of each: " + ", ".join(
+        f"{mode} batch {b}: {best[(mode, 'fp32', b)] / best[(mode, 'bf16', b)]:.2f}x" for mode in ("fwd", "fwd+bwd+step") for b in (4, 8)))
 
 
 def main() -> None:

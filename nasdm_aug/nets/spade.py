@@ -13,9 +13,9 @@ class ConditionPyramid:
     """One forward pass's condition at every feature size, resized and cast once per size.
 
     A U-Net calls its SPADE norms dozens of times at three or four sizes; resizing (nearest) and
-    casting the condition in each call cost a copy each, 18% of a bf16 training step on the CPU in
-    our profile. The pyramid does it once per size, in the network's compute dtype (the autocast
-    dtype where autocast is on) and memory format.
+    casting (under autocast) the condition in each call repeats the same copies each time (copies
+    were 18% of a bf16 CPU training step in our profile). The pyramid makes each size once, in the
+    network's compute dtype (the autocast dtype where autocast is on) and memory format.
 
     Args:
         cond: the full-size condition [N, K, H, W].
@@ -37,6 +37,35 @@ class ConditionPyramid:
             c = self.full if tuple(self.full.shape[-2:]) == size else F.interpolate(self.full, size=size, mode="nearest")
             self._sizes[size] = c.to(self.dtype).contiguous(memory_format=self.memory_format)
         return self._sizes[size]
+
+
+class _Modulate(torch.autograd.Function):
+    """``normed * (1 + gamma) + beta`` where ``gb`` = [gamma, beta] stacked on the channels.
+
+    The same function as ``addcmul(beta, normed, 1 + gamma)`` after ``gb.chunk(2)``, with a
+    hand-written backward: autograd's would build the two halves of ``gb``'s gradient apart and
+    ``cat`` them (3% of a CPU training step in our profile); here they are written in place into
+    one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, normed: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        gamma, beta = gb.chunk(2, dim=1)
+        ctx.save_for_backward(normed, gb)
+        return torch.addcmul(beta, normed, 1 + gamma)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        normed, gb = ctx.saved_tensors
+        c = normed.shape[1]
+        grad_normed = grad_gb = None
+        if ctx.needs_input_grad[0]:
+            grad_normed = torch.addcmul(grad, grad, gb[:, :c])  # grad * (1 + gamma)
+        if ctx.needs_input_grad[1]:
+            grad_gb = torch.empty_like(gb)
+            torch.mul(grad, normed, out=grad_gb[:, :c])
+            grad_gb[:, c:].copy_(grad)
+        return grad_normed, grad_gb
 
 
 class SPADEGroupNorm(nn.Module):
@@ -66,5 +95,4 @@ class SPADEGroupNorm(nn.Module):
             cond = cond.at(x.shape[-2:])
         elif cond.shape[-2:] != x.shape[-2:]:
             cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
-        gamma, beta = self.gamma_beta(self.shared(cond)).chunk(2, dim=1)
-        return torch.addcmul(beta, self.norm(x), 1 + gamma)  # one fused pass instead of a mul and an add
+        return _Modulate.apply(self.norm(x), self.gamma_beta(self.shared(cond)))

@@ -144,6 +144,20 @@ def test_spade_group_norm_closed_form():
     assert torch.allclose(norm(x, torch.rand(2, 3, 16, 16)), want, atol=1e-5)
 
 
+def test_spade_modulation_gradients():
+    from nasdm_aug.nets.spade import _Modulate
+
+    g = torch.Generator().manual_seed(0)
+    normed = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    gb = torch.randn(2, 6, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_Modulate.apply, (normed, gb))
+    gamma, beta = gb.chunk(2, dim=1)
+    assert torch.allclose(_Modulate.apply(normed, gb), normed * (1 + gamma) + beta)
+    cl = gb.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    _Modulate.apply(normed, cl).sum().backward()
+    assert torch.allclose(cl.grad, torch.cat([normed.detach(), torch.ones_like(normed)], 1))
+
+
 def test_condition_pyramid_matches_per_call_resize():
     norm = _unzero(SPADEGroupNorm(8, 3, groups=2, hidden=4))
     cond = torch.rand(2, 3, 16, 16)
