@@ -42,7 +42,7 @@ def _toy_config(kind: str, args: argparse.Namespace):
     base = args.base
     return get_train_preset(kind, "tiny", base_channels=base, head_channels=min(base, 32), spade_hidden=base).replace(
         steps=args.steps, lr=args.lr, lr_after_drop=args.lr / 5, lr_drop_step=int(args.steps * 0.8),
-        batch_size=args.batch, ckpt_every=250, sample_every=500, log_every=50)
+        batch_size=args.batch, ema_warmup=True, ckpt_every=250, sample_every=500, log_every=50)
 
 
 def main() -> None:

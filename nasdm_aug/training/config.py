@@ -83,6 +83,7 @@ class TrainConfig(ConfigBase):
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_betas: tuple[float, ...] = (0.9, 0.999)
     ema_decay: float = 0.999  # the paper's EMA rate
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping, the norm is still logged)
     schedule_sampler: str = "uniform"  # timestep sampler: "uniform" or "loss-second-moment"
     flip: bool = True  # random horizontal/vertical flips of x and a spatial condition
@@ -136,7 +137,7 @@ class TrainConfig(ConfigBase):
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": dict(
         batch_size=4, steps=2000, lr_drop_step=1500, log_every=25, ckpt_every=250, sample_every=500,
-        sample_count=4, sample_steps=20,
+        sample_count=4, sample_steps=20, ema_warmup=True,  # a 2,000-step run would end with 13% initial weights
     ),
     "paper": dict(
         batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, bf16=True, channels_last=True,

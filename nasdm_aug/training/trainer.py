@@ -113,7 +113,7 @@ class Trainer:
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, config.ema_decay)
+        self.ema = EMA(self.model, config.ema_decay, warmup=config.ema_warmup)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.enabled
@@ -217,7 +217,7 @@ class Trainer:
         if any_rank(not bool(torch.isfinite(vals).all()), dev):
             self._raise_nonfinite(losses, grad_norm)
         self.optimizer.step()
-        self.ema.update()
+        self.ema.update(self.step)
         self.step += 1
         return t, losses, grad_norm
 

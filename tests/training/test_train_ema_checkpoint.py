@@ -35,6 +35,22 @@ def test_ema_closed_form():
     assert not ema.module.weight.requires_grad
 
 
+def test_ema_warmup_closed_form():
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.9, warmup=True)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    decays = [ema.decay_at(n) for n in range(4)]
+    assert decays == pytest.approx([0.1, 2 / 11, 0.25, 4 / 13])  # (1 + n) / (10 + n), under 0.9
+    assert ema.decay_at(1000) == 0.9 and EMA(model, decay=0.9).decay_at(0) == 0.9
+    for n in range(4):
+        ema.update(n)
+    want = 3.0 + (1.0 - 3.0) * float(torch.tensor(decays, dtype=torch.float64).prod())
+    assert torch.allclose(ema.module.weight, torch.full((2, 3), want))
+
+
 def test_ema_rejects_bad_decay():
     with pytest.raises(ValueError, match="decay"):
         EMA(nn.Linear(1, 1), decay=1.0)
