@@ -119,8 +119,11 @@ class Trainer:
             if self.dist.enabled
             else self.model
         )
+        # fused: one kernel over all parameters (3x faster than the default loop on the 2-core CPU
+        # for the tiny patch model, benchmarks/RESULTS.md); PyTorch has it for CPU and CUDA.
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+            self.model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.schedule_sampler: ScheduleSampler = create_named_schedule_sampler(config.schedule_sampler, diffusion)
         self.step = 0
