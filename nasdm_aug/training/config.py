@@ -139,7 +139,7 @@ TRAIN_PRESETS: dict[str, dict] = {
         batch_size=4, steps=2000, lr_drop_step=1500, log_every=25, ckpt_every=250, sample_every=500,
         sample_count=4, sample_steps=20,
         ema_warmup=True,  # a 2,000-step run would otherwise end holding 13% of the initial weights
-        channels_last=True,  # the patch model trains 1.09-1.23x faster per CPU step (benchmarks/RESULTS.md)
+        channels_last=True,  # the patch model trains 1.03-1.42x faster per CPU step (benchmarks/RESULTS.md)
     ),
     "paper": dict(
         batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, bf16=True, channels_last=True,
