@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
+from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.utils import InputError
 
 __all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
@@ -244,8 +245,6 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     if result_path.is_file():
         return json.loads(result_path.read_text())
     bank = banks.get(row.bank) if row.bank else None
-    from nasdm_aug.mixing.balance import parse_target, type_counts
-
     data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
                                base_fraction=row.base_fraction, seed=seed, target=parse_target(config.balance_target))
     model_dir = run_dir / "hovernet"
@@ -289,9 +288,7 @@ def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> li
                                  "n_patches": runs[0]["n_patches"], "n_real": runs[0]["n_real"],
                                  "n_synthetic": runs[0]["n_synthetic"]}
         for m in METRICS:
-            vals = np.array([np.nan if r["metrics"][m] is None else r["metrics"][m] for r in runs], float)
-            entry[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
-            entry[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+            entry[m], entry[f"{m}_std"] = _mean_std([r["metrics"][m] for r in runs])
         if all(r.get("per_type") for r in runs):
             entry["per_type"] = _per_type_summary(runs)
         if "train_nuclei" in runs[0]:
@@ -300,16 +297,20 @@ def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> li
     return table
 
 
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float]:
+    """Mean over the finite values (None when there are none) and their sample std (0 for fewer than 2)."""
+    vals = np.array([np.nan if v is None else v for v in values], float)
+    mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+    return mean, float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+
+
 def _per_type_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per type: mean and sample std of F1 and PQ over runs, and the Test nuclei count."""
     out = {}
     for name in runs[0]["per_type"]:
         entry: dict[str, Any] = {"n_gt": runs[0]["per_type"][name].get("n_gt")}
         for m in ("f1", "pq"):
-            vals = np.array([np.nan if r["per_type"][name].get(m) is None else r["per_type"][name][m] for r in runs],
-                            float)
-            entry[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
-            entry[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0
+            entry[m], entry[f"{m}_std"] = _mean_std([r["per_type"][name].get(m) for r in runs])
         out[name] = entry
     return out
 
@@ -400,6 +401,4 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
 
 
 def _balance_synthesis_plan(store: PatchStore, config: StudyConfig, ratio: float):
-    from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
-
     return plan_balance_synthesis(store, BANK_SPLITS["B"], parse_target(config.balance_target), ratio)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
-from nasdm_aug.mixing.balance import parse_combination
+from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
@@ -62,7 +62,7 @@ class SynthesizeConfig(ConfigBase):
         if self.combinations and self.num:
             raise ValueError("--num applies to --types; combinations carry their own counts")
         for combo in self.combinations:
-            _combination_count(combo)
+            split_combination(combo)
         if self.types and self.num < 1:
             raise ValueError(f"--num must be >= 1, got {self.num}")
         if self.masks and self.num:
@@ -80,13 +80,6 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-
-
-def _combination_count(combo: str) -> int:
-    names, _, count = combo.rpartition(":")
-    if not (names.strip() and count.isdigit() and int(count) >= 1):
-        raise ValueError(f"combination {combo!r}: expected 'name+name:count' with count >= 1")
-    return int(count)
 
 
 def combination_presence(combinations: tuple[str, ...], table) -> np.ndarray:
@@ -108,7 +101,7 @@ def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
     if config.types:
         return np.full(config.num, -1, np.int64)
     if config.combinations:
-        return np.full(sum(_combination_count(c) for c in config.combinations), -1, np.int64)
+        return np.full(sum(split_combination(c)[1] for c in config.combinations), -1, np.int64)
     store = PatchStore(config.masks)
     if config.indices:
         bad = [i for i in config.indices if not 0 <= i < len(store)]

@@ -17,7 +17,8 @@ from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError
 
 __all__ = ["TARGETS", "type_counts", "resolve_target", "parse_target", "greedy_balance", "l1_to_target",
-           "needed_types", "BalanceSynthesisPlan", "plan_balance_synthesis", "parse_combination"]
+           "needed_types", "BalanceSynthesisPlan", "plan_balance_synthesis", "parse_combination",
+           "split_combination", "check_target_name", "named_values"]
 
 TARGETS = ("uniform", "sqrt")
 Target = str | Sequence[float] | Mapping[str, float]
@@ -82,6 +83,13 @@ def parse_target(text: str) -> Target:
     return weights
 
 
+def check_target_name(target: str) -> None:
+    """Raise InputError unless ``target`` is one of the named targets (``TARGETS``)."""
+    if target not in TARGETS:
+        raise InputError(f"unknown balance target {target!r}; valid: {', '.join(TARGETS)}, a dict of "
+                         "per-type weights or a tuple of n_types weights")
+
+
 def resolve_target(target: Target, table: NucleiTypeTable, real_totals: np.ndarray, where: str = "") -> np.ndarray:
     """The target type distribution, normalised to sum 1.
 
@@ -101,9 +109,7 @@ def resolve_target(target: Target, table: NucleiTypeTable, real_totals: np.ndarr
     """
     k = table.n_types
     if isinstance(target, str):
-        if target not in TARGETS:
-            raise InputError(f"unknown balance target {target!r}; valid: {', '.join(TARGETS)}, a dict of "
-                             "per-type weights or a tuple of n_types weights")
+        check_target_name(target)
         w = np.ones(k) if target == "uniform" else np.sqrt(np.asarray(real_totals, np.float64))
     elif isinstance(target, Mapping):
         w = np.zeros(k)
@@ -176,7 +182,8 @@ def greedy_balance(base: np.ndarray, options: np.ndarray, target: np.ndarray, ma
     return np.asarray(picks, np.int64)
 
 
-def _named(values: np.ndarray, table: NucleiTypeTable, digits: int | None = None) -> dict[str, float | int]:
+def named_values(values: np.ndarray, table: NucleiTypeTable, digits: int | None = None) -> dict[str, float | int]:
+    """Per-type values keyed by type name: ints, or floats rounded to ``digits`` places."""
     if digits is None:
         return {n: int(v) for n, v in zip(table.names, values)}
     return {n: round(float(v), digits) for n, v in zip(table.names, values)}
@@ -216,21 +223,27 @@ class BalanceSynthesisPlan:
         return "\n".join(lines)
 
 
+def split_combination(text: str) -> tuple[list[str], int]:
+    """``"name+name:count"`` -> (type names, count), without a type table.
+
+    Raises:
+        InputError: no count, a count that is not a whole number >= 1, or no type.
+    """
+    names, _, count = text.rpartition(":")
+    if not (names.strip() and count.isdigit() and int(count) >= 1):
+        raise InputError(f"combination {text!r}: expected 'name+name:count' with count >= 1")
+    return names.split("+"), int(count)
+
+
 def parse_combination(text: str, table: NucleiTypeTable) -> tuple[np.ndarray, int]:
     """``"name+name:count"`` -> (presence float32 [n_types], count).
 
     Raises:
         InputError: no count, a count < 1, no type, or a type the table lacks.
     """
-    names, sep, count = text.rpartition(":")
-    try:
-        n = int(count) if sep else 0
-    except ValueError:
-        n = 0
-    if n < 1 or not names.strip():
-        raise InputError(f"combination {text!r}: expected 'name+name:count' with count >= 1")
+    names, n = split_combination(text)
     row = np.zeros(table.n_types, np.float32)
-    for name in names.split("+"):
+    for name in names:
         try:
             row[table.id_of(name) - 1] = 1.0
         except KeyError as exc:
@@ -286,9 +299,9 @@ def plan_balance_synthesis(store: PatchStore, split: str | None, target: Target,
     chosen, counts = np.unique(picks, return_counts=True)
     names = ["+".join(table.names[t] for t in combos[c]) for c in chosen]
     after = totals + options[picks].sum(0)
-    record = {"store": str(store.path), "split": split, "target": _named(shares, table, 4), "ratio": float(ratio),
+    record = {"store": str(store.path), "split": split, "target": named_values(shares, table, 4), "ratio": float(ratio),
               "n_split": int(len(idx)), "max_patches": max_patches, "n_patches": int(len(picks)),
-              "nuclei_per_patch": _named(mu, table, 3), "counts": dict(zip(names, map(int, counts))),
-              "nuclei_before": _named(totals, table), "nuclei_expected_after": _named(np.round(after), table),
+              "nuclei_per_patch": named_values(mu, table, 3), "counts": dict(zip(names, map(int, counts))),
+              "nuclei_before": named_values(totals, table), "nuclei_expected_after": named_values(np.round(after), table),
               "l1_before": l1_to_target(totals, shares), "l1_expected_after": l1_to_target(after, shares)}
     return BalanceSynthesisPlan(tuple(f"{n}:{int(c)}" for n, c in zip(names, counts)), record)

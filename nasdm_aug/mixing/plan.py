@@ -15,7 +15,8 @@ import numpy as np
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.mixing.balance import TARGETS, greedy_balance, l1_to_target, needed_types, resolve_target, type_counts
+from nasdm_aug.mixing.balance import (check_target_name, greedy_balance, l1_to_target, named_values, needed_types,
+                                      resolve_target, type_counts)
 from nasdm_aug.utils import InputError
 
 __all__ = ["MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of"]
@@ -76,9 +77,8 @@ class MixConfig(ConfigBase):
     def __post_init__(self) -> None:
         if isinstance(self.target, (list, tuple)):  # JSON gives a list; keep the config hashable-ish
             object.__setattr__(self, "target", tuple(float(w) for w in self.target))
-        if isinstance(self.target, str) and self.target not in TARGETS:
-            raise InputError(f"unknown balance target {self.target!r}; valid: {', '.join(TARGETS)}, a dict of "
-                             "per-type weights or a tuple of n_types weights")
+        if isinstance(self.target, str):
+            check_target_name(self.target)
         if self.mode not in MODES:
             raise InputError(f"unknown mixing mode {self.mode!r}; valid: {', '.join(MODES)}")
         lo, hi, lo_incl = RATIO_RANGE[self.mode]
@@ -322,9 +322,8 @@ def _plan_balance(inp: _Inputs) -> MixPlan:
     picks = greedy_balance(before, cand_counts[perm], target, cap)
     syn = np.sort(cand[perm[picks]])
     after = before + cand_counts[perm[picks]].sum(0)
-    named = lambda v: {name: int(c) for name, c in zip(table.names, v)}  # noqa: E731
-    stats = {"target": {name: round(float(t), 4) for name, t in zip(table.names, target)},
-             "nuclei before": named(before), "nuclei after": named(after),
+    stats = {"target": named_values(target, table, 4),
+             "nuclei before": named_values(before, table), "nuclei after": named_values(after, table),
              "L1 to target": f"{l1_to_target(before, target):.4f} -> {l1_to_target(after, target):.4f}",
              "synthetic cap": f"{len(syn)} of at most {cap} ({len(cand)} eligible in the bank)"}
     origin = np.r_[np.zeros(n, np.uint8), np.ones(len(syn), np.uint8)]
