@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasdm_aug.nets.norm import GroupNorm
 from nasdm_aug.nets.spade import SPADEGroupNorm
 
 __all__ = ["timestep_embedding", "zero_module", "ResBlock", "AttentionBlock", "TimestepSequential"]
@@ -44,7 +45,7 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-class _PlainNorm(nn.GroupNorm):
+class _PlainNorm(GroupNorm):
     """GroupNorm with the (x, cond) call signature of SPADEGroupNorm; the condition is ignored."""
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -128,7 +129,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, head_channels: int, groups: int = 32):
         super().__init__()
         self.heads = channels // head_channels
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 

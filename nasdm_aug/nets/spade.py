@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasdm_aug.nets.norm import GroupNorm
+
 __all__ = ["SPADEGroupNorm", "ConditionPyramid"]
 
 
@@ -85,7 +87,7 @@ class SPADEGroupNorm(nn.Module):
 
     def __init__(self, channels: int, cond_channels: int, groups: int = 32, hidden: int = 128, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps, affine=False)
+        self.norm = GroupNorm(groups, channels, eps=eps, affine=False)
         self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
         self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasdm_aug.nets.layers import AttentionBlock, ResBlock, TimestepSequential, timestep_embedding, zero_module
+from nasdm_aug.nets.norm import GroupNorm
 from nasdm_aug.nets.presets import UNetConfig
 from nasdm_aug.nets.spade import ConditionPyramid
 
@@ -74,7 +75,7 @@ class DiffusionUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
         self.out = nn.Sequential(
-            nn.GroupNorm(config.norm_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+            GroupNorm(config.norm_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
         )
 
     def _unet(self, x: torch.Tensor, emb: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor:
