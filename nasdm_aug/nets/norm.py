@@ -1,11 +1,12 @@
 """GroupNorm whose backward on CPU bf16/fp16 channels_last tensors runs in float32.
 
 Why our own: PyTorch's CPU group-norm backward for a reduced-precision channels_last input is
-4-10x slower than its float32 backward when a group holds few channels (8 per group in both our
-presets: 64/8 in ``tiny``, 256/32 in ``paper``), e.g. 5.2 ms against 1.0 ms for [8, 64, 64, 64]
-on the 2-core dev box (benchmarks/RESULTS.md, "bf16 group-norm backward"). It made group norm a
-fifth of a bf16 training step. Everywhere else (CUDA, float32, NCHW, no grad) this is plain
-``nn.GroupNorm``: the same parameters, state-dict keys and forward values.
+3-5x slower than its float32 backward when a group holds fewer than 16 channels (4-12 in the
+``tiny`` preset, 8-12 in the first levels of ``paper``), e.g. 5.2 ms against 1.0 ms for
+[8, 64, 64, 64] in 8 groups on the 2-core dev box; from 16 channels per group on, its own kernel
+is the faster one (benchmarks/RESULTS.md, "bf16 group-norm backward"). It made group norm a fifth
+of a bf16 training step. Everywhere else (CUDA, float32, NCHW, 16 or more channels per group,
+no grad) this is plain ``nn.GroupNorm``: the same parameters, state-dict keys and forward values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 __all__ = ["GroupNorm"]
 
 _REDUCED = (torch.bfloat16, torch.float16)
+_SLOW_BELOW = 16  # channels per group under which PyTorch's reduced-precision channels_last backward is the slow one
 
 
 class _GroupNormFloatBackward(torch.autograd.Function):
@@ -55,14 +57,16 @@ class _GroupNormFloatBackward(torch.autograd.Function):
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` that takes the float32 backward for CPU reduced-precision channels_last inputs.
+    """``nn.GroupNorm`` that takes the float32 backward for CPU reduced-precision channels_last inputs
+    with fewer than 16 channels per group.
 
     Args: as ``nn.GroupNorm`` (num_groups, num_channels, eps, affine).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            x.device.type == "cpu"
+            self.num_channels // self.num_groups < _SLOW_BELOW
+            and x.device.type == "cpu"
             and x.dtype in _REDUCED
             and x.dim() == 4
             and torch.is_grad_enabled()

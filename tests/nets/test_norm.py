@@ -64,16 +64,22 @@ def test_backward_at_least_as_accurate_as_native():
 
 
 @pytest.mark.parametrize(
-    "dtype, fmt, grad",
-    [(torch.float32, CL, True), (torch.bfloat16, torch.contiguous_format, True), (torch.bfloat16, CL, False)],
+    "dtype, fmt, grad, groups",
+    [
+        (torch.float32, CL, True, 4),
+        (torch.bfloat16, torch.contiguous_format, True, 4),
+        (torch.bfloat16, CL, False, 4),
+        (torch.bfloat16, CL, True, 1),  # 16 channels per group: PyTorch's own backward is the fast one
+    ],
 )
-def test_other_inputs_take_the_plain_path(dtype, fmt, grad):
-    norm = GroupNorm(4, 16)
+def test_other_inputs_take_the_plain_path(dtype, fmt, grad, groups):
+    norm = GroupNorm(groups, 16)
     x, _ = _inputs(dtype, fmt)
     with torch.set_grad_enabled(grad):
         y = norm(x)
+    assert (y.grad_fn is None) == (not grad)
     assert y.grad_fn is None or type(y.grad_fn).__name__ == "NativeGroupNormBackward0"
-    torch.testing.assert_close(y, torch.nn.GroupNorm(4, 16).to(dtype)(x).to(y.dtype), rtol=0, atol=0)
+    torch.testing.assert_close(y, F.group_norm(x, groups, norm.weight, norm.bias, norm.eps), rtol=0, atol=0)
 
 
 def test_state_dict_keys_are_nn_groupnorm_keys():
