@@ -101,3 +101,19 @@ def test_under_autocast_matches_plain_groupnorm():
     assert torch.equal(y, y_plain)
     y.float().square().sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def test_chunked_backward_matches_one_chunk(monkeypatch):
+    """Five samples in chunks of two (2 + 2 + 1) give the gradients of one whole-batch call."""
+    from nasdm_aug.nets import norm as norm_module
+
+    norm = GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    x, dy = _inputs(torch.bfloat16, shape=(5, 16, 8, 8))
+    _, dx_one, (dw_one, db_one) = _grads(norm, x, dy)
+    monkeypatch.setattr(norm_module, "_CHUNK_ELEMENTS", 2 * 16 * 8 * 8)
+    _, dx_chunks, (dw_chunks, db_chunks) = _grads(norm, x, dy)
+    assert dx_chunks.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(dx_chunks, dx_one, rtol=0, atol=2 * torch.finfo(torch.bfloat16).eps * dx_one.abs().max().item())
+    torch.testing.assert_close(dw_chunks, dw_one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db_chunks, db_one, rtol=1e-5, atol=1e-5)
