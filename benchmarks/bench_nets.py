@@ -1,6 +1,6 @@
 """Networks benchmark (issue 4): mask round trip, model sizes, and PatchUNet against MONAI's SPADE U-Net.
 
-Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|all] [--size 64] [--threads 1]``.
+Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|profile|all] [--size 64] [--threads 1]``.
 Prints markdown tables for benchmarks/RESULTS.md; ``--part masks`` also writes benchmarks/mask_roundtrip.png.
 """
 
@@ -232,9 +232,33 @@ def bench_speed(size: int, repeats: int) -> None:
         f"{mode} batch {b}: {speedup[(mode, b)]:.2f}x" for mode in ("fwd", "fwd+bwd+step") for b in (4, 8)))
 
 
+def bench_profile(size: int, batch: int = 8, steps: int = 3) -> None:
+    """Share of each op in PatchUNet training steps, fp32 and bf16, channels_last (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = get_preset("patch", "tiny", image_size=size, attention_resolutions=(size // 4,))
+    torch.manual_seed(0)
+    model = build_model(cfg).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4, fused=True)
+    fmt = torch.channels_last
+    x, t = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt), torch.randint(0, 1000, (batch,))
+    cond = torch.rand(batch, cfg.cond_channels, size, size).contiguous(memory_format=fmt)
+    for dtype in ("fp32", "bf16"):
+        step = _step_fn(model, opt, x, t, cond, "fwd+bwd+step", dtype)
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"{dtype}, batch {batch}, channels_last: {total / steps / 1e3:.1f} ms per step (profiler self times); top ops by self time")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+            print(f"  {e.key[:60]:60s} {100 * e.self_cpu_time_total / total:5.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["masks", "size", "speed", "all"], default="all")
+    parser.add_argument("--part", choices=["masks", "size", "speed", "profile", "all"], default="all")
     parser.add_argument("--size", type=int, default=64, help="image size for the speed part")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the dev box is 2 shared cores)")
@@ -248,6 +272,8 @@ def main() -> None:
         bench_size()
     if args.part in ("speed", "all"):
         bench_speed(args.size, args.repeats)
+    if args.part == "profile":
+        bench_profile(args.size)
 
 
 if __name__ == "__main__":
