@@ -178,7 +178,7 @@ def test_overfit_few_patches():
         terms["loss"].backward()
         opt.step()
         first = first or {k: float(v.detach()) for k, v in terms.items()}
-    last = {k: float(v) for k, v in terms.items()}
+    last = {k: float(v.detach()) for k, v in terms.items()}
     assert last["np_ce"] < first["np_ce"] / 10 and last["hv_mse"] < first["hv_mse"] / 10, (first, last)
     metrics, kept = evaluate_model(model, items, cfg, batch_size=2, n_keep=1, progress=False)
     assert metrics["dice"] > 0.85 and metrics["pq"] > 0.6 and metrics["mpq_plus"] > 0.5, metrics
