@@ -134,6 +134,34 @@ def test_bf16_autocast_and_channels_last():
     assert torch.allclose(cl, ref, atol=1e-4)
 
 
+def test_bf16_channels_last_training_gradients_follow_fp32():
+    """A bf16 channels_last backward (float32 group-norm backward on CPU) gives the fp32 gradients."""
+    config = _small("patch")
+    model = _unzero(build_model(config)).eval().to(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    x, t = torch.randn(2, 3, 32, 32).contiguous(memory_format=cl), torch.tensor([1, 999])
+    cond = _cond(config, 2, 32).contiguous(memory_format=cl)
+
+    def grads(bf16: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, t, cond)
+        out.float().square().mean().backward()
+        return out, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    _, ref = grads(False)
+    out, low = grads(True)
+    seen, stack = set(), [out.grad_fn]
+    while stack:  # the autograd graph holds the float32-backward group norms
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    assert any(type(n).__name__ == "_GroupNormFloatBackwardBackward" for n in seen)
+    cos = torch.nn.functional.cosine_similarity(low, ref, dim=0)
+    assert cos > 0.999 and (low.norm() / ref.norm() - 1).abs() < 0.02, (cos, low.norm(), ref.norm())
+
+
 def test_spade_group_norm_closed_form():
     norm = SPADEGroupNorm(8, 3, groups=2, hidden=4)
     torch.nn.init.zeros_(norm.gamma_beta.weight)
