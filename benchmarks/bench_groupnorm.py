@@ -28,9 +28,9 @@ class _AlwaysFloatBackward(GroupNorm):
         finally:
             norm_module._SLOW_BELOW = keep
 
-# [N, C, H, W], groups: the tiny preset's levels at 64 px (8 groups; 4, 8 and 12 channels per group),
-# the paper preset's levels at 128 px (32 groups; 8, 12 and 24 per group), and 16 per group, where
-# GroupNorm hands over to PyTorch's own kernel (it still reports ours, for the comparison).
+# [N, C, H, W], groups: the tiny preset's norms at 64 px (8 groups; 4, 8, 12 and 16 channels per
+# group), and 32 groups as in the paper preset at 128 px (8 and 24 per group; 12 in between). From
+# 16 per group on, GroupNorm hands over to PyTorch's own kernel; the table still times ours there.
 SHAPES = [
     ((8, 32, 64, 64), 8), ((8, 64, 64, 64), 8), ((8, 96, 64, 64), 8), ((8, 128, 32, 32), 8),
     ((4, 256, 64, 64), 32), ((4, 384, 32, 32), 32), ((4, 768, 16, 16), 32),
