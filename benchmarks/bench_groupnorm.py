@@ -28,6 +28,7 @@ class _AlwaysFloatBackward(GroupNorm):
         finally:
             norm_module._SLOW_BELOW = keep
 
+
 # [N, C, H, W], groups: the tiny preset's norms at 64 px (8 groups; 4, 8, 12 and 16 channels per
 # group), and 32 groups as in the paper preset at 128 px (8 and 24 per group; 12 in between). From
 # 16 per group on, GroupNorm hands over to PyTorch's own kernel; the table still times ours there.
