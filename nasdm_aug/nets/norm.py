@@ -4,9 +4,10 @@ Why our own: PyTorch's CPU group-norm backward for a reduced-precision channels_
 several times slower than its float32 backward when a group holds fewer than 16 channels (4-12
 in the ``tiny`` preset, 8 in the ``paper`` preset's 256-channel norms), e.g. 5.2 ms against
 1.0 ms for [8, 64, 64, 64] in 8 groups on the 2-core dev box; from 16 channels per group on, the
-detour through float32 no longer pays (benchmarks/RESULTS.md, "bf16 group-norm backward"). It made group norm a fifth
-of a bf16 training step. Everywhere else (CUDA, float32, NCHW, 16 or more channels per group,
-no grad) this is plain ``nn.GroupNorm``: the same parameters, state-dict keys and forward values.
+detour through float32 no longer pays (benchmarks/RESULTS.md, "bf16 group-norm backward"). It
+made group norm a fifth of a bf16 training step. Everywhere else (CUDA, float32, NCHW, 16 or more
+channels per group, no grad) this is plain ``nn.GroupNorm``: the same parameters, state-dict keys
+and forward values.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GroupNorm"]
+__all__ = ["GroupNorm", "is_channels_last"]
 
 _REDUCED = (torch.bfloat16, torch.float16)
 _CHUNK_ELEMENTS = 1 << 18  # elements per backward chunk: its float32 copies (x, grad, dx) stay within ~3 MB
 _SLOW_BELOW = 16  # channels per group under which PyTorch's reduced-precision channels_last backward is the slow one
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor laid out channels_last (and not also plain contiguous, as 1x1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class _GroupNormFloatBackward(torch.autograd.Function):
@@ -83,11 +89,9 @@ class GroupNorm(nn.GroupNorm):
             self.num_channels // self.num_groups < _SLOW_BELOW
             and x.device.type == "cpu"
             and x.dtype in _REDUCED
-            and x.dim() == 4
             and torch.is_grad_enabled()
             and (x.requires_grad or (self.affine and self.weight.requires_grad))
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous()
+            and is_channels_last(x)
         ):
             return _GroupNormFloatBackward.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

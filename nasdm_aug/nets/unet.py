@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasdm_aug.nets.layers import AttentionBlock, ResBlock, TimestepSequential, timestep_embedding, zero_module
-from nasdm_aug.nets.norm import GroupNorm
+from nasdm_aug.nets.norm import GroupNorm, is_channels_last
 from nasdm_aug.nets.presets import UNetConfig
 from nasdm_aug.nets.spade import ConditionPyramid
 
@@ -83,8 +83,8 @@ class DiffusionUNet(nn.Module):
         if spatial is not None:
             dev = x.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-            cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            spatial = ConditionPyramid(spatial, dtype, torch.channels_last if cl else torch.contiguous_format)
+            fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+            spatial = ConditionPyramid(spatial, dtype, fmt)
         hs = []
         h = x
         for block in self.input_blocks:
