@@ -31,6 +31,16 @@ def _triple(kind: type):
 @click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, help="keep patches with at least this tissue fraction")
 @click.option("--tissue-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.05,
               help="HSV saturation above which a pixel is tissue")
+# -- magnification and classes
+@click.option("--magnification", type=click.FloatRange(0, min_open=True), default=None,
+              help="objective power of the store, e.g. 20 (images area-downsampled, labels nearest) "
+                   "[default: the source's]")
+@click.option("--source-magnification", type=click.FloatRange(0, min_open=True), default=None,
+              help="objective power of SRC [default: the format's: lizard/conic/toy 20, consep/pannuke 40]")
+@click.option("--min-nucleus-area", type=click.IntRange(0), default=4,
+              help="after downsampling, drop pieces of nuclei smaller than this (px)")
+@click.option("--consep-classes", type=click.Choice(["merged", "original"]), default="merged",
+              help="consep: labels hold the merged 4 classes, or CoNSeP's original 7 (merged as HoVer-Net does)")
 # -- splits
 @click.option("--split-counts", callback=_triple(int), metavar="TEST,R2,R1",
               help="images per split (Train is the rest) [default: the paper's fractions]")
@@ -52,7 +62,8 @@ def _triple(kind: type):
 @click.option("--dry-run", is_flag=True, help="print the resolved config as JSON and stop")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, split_counts, split_fractions,
-                seed, type_table, limit, images, size, keep_source, compression, workers, overwrite, dry_run, quiet):
+                seed, type_table, limit, images, size, keep_source, compression, workers, overwrite, dry_run, quiet,
+                magnification, source_magnification, min_nucleus_area, consep_classes):
     """Tile a dataset into a PatchStore with per-image splits (Test, R2, Train, R1 within Train).
 
     \b
@@ -61,6 +72,10 @@ def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, sp
 
     Splits default to the paper's proportions of Lizard's 238 images (12 Test, 36 R2, 190 Train
     of which 36 R1), scaled to the number of images.
+
+    \b
+    NASDM works at 20x; CoNSeP and PanNuke are 40x:
+      nasdm-aug prepare --format consep SRC OUT.h5 --magnification 20 --patch-size 64 --stride 32
     """
     want = 1 if fmt == "toy" else 2
     if len(paths) != want:
@@ -74,7 +89,9 @@ def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, sp
         format=fmt, src="" if fmt == "toy" else paths[0], out=paths[-1], patch_size=patch_size, stride=stride,
         min_tissue=min_tissue, tissue_threshold=tissue_threshold, split_counts=split_counts, seed=seed,
         type_table=type_table or "", limit=limit, toy_images=images, toy_size=size, keep_source=keep_source or "",
-        compression=compression, workers=workers, overwrite=overwrite,
+        compression=compression, workers=workers, overwrite=overwrite, magnification=magnification or 0.0,
+        source_magnification=source_magnification or 0.0, min_nucleus_area=min_nucleus_area,
+        consep_classes=consep_classes,
     )
     if split_fractions:
         fields["split_fractions"] = split_fractions

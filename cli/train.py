@@ -26,7 +26,10 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
         from nasdm_aug.data.store import PatchStore
 
         with PatchStore(store) as data:
-            config = get_train_preset(kind, preset, n_types=data.type_table.n_types, image_size=data.patch_size)
+            try:
+                config = get_train_preset(kind, preset, n_types=data.type_table.n_types, image_size=data.patch_size)
+            except ValueError as exc:
+                raise InputError(f"preset {preset!r} does not fit {store} ({data.patch_size}-px patches): {exc}") from None
     if seed is not None:
         config = config.replace(seed=seed)  # before resolving, so a resume cannot change it silently
     return resolve_run_config(out, config, resume, steps)
@@ -38,7 +41,9 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="S.h5", help="PatchStore to train on.")
 @click.option("--split", default="Train", metavar="NAME", help="Split of the store to train on.")
 # -- config
-@click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", help="Named config (ignored with --config).")
+@click.option("--preset", type=click.Choice(["tiny", "paper", "consep-cpu"]), default="tiny",
+              help="Named config (ignored with --config); its depth and attention follow the store's patch size. "
+                   "consep-cpu: the real-tissue recipe for CoNSeP at 20x in 64-px patches on a CPU.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the seed.")

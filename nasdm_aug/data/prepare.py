@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nasdm_aug.config import ConfigBase
+from nasdm_aug.data.magnification import NATIVE_MAGNIFICATION, microns_per_pixel, rescale_tile
 from nasdm_aug.data.readers import READERS, get_reader
 from nasdm_aug.data.splits import PAPER_FRACTIONS, SplitSpec, make_splits, split_of
 from nasdm_aug.data.store import PatchStoreWriter
@@ -51,6 +52,10 @@ class PrepareConfig(ConfigBase):
     compression: str = "lzf"  # HDF5 filter: lzf, gzip or none
     workers: int = 1  # processes reading and tiling images (1 = in this process)
     overwrite: bool = False  # replace an existing OUT
+    magnification: float = 0.0  # target objective power (e.g. 20); 0 = keep the source's
+    source_magnification: float = 0.0  # the source's objective power; 0 = the format's native one
+    min_nucleus_area: int = 4  # after resampling, drop pieces of nuclei smaller than this (px)
+    consep_classes: str = "merged"  # consep: labels in the merged 4 classes or the original 7
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -66,8 +71,33 @@ class PrepareConfig(ConfigBase):
                 get_type_table(self.type_table)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
+        if self.magnification < 0 or self.source_magnification < 0 or self.min_nucleus_area < 0:
+            raise ValueError("magnification, source_magnification and min_nucleus_area must be >= 0")
+        if self.magnification and self.magnification > self.native():
+            raise ValueError(f"magnification {self.magnification:g}x is above the source's {self.native():g}x "
+                             "(prepare only downsamples)")
+        from nasdm_aug.data.readers import CONSEP_CLASSES
+
+        if self.consep_classes not in CONSEP_CLASSES:
+            raise ValueError(f"consep_classes must be one of {CONSEP_CLASSES}, got {self.consep_classes!r}")
         self.tiling()
         self.split_spec()
+
+    def native(self) -> float:
+        """The source's objective power (given, or the format's known native one)."""
+        return self.source_magnification or NATIVE_MAGNIFICATION[self.format]
+
+    def target(self) -> float:
+        """The store's objective power."""
+        return self.magnification or self.native()
+
+    def scale(self) -> float:
+        """Resampling factor from source pixels to store pixels (1 = none)."""
+        return self.target() / self.native()
+
+    def reader_options(self) -> dict[str, Any]:
+        """Keyword options of this format's reader."""
+        return {"classes": self.consep_classes} if self.format == "consep" else {}
 
     def tiling(self) -> TilingConfig:
         """The tiling part of the config (validated)."""
@@ -92,22 +122,30 @@ def _per_type(tile: Tile, n_types: int) -> np.ndarray:
     return np.bincount(cls[1:], minlength=n_types + 1)
 
 
+def _process(tile: Tile, table: NucleiTypeTable, tiling: TilingConfig, scale: float, min_area: int
+             ) -> tuple[str, Patches, np.ndarray]:
+    """Resample (to the store's magnification) and tile one image; nuclei counted after resampling."""
+    if scale != 1.0:
+        tile = rescale_tile(tile, scale, min_area)
+    return tile.name, tile_image(tile, tiling), _per_type(tile, table.n_types)
+
+
 def _job(args: tuple) -> tuple[str, Patches, np.ndarray]:
     """Read and tile one image (runs in a worker process)."""
-    fmt, src, name, table, tiling = args
-    tile = next(iter(get_reader(fmt).read(src, [name], table)))
-    return name, tile_image(tile, tiling), _per_type(tile, table.n_types)
+    fmt, src, name, table, tiling, scale, min_area, options = args
+    tile = next(iter(get_reader(fmt).read(src, [name], table, **options)))
+    return _process(tile, table, tiling, scale, min_area)
 
 
 def _results(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: NucleiTypeTable
              ) -> Iterator[tuple[str, Patches, np.ndarray]]:
     """(name, patches, nuclei per type) for each image, in the order of ``names``."""
-    tiling = cfg.tiling()
+    tiling, scale, options = cfg.tiling(), cfg.scale(), cfg.reader_options()
     if cfg.workers == 1:
-        for tile in get_reader(fmt).read(src, names, table):
-            yield tile.name, tile_image(tile, tiling), _per_type(tile, table.n_types)
+        for tile in get_reader(fmt).read(src, names, table, **options):
+            yield _process(tile, table, tiling, scale, cfg.min_nucleus_area)
         return
-    jobs = [(fmt, src, n, table, tiling) for n in names]
+    jobs = [(fmt, src, n, table, tiling, scale, cfg.min_nucleus_area, options) for n in names]
     # spawn, not fork: the parent may hold an open HDF5 file and torch's thread pools
     with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
         yield from pool.imap(_job, jobs, chunksize=1)  # imap keeps the input order
@@ -115,7 +153,8 @@ def _results(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: Nu
 
 def _new_summary(cfg: PrepareConfig, table: NucleiTypeTable) -> dict[str, Any]:
     row = lambda: {"images": 0, "patches": 0, "nuclei": dict.fromkeys(table.names, 0)}  # noqa: E731
-    return {"out": cfg.out, "format": cfg.format, "type_table": table.name, "images": 0,
+    return {"out": cfg.out, "format": cfg.format, "type_table": table.name, "magnification": cfg.target(),
+            "source_magnification": cfg.native(), "patch_size": cfg.patch_size, "images": 0,
             "images_without_patches": [], "patches": 0, "nuclei": dict.fromkeys(table.names, 0),
             "splits": {s: row() for s in _SPLIT_ROWS}}
 
@@ -187,7 +226,11 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
     compression = None if config.compression == "none" else config.compression
     with PatchStoreWriter(config.out, patch_size=config.patch_size, type_table=table, config=config.to_dict(),
                           compression=compression, overwrite=config.overwrite,
-                          attrs={"source_format": fmt, "source_dir": _source_dir(config, src)}) as writer:
+                          attrs={"source_format": fmt, "source_dir": _source_dir(config, src),
+                                 "magnification": config.target(),
+                                 "microns_per_pixel": microns_per_pixel(config.target()),
+                                 "source_magnification": config.native(),
+                                 "class_merge": _class_merge(config)}) as writer:
         writer.set_splits(splits)
         bar = tqdm(_results(config, fmt, src, names, table), total=len(names), desc="prepare",
                    unit="img", disable=not progress)
@@ -203,6 +246,15 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
                        patches_per_s=round(summary["patches"] / seconds, 3))
         writer.set_attr("summary", summary)
     return summary
+
+
+def _class_merge(config: PrepareConfig) -> dict[str, int] | None:
+    """The class map applied while reading (CoNSeP's 7 -> 4 merge), recorded in the store."""
+    if config.format == "consep" and config.consep_classes == "original":
+        from nasdm_aug.data.readers import CONSEP_MERGE
+
+        return {str(k): int(v) for k, v in CONSEP_MERGE.items()}
+    return None
 
 
 def _source_dir(config: PrepareConfig, src: str) -> str:
@@ -221,6 +273,15 @@ def _membership(splits: dict[str, list[str]]) -> dict[str, list[str]]:
     return out
 
 
+def _scale_text(summary: dict[str, Any]) -> str:
+    mag, native = summary.get("magnification"), summary.get("source_magnification")
+    if mag is None:
+        return ""
+    size = f"{summary['patch_size']} px " if "patch_size" in summary else ""
+    was = f" from {native:g}x" if native and native != mag else ""
+    return f"{size}at {mag:g}x{was}, {microns_per_pixel(mag):g} um/px, "
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table: one row per split, nuclei per type in columns."""
     types = list(summary["nuclei"])
@@ -232,7 +293,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     widths = [max(len(str(v)) for v in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [f"{summary['out']}: {summary['images']} images -> {summary['patches']} patches "
-             f"(format {summary['format']}, types {summary['type_table']}, {summary.get('seconds', 0):.1f} s)",
+             f"(format {summary['format']}, types {summary['type_table']}, {_scale_text(summary)}"
+             f"{summary.get('seconds', 0):.1f} s)",
              fmt(head), *(fmt(r) for r in rows)]
     lines.append("R1 is a subset of Train; nuclei are counted once per source image.")
     if summary["images_without_patches"]:

@@ -24,11 +24,19 @@ from nasdm_aug.utils import InputError
 
 __all__ = [
     "ReaderSpec", "READERS", "get_reader", "read_lizard", "read_consep", "read_conic", "read_pannuke",
-    "list_lizard", "list_consep", "list_conic", "list_pannuke", "load_rgb",
+    "list_lizard", "list_consep", "list_conic", "list_pannuke", "load_rgb", "CONSEP_MERGE", "CONSEP_CLASSES",
 ]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff")
 _INT32_MAX = np.iinfo(np.int32).max
+
+#: HoVer-Net's merge of CoNSeP's original 7 classes into 4: 1 other, 2 inflammatory,
+#: 3 healthy + 4 dysplastic/malignant epithelial -> 3 epithelial, 5 fibroblast + 6 muscle +
+#: 7 endothelial -> 4 spindle-shaped.
+CONSEP_MERGE: dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}
+#: values of ``read_consep(..., classes=...)``: labels already merged (1..4) or original (1..7)
+CONSEP_CLASSES = ("merged", "original")
+_CONSEP_LUT = np.array([0, *(CONSEP_MERGE[k] for k in range(1, 8))], np.int64)  # index 0: unlabelled
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -182,13 +190,13 @@ def _pair_folder(src: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
     return {n: (images[n], labels[n]) for n in sorted(images)}
 
 
-def _read_folder(src, names, table: NucleiTypeTable, read_one: Callable[..., Tile]) -> Iterator[Tile]:
+def _read_folder(src, names, table: NucleiTypeTable, read_one: Callable[..., Tile], **options) -> Iterator[Tile]:
     pairs = _pair_folder(src)  # pairing errors surface at the call, before any image is read
     todo = list(pairs) if names is None else list(names)
     missing = [n for n in todo if n not in pairs]
     if missing:
         raise InputError(f"{src}: no image named {missing[0]!r}")
-    return (read_one(*pairs[n], n, table) for n in todo)
+    return (read_one(*pairs[n], n, table, **options) for n in todo)
 
 
 def list_lizard(src: str | os.PathLike) -> list[str]:
@@ -226,26 +234,67 @@ def _read_lizard_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTyp
     return _make_tile(image, inst, classes, name)
 
 
-def _read_consep_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTypeTable) -> Tile:
+def _consep_class_ids(values: np.ndarray, owner: np.ndarray, old_ids: np.ndarray, classes: str,
+                      table: NucleiTypeTable, where: str, key: str) -> np.ndarray:
+    """Check class ids ``values`` (0 = unlabelled) of ``key`` and merge them when needed.
+
+    ``owner`` holds the relabelled instance (1..N) of each value, ``old_ids`` the file's id of
+    each instance (for messages). ``classes="original"``: ids must be in 0..7 and are merged with
+    :data:`CONSEP_MERGE`; ``"merged"``: ids must be in 0..table.n_types and are returned as they are.
+    """
+    what = "class id" if key == "type_map" else f"{key} class id"
+    if classes == "original":
+        bad = values > 7
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: {what} {values[k]} (instance {old_ids[owner[k] - 1]}) is outside CoNSeP's "
+                             f"original classes (valid 1..7)")
+        return _CONSEP_LUT[values]
+    bad = values > table.n_types
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        hint = ("; labels in CoNSeP's original 7 classes need --consep-classes original"
+                if values[k] <= 7 else "")
+        raise InputError(f"{where}: {what} {values[k]} (instance {old_ids[owner[k] - 1]}) is outside table "
+                         f"{table.name!r} (valid 1..{table.n_types}){hint}")
+    return values
+
+
+def _read_consep_one(img_path: Path, lbl_path: Path, name: str, table: NucleiTypeTable,
+                     classes: str = "merged") -> Tile:
     image = load_rgb(img_path)
     m = _load_mat(lbl_path, ("inst_map", "type_map"), optional=("inst_type",))
     where = str(lbl_path)
     _check_shapes(image, {"inst_map": m["inst_map"], "type_map": m["type_map"]}, where)
     inst, old_ids = _relabel(m["inst_map"], where)
-    # type_map is what HoVer-Net trains on; inst_type (row k-1 = instance k) is cross-checked
-    classes = _class_per_instance(inst, m["type_map"], old_ids, table.n_types, where)
-    if "inst_type" in m:
+    # type_map is what HoVer-Net trains on: it gives each instance its class
+    type_map = _int_labels(m["type_map"], where, "type_map")
+    on = inst > 0
+    pix = _consep_class_ids(type_map[on], inst[on], old_ids, classes, table, where, "type_map")
+    merged = np.zeros_like(type_map)
+    merged[on] = pix
+    n_types = table.n_types if classes == "merged" else max(CONSEP_MERGE.values())
+    cls = _class_per_instance(inst, merged, old_ids, n_types, where)
+    if "inst_type" in m:  # cross-checked against type_map
         listed = _int_labels(m["inst_type"], where, "inst_type").ravel()
-        rows = old_ids - 1
-        given = np.zeros(len(old_ids), np.int64)  # 0 (no class) where inst_type is too short
-        ok = rows < len(listed)
-        given[ok] = listed[rows[ok]]
-        differ = given != classes
+        n, top = len(old_ids), int(old_ids.max()) if len(old_ids) else 0
+        if len(listed) == n:  # one row per nucleus in sorted-id order (ids 1..N or cropped, e.g. 15..759)
+            given = listed
+        elif len(listed) == top:  # one row per id 1..max id, rows of absent ids unused
+            given = listed[old_ids - 1]
+        else:
+            raise InputError(f"{where}: inst_type has {len(listed)} rows but inst_map has {n} instances "
+                             f"(max id {top}); expected {n} rows (one per instance) or {top} (one per id)")
+        given = _consep_class_ids(given, np.arange(1, n + 1), old_ids, classes, table, where, "inst_type")
+        differ = given != cls
         if differ.any():
             k = int(np.flatnonzero(differ)[0])
-            raise InputError(f"{where}: instance {old_ids[k]} has two classes "
-                             f"(type_map {classes[k]}, inst_type {given[k]})")
-    return _make_tile(image, inst, classes, name)
+            raise InputError(f"{where}: instance {old_ids[k]}: type_map says {cls[k]}, inst_type says {given[k]}")
+    if classes == "original" and cls.size and cls.max() > table.n_types:
+        k = int(np.argmax(cls > table.n_types))
+        raise InputError(f"{where}: merged class id {cls[k]} (instance {old_ids[k]}) is outside table "
+                         f"{table.name!r} (valid 1..{table.n_types})")
+    return _make_tile(image, inst, cls, name)
 
 
 def read_lizard(src: str | os.PathLike, names: Sequence[str] | None = None,
@@ -271,25 +320,38 @@ def read_lizard(src: str | os.PathLike, names: Sequence[str] | None = None,
 
 
 def read_consep(src: str | os.PathLike, names: Sequence[str] | None = None,
-                type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
+                type_table: NucleiTypeTable | None = None, *, classes: str = "merged") -> Iterator[Tile]:
     """Read a CoNSeP / HoVer-Net folder: ``Images/<name>.png`` + ``Labels/<name>.mat``.
 
-    The .mat files hold ``inst_map`` and ``type_map`` [H, W] and optionally ``inst_type`` [N, 1]
-    (cross-checked: it must agree with ``type_map``); ``inst_centroid`` is ignored. Classes are the
-    merged 4-class scheme (original 7-class labels must be merged first, as HoVer-Net does).
+    The .mat files hold ``inst_map`` and ``type_map`` [H, W] and optionally ``inst_type``;
+    ``inst_centroid`` is ignored. Instance ids need not be 1..N (cropped HoVer-Net files carry
+    e.g. 15..759); they are relabelled 1..N in order of the old id. ``type_map`` gives each
+    instance its class (it is what HoVer-Net trains on); ``inst_type``, when present, is
+    cross-checked against it. ``inst_type`` may hold one row per instance in sorted-id order
+    (row k = the k-th smallest id; with ids 1..N that is row id-1) or one row per id 1..max id
+    (row id-1; rows of ids absent from ``inst_map`` are not used); any other row count is refused.
 
     Args:
         src: the dataset folder.
         names: image names to read (default: all, sorted).
         type_table: the table class ids are checked against (default CoNSeP's four types).
+        classes: ``"merged"`` (default): labels already hold HoVer-Net's merged classes, checked
+            against ``type_table``; ``"original"``: labels hold CoNSeP's 7 original classes (1..7),
+            merged with :data:`CONSEP_MERGE` (3, 4 -> 3 epithelial; 5, 6, 7 -> 4 spindle-shaped) in
+            both ``type_map`` and ``inst_type`` before the cross-check.
 
     Returns:
         iterator of Tile.
 
     Raises:
-        InputError: pairing, shapes, classes, unreadable files (one line naming the file).
+        InputError: pairing, shapes, a class id outside the table (or outside 1..7 with
+            ``classes="original"``), an instance with no class or two classes in ``type_map``,
+            ``inst_type`` with the wrong row count or disagreeing with ``type_map``, unreadable
+            files (one line naming the file); an unknown ``classes`` value.
     """
-    return _read_folder(src, names, type_table or CONSEP, _read_consep_one)
+    if classes not in CONSEP_CLASSES:
+        raise InputError(f"unknown CoNSeP classes {classes!r}; valid: {', '.join(CONSEP_CLASSES)}")
+    return _read_folder(src, names, type_table or CONSEP, _read_consep_one, classes=classes)
 
 
 # -- stacked .npy datasets (CoNIC, PanNuke) ----------------------------------------------------------
@@ -449,10 +511,12 @@ class ReaderSpec:
 
     Attributes:
         name: format name (``--format``).
-        read: ``read(src, names=None, type_table=None) -> Iterator[Tile]``.
+        read: ``read(src, names=None, type_table=None, **options) -> Iterator[Tile]``; only the
+            keyword options named in ``options`` are accepted.
         list_names: ``list_names(src) -> list[str]``: the image names, validated cheaply.
         type_table: the format's own type table.
         group: maps an image name to the source image whose split it shares.
+        options: the keyword options ``read`` accepts (``("classes",)`` for CoNSeP).
     """
 
     name: str
@@ -460,11 +524,26 @@ class ReaderSpec:
     list_names: Callable[[str | os.PathLike], list[str]]
     type_table: NucleiTypeTable
     group: Callable[[str], str] = str
+    options: tuple[str, ...] = ()
+
+    def read_with(self, src: str | os.PathLike, names: Sequence[str] | None = None,
+                  type_table: NucleiTypeTable | None = None, **options) -> Iterator[Tile]:
+        """``read`` with reader options; options given as None are left out (the reader's default).
+
+        Raises:
+            InputError: an option this format does not declare (the message lists the declared ones).
+        """
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise InputError(f"format {self.name!r} takes no option {unknown[0]!r} (its options: {valid})")
+        return self.read(src, names, type_table, **given)
 
 
 READERS: dict[str, ReaderSpec] = {
     "lizard": ReaderSpec("lizard", read_lizard, list_lizard, LIZARD),
-    "consep": ReaderSpec("consep", read_consep, list_consep, CONSEP),
+    "consep": ReaderSpec("consep", read_consep, list_consep, CONSEP, options=("classes",)),
     "conic": ReaderSpec("conic", read_conic, list_conic, LIZARD, _conic_group),
     "pannuke": ReaderSpec("pannuke", read_pannuke, list_pannuke, PANNUKE),
 }

@@ -386,6 +386,16 @@ class PatchStore:
             return str(value)
         return int(value)
 
+    @property
+    def magnification(self) -> float | None:
+        """Objective power of the patches (20.0, 40.0), or None where the store does not record it."""
+        value = self.attrs.get("magnification")
+        return None if value is None else float(value)
+
+    def scale_info(self) -> dict[str, Any]:
+        """``patch_size`` and ``magnification``: what a model and a store must share."""
+        return {"patch_size": self.patch_size, "magnification": self.magnification}
+
     def __repr__(self) -> str:
         return (f"PatchStore({str(self.path)!r}, n={self._n}, patch_size={self.patch_size}, "
                 f"origin={self.origin!r}, types={self.type_table.name!r})")

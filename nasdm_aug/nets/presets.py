@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.masks import mask_channels
 
-__all__ = ["UNetConfig", "PRESETS", "get_preset"]
+__all__ = ["UNetConfig", "PRESETS", "get_preset", "fit_to_size"]
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,48 @@ _PAPER: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, "paper": _PAPER}
 
 
+def fit_to_size(preset: dict[str, Any], image_size: int, keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The preset's depth and attention levels for ``image_size``.
+
+    A preset is designed at one size (``preset["image_size"]``). At another size, levels are
+    added (width multiplier 1, at full resolution) or removed (from the top) so the lowest feature
+    size stays the preset's, and attention stays at the same feature sizes in pixels, so a 128-px
+    ``tiny`` model has the 64-px one's bottleneck and attention, one level higher up. Sizes that
+    are not the preset's times a power of two keep as many halvings as fit and put attention at
+    the reachable feature sizes nearest (in octaves) to the preset's. Fields named in ``keep``
+    (explicit overrides) are left as given.
+
+    Raises:
+        ValueError: ``image_size`` smaller than the preset's lowest feature size.
+    """
+    base, mults = int(preset["image_size"]), tuple(preset["channel_mults"])
+    bottom = base >> (len(mults) - 1)
+    out = {**preset, "image_size": image_size}
+    if image_size == base:
+        return out
+    if image_size < bottom:
+        raise ValueError(f"image size {image_size} is smaller than this preset's lowest feature size {bottom} px")
+    if "channel_mults" not in keep:
+        levels = 1
+        while image_size % (1 << levels) == 0 and (image_size >> levels) >= bottom:
+            levels += 1
+        extra = levels - len(mults)
+        mults = (1,) * extra + mults if extra >= 0 else mults[-extra:]
+        out["channel_mults"] = mults
+    if "attention_resolutions" not in keep:
+        sizes = [image_size >> level for level in range(len(out["channel_mults"]))]
+        if image_size % (1 << (len(out["channel_mults"]) - 1)) == 0:
+            nearest = {min(sizes, key=lambda f: (abs(math.log2(f / a)), f)) for a in preset["attention_resolutions"]}
+            out["attention_resolutions"] = tuple(sorted(nearest, reverse=True))
+    return out
+
+
 def get_preset(kind: str, name: str, **overrides: Any) -> UNetConfig:
     """Return the named preset for ``kind`` ("patch" | "mask"), with optional field overrides.
 
-    For the mask model, in/out channels follow ``n_types`` unless given.
+    An ``image_size`` override other than the preset's own adapts depth and attention to it
+    (:func:`fit_to_size`) unless ``channel_mults`` / ``attention_resolutions`` are given too. For
+    the mask model, in/out channels follow ``n_types`` unless given.
 
     Raises:
         KeyError: unknown preset name (the message lists the valid ones).
@@ -100,7 +139,10 @@ def get_preset(kind: str, name: str, **overrides: Any) -> UNetConfig:
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
-    fields = {"kind": kind, **PRESETS[name], **overrides}
+    preset = PRESETS[name]
+    if "image_size" in overrides:
+        preset = fit_to_size(preset, int(overrides["image_size"]), frozenset(overrides))
+    fields = {"kind": kind, **preset, **overrides}
     if kind == "mask":  # presets hold no in/out channels, so these defaults never mask an override
         fields.setdefault("in_channels", mask_channels(fields.get("n_types", 6)))
         fields.setdefault("out_channels", 2 * fields["in_channels"])

@@ -147,10 +147,29 @@ TRAIN_PRESETS: dict[str, dict] = {
         sample_steps=50,
     ),
 }
+# CoNSeP at 20x in 64-px patches on a 2-core CPU, both models trained at once (one thread each)
+# within one sitting. Chosen by measurement (benchmarks/RESULTS.md, "Real-tissue recipe"): at
+# 128 px the tiny patch model takes 3.7 samples/s against 11.6 at 64 px, too few for a usable
+# model in the budget; a 32-channel mask model at lr 3e-4 and batch 8 is what made toy masks
+# decode to nuclei (16 channels did not); fp32 because bf16 is slower where the CPU has no
+# native bf16; the rates drop 5x for the last quarter as in the paper's two-rate schedule.
+_CONSEP_CPU = dict(
+    batch_size=8, ema_warmup=True, channels_last=True, log_every=25, ckpt_every=250, sample_every=1000,
+    sample_count=4, sample_steps=20,
+)
+TRAIN_PRESETS["consep-cpu"] = _CONSEP_CPU
+_PER_KIND: dict[str, dict[str, dict]] = {
+    "consep-cpu": {
+        "mask": dict(steps=4000, lr=3e-4, lr_drop_step=3000, lr_after_drop=6e-5),
+        "patch": dict(steps=3000, lr=2e-4, lr_drop_step=2250, lr_after_drop=4e-5),
+    },
+}
+# the network preset each training preset builds on
+_NET_PRESET = {"tiny": "tiny", "paper": "paper", "consep-cpu": "tiny"}
 
 
 def get_train_preset(kind: str, name: str, **model_overrides: Any) -> TrainConfig:
-    """The TrainConfig preset ``name`` (``"tiny"`` or ``"paper"``) for model ``kind``.
+    """The TrainConfig preset ``name`` (``"tiny"``, ``"paper"`` or ``"consep-cpu"``) for model ``kind``.
 
     Args:
         kind: ``"mask"`` or ``"patch"``.
@@ -162,4 +181,5 @@ def get_train_preset(kind: str, name: str, **model_overrides: Any) -> TrainConfi
     """
     if name not in TRAIN_PRESETS:
         raise KeyError(f"unknown training preset {name!r}; available: {sorted(TRAIN_PRESETS)}")
-    return TrainConfig(kind=kind, model=get_preset(kind, name, **model_overrides), **TRAIN_PRESETS[name])
+    fields = {**TRAIN_PRESETS[name], **_PER_KIND.get(name, {}).get(kind, {})}
+    return TrainConfig(kind=kind, model=get_preset(kind, _NET_PRESET[name], **model_overrides), **fields)

@@ -149,8 +149,14 @@ def train(
             "split": split,
             "n_items": len(dataset),
             "patch_size": store.patch_size,
+            "magnification": store.magnification,  # None for stores that do not record it
             "type_table": store.type_table.to_json(),  # NucleiTypeTable.to_json text
         }
+        if resume and (out / "data.json").is_file():  # a resumed run keeps the scale it started at
+            from nasdm_aug.data.magnification import check_same_scale
+
+            check_same_scale(f"run {out}", json.loads((out / "data.json").read_text()), f"store {store_path}",
+                             store.scale_info())
         trainer = Trainer(
             model, diffusion, dataset, config, out, data_info=data_info,
             preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,

@@ -19,7 +19,7 @@ from nasdm_aug.utils import InputError
 # -- splits -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n,want", [
     (238, (12, 36, 190, 36)),  # the paper's Lizard split, from the default fractions
-    (27, (1, 4, 22, 4)),  # CoNSeP Train: scaled, rounded
+    (27, (3, 4, 20, 4)),  # CoNSeP Train: scaled, rounded, each held-out split at least 3 images
     (3, (1, 1, 1, 1)),  # tiny: every non-zero split keeps one image while Train keeps one
     (1, (0, 0, 1, 1)),
 ])
@@ -30,8 +30,9 @@ def test_split_counts_from_paper_fractions(n, want):
 
 def test_split_counts_explicit_and_invalid():
     assert split_counts(10, SplitSpec(counts=(2, 3, 4))) == {"Test": 2, "R2": 3, "Train": 5, "R1": 4}
+    assert split_counts(10, SplitSpec(counts=(5, 5, 0))) == {"Test": 5, "R2": 5, "Train": 0, "R1": 0}
     with pytest.raises(ValueError, match="need more than the 10 images"):
-        split_counts(10, SplitSpec(counts=(5, 5, 0)))
+        split_counts(10, SplitSpec(counts=(6, 5, 0)))
     with pytest.raises(ValueError, match="R1 <= Train"):
         SplitSpec(fractions=(0.5, 0.3, 0.5))
 

@@ -8,7 +8,10 @@ import scipy.io
 from PIL import Image
 
 from nasdm_aug.data.prepare import PrepareConfig, prepare
-from nasdm_aug.data.readers import READERS, get_reader, load_rgb, read_conic, read_consep, read_lizard, read_pannuke
+from nasdm_aug.data.readers import (
+    CONSEP_CLASSES, CONSEP_MERGE, READERS, get_reader, load_rgb, read_conic, read_consep, read_lizard, read_pannuke,
+)
+from nasdm_aug.types import CONSEP
 from nasdm_aug.utils import InputError
 
 BIG = 2**31 - 1  # the largest int32 id: forces the np.unique relabelling path
@@ -228,9 +231,13 @@ BAD_CASES = [
     ("lizard", _lizard, _relabel_mat("class", lambda a: a, rel="Labels/img1.mat"), None),  # untouched: valid
     ("consep", _consep, _relabel_mat("type_map", lambda a: _set(a, (2, 2), 4)), r"img1\.mat: instance 1 has two classes"),
     ("consep", _consep, _relabel_mat("type_map", lambda a: np.where(a == 3, 0, a)), r"img1\.mat: instance 2 has no class"),
-    ("consep", _consep, _relabel_mat("type_map", lambda a: np.where(a == 3, 5, a)), r"img1\.mat: unknown class id 5"),
+    ("consep", _consep, _relabel_mat("type_map", lambda a: np.where(a == 3, 5, a)),
+     r"img1\.mat: class id 5 \(instance 2\) is outside table 'consep' \(valid 1\.\.4\); "
+     r"labels in CoNSeP's original 7 classes need --consep-classes original"),
     ("consep", _consep, _relabel_mat("inst_type", lambda a: _set(a, 0, 1)),
-     r"img1\.mat: instance 1 has two classes \(type_map 2, inst_type 1\)"),
+     r"img1\.mat: instance 1: type_map says 2, inst_type says 1"),
+    ("consep", _consep, _relabel_mat("inst_type", lambda a: a[:2]),
+     r"img1\.mat: inst_type has 2 rows but inst_map has 3 instances \(max id 3\)"),
     ("conic", _conic, _rm("images.npy"), r"labels\.npy: labels without images"),
     ("conic", _conic, _rm("labels.npy"), r"images\.npy: images without labels"),
     ("conic", _conic, lambda r: [_rm("images.npy")(r), _rm("labels.npy")(r)], "empty dataset"),
@@ -264,3 +271,135 @@ def test_bad_input_stops_with_one_line_and_no_output(tmp_path, fmt, build, edit,
     assert "\n" not in str(info.value)
     assert str(root) in str(info.value)  # names the file
     assert list(tmp_path.glob("out.h5*")) == []  # neither OUT nor OUT.partial
+
+
+# -- CoNSeP / HoVer-Net layouts: non-contiguous ids, inst_type by rank or by id, 7 original classes ---------
+def _hover(root, ids, classes, inst_type=None, type_map_classes=None):
+    """One HoVer-Net-layout image ``img0``: nucleus k (left to right) has id ids[k] and class classes[k]
+    in type_map (type_map_classes[k] when given, to make type_map and inst_type differ); inst_type is
+    written as given ([N, 1] column), or left out when None."""
+    assert len(ids) <= 7
+    image = _sample(0, 32, 64)[0]
+    inst = np.zeros((32, 64), np.int64)
+    cls = np.zeros((32, 64), np.int64)
+    for k, (i, c) in enumerate(zip(ids, type_map_classes if type_map_classes is not None else classes)):
+        inst[4:12, 2 + 9 * k: 9 + 9 * k] = i
+        cls[4:12, 2 + 9 * k: 9 + 9 * k] = c
+    _save_png(root / "Images" / "img0.png", image)
+    (root / "Labels").mkdir(exist_ok=True)
+    data = {"inst_map": inst.astype(np.int32), "type_map": cls.astype(np.int32)}
+    if inst_type is not None:
+        data["inst_type"] = np.asarray(inst_type, np.int32)[:, None]
+    scipy.io.savemat(root / "Labels" / "img0.mat", data)
+    return root
+
+
+def _per_instance(tile):
+    """Class of instances 1..N, and the new label of each nucleus left to right."""
+    per = np.zeros(int(tile.inst.max()) + 1, np.int64)
+    per[tile.inst] = tile.type
+    return per[1:].tolist(), [int(tile.inst[6, 4 + 9 * k]) for k in range(int(tile.inst.max()))]
+
+
+def test_consep_non_contiguous_ids_inst_type_in_rank_order(tmp_path):
+    # left to right: ids 759, 15, 40 with classes 4, 1, 2; inst_type row k = k-th smallest id (15, 40, 759)
+    root = _hover(tmp_path, ids=[759, 15, 40], classes=[4, 1, 2], inst_type=[1, 2, 4])
+    tile = next(read_consep(root))
+    classes, labels = _per_instance(tile)
+    assert labels == [3, 1, 2]  # relabelled 1..N in order of old id
+    assert classes == [1, 2, 4]  # of ids 15, 40, 759
+    assert tile.inst.dtype == np.int32 and tile.type.dtype == np.uint8
+
+
+def test_consep_inst_type_indexed_by_id_with_gaps(tmp_path):
+    # ids 2, 5, 7 with classes 3, 1, 4; inst_type has 7 rows (ids 1..7), absent ids hold a 9 that must not be read
+    root = _hover(tmp_path, ids=[5, 2, 7], classes=[1, 3, 4], inst_type=[9, 3, 9, 9, 1, 9, 4])
+    classes, labels = _per_instance(next(read_consep(root)))
+    assert labels == [2, 1, 3]
+    assert classes == [3, 1, 4]  # of ids 2, 5, 7
+
+
+@pytest.mark.parametrize("ids,classes,inst_type,message", [
+    # rank layout: row 1 is id 40 (type_map 2)
+    ([759, 15, 40], [4, 1, 2], [1, 3, 4], "instance 40: type_map says 2, inst_type says 3"),
+    # id layout: id 2 -> row 1 (agrees), id 5 -> row 4 (3, but type_map says 4)
+    ([5, 2, 7], [4, 1, 4], [0, 1, 0, 0, 3, 0, 4], "instance 5: type_map says 4, inst_type says 3"),
+])
+def test_consep_true_disagreement_names_the_id_and_both_classes(tmp_path, ids, classes, inst_type, message):
+    root = _hover(tmp_path, ids=ids, classes=classes, inst_type=inst_type)
+    with pytest.raises(InputError, match=r"img0\.mat: " + message + "$"):
+        next(read_consep(root))
+
+
+@pytest.mark.parametrize("rows", [2, 4, 758])
+def test_consep_wrong_inst_type_row_count_names_both_counts(tmp_path, rows):
+    root = _hover(tmp_path, ids=[759, 15, 40], classes=[4, 1, 2], inst_type=[1] * rows)
+    with pytest.raises(InputError, match=rf"img0\.mat: inst_type has {rows} rows but inst_map has 3 instances "
+                                         r"\(max id 759\); expected 3 rows \(one per instance\) or 759"):
+        next(read_consep(root))
+
+
+def test_consep_merge_map_is_hovernets():
+    assert CONSEP_MERGE == {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}
+    assert CONSEP_CLASSES == ("merged", "original")
+
+
+def test_consep_original_classes_merge_every_class(tmp_path):
+    # ids 10..70 (rank layout) with original classes 1..7, scrambled left to right
+    ids, original = [40, 10, 70, 20, 60, 30, 50], [4, 1, 7, 2, 6, 3, 5]
+    root = _hover(tmp_path, ids=ids, classes=original, inst_type=[1, 2, 3, 4, 5, 6, 7])
+    classes, labels = _per_instance(next(read_consep(root, classes="original")))
+    assert labels == [4, 1, 7, 2, 6, 3, 5]
+    assert classes == [1, 2, 3, 3, 4, 4, 4]  # of ids 10..70 = original classes 1..7
+
+
+def test_consep_original_classes_are_merged_before_the_cross_check(tmp_path):
+    # type_map and inst_type disagree in the 7 original classes (3 vs 4, 5 vs 7) but agree once merged
+    root = _hover(tmp_path, ids=[1, 2, 3], classes=[4, 7, 1], type_map_classes=[3, 5, 1], inst_type=[4, 7, 1])
+    classes, _ = _per_instance(next(read_consep(root, classes="original")))
+    assert classes == [3, 4, 1]
+    root = _hover(tmp_path, ids=[1, 2], classes=[4, 2], type_map_classes=[3, 2], inst_type=[4, 2])
+    with pytest.raises(InputError, match=r"img0\.mat: instance 1: type_map says 3, inst_type says 4$"):
+        next(read_consep(root))  # the default does not merge: 3 and 4 are two classes
+
+
+def test_consep_seven_classes_with_the_default_name_the_option(tmp_path):
+    root = _hover(tmp_path, ids=[12, 3, 8], classes=[6, 2, 5], inst_type=[2, 5, 6])
+    with pytest.raises(InputError, match=r"img0\.mat: class id 6 \(instance 12\) is outside table 'consep' "
+                                         r"\(valid 1\.\.4\); labels in CoNSeP's original 7 classes need "
+                                         r"--consep-classes original$"):
+        next(read_consep(root))
+    root = _hover(tmp_path, ids=[12, 3, 8], classes=[4, 2, 4], inst_type=[2, 4, 7])  # only inst_type in 7 classes
+    with pytest.raises(InputError, match=r"img0\.mat: inst_type class id 7 \(instance 12\) is outside table "
+                                         r"'consep' \(valid 1\.\.4\); labels in CoNSeP's original 7 classes"):
+        next(read_consep(root))
+
+
+def test_consep_original_refuses_class_8(tmp_path):
+    root = _hover(tmp_path, ids=[12, 3, 8], classes=[6, 8, 5], inst_type=[8, 5, 6])
+    with pytest.raises(InputError, match=r"img0\.mat: class id 8 \(instance 3\) is outside CoNSeP's original "
+                                         r"classes \(valid 1\.\.7\)$"):
+        next(read_consep(root, classes="original"))
+    root = _hover(tmp_path, ids=[12, 3, 8], classes=[6, 7, 5], inst_type=[8, 5, 6])  # only inst_type holds 8
+    with pytest.raises(InputError, match=r"img0\.mat: inst_type class id 8 \(instance 3\) is outside CoNSeP's"):
+        next(read_consep(root, classes="original"))
+
+
+def test_consep_unknown_classes_value(tmp_path):
+    with pytest.raises(InputError, match="unknown CoNSeP classes 'seven'; valid: merged, original"):
+        read_consep(_hover(tmp_path, ids=[1], classes=[1]), classes="seven")
+
+
+def test_registry_passes_declared_reader_options_only(tmp_path):
+    root = _hover(tmp_path / "c", ids=[1, 2, 3], classes=[7, 5, 3], inst_type=[7, 5, 3])
+    spec = get_reader("consep")
+    assert spec.options == ("classes",)
+    assert all(get_reader(f).options == () for f in ("lizard", "conic", "pannuke"))
+    assert _per_instance(next(spec.read(root, ["img0"], CONSEP, classes="original")))[0] == [4, 4, 3]
+    assert _per_instance(next(spec.read_with(root, ["img0"], CONSEP, classes="original")))[0] == [4, 4, 3]
+    with pytest.raises(InputError, match="need --consep-classes original"):
+        next(spec.read_with(root, ["img0"], CONSEP, classes=None))  # None: the reader's default
+    liz = _lizard(tmp_path / "l", n=1)
+    assert len(list(get_reader("lizard").read_with(liz, None, None, classes=None))) == 1
+    with pytest.raises(InputError, match="format 'lizard' takes no option 'classes' \\(its options: none\\)"):
+        get_reader("lizard").read_with(liz, None, None, classes="original")
