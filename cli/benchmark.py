@@ -19,6 +19,10 @@ import click
 # -- data and models
 @click.option("--store", default=None, metavar="STORE.h5", help="The real PatchStore (else prepared from --source).")
 @click.option("--source", default=None, metavar="DIR", help="Dataset folder to prepare (consep/lizard presets).")
+@click.option("--test", default=None, metavar="STORE.h5[:SPLIT]|DIR",
+              help="External test set instead of the store's own Test split: a PatchStore split (default: "
+                   "the whole store if it has one split, else Test) or a dataset folder, prepared once into "
+                   "OUT/data/test.h5 like the study's data, all its images as Test.")
 @click.option("--model", "models", multiple=True, metavar="RUN",
               help="NASDM runs that make S1/S2 ('toy', or mask and patch run dirs; repeat the option).")
 @click.option("--s1", default=None, metavar="BANK.h5", help="An existing S1 bank (synthetic from R1 masks).")
@@ -32,14 +36,19 @@ import click
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
 @click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
 @click.option("--dry-run", is_flag=True, help="Print the config and the runs with their data sizes, then exit.")
-def benchmark(preset, study, out, store, source, models, s1, s2, balance_bank, balance_target, runs, seed, device,
+def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_bank, balance_target, runs, seed, device,
               dry_run) -> None:
-    """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test."""
+    """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
+    (or on --test)."""
+    from pathlib import Path
+
     from nasdm_aug.data.store import PatchStore
-    from nasdm_aug.studies import check_store, get_study_preset, plan_study, run_studies, select_rows
+    from nasdm_aug.studies import (
+        StudyTestSet, check_store, get_study_preset, plan_study, resolve_test_set, run_studies, select_rows,
+    )
 
     config = get_study_preset(preset)
-    changes = {"store": store, "source": source, "s1": s1, "s2": s2, "balance_bank": balance_bank,
+    changes = {"store": store, "source": source, "test": test, "s1": s1, "s2": s2, "balance_bank": balance_bank,
                "balance_target": balance_target, "n_runs": runs, "seed": seed, "device": device}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     if models:
@@ -47,9 +56,14 @@ def benchmark(preset, study, out, store, source, models, s1, s2, balance_bank, b
     rows = select_rows(study)
     if dry_run:
         click.echo(config.to_json())
-        if config.store:
-            real = PatchStore(config.store)
-            check_store(real, rows)
+        real = PatchStore(config.store) if config.store else None
+        if real is not None:
+            check_store(real, rows, own_test=not config.test)
+        test_set = resolve_test_set(config, real, Path(out), make=False)  # checks a given test store
+        if test_set is None:
+            test_set = StudyTestSet.own(real) if real is not None else None
+        click.echo(test_set.describe() if test_set else "test set: the store's own Test split")
+        if real is not None:
             for run in plan_study(real, rows, config):
                 click.echo(f"{run['study']:<18} {run['row']:<18} seed {run['seed']}: {run['n_patches']} patches "
                            f"({run['n_real']} real + {'up to ' if run.get('upto') else ''}{run['n_synthetic']} synthetic)")

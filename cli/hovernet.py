@@ -69,7 +69,8 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
     val_ds = store_dataset(*parse_store_arg(val_arg)) if val_arg else None
     store = train_ds.real
     result = train_hovernet(train_ds, out, cfg, val_data=val_ds, type_table=store.type_table,
-                            patch_size=store.patch_size, data_desc=f"train={train_arg} val={val_arg}",
+                            patch_size=store.patch_size, magnification=store.magnification,
+                            data_desc=f"train={train_arg} val={val_arg}",
                             resume=resume, overwrite=overwrite)
     click.echo(f"trained {result['epochs_done']} epochs; best epoch {result['best_epoch']} "
                f"(val Dice {result['best_dice']:.4f}); run in {out}")
@@ -77,26 +78,37 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
 
 @hovernet.command("evaluate")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="run or checkpoint directory")
-@click.option("--data", "data_arg", required=True, metavar="STORE:SPLIT", help="store and split to score, e.g. S.h5:Test")
+@click.option("--data", "data_arg", required=True, metavar="STORE[:SPLIT]|DIR",
+              help="test set: a store and split (default: Test, or the whole store if it has one split), "
+                   "or a dataset folder (with --format), prepared at the model's patch size, all images as Test")
+@click.option("--format", "fmt", type=click.Choice(["lizard", "consep", "conic", "pannuke"]), default=None,
+              help="reader of a --data dataset folder")
+@click.option("--consep-classes", type=click.Choice(["merged", "original"]), default=None,
+              help="--format consep: labels in the merged 4 classes (default) or CoNSeP's original 7")
+@click.option("--magnification", type=click.FloatRange(0, min_open=True), default=None,
+              help="--data folder: prepare at this objective power (default: the model's recorded one, "
+                   "else the source's own)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory (metrics.json, overlay.png)")
 @click.option("--overlays", type=click.IntRange(0), default=8, show_default=True, help="patches drawn in overlay.png")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--dry-run", is_flag=True, help="print the model's config and exit")
-def evaluate(model_dir: str, data_arg: str, out: str, overlays: int, batch_size: int, device: str,
-             overwrite: bool, dry_run: bool) -> None:
+def evaluate(model_dir: str, data_arg: str, fmt: str | None, consep_classes: str | None, magnification: float | None,
+             out: str, overlays: int, batch_size: int, device: str, overwrite: bool, dry_run: bool) -> None:
     """Score a trained HoVerNet: Dice, mIoU, PQ/DQ/SQ, AJI, per-type PQ, mPQ+, F1 (JSON + PNG)."""
-    from hovernet.data import parse_store_arg, store_dataset
     from hovernet.evaluate import evaluate as run_evaluate
-    from hovernet.evaluate import resolve_model_dir
+    from hovernet.evaluate import open_eval_data, resolve_model_dir
+    from nasdm_aug.utils import check_writable
 
     if dry_run:
         click.echo((resolve_model_dir(model_dir) / "config.json").read_text())
         return
-    ds = store_dataset(*parse_store_arg(data_arg, "Test"))
-    result = run_evaluate(model_dir, ds, out, n_overlay=overlays, batch_size=batch_size, device=device,
-                          overwrite=overwrite, data_desc=data_arg)
+    check_writable(out, overwrite)  # before a dataset folder is prepared; evaluate() checks again on writing
+    with open_eval_data(data_arg, model_dir, fmt=fmt, consep_classes=consep_classes, magnification=magnification,
+                        progress=True) as (ds, desc):
+        result = run_evaluate(model_dir, ds, out, n_overlay=overlays, batch_size=batch_size, device=device,
+                              overwrite=overwrite, data_desc=desc)
     keys = ("dice", "miou", "pq", "aji", "mpq_plus")
     click.echo(json.dumps({k: result[k] for k in keys}) + f"  -> {Path(out) / 'metrics.json'}")
 

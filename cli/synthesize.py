@@ -14,7 +14,7 @@ from nasdm_aug.utils import InputError
 @click.command("synthesize")
 # -- models
 @click.option("--model", "models", multiple=True, default=("toy",), show_default=True, metavar="RUN",
-              help="'toy' (the embedded toy models) or the mask and patch run directories (repeat the option).")
+              help="A shipped model ('toy': toy tissue; 'consep-cpu': real CoNSeP at 20x) or the mask and patch run directories (repeat the option).")
 # -- what to make
 @click.option("--masks", type=click.Path(dir_okay=False), default=None, metavar="STORE.h5",
               help="Real PatchStore: one synthetic patch per real mask, recording its parent index.")

@@ -130,7 +130,8 @@ def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Opti
 
 def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainConfig, *,
                    val_data: Dataset | None = None, type_table: NucleiTypeTable | None = None,
-                   patch_size: int | None = None, data_desc: str = "", resume: bool = False,
+                   patch_size: int | None = None, magnification: float | None = None, data_desc: str = "",
+                   resume: bool = False,
                    overwrite: bool = False, stop_after_epochs: int | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Train HoVerNet on a dataset of MONAI dicts and keep the best checkpoint by validation Dice.
@@ -142,6 +143,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
         val_data: validation items of the same form, or None (then the last epoch is kept).
         type_table: the nuclei types (names and colours for reports).
         patch_size: the training patch size, recorded for whole-image prediction.
+        magnification: the training data's objective power (recorded; evaluation data must match).
         data_desc: a description of the data recorded in ``data.json``.
         resume: continue from the latest checkpoint in ``out_dir``.
         overwrite: replace a non-empty ``out_dir``.
@@ -160,7 +162,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
     if type_table is not None:
         cfg = cfg.replace(model=cfg.model.replace(n_types=type_table.n_types))
     info = {"type_table": type_table.to_json() if type_table else None, "patch_size": patch_size,
-            "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
+            "magnification": magnification, "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
     out = Path(out_dir)
     try:
         state = _start_run(out, cfg, info, resume, overwrite, dev.is_main)

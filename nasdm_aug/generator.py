@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,32 @@ from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.types import NucleiTypeTable
+from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.utils import InputError
 
-__all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "DEFAULT_GUIDANCE", "resolve_types", "resolve_model_dirs"]
+__all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "DEFAULT_GUIDANCE", "resolve_types",
+           "resolve_model_dirs"]
 
+_ASSETS = Path(__file__).resolve().parent / "assets"
 #: The tiny mask and patch models trained on the toy tissue, shipped inside the package.
-TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy"
+TOY_MODEL_DIR = _ASSETS / "toy"
+#: Models shipped inside the package, by name: each folder holds ``mask/`` and ``patch/`` (EMA
+#: weights, config.json, data.json) and a MODEL_CARD.md where the data needs one.
+NAMED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "consep-cpu": _ASSETS / "consep-cpu"}
+
+
+def named_model_dir(name: str) -> Path | None:
+    """The folder of a shipped model (``"toy"``, ``"consep-cpu"``), or None if ``name`` is not one.
+
+    Raises:
+        InputError: a known name whose files are not in this installation.
+    """
+    if name not in NAMED_MODELS:
+        return None
+    folder = NAMED_MODELS[name]
+    if not ((folder / "mask" / "config.json").is_file() and (folder / "patch" / "config.json").is_file()):
+        raise InputError(f"the shipped model {name!r} is not in this installation ({folder} has no mask/ and patch/ runs)")
+    return folder
 #: Classifier-free guidance scale used when none is given (eps = eps_null + s (eps_cond - eps_null)).
 DEFAULT_GUIDANCE = 1.5
 # The mask stage draws its noise from a seed stream disjoint from the patch stage's.
@@ -37,17 +57,19 @@ _MASK_SEED_SALT = 0x6D61736B
 def resolve_model_dirs(model: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[Path, Path | None]:
     """Turn ``--model`` values into (mask run, patch run).
 
-    ``"toy"`` names the embedded toy models; otherwise one or two run directories, told apart by
+    A name of :data:`NAMED_MODELS` (``"toy"``, ``"consep-cpu"``) gives the shipped mask and patch
+    models; otherwise one or two run directories, told apart by
     the ``kind`` in their config. A single patch run is allowed (masks then come from a store).
 
     Raises:
         InputError: a directory without a checkpoint, two runs of one kind, or more than two.
     """
     values = [model] if isinstance(model, (str, os.PathLike)) else list(model)
-    if [str(v) for v in values] == ["toy"]:
-        return TOY_MODEL_DIR / "mask", TOY_MODEL_DIR / "patch"
+    if len(values) == 1 and (named := named_model_dir(str(values[0]))) is not None:
+        return named / "mask", named / "patch"
     if not 1 <= len(values) <= 2:
-        raise InputError(f"--model takes 'toy' or one or two run directories (mask, patch), got {len(values)}")
+        raise InputError(f"--model takes a shipped model ({', '.join(NAMED_MODELS)}) or one or two run directories "
+                         f"(mask, patch), got {len(values)}")
     found: dict[str, Path] = {}
     for value in values:
         path = Path(value)
@@ -158,6 +180,8 @@ class NASDMGenerator:
         self.mask_model = mask_model.to(self.device).eval() if mask_model is not None else None
         self.mask_config = mask_config
         self.model_hash = model_hash
+        #: objective power of the training data (from the run's data.json); None where not recorded
+        self.magnification: float | None = None
         self._diffusion = {"patch": patch_config.diffusion.build()}
         if mask_config is not None:
             self._diffusion["mask"] = mask_config.diffusion.build()
@@ -180,8 +204,8 @@ class NASDMGenerator:
         """Load the models from run (or checkpoint) directories, each rebuilt from its own config.
 
         Args:
-            mask_run: the mask model's run directory, ``"toy"`` for the embedded toy models (then
-                ``patch_run`` is ignored), or None for a patch-only generator.
+            mask_run: the mask model's run directory, a shipped model's name (``"toy"``,
+                ``"consep-cpu"``; then ``patch_run`` is ignored), or None for a patch-only generator.
             patch_run: the patch model's run directory.
             ema: load EMA weights (default) rather than the raw ones.
             device: default cuda when available, else cpu.
@@ -190,23 +214,28 @@ class NASDMGenerator:
         Raises:
             InputError: a missing or broken run directory, or models of different type tables/sizes.
         """
-        if str(mask_run) == "toy":
-            mask_run, patch_run = TOY_MODEL_DIR / "mask", TOY_MODEL_DIR / "patch"
+        if mask_run is not None and (named := named_model_dir(str(mask_run))) is not None:
+            mask_run, patch_run = named / "mask", named / "patch"
         if patch_run is None:
             raise InputError("a patch model run directory is required")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         patch_model, patch_config = cls._load(patch_run, "patch", ema, device)
-        table = NucleiTypeTable.from_json(load_data_info(patch_run)["type_table"])
+        patch_info = load_data_info(patch_run)
+        table = NucleiTypeTable.from_json(patch_info["type_table"])
         files = [resolve_checkpoint(patch_run) / ("ema.safetensors" if ema else "model.safetensors")]
         mask_model = mask_config = None
         if mask_run is not None:
             mask_model, mask_config = cls._load(mask_run, "mask", ema, device)
-            mask_table = NucleiTypeTable.from_json(load_data_info(mask_run)["type_table"])
+            mask_info = load_data_info(mask_run)
+            mask_table = NucleiTypeTable.from_json(mask_info["type_table"])
             if mask_table != table:
                 raise InputError(f"{mask_run}: mask model types {mask_table.names} differ from the patch model's {table.names}")
+            check_same_scale(f"mask model {mask_run}", mask_info, f"patch model {patch_run}", patch_info)
             files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
-        return cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
-                   model_hash=_file_hash(files))
+        gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
+                  model_hash=_file_hash(files))
+        gen.magnification = patch_info.get("magnification")
+        return gen
 
     @staticmethod
     def _load(run: str | os.PathLike, kind: str, ema: bool, device: torch.device):
@@ -217,6 +246,10 @@ class NASDMGenerator:
         if config.kind != kind:
             raise InputError(f"{path}: expected a {kind} model run, found a {config.kind} model")
         return model, config
+
+    def scale_info(self) -> dict[str, Any]:
+        """``patch_size`` and ``magnification`` of the training data (see ``check_same_scale``)."""
+        return {"patch_size": self.patch_size, "magnification": self.magnification}
 
     @property
     def patch_size(self) -> int:

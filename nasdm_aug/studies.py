@@ -1,6 +1,7 @@
 """The NASDM paper's downstream studies (Sec. 4.3-4.4, Tables 3-5): addition, replacement and
 synthetic-vs-real annotations, plus rare-type balancing (issue 10), each row trained N times with
-HoVerNet and tested on Test.
+HoVerNet and tested on Test: the store's own Test split, or an external test set
+(``StudyConfig.test``: another PatchStore's split, or a dataset folder prepared like the study's data).
 
 A run is one (row, seed): a mixed training set (``SyntheticMixDataset``), a HoVerNet trained on it
 with the configured recipe, and its test metrics. Each finished run leaves ``result.json`` in its
@@ -26,7 +27,7 @@ from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_
 from nasdm_aug.utils import InputError
 
 __all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
-           "run_studies", "summarise"]
+           "run_studies", "summarise", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class StudyConfig(ConfigBase):
     toy_size: int = 256  # toy: image side in pixels
     patch_size: int = 128  # prepare: patch side (must match the NASDM models)
     stride: int = 64  # prepare: step between patches
+    magnification: float = 0.0  # prepare: objective power of the patches (e.g. 20); 0 = the source's own
     split_counts: tuple[int, ...] = ()  # prepare: (Test, R2, R1) images; () = the paper's fractions
     model: tuple[str, ...] = ()  # NASDM runs making S1 / S2 ("toy" = embedded); () = banks must be given
     s1: str = ""  # an existing S1 bank (synthetic from R1 masks); "" = make it in OUT/banks
@@ -122,6 +124,7 @@ class StudyConfig(ConfigBase):
     val_patches: int = 0  # validation patches drawn from Train outside R1 (0 = keep the last epoch)
     seed: int = 0
     device: str = "auto"
+    test: str = ""  # external test set: STORE.h5[:SPLIT] or a dataset folder; "" = the store's own Test split
 
     def __post_init__(self) -> None:
         if self.n_runs < 1:
@@ -130,14 +133,17 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"epochs must be (phase1, phase2) with at least one epoch, got {self.epochs}")
         if self.val_patches < 0 or self.batch_size < 0 or self.steps < 0 or self.synth_batch_size < 1:
             raise ValueError("val_patches, batch_size and steps must be >= 0, synth_batch_size >= 1")
+        if self.magnification < 0:
+            raise ValueError(f"magnification must be >= 0 (0 = the source's own), got {self.magnification}")
 
 
 STUDY_PRESETS: dict[str, StudyConfig] = {
     # toy tissue, the embedded toy NASDM models and a tiny HoVerNet: minutes on a 2-core CPU
     "demo": StudyConfig(name="demo", toy_images=24, toy_size=256, patch_size=64, stride=64, split_counts=(4, 4, 4),
                         model=("toy",), steps=25, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
-    # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it)
-    "consep": StudyConfig(name="consep", source_format="consep", patch_size=128, stride=64,
+    # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
+    # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x
+    "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
                           hovernet_preset="tiny", epochs=(5, 10), n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
@@ -171,13 +177,15 @@ def select_rows(study: str) -> list[StudyRow]:
     return list(STUDIES[study])
 
 
-def check_store(store: PatchStore, rows: Sequence[StudyRow]) -> None:
-    """Every split the rows (and the test) need exists and holds patches.
+def check_store(store: PatchStore, rows: Sequence[StudyRow], *, own_test: bool = True) -> None:
+    """Every split the rows (and the test, unless ``own_test`` is False: an external test set) need
+    exists and holds patches.
 
     Raises:
         InputError: a missing or empty split, naming the study that needs it.
     """
-    for split, study in [(r.split, r.study) for r in rows] + [("Test", "every study")]:
+    needs = [(r.split, r.study) for r in rows] + ([("Test", "every study")] if own_test else [])
+    for split, study in needs:
         if split not in store.splits or len(store.indices(split)) == 0:
             raise InputError(f"{store.path}: {study} needs a non-empty {split!r} split (splits here: "
                              f"{', '.join(f'{k}={len(store.indices(k))}' for k in store.splits) or 'none'})")
@@ -236,21 +244,28 @@ def _validation(store: PatchStore, config: StudyConfig):
 
 
 def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchStore], config: StudyConfig,
-            run_dir: Path, test_data, progress: bool) -> dict[str, Any]:
-    """Train and test one (row, seed); cached in ``run_dir/result.json``."""
+            run_dir: Path, test_data, progress: bool, test_set: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and test one (row, seed); cached in ``run_dir/result.json``.
+
+    ``test_set`` (a :meth:`StudyTestSet.record`) is recorded in the result; a cached result scored
+    on another test set is not reused: the trained model (kept in ``run_dir/hovernet``) is scored again.
+    """
     from hovernet.evaluate import evaluate_model, load_hovernet
     from hovernet.trainer import train_hovernet
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if _same_test_set(cached, test_set):
+            return cached
     bank = banks.get(row.bank) if row.bank else None
     data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
                                base_fraction=row.base_fraction, seed=seed, target=parse_target(config.balance_target))
     model_dir = run_dir / "hovernet"
     resume = model_dir.is_dir() and any(model_dir.iterdir())
     train_hovernet(data, model_dir, _hovernet_config(config, seed), val_data=_validation(store, config),
-                   type_table=store.type_table, patch_size=store.patch_size, resume=resume,
+                   type_table=store.type_table, patch_size=store.patch_size, magnification=store.magnification,
+                   resume=resume,
                    data_desc=f"{row.study}: {row.label} (seed {seed})", progress=progress)
     model, cfg, _ = load_hovernet(model_dir, "cpu" if config.device == "auto" else config.device)
     metrics, _ = evaluate_model(model, test_data, cfg, list(store.type_table.names), progress=False)
@@ -259,6 +274,8 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
               "n_synthetic": int(np.sum(plan.origin == 1)), "n_real": int(np.sum(plan.origin == 0)),
               "metrics": {k: metrics[k] for k in (*METRICS, "mpq_plus", "f1_detection")},
               "per_type": metrics["per_type"]}
+    if test_set is not None:
+        result["test_set"] = test_set
     if row.study == "balance":  # what the training set held, per type
         counts = sum(type_counts(s, plan.indices(o)).sum(0) for o, s in (("real", store), ("synthetic", bank))
                      if s is not None and len(plan.indices(o)))
@@ -267,6 +284,16 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     os.replace(tmp, result_path)
     return result
+
+
+def _same_test_set(cached: dict[str, Any], test_set: dict[str, Any] | None) -> bool:
+    """Whether a cached result was scored on ``test_set`` (results from before test sets were
+    recorded were scored on the store's own Test split)."""
+    if test_set is None:
+        return True
+    if "test_set" not in cached:
+        return not test_set.get("external")
+    return cached["test_set"] == test_set
 
 
 def _json_safe(x: Any) -> Any:
@@ -321,19 +348,37 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
     Returns:
         dict with ``config``, ``runs`` (one result per run) and ``table`` (per-row mean and std).
 
+    With ``config.test`` the rows are tested on that set (see :func:`resolve_test_set`) and the
+    study store needs no Test split of its own; ``results.json`` records the test set used
+    (``test_set``: path, split, number of patches, and the folder it was prepared from).
+
     Raises:
-        InputError: a store without the needed splits, or synthetic rows with neither a model nor a bank.
+        InputError: a store without the needed splits, synthetic rows with neither a model nor a
+            bank, or an external test set that cannot be used (unreadable, another type table,
+            patch size or magnification, a stale ``OUT/data/test.h5``).
     """
     from hovernet.data import store_dataset
+    from hovernet.evaluate import parse_data_arg
     from nasdm_aug.report import write_study_outputs
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = select_rows(study)
+    own_test = not config.test
+    if config.test:  # refuse a bad test set before anything is written
+        path, _, is_folder = parse_data_arg(config.test)
+        if is_folder:
+            _check_not_study_data(path, config, None)
+        if config.store:
+            given = PatchStore(config.store)
+            check_store(given, rows, own_test=False)
+            resolve_test_set(config, given, out, make=False)
+    out.mkdir(parents=True, exist_ok=True)
     store = PatchStore(ensure_store(config, out, progress))
-    check_store(store, rows)
+    check_store(store, rows, own_test=own_test)
+    test = resolve_test_set(config, store, out, progress=progress) or StudyTestSet.own(store)
     banks = ensure_banks(config, store, rows, out, progress)
-    test_data = store_dataset(store.path, "Test")
+    test_data = store_dataset(test.path, test.split)
+    config.save(out / "config.json")
     runs = plan_study(store, rows, config)
     results = []
     bar = tqdm(runs, desc="study runs", unit="run", disable=not progress)
@@ -341,9 +386,10 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
         bar.set_postfix_str(f"{run['row']} seed {run['seed']}")
         row = next(r for r in rows if r.label == run["row"] and r.study == run["study"])
         run_dir = out / "runs" / row.study / row.slug / f"seed{run['seed']}"
-        results.append(run_one(row, run["seed"], store, banks, config, run_dir, test_data, progress=False))
-    summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "runs": results,
-               "table": summarise(results, rows)}
+        results.append(run_one(row, run["seed"], store, banks, config, run_dir, test_data, progress=False,
+                               test_set=test.record()))
+    summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "test_set": test.record(),
+               "runs": results, "table": summarise(results, rows)}
     write_study_outputs(summary, rows, out)
     return summary
 
@@ -359,11 +405,162 @@ def ensure_store(config: StudyConfig, out: Path, progress: bool) -> Path:
 
     if config.source_format != "toy" and not config.source:
         raise InputError(f"preset {config.name!r} needs the dataset folder: pass --source DIR (or --store STORE.h5)")
-    prepare(PrepareConfig(format=config.source_format, src=config.source, out=str(path), patch_size=config.patch_size,
-                          stride=config.stride, seed=config.seed, toy_images=config.toy_images,
-                          toy_size=config.toy_size, split_counts=tuple(config.split_counts) or None),
-            progress=progress)
+    try:
+        prep = PrepareConfig(format=config.source_format, src=config.source, out=str(path),
+                             patch_size=config.patch_size, stride=config.stride, seed=config.seed,
+                             toy_images=config.toy_images, toy_size=config.toy_size,
+                             split_counts=tuple(config.split_counts) or None, magnification=config.magnification)
+    except ValueError as exc:
+        raise InputError(f"preset {config.name!r}: {exc}") from None
+    prepare(prep, progress=progress)
     return path
+
+
+# -- the test set -----------------------------------------------------------------------------------
+TEST_STORE = ("data", "test.h5")  # where a --test dataset folder is prepared, under OUT
+
+
+@dataclass(frozen=True)
+class StudyTestSet:
+    """The patches every run of a study is tested on.
+
+    Attributes:
+        path: the PatchStore.
+        split: its split, or None for the whole store.
+        n_patches: patches in it; None while a dataset folder is not prepared yet (dry runs).
+        source: the dataset folder it was prepared from ("" for a given store).
+        external: False for the study store's own Test split.
+        plan: for a folder not prepared yet, how it would be (dry runs).
+    """
+
+    path: str
+    split: str | None
+    n_patches: int | None
+    source: str = ""
+    external: bool = True
+    plan: str = ""
+
+    @classmethod
+    def own(cls, store: PatchStore) -> "StudyTestSet":
+        """The study store's own Test split."""
+        return cls(str(store.path.resolve()), "Test", int(len(store.indices("Test"))), external=False)
+
+    def record(self) -> dict[str, Any]:
+        """What results.json and each run's result.json record."""
+        return {"path": self.path, "split": self.split, "n_patches": self.n_patches, "source": self.source,
+                "external": self.external}
+
+    def describe(self) -> str:
+        """One line for ``benchmark --dry-run``."""
+        where = f"{self.path}:{self.split}" if self.split else f"{self.path} (whole store)"
+        kind = "external" if self.external else "the study store's own"
+        if self.n_patches is None:
+            return f"test set ({kind}): {self.source} prepared into {self.path}{self.plan}"
+        src = f", prepared from {self.source}" if self.source else ""
+        return f"test set ({kind}): {where}: {self.n_patches} patches{src}"
+
+
+def resolve_test_set(config: StudyConfig, store: PatchStore | None, out: str | os.PathLike, *, make: bool = True,
+                     progress: bool = False) -> StudyTestSet | None:
+    """The external test set ``config.test`` names, checked against the study store; None without one.
+
+    ``STORE.h5[:SPLIT]``: a PatchStore split (default: the whole store if it has one split, else
+    Test). A dataset folder: prepared once into ``OUT/data/test.h5`` like the study's own data (its
+    format, magnification, patch size, stride, CoNSeP classes and tissue filter), all its images in
+    Test; an existing ``OUT/data/test.h5`` is reused only if it was made from the same folder and
+    settings.
+
+    Args:
+        store: the study store; None when it is not prepared yet (dry runs: only the test store
+            itself is checked).
+        make: prepare a dataset folder now; False (dry runs) only checks an existing one.
+
+    Raises:
+        InputError: an unreadable test store, an unknown or empty split, a type table, patch
+            size or magnification other than the study store's, a folder that is the study's
+            own data, or a stale ``OUT/data/test.h5``; one line naming both sides.
+    """
+    from hovernet.evaluate import check_same_types, open_eval_store, parse_data_arg
+
+    if not config.test:
+        return None
+    path, split, is_folder = parse_data_arg(config.test)
+    if not is_folder:
+        test, split, n = open_eval_store(path, split)
+        if store is not None:
+            _check_like(test, store)
+        return StudyTestSet(str(path.resolve()), split, n)
+    target = Path(out).joinpath(*TEST_STORE)
+    _check_not_study_data(path, config, store)
+    if store is None:
+        return StudyTestSet(str(target), "Test", None, source=str(path.resolve()),
+                            plan=" like the study's data once that is prepared")
+    want = _test_prepare_config(path, config, store, target)
+    check_same_types(f"test folder {path} ({want.format})", want.table(), f"study store {store.path}",
+                     store.type_table)
+    if target.is_file():
+        _check_prepared(target, want)
+    elif not make:
+        return StudyTestSet(str(target.resolve()), "Test", None, source=want.src,
+                            plan=(f" ({want.format}, {want.split_counts[0]} images, {want.patch_size}-px patches, "
+                                  f"stride {want.stride}, at {want.target():g}x; all Test)"))
+    else:
+        from nasdm_aug.data.prepare import prepare
+
+        prepare(want, progress=progress)
+    test, split, n = open_eval_store(target, "Test")
+    _check_like(test, store)
+    return StudyTestSet(str(target.resolve()), split, n, source=want.src)
+
+
+def _check_like(test: PatchStore, store: PatchStore) -> None:
+    """A test store must share the study store's type table, patch size and magnification."""
+    from hovernet.evaluate import check_same_types
+    from nasdm_aug.data.magnification import check_same_scale
+
+    what, other = f"test store {test.path}", f"study store {store.path}"
+    check_same_types(what, test.type_table, other, store.type_table)
+    check_same_scale(what, test.scale_info(), other, store.scale_info())
+
+
+def _check_not_study_data(folder: Path, config: StudyConfig, store: PatchStore | None) -> None:
+    """Testing on the folder the study trains on would score the models on their own training images."""
+    mine = {Path(p).resolve() for p in (config.source, store.attrs.get("source_dir", "") if store else "") if p}
+    if folder.resolve() in mine:
+        raise InputError(f"--test {folder} is the study's own dataset folder; its images are already split "
+                         "into Train/R1/R2/Test (leave --test out to test on its Test split)")
+
+
+def _test_prepare_config(folder: Path, config: StudyConfig, store: PatchStore, target: Path):
+    """Prepare settings for a test folder: the study store's format, scale, tiling and classes."""
+    from hovernet.evaluate import eval_prepare_config
+
+    like = store.config
+    fmt = config.source_format if config.source_format != "toy" else store.attrs.get("source_format", "")
+    if not fmt:
+        raise InputError(f"study store {store.path} records no source format, so {folder} cannot be prepared "
+                         "like it; prepare it with `nasdm-aug prepare` and pass --test STORE.h5")
+    return eval_prepare_config(folder, fmt, target, patch_size=store.patch_size,
+                               stride=int(like.get("stride") or config.stride),
+                               magnification=store.magnification or 0.0,
+                               consep_classes=like.get("consep_classes", "merged"), like=like)
+
+
+_UNCOMPARED = ("src", "out", "workers", "overwrite")
+
+
+def _check_prepared(path: Path, want) -> None:
+    """Refuse to reuse ``OUT/data/test.h5`` made from another folder or with other settings."""
+    have = PatchStore(path).config
+    old_src = have.get("src") or have.get("keep_source") or ""
+    if not old_src or Path(old_src).resolve() != Path(want.src).resolve():
+        raise InputError(f"{path} was prepared from {old_src or 'another source'}, not {want.src}; "
+                         "delete it or use another --out")
+    wanted = want.to_dict()
+    diffs = [f"{k} {have.get(k)!r}, now {v!r}" for k, v in wanted.items() if k not in _UNCOMPARED and have.get(k) != v]
+    if diffs:
+        raise InputError(f"{path} was prepared from {want.src} with other settings ({'; '.join(diffs)}); "
+                         "delete it or use another --out")
 
 
 def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nasdm_aug.config import ConfigBase
+from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.mixing.balance import parse_combination, split_combination
@@ -189,10 +190,8 @@ def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | No
             combination_presence(config.combinations, gen.type_table)
         return None
     real = PatchStore(config.masks)
-    if real.patch_size != gen.patch_size:
-        raise InputError(
-            f"{config.masks}: {real.patch_size}-px patches, but the patch model was trained on {gen.patch_size}-px patches"
-        )
+    check_same_scale(f"mask store {config.masks}", real.scale_info(), f"the model ({', '.join(config.model)})",
+                     gen.scale_info())
     if real.type_table.names != gen.type_table.names:
         raise InputError(f"{config.masks}: types {real.type_table.names} differ from the model's {gen.type_table.names}")
     return real
@@ -245,7 +244,8 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
                   "steps": config.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),
-                          origin="synthetic", overwrite=overwrite, attrs={"provenance": provenance, **(attrs or {})}) as writer:
+                          origin="synthetic", overwrite=overwrite,
+                          attrs={"provenance": provenance, "magnification": gen.magnification, **(attrs or {})}) as writer:
         if real is not None:
             writer.set_splits(real.splits)
         for c in range(n_chunks):

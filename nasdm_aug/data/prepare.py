@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.magnification import NATIVE_MAGNIFICATION, microns_per_pixel, rescale_tile
 from nasdm_aug.data.readers import READERS, get_reader
-from nasdm_aug.data.splits import PAPER_FRACTIONS, SplitSpec, make_splits, split_of
+from nasdm_aug.data.splits import PAPER_FRACTIONS, SplitSpec, make_splits, split_counts, split_of
 from nasdm_aug.data.store import PatchStoreWriter
 from nasdm_aug.data.tile import Tile
 from nasdm_aug.data.tiling import Patches, TilingConfig, tile_image
@@ -122,12 +122,13 @@ def _per_type(tile: Tile, n_types: int) -> np.ndarray:
     return np.bincount(cls[1:], minlength=n_types + 1)
 
 
-def _process(tile: Tile, table: NucleiTypeTable, tiling: TilingConfig, scale: float, min_area: int
-             ) -> tuple[str, Patches, np.ndarray]:
-    """Resample (to the store's magnification) and tile one image; nuclei counted after resampling."""
+def _process(tile: Tile, table: NucleiTypeTable, tiling: TilingConfig | None, scale: float, min_area: int
+             ) -> tuple[str, Patches | None, np.ndarray]:
+    """Resample (to the store's magnification) and tile one image (``tiling`` None: count only);
+    nuclei are counted after resampling."""
     if scale != 1.0:
         tile = rescale_tile(tile, scale, min_area)
-    return tile.name, tile_image(tile, tiling), _per_type(tile, table.n_types)
+    return tile.name, None if tiling is None else tile_image(tile, tiling), _per_type(tile, table.n_types)
 
 
 def _job(args: tuple) -> tuple[str, Patches, np.ndarray]:
@@ -137,10 +138,10 @@ def _job(args: tuple) -> tuple[str, Patches, np.ndarray]:
     return _process(tile, table, tiling, scale, min_area)
 
 
-def _results(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: NucleiTypeTable
-             ) -> Iterator[tuple[str, Patches, np.ndarray]]:
-    """(name, patches, nuclei per type) for each image, in the order of ``names``."""
-    tiling, scale, options = cfg.tiling(), cfg.scale(), cfg.reader_options()
+def _results(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: NucleiTypeTable, tile: bool = True
+             ) -> Iterator[tuple[str, Patches | None, np.ndarray]]:
+    """(name, patches or None without ``tile``, nuclei per type) for each image, in the order of ``names``."""
+    tiling, scale, options = cfg.tiling() if tile else None, cfg.scale(), cfg.reader_options()
     if cfg.workers == 1:
         for tile in get_reader(fmt).read(src, names, table, **options):
             yield _process(tile, table, tiling, scale, cfg.min_nucleus_area)
@@ -149,6 +150,17 @@ def _results(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: Nu
     # spawn, not fork: the parent may hold an open HDF5 file and torch's thread pools
     with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
         yield from pool.imap(_job, jobs, chunksize=1)  # imap keeps the input order
+
+
+def _type_counts(cfg: PrepareConfig, fmt: str, src: str, names: list[str], table: NucleiTypeTable,
+                 progress: bool) -> np.ndarray:
+    """Nuclei per type [len(names), n_types] of each image, as the store will hold them."""
+    out = np.zeros((len(names), table.n_types), np.int64)
+    bar = tqdm(_results(cfg, fmt, src, names, table, tile=False), total=len(names), desc="count types",
+               unit="img", disable=not progress)
+    for k, (_, _, per_type) in enumerate(bar):
+        out[k] = per_type[1:]
+    return out
 
 
 def _new_summary(cfg: PrepareConfig, table: NucleiTypeTable) -> dict[str, Any]:
@@ -216,8 +228,14 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
         names = names[: config.limit]
     if not names:
         raise InputError(f"{src}: empty dataset (no images)")
+    # a first pass (read and resample, no tiling) counts nuclei per type, so that every held-out
+    # split can hold every type; it is skipped where the whole store is one split
     try:
-        splits = make_splits(names, config.split_spec(), groups=[spec.group(n) for n in names])
+        n_groups = len({spec.group(n) for n in names})
+        sizes = split_counts(n_groups, config.split_spec())
+        held_out = sizes["Test"] + sizes["R2"] + sizes["R1"] > 0 and sizes["Test"] < n_groups
+        counts = _type_counts(config, fmt, src, names, table, progress) if held_out else None
+        splits = make_splits(names, config.split_spec(), groups=[spec.group(n) for n in names], type_counts=counts)
     except ValueError as exc:
         raise InputError(f"{src}: {exc}") from None
     meta_split = split_of(splits)
@@ -297,6 +315,12 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{summary.get('seconds', 0):.1f} s)",
              fmt(head), *(fmt(r) for r in rows)]
     lines.append("R1 is a subset of Train; nuclei are counted once per source image.")
+    present = [t for t, n in summary["nuclei"].items() if n]
+    for split, row in summary["splits"].items():
+        missing = [t for t in present if row["images"] and not row["nuclei"][t]]
+        if missing:
+            lines.append(f"warning: {split} holds no {', '.join(missing)} nuclei (too few images hold them); its "
+                         "per-type metrics will be undefined")
     if summary["images_without_patches"]:
         lines.append(f"{len(summary['images_without_patches'])} image(s) gave no patches "
                      f"(too small or too little tissue): {', '.join(summary['images_without_patches'][:5])}")

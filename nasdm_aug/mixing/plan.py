@@ -17,6 +17,7 @@ from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.balance import (check_target_name, greedy_balance, l1_to_target, named_values, needed_types,
                                       resolve_target, type_counts)
+from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.utils import InputError
 
 __all__ = ["MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of"]
@@ -183,6 +184,7 @@ def check_bank_fits(real: PatchStore, bank: PatchStore) -> None:
     if bank.patch_size != real.patch_size:
         raise InputError(f"{bank.path}: patch size {bank.patch_size} does not match the real store's "
                          f"{real.patch_size} ({real.path})")
+    check_same_scale(f"bank {bank.path}", bank.scale_info(), f"the real store {real.path}", real.scale_info())
     if bank.type_table != real.type_table:
         raise InputError(f"{bank.path}: type table {bank.type_table.name!r} ({bank.type_table.n_types} types) "
                          f"does not match the real store's {real.type_table.name!r} "

@@ -90,7 +90,8 @@ _PAPER: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, "paper": _PAPER}
 
 
-def fit_to_size(preset: dict[str, Any], image_size: int, keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+def fit_to_size(preset: dict[str, Any], image_size: int, keep: frozenset[str] = frozenset(),
+                *, channel_mults: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The preset's depth and attention levels for ``image_size``.
 
     A preset is designed at one size (``preset["image_size"]``). At another size, levels are
@@ -99,7 +100,8 @@ def fit_to_size(preset: dict[str, Any], image_size: int, keep: frozenset[str] = 
     ``tiny`` model has the 64-px one's bottleneck and attention, one level higher up. Sizes that
     are not the preset's times a power of two keep as many halvings as fit and put attention at
     the reachable feature sizes nearest (in octaves) to the preset's. Fields named in ``keep``
-    (explicit overrides) are left as given.
+    (explicit overrides) are left as given; ``channel_mults``, the value of a kept depth, is the
+    one attention is placed on (without it, the preset's).
 
     Raises:
         ValueError: ``image_size`` smaller than the preset's lowest feature size.
@@ -118,6 +120,8 @@ def fit_to_size(preset: dict[str, Any], image_size: int, keep: frozenset[str] = 
         extra = levels - len(mults)
         mults = (1,) * extra + mults if extra >= 0 else mults[-extra:]
         out["channel_mults"] = mults
+    elif channel_mults is not None:  # an explicit depth: attention goes on it, not on the preset's
+        out["channel_mults"] = tuple(channel_mults)
     if "attention_resolutions" not in keep:
         sizes = [image_size >> level for level in range(len(out["channel_mults"]))]
         if image_size % (1 << (len(out["channel_mults"]) - 1)) == 0:
@@ -141,7 +145,8 @@ def get_preset(kind: str, name: str, **overrides: Any) -> UNetConfig:
         raise KeyError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
     preset = PRESETS[name]
     if "image_size" in overrides:
-        preset = fit_to_size(preset, int(overrides["image_size"]), frozenset(overrides))
+        preset = fit_to_size(preset, int(overrides["image_size"]), frozenset(overrides),
+                             channel_mults=overrides.get("channel_mults"))
     fields = {"kind": kind, **preset, **overrides}
     if kind == "mask":  # presets hold no in/out channels, so these defaults never mask an override
         fields.setdefault("in_channels", mask_channels(fields.get("n_types", 6)))

@@ -126,6 +126,6 @@ def test_wrong_patch_size_and_dry_run(runs, tmp_path):
         w.append(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.int32), np.zeros((32, 32), np.uint8))
     res = subprocess.run([sys.executable, "-m", "cli.main", *_args(runs, tmp_path / "o.h5", "--masks", str(store))],
                          capture_output=True, text=True)
-    assert res.returncode == 2 and "32-px patches, but the patch model was trained on 16-px" in res.stderr
+    assert res.returncode == 2 and "has 32-px patches but the model" in res.stderr and "has 16-px patches" in res.stderr
     res = CliRunner().invoke(cli, _args(runs, tmp_path / "o.h5", "--types", "all", "--num", "7", "--dry-run"))
     assert res.exit_code == 0 and "patches: 7" in res.output and not (tmp_path / "o.h5").exists()
