@@ -33,11 +33,13 @@ import click
               help="Balance study: target nuclei-type distribution (default: the preset's, uniform).")
 # -- protocol
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Runs (seeds) per row.")
+@click.option("--epochs", default=None, metavar="P1,P2",
+              help="HoVerNet epochs of phase 1 (encoder frozen) and phase 2 (all layers), overriding the preset's.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
 @click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
 @click.option("--dry-run", is_flag=True, help="Print the config and the runs with their data sizes, then exit.")
-def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_bank, balance_target, runs, seed, device,
-              dry_run) -> None:
+def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_bank, balance_target, runs, epochs, seed,
+              device, dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
     (or on --test)."""
     from pathlib import Path
@@ -53,6 +55,12 @@ def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_b
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     if models:
         config = config.replace(model=tuple(models))
+    if epochs is not None:
+        try:
+            config = config.replace(epochs=tuple(int(e) for e in epochs.split(",")))
+        except ValueError as exc:
+            raise click.BadParameter(f"expected two epoch counts P1,P2 (e.g. 1,2), got {epochs!r} ({exc})",
+                                     param_hint="--epochs") from None
     rows = select_rows(study)
     if dry_run:
         click.echo(config.to_json())

@@ -12,7 +12,8 @@ from nasdm_aug.utils import InputError
 @click.command("evaluate")
 # -- data
 @click.option("--real", "real_arg", required=True, metavar="STORE[:SPLIT]", help="Real PatchStore (all patches without a split).")
-@click.option("--synthetic", required=True, type=click.Path(dir_okay=False), metavar="BANK.h5", help="Synthetic bank.")
+@click.option("--synthetic", required=True, metavar="BANK.h5[:SPLIT]",
+              help="Synthetic bank (or a real store's split, for a real-against-real baseline).")
 # -- networks
 @click.option("--segmenter", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="HoVerNet run trained on real data; enables the mask-fidelity criteria and PNGs.")
@@ -43,7 +44,8 @@ def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: st
 
     real, split = parse_store_arg(real_arg)
     data = EvaluateConfig.load(config_path).to_dict() if config_path else {}
-    data.update(real=real, real_split=split or "", synthetic=synthetic)
+    synthetic, synthetic_split = parse_store_arg(synthetic)
+    data.update(real=real, real_split=split or "", synthetic=synthetic, synthetic_split=synthetic_split or "")
     for key, value in (("segmenter", segmenter), ("inception", inception), ("max_patches", max_patches),
                        ("batch_size", batch_size), ("device", device), ("seed", seed)):
         if value is not None:

@@ -224,6 +224,7 @@ class NASDMGenerator:
         table = NucleiTypeTable.from_json(patch_info["type_table"])
         files = [resolve_checkpoint(patch_run) / ("ema.safetensors" if ema else "model.safetensors")]
         mask_model = mask_config = None
+        mask_info: dict = {}
         if mask_run is not None:
             mask_model, mask_config = cls._load(mask_run, "mask", ema, device)
             mask_info = load_data_info(mask_run)
@@ -234,7 +235,7 @@ class NASDMGenerator:
             files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
         gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
                   model_hash=_file_hash(files))
-        gen.magnification = patch_info.get("magnification")
+        gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
         return gen
 
     @staticmethod

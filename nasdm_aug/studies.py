@@ -144,7 +144,7 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
     # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
-                          hovernet_preset="tiny", epochs=(5, 10), n_runs=3, val_patches=64),
+                          hovernet_preset="tiny", epochs=(2, 3), n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
                           hovernet_preset="paper", n_runs=3, val_patches=512, synth_batch_size=32),

