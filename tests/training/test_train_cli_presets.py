@@ -81,7 +81,7 @@ def test_consep_cpu_keeps_its_training_settings_at_128(store128, tmp_path, capsy
     code, out, _ = _run(capsys, "train", "mask", "--store", str(store128), "--preset", "consep-cpu",
                         "--out", str(tmp_path / "run"), "--dry-run")  # fmt: skip
     cfg = json.loads(out)
-    assert code == 0 and (cfg["steps"], cfg["lr"], cfg["batch_size"]) == (4000, 3e-4, 8)
+    assert code == 0 and (cfg["steps"], cfg["lr"], cfg["batch_size"]) == (3500, 3e-4, 8)
 
 
 @pytest.mark.parametrize("kind, preset, size, bottom", [
