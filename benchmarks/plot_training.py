@@ -28,7 +28,7 @@ def main() -> None:
         steps = [r["step"] for r in recs]
         for ax, key in zip(axes, ("loss", "mse", "vb")):
             ax.plot(steps, [r[key] for r in recs], label=name)
-    for ax, title in zip(axes, ("hybrid loss", "eps MSE (L_simple)", "vb term (x 0.001 in the loss)")):
+    for ax, title in zip(axes, ("hybrid loss", "eps MSE (L_simple)", "vb term (weighted, as added to the loss)")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title)

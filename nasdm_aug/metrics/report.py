@@ -52,7 +52,8 @@ def _table1(result: dict[str, Any]) -> list[str]:
         "| Set | N | FID ↓ | IS ↑ | KID ×10³ ↓ |", "|---|---:|---:|---:|---:|",
         f"| real ({Path(real['store']).name}{split}) | {real['n']} | 0 (reference) | "
         f"{_f(g['is_real']['mean'], 2)} ± {_f(g['is_real']['std'], 2)} | 0 (reference) |",
-        f"| synthetic ({Path(syn['store']).name}) | {syn['n']} | {_f(g['fid'], 2)} | "
+        f"| {'real' if syn.get('origin') == 'real' else 'synthetic'} ({Path(syn['store']).name}"
+        f"{':' + syn['split'] if syn.get('split') else ''}) | {syn['n']} | {_f(g['fid'], 2)} | "
         f"{_f(g['is_synthetic']['mean'], 2)} ± {_f(g['is_synthetic']['std'], 2)} | "
         f"{_f(kid['mean'] * 1e3, 2)} ± {_f(kid['std'] * 1e3, 2)} |",
         "",
