@@ -143,9 +143,10 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
                         model=("toy",), steps=25, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
     # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x;
-    # S1 / S2 (if made here) with DPM-Solver++(2M) in 20 unguided steps, so they fit a CPU sitting
+    # S1 / S2 (if made here) by ancestral DDPM in 25 unguided steps, so they fit a CPU sitting
+    # (DPM-Solver++(2M) at 20 steps left visible noise with these models: docs/real-tissue.md)
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
-                          sampler="dpmpp_2m", steps=20, guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
+                          sampler="ddpm", steps=25, guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
                           n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
