@@ -128,14 +128,8 @@ def test_non_power_of_two_size_takes_the_nearest_feature_sizes():
 
 
 # -- one training step --------------------------------------------------------------------------------
-def _unzero(model: torch.nn.Module) -> torch.nn.Module:
-    """Give zero-initialised layers random weights, so every parameter gets a gradient."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.normal_(0.0, 0.05)
-    return model
+# zero-initialised layers get random weights there, so every parameter gets a gradient
+from test_unet_models import _unzero  # noqa: E402
 
 
 def _train_step(config, batch: int = 1, seed: int = 0) -> None:
