@@ -109,7 +109,7 @@ def evaluate(model_dir: str, data_arg: str, fmt: str | None, consep_classes: str
                         progress=True) as (ds, desc):
         result = run_evaluate(model_dir, ds, out, n_overlay=overlays, batch_size=batch_size, device=device,
                               overwrite=overwrite, data_desc=desc)
-    keys = ("dice", "miou", "pq", "aji", "mpq_plus")
+    keys = ("dice", "miou", "dice_with_bg", "miou_with_bg", "pq", "aji", "mpq_plus")
     click.echo(json.dumps({k: result[k] for k in keys}) + f"  -> {Path(out) / 'metrics.json'}")
 
 

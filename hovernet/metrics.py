@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice as monai_dice
 from monai.metrics import compute_iou as monai_iou
+from monai.metrics.utils import do_metric_reduction
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -193,17 +194,20 @@ def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np
 
     mPQ+ (CoNIC): for each type, instances of that type are matched on their own, and
     ``tp``, ``fp``, ``fn``, ``iou_sum`` are summed over all patches before PQ is taken.
-    Classification F1 (HoVerNet, Eq. 6) uses the type-agnostic pairs instead: among them it
-    counts ``tp_c``, ``tn_c``, ``fp_c``, ``fn_c``, plus the unpaired ``fp_d`` / ``fn_d`` of the type.
+    Classification F1 (HoVerNet, Eq. 6) uses the type-agnostic pairs instead, keeping for type t
+    only the pairs in which gt or prediction is t (as hover_net's ``compute_stats._f1_type``): among
+    them it counts ``tp_c`` (both t), ``fp_c`` (pred t, gt not), ``fn_c`` (gt t, pred not), plus the
+    unpaired ``fp_d`` / ``fn_d`` of the type. A pair in which neither side is t never enters type t's
+    counts, so hover_net's "true negative" term is always 0 and is not kept.
     (HoVerNet pairs by centroid distance; we use the same IoU > 0.5 pairs as PQ.)
 
     Returns:
         dict of int arrays [n_types] (index k is type k + 1): ``tp``, ``fp``, ``fn``, ``iou_sum``
-        (float), ``tp_c``, ``tn_c``, ``fp_c``, ``fn_c``, ``fp_d``, ``fn_d``.
+        (float), ``tp_c``, ``fp_c``, ``fn_c``, ``fp_d``, ``fn_d``.
     """
     p_types, g_types = instance_types(pred_inst, pred_type), instance_types(gt_inst, gt_type)
     out = {k: np.zeros(n_types, np.float64 if k == "iou_sum" else np.int64)
-           for k in ("tp", "fp", "fn", "iou_sum", "tp_c", "tn_c", "fp_c", "fn_c", "fp_d", "fn_d")}
+           for k in ("tp", "fp", "fn", "iou_sum", "tp_c", "fp_c", "fn_c", "fp_d", "fn_d")}
     for t in range(1, n_types + 1):
         p_keep = [i for i, v in p_types.items() if v == t]
         g_keep = [i for i, v in g_types.items() if v == t]
@@ -218,7 +222,6 @@ def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np
     ug = np.array([g_types[int(i)] for i in m["unmatched_gt"]], dtype=np.int64)
     for t in range(1, n_types + 1):
         out["tp_c"][t - 1] = np.sum((pt == t) & (gtt == t))
-        out["tn_c"][t - 1] = np.sum((pt != t) & (gtt != t))
         out["fp_c"][t - 1] = np.sum((pt == t) & (gtt != t))
         out["fn_c"][t - 1] = np.sum((pt != t) & (gtt == t))
         out["fp_d"][t - 1] = np.sum(up == t)
@@ -227,10 +230,25 @@ def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np
 
 
 def _f1_type(s: dict[str, np.ndarray], k: int) -> float:
-    """HoVerNet's F_c^t with weights (2, 2, 1, 1) as in its ``compute_stats.py``."""
-    good = 2 * (s["tp_c"][k] + s["tn_c"][k])
+    """HoVerNet's F_c^t with weights (2, 2, 1, 1) as in its ``compute_stats.py``:
+    2 tp_c / (2 tp_c + 2 fp_c + 2 fn_c + fp_d + fn_d) (its tn term is 0 over the kept pairs)."""
+    good = 2 * s["tp_c"][k]
     denom = good + 2 * s["fp_c"][k] + 2 * s["fn_c"][k] + s["fp_d"][k] + s["fn_d"][k]
     return float(good / denom) if denom else math.nan
+
+
+_PIXEL_KEYS = ("dice", "miou", "dice_with_bg", "miou_with_bg", "dice_types", "miou_types")
+
+
+def _monai_mean(values: torch.Tensor) -> float:
+    """MONAI's ``reduction="mean"`` of [N, C] per-patch values: channels first, then patches.
+
+    ``nan`` (not MONAI's 0) when no value is defined, so an empty set reads as undefined.
+    """
+    if not torch.any(~torch.isnan(values)):
+        return math.nan
+    reduced, _ = do_metric_reduction(values.clone().float(), "mean")
+    return float(reduced)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -241,12 +259,21 @@ def _nanmean(values: Sequence[float]) -> float:
 class HoVerNetMetrics:
     """Accumulates the paper's metrics over a dataset of patches.
 
-    Pixel metrics follow the NASDM paper: Dice and mean IoU per channel, then averaged over
-    patches (MONAI's ``reduction="mean"``; patches whose gt channel is empty are skipped).
-    ``dice`` / ``miou`` are computed on the binary nuclei map (the np branch after
-    post-processing: instance map > 0); ``dice_types`` / ``miou_types`` on the one-hot type map
-    without background. ``pq``, ``dq``, ``sq``, ``aji``, ``aji_plus`` are per-patch means
-    (HoVerNet's convention); ``pq_plus`` pools counts over the dataset; ``mpq_plus`` is CoNIC's.
+    Pixel metrics are MONAI's ``compute_dice`` / ``compute_iou`` per patch and channel, reduced as
+    MONAI's ``reduction="mean"`` (``do_metric_reduction``): first the mean over the channels of a
+    patch, then the mean over patches; a channel whose gt is empty is skipped (``ignore_empty``),
+    and so is a patch with no channel left. Two readings of the binary nuclei Dice are reported:
+
+    - ``dice`` / ``miou``: the nuclei channel alone (instance map > 0), hover_net's Dice1 per patch;
+    - ``dice_with_bg`` / ``miou_with_bg``: MONAI's ``DiceMetric`` / ``MeanIoU`` with
+      ``include_background=True`` over the two channels [background, nuclei], the only binary
+      setting in which the paper's "first by channel and then by batch" averaging changes anything.
+
+    ``dice_types`` / ``miou_types`` are the same reduction over the one-hot type map without
+    background. ``pq``, ``dq``, ``sq``, ``aji``, ``aji_plus`` are per-patch means (HoVerNet's
+    convention); ``pq_plus`` pools counts over the dataset; ``mpq_plus`` is CoNIC's (the mean of
+    the pooled per-type PQ over all types, an absent type counting 0) and ``mpq_plus_present`` the
+    mean over the types present in gt or prediction only.
 
     Args:
         n_types: number of nuclei types (background excluded).
@@ -267,7 +294,7 @@ class HoVerNetMetrics:
         # per-patch, per-channel values of MONAI's compute_dice / compute_iou (nan: empty gt channel).
         # MONAI's DiceMetric/MeanIoU objects are not used: their aggregate() all-gathers over
         # ranks, which deadlocks when only rank 0 validates under torchrun.
-        self._pixel: dict[str, list[torch.Tensor]] = {"dice": [], "miou": [], "dice_types": [], "miou_types": []}
+        self._pixel: dict[str, list[torch.Tensor]] = {k: [] for k in _PIXEL_KEYS}
         self._per_patch: dict[str, list[float]] = {"pq": [], "dq": [], "sq": [], "aji": [], "aji_plus": []}
         self._counts = np.zeros(4)  # tp, fp, fn, iou_sum of the type-agnostic matching
         self._types: dict[str, np.ndarray] | None = None
@@ -285,13 +312,15 @@ class HoVerNetMetrics:
 
     def _update_one(self, pi: np.ndarray, pt: np.ndarray, gi: np.ndarray, gtt: np.ndarray) -> None:
         onehot = lambda a, c: torch.nn.functional.one_hot(torch.as_tensor(a, dtype=torch.long), c).permute(2, 0, 1)[None]  # noqa: E731
-        fg_p, fg_g = onehot(pi > 0, 2)[:, 1:], onehot(gi > 0, 2)[:, 1:]
+        bin_p, bin_g = onehot(pi > 0, 2), onehot(gi > 0, 2)
         c = self.n_types + 1
         tp_, tg_ = onehot(np.where(pi > 0, pt, 0).clip(0, c - 1), c), onehot(np.where(gi > 0, gtt, 0).clip(0, c - 1), c)
-        self._pixel["dice"].append(monai_dice(fg_p, fg_g, include_background=True, ignore_empty=True).flatten())
-        self._pixel["miou"].append(monai_iou(fg_p, fg_g, include_background=True, ignore_empty=True).flatten())
-        self._pixel["dice_types"].append(monai_dice(tp_, tg_, include_background=False, ignore_empty=True).flatten())
-        self._pixel["miou_types"].append(monai_iou(tp_, tg_, include_background=False, ignore_empty=True).flatten())
+        # rows [1, C]: the reduction over channels happens in aggregate()
+        for key, (p_, g_, bg) in {"dice": (bin_p, bin_g, False), "dice_with_bg": (bin_p, bin_g, True),
+                                  "dice_types": (tp_, tg_, False)}.items():
+            self._pixel[key].append(monai_dice(p_, g_, include_background=bg, ignore_empty=True))
+            self._pixel[key.replace("dice", "miou")].append(
+                monai_iou(p_, g_, include_background=bg, ignore_empty=True))
         s = compute_pq(pi, gi)
         for k in ("pq", "dq", "sq"):
             self._per_patch[k].append(s[k])
@@ -305,15 +334,15 @@ class HoVerNetMetrics:
         """Return the dataset metrics.
 
         Returns:
-            dict with ``n_patches``, ``dice``, ``miou``, ``dice_types``, ``miou_types``, ``pq``,
-            ``dq``, ``sq``, ``aji``, ``aji_plus``, ``pq_plus``, ``mpq_plus``, ``f1_detection``
-            and ``per_type`` ({name: {pq, dq, sq, f1, n_gt}}); ``nan`` where undefined.
+            dict with ``n_patches``, ``dice``, ``miou``, ``dice_with_bg``, ``miou_with_bg``,
+            ``dice_types``, ``miou_types``, ``pq``, ``dq``, ``sq``, ``aji``, ``aji_plus``,
+            ``pq_plus``, ``mpq_plus``, ``mpq_plus_present``, ``f1_detection`` and ``per_type``
+            ({name: {pq, dq, sq, f1, n_gt}}); ``nan`` where undefined.
         """
         n = len(self._per_patch["pq"])
         out: dict[str, Any] = {"n_patches": n}
         for key, vals in self._pixel.items():
-            # MONAI's reduction="mean": the mean over patches and channels of the non-nan values
-            out[key] = _nanmean(torch.cat(vals).tolist()) if vals else math.nan
+            out[key] = _monai_mean(torch.cat(vals)) if vals else math.nan
         out.update({k: _nanmean(v) for k, v in self._per_patch.items()})
         tp, fp, fn, iou_sum = (float(c) for c in self._counts)
         out["pq_plus"] = pq_from_stats(tp, fp, fn, iou_sum)["pq"]
@@ -328,6 +357,8 @@ class HoVerNetMetrics:
             per_type[name] = {**q, "f1": _f1_type(ts, k), "n_gt": int(ts["tp"][k] + ts["fn"][k])}
             pqs.append(q["pq"])
         out["per_type"] = per_type
-        # CoNIC's mPQ+ averages the pooled per-type PQ over types present in gt or pred
-        out["mpq_plus"] = _nanmean(pqs)
+        # CoNIC's compute_metrics.py averages over every class: an absent class scores 0 there
+        # (its 1e-6 guards turn 0/0 into 0); the mean over present types is kept under its own name
+        out["mpq_plus"] = float(np.mean([0.0 if math.isnan(q) else q for q in pqs])) if pqs else math.nan
+        out["mpq_plus_present"] = _nanmean(pqs)
         return out

@@ -91,7 +91,10 @@ PAPER_STUDIES = ("addition", "replacement", "real-vs-synthetic")
 PLOT_AXES = {"addition": "S2 added (% of R2)", "replacement": "synthetic share of R2 (%)",
              "real-vs-synthetic": "synthetic share (%)", "balance": "nuclei type"}
 BANK_SPLITS = {"S1": "R1", "S2": "R2", "B": "R2"}
-METRICS = ("dice", "miou", "pq", "aji")
+METRICS = ("dice", "miou", "dice_with_bg", "miou_with_bg", "pq", "aji")
+# bumped whenever a reported metric's definition changes: a cached result scored under another
+# version is scored again from its kept HoVerNet model (no retraining)
+METRICS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,8 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     """Train and test one (row, seed); cached in ``run_dir/result.json``.
 
     ``test_set`` (a :meth:`StudyTestSet.record`) is recorded in the result; a cached result scored
-    on another test set is not reused: the trained model (kept in ``run_dir/hovernet``) is scored again.
+    on another test set, or with metrics of another ``METRICS_VERSION``, is not reused: the trained
+    model (kept in ``run_dir/hovernet``) is scored again.
     """
     from hovernet.evaluate import evaluate_model, load_hovernet
     from hovernet.trainer import train_hovernet
@@ -259,7 +263,7 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     result_path = run_dir / "result.json"
     if result_path.is_file():
         cached = json.loads(result_path.read_text())
-        if _same_test_set(cached, test_set):
+        if _same_test_set(cached, test_set) and cached.get("metrics_version", 1) == METRICS_VERSION:
             return cached
     bank = banks.get(row.bank) if row.bank else None
     data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
@@ -273,9 +277,10 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     model, cfg, _ = load_hovernet(model_dir, "cpu" if config.device == "auto" else config.device)
     metrics, _ = evaluate_model(model, test_data, cfg, list(store.type_table.names), progress=False)
     plan = data.plan()
-    result = {"study": row.study, "row": row.label, "seed": seed, "n_patches": len(plan),
+    result = {"study": row.study, "row": row.label, "seed": seed, "metrics_version": METRICS_VERSION,
+              "n_patches": len(plan),
               "n_synthetic": int(np.sum(plan.origin == 1)), "n_real": int(np.sum(plan.origin == 0)),
-              "metrics": {k: metrics[k] for k in (*METRICS, "mpq_plus", "f1_detection")},
+              "metrics": {k: metrics[k] for k in (*METRICS, "mpq_plus", "mpq_plus_present", "f1_detection")},
               "per_type": metrics["per_type"]}
     if test_set is not None:
         result["test_set"] = test_set
@@ -318,7 +323,7 @@ def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> li
                                  "n_patches": runs[0]["n_patches"], "n_real": runs[0]["n_real"],
                                  "n_synthetic": runs[0]["n_synthetic"]}
         for m in METRICS:
-            entry[m], entry[f"{m}_std"] = _mean_std([r["metrics"][m] for r in runs])
+            entry[m], entry[f"{m}_std"] = _mean_std([r["metrics"].get(m) for r in runs])
         if all(r.get("per_type") for r in runs):
             entry["per_type"] = _per_type_summary(runs)
         if "train_nuclei" in runs[0]:

@@ -181,7 +181,9 @@ def test_overfit_few_patches():
     last = {k: float(v.detach()) for k, v in terms.items()}
     assert last["np_ce"] < first["np_ce"] / 10 and last["hv_mse"] < first["hv_mse"] / 10, (first, last)
     metrics, kept = evaluate_model(model, items, cfg, batch_size=2, n_keep=1, progress=False)
-    assert metrics["dice"] > 0.85 and metrics["pq"] > 0.6 and metrics["mpq_plus"] > 0.5, metrics
+    # two patches do not hold every type, and CoNIC's mPQ+ counts an absent type as 0: judge the
+    # types that are there
+    assert metrics["dice"] > 0.85 and metrics["pq"] > 0.6 and metrics["mpq_plus_present"] > 0.5, metrics
     assert kept[0]["image"].dtype == np.uint8 and kept[0]["pred_inst"].max() >= 4
 
 
