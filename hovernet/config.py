@@ -9,7 +9,7 @@ from typing import Literal
 
 from nasdm_aug.config import ConfigBase
 
-__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "TrainConfig", "PRESETS", "get_preset"]
+__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "TrainConfig", "PRESETS", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,26 @@ class LossConfig(ConfigBase):
 @dataclass(frozen=True)
 class PostprocessConfig(ConfigBase):
     """Marker-controlled watershed of HoVerNet; defaults are MONAI's HoVerNetInstanceMapPostProcessing
-    except ``marker_radius`` and ``fill_unmarked`` (``PostprocessConfig.monai()`` gives MONAI's exactly)."""
+    except ``marker_radius`` and ``fill_unmarked``. Named settings: :meth:`monai` (MONAI's exactly)
+    and :meth:`hovernet` (hover_net's ``process()``); ``POSTPROCESS_PRESETS`` lists them."""
 
     np_threshold: float = 0.5  # foreground when P(nucleus) >= threshold
     min_object_size: int = 10  # remove foreground blobs and markers smaller than this (pixels)
     sobel_kernel_size: int = 5  # Sobel kernel on hv (HoVerNet used 21 at 40x on 1000-px tiles)
     smooth_sigma: float = 1.0  # Gaussian smoothing of the distance (energy) map
+    # 0: scipy's gaussian_filter (truncated at 4 sigma, zero outside); an odd k: OpenCV's
+    # GaussianBlur((k, k), smooth_sigma) (reflect-101 border; sigma 0 means OpenCV's own kernel)
+    smooth_size: int = 0
     marker_threshold: float = 0.4  # energy >= threshold is "uncertain" and removed from markers
-    marker_radius: int = 1  # disk radius of the marker opening (MONAI: 2, for 40x; 1 keeps small 20x nuclei)
+    marker_radius: int = 1  # radius of the marker opening (MONAI: 2, for 40x; 1 keeps small 20x nuclei)
+    # "disk": scikit-image's disk; "ellipse": OpenCV's MORPH_ELLIPSE of size 2r+1, the image
+    # border ignored as cv2.morphologyEx does
+    marker_shape: str = "disk"
     connectivity: int = 1  # watershed connectivity
     fill_unmarked: bool = True  # a blob with no marker becomes one nucleus (HoVerNet/MONAI drop it)
+    # "types": majority of each pixel's most likely non-background type (every nucleus gets a type);
+    # "argmax": majority of the full argmax, the runner-up when background wins (hover_net)
+    type_vote: str = "types"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.np_threshold < 1.0 or not 0.0 < self.marker_threshold < 1.0:
@@ -70,13 +80,37 @@ class PostprocessConfig(ConfigBase):
             raise ValueError(f"sobel_kernel_size must be odd and >= 3, got {self.sobel_kernel_size}")
         if self.min_object_size < 0 or self.marker_radius < 0 or self.smooth_sigma < 0:
             raise ValueError("min_object_size, marker_radius and smooth_sigma must be >= 0")
+        if self.smooth_size < 0 or (self.smooth_size and self.smooth_size % 2 == 0):
+            raise ValueError(f"smooth_size must be 0 or odd, got {self.smooth_size}")
         if self.connectivity not in (1, 2):
             raise ValueError(f"connectivity must be 1 or 2, got {self.connectivity}")
+        if self.marker_shape not in ("disk", "ellipse"):
+            raise ValueError(f"marker_shape must be 'disk' or 'ellipse', got {self.marker_shape!r}")
+        if self.type_vote not in ("types", "argmax"):
+            raise ValueError(f"type_vote must be 'types' or 'argmax', got {self.type_vote!r}")
 
     @classmethod
     def monai(cls) -> "PostprocessConfig":
         """The settings of MONAI's HoVerNetInstanceMapPostProcessing defaults (for comparisons)."""
         return cls(marker_radius=2, fill_unmarked=False)
+
+    @classmethod
+    def hovernet(cls) -> "PostprocessConfig":
+        """hover_net's ``process()`` (``__proc_np_hv`` and the type vote): Sobel 21, OpenCV's
+        3x3 Gaussian, a 5x5 elliptical opening, unmarked blobs dropped, the argmax vote."""
+        return cls(sobel_kernel_size=21, smooth_sigma=0.0, smooth_size=3, marker_radius=2, marker_shape="ellipse",
+                   fill_unmarked=False, type_vote="argmax")
+
+    @classmethod
+    def preset(cls, name: str) -> "PostprocessConfig":
+        """One of ``POSTPROCESS_PRESETS`` by name."""
+        if name not in POSTPROCESS_PRESETS:
+            raise ValueError(f"unknown post-processing preset {name!r}; choose from {sorted(POSTPROCESS_PRESETS)}")
+        return getattr(cls, POSTPROCESS_PRESETS[name])() if POSTPROCESS_PRESETS[name] else cls()
+
+
+# name -> PostprocessConfig constructor ("" = the defaults)
+POSTPROCESS_PRESETS = {"default": "", "monai": "monai", "hovernet": "hovernet"}
 
 
 @dataclass(frozen=True)

@@ -180,12 +180,19 @@ def instance_types(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
         {instance id: type id} for every nonzero id of ``inst``.
     """
     inst, type_map = _check_pair(inst, type_map)
-    ids, idx = np.unique(inst, return_inverse=True)
     n_t = int(type_map.max()) + 1 if type_map.size else 1
-    votes = np.bincount(idx.ravel() * n_t + type_map.ravel().astype(np.int64), minlength=len(ids) * n_t)
-    votes = votes.reshape(len(ids), n_t)
+    flat, types = inst.ravel(), type_map.ravel().astype(np.int64)
+    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size:
+        # small non-negative ids (every map post-processing makes): count by id, no sort
+        n_id = int(flat.max()) + 1
+        votes = np.bincount(flat.astype(np.int64) * n_t + types, minlength=n_id * n_t).reshape(n_id, n_t)
+        ids = np.nonzero(votes.sum(1))[0]
+        votes = votes[ids]
+    else:
+        ids, idx = np.unique(flat, return_inverse=True)
+        votes = np.bincount(idx.ravel() * n_t + types, minlength=len(ids) * n_t).reshape(len(ids), n_t)
     votes[:, 0] = 0  # background votes never win when a nucleus has any typed pixel
-    return {int(i): int(v.argmax()) for i, v in zip(ids, votes) if i != 0}
+    return {int(i): int(t) for i, t in zip(ids, votes.argmax(1)) if i != 0}
 
 
 def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np.ndarray,
