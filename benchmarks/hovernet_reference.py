@@ -71,12 +71,14 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rmin), int(rmax) + 1, int(cmin), int(cmax) + 1
 
 
-def type_vote(inst: np.ndarray, type_map: np.ndarray) -> dict[int, dict]:
+def type_vote(inst: np.ndarray, type_map: np.ndarray, contours: bool = True) -> dict[int, dict]:
     """The per-instance loop of hover_net's ``process()``: bbox, contour, centroid and type.
 
     Args:
         inst: instance map from :func:`proc_np_hv`.
         type_map: per-pixel argmax of the type branch (0 background) [H, W].
+        contours: False skips the contour and centroid (and so keeps every instance): the
+            type vote alone, the least work hover_net's loop can do.
 
     Returns:
         {instance id: {"bbox", "centroid", "contour", "type", "type_prob"}}; instances whose
@@ -86,6 +88,9 @@ def type_vote(inst: np.ndarray, type_map: np.ndarray) -> dict[int, dict]:
     for inst_id in np.unique(inst)[1:]:
         inst_map = inst == inst_id
         rmin, rmax, cmin, cmax = _bbox(inst_map)
+        if not contours:
+            info[int(inst_id)] = {"bbox": np.array([[rmin, cmin], [rmax, cmax]])}
+            continue
         crop = inst_map[rmin:rmax, cmin:cmax].astype(np.uint8)
         moment = cv2.moments(crop)
         contour = np.squeeze(cv2.findContours(crop, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0][0].astype("int32"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hovernet.config import POSTPROCESS_PRESETS
 from nasdm_aug.utils import InputError
 
 
@@ -89,14 +90,19 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
               help="--data folder: prepare at this objective power (default: the model's recorded one, "
                    "else the source's own)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory (metrics.json, overlay.png)")
+@click.option("--postprocess", type=click.Choice(sorted(POSTPROCESS_PRESETS)), default=None,
+              help="post-processing in place of the run's own: default (ours), monai (MONAI's "
+                   "HoVerNetInstanceMapPostProcessing) or hovernet (hover_net's process())")
 @click.option("--overlays", type=click.IntRange(0), default=8, show_default=True, help="patches drawn in overlay.png")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--dry-run", is_flag=True, help="print the model's config and exit")
 def evaluate(model_dir: str, data_arg: str, fmt: str | None, consep_classes: str | None, magnification: float | None,
-             out: str, overlays: int, batch_size: int, device: str, overwrite: bool, dry_run: bool) -> None:
-    """Score a trained HoVerNet: Dice, mIoU, PQ/DQ/SQ, AJI, per-type PQ, mPQ+, F1 (JSON + PNG)."""
+             out: str, postprocess: str | None, overlays: int, batch_size: int, device: str, overwrite: bool,
+             dry_run: bool) -> None:
+    """Score a trained HoVerNet: Dice and mIoU (nuclei alone and MONAI's over background + nuclei),
+    PQ/DQ/SQ, AJI, per-type PQ, mPQ+, per-type F1 (JSON + PNG)."""
     from hovernet.evaluate import evaluate as run_evaluate
     from hovernet.evaluate import open_eval_data, resolve_model_dir
     from nasdm_aug.utils import check_writable
@@ -108,7 +114,7 @@ def evaluate(model_dir: str, data_arg: str, fmt: str | None, consep_classes: str
     with open_eval_data(data_arg, model_dir, fmt=fmt, consep_classes=consep_classes, magnification=magnification,
                         progress=True) as (ds, desc):
         result = run_evaluate(model_dir, ds, out, n_overlay=overlays, batch_size=batch_size, device=device,
-                              overwrite=overwrite, data_desc=desc)
+                              overwrite=overwrite, data_desc=desc, postprocess=postprocess)
     keys = ("dice", "miou", "dice_with_bg", "miou_with_bg", "pq", "aji", "mpq_plus")
     click.echo(json.dumps({k: result[k] for k in keys}) + f"  -> {Path(out) / 'metrics.json'}")
 

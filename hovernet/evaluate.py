@@ -143,17 +143,25 @@ def _json_safe(x: Any) -> Any:
 
 def evaluate(model_dir: str | os.PathLike, data: Dataset, out_dir: str | os.PathLike, *, n_overlay: int = 8,
              batch_size: int = 8, device: str = "cpu", overwrite: bool = False, progress: bool = True,
-             data_desc: str = "") -> dict[str, Any]:
+             data_desc: str = "", postprocess: str | None = None) -> dict[str, Any]:
     """Evaluate a trained run; writes ``metrics.json`` and ``overlay.png`` into ``out_dir`` atomically.
 
+    Args:
+        postprocess: a ``POSTPROCESS_PRESETS`` name in place of the run's own post-processing.
+
     Returns:
-        the metrics dict (``nan`` written as JSON null).
+        the metrics dict (``nan`` written as JSON null), with the post-processing used.
     """
+    from hovernet.config import PostprocessConfig
+
     model, cfg, info = load_hovernet(model_dir, device)
+    if postprocess:
+        cfg = cfg.replace(postprocess=PostprocessConfig.preset(postprocess))
     table = type_table_of(info, cfg.model.n_types)
     metrics, kept = evaluate_model(model, data, cfg, list(table.names), batch_size=batch_size,
                                    n_keep=n_overlay, progress=progress)
-    result = {"model": str(resolve_model_dir(model_dir)), "data": data_desc, **_json_safe(metrics)}
+    result = {"model": str(resolve_model_dir(model_dir)), "data": data_desc,
+              "postprocess": {"preset": postprocess or "the run's", **cfg.postprocess.to_dict()}, **_json_safe(metrics)}
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -127,3 +127,22 @@ def test_refusals_are_one_line(data, tmp_path, capsys):
         main(["hovernet", "evaluate", "--model", str(run), "--data", str(src), "--format", "lizard",
               "--out", str(tmp_path / "taken")])
     assert "taken already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_postprocess_preset_replaces_the_runs_own(data, tmp_path):
+    ref = tmp_path / "ref.h5"
+    prepare(PrepareConfig(format="lizard", src=str(data / "src"), patch_size=64, stride=64, split_counts=(3, 0, 0),
+                          out=str(ref)), progress=False)
+    scores = {}
+    for name in ("hovernet", None):
+        args = ["--model", str(data / "run"), "--data", f"{ref}:Test"] + (["--postprocess", name] if name else [])
+        res = _evaluate(args, tmp_path / f"ev-{name}")
+        assert res.exit_code == 0, res.output
+        scores[name] = json.loads((tmp_path / f"ev-{name}" / "metrics.json").read_text())
+    assert scores["hovernet"]["postprocess"]["preset"] == "hovernet"
+    assert scores["hovernet"]["postprocess"]["sobel_kernel_size"] == 21
+    assert scores[None]["postprocess"]["preset"] == "the run's"
+    for m in ("dice", "dice_with_bg", "miou_with_bg", "mpq_plus", "mpq_plus_present"):
+        assert m in scores[None]
+    res = _evaluate(["--model", str(data / "run"), "--data", f"{ref}:Test", "--postprocess", "cellpose"], tmp_path / "x")
+    assert res.exit_code != 0 and "cellpose" in res.output

@@ -1,0 +1,163 @@
+"""HoVerNet post-processing: our presets against a faithful re-implementation of hover_net's
+``process()`` (benchmarks/hovernet_reference.py), on the same inputs, in one process.
+
+    .venv/bin/python benchmarks/bench_postprocess.py [--patches 48] [--rounds 5]
+        [--model HOVERNET_RUN --store STORE.h5 --split Test] [--json out.json]
+
+Inputs: (1) "soft": soft np / hv maps made from real CoNSeP instance maps (128-px crops of
+../shared/data/consep/Train, random disks where it is absent) plus noisy type logits; (2) with
+``--model``: the outputs of a trained HoVerNet on a store's split (the real thing).
+For each: patches/s (best of ``--rounds`` interleaved passes, one thread) of hover_net's
+``process()`` with and without its contour / centroid bookkeeping and of our presets; the
+agreement of our ``hovernet`` preset with it (pooled PQ, identical patches, identical types);
+and PQ against ground truth of every variant.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hovernet_reference as ref  # noqa: E402
+from bench_hovernet import soft_predictions  # noqa: E402
+
+from hovernet.config import PostprocessConfig  # noqa: E402
+from hovernet.metrics import compute_pq  # noqa: E402
+from hovernet.postprocess import assign_types, instances_from_np_hv  # noqa: E402
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                      if ln.startswith("Model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": str(torch.get_num_threads())}
+
+
+def soft_inputs(n: int) -> list[dict[str, np.ndarray]]:
+    """Soft maps from real masks, with type logits: the true type + 1.5 over N(0, 1) noise."""
+    rng = np.random.default_rng(2)
+    out = []
+    for gt, np_logits, hv in soft_predictions(n):
+        prob = (1 / (1 + np.exp(-(np_logits[1] - np_logits[0])))).astype(np.float32)
+        gt_type = rng.integers(1, 5, gt.max() + 1)[gt] * (gt > 0)
+        nc = rng.normal(0, 1, (5, *gt.shape)).astype(np.float32)
+        nc[gt_type, np.arange(gt.shape[0])[:, None], np.arange(gt.shape[1])[None]] += 1.5
+        out.append({"prob": prob, "hv": hv, "nc": nc, "gt": gt, "gt_type": gt_type})
+    return out
+
+
+def model_inputs(model_dir: str, store: str, split: str, n: int) -> list[dict[str, np.ndarray]]:
+    """A trained HoVerNet's outputs on the first ``n`` patches of ``store:split``."""
+    from hovernet.evaluate import load_hovernet, open_eval_store
+    from nasdm_aug.mixing.dataset import SyntheticMixDataset
+
+    model, _, _ = load_hovernet(model_dir)
+    st, split_, total = open_eval_store(store, split)
+    data = SyntheticMixDataset(st, split=split_, mode="real", ratio=1.0)
+    out = []
+    with torch.no_grad():
+        for i in range(min(n, total)):
+            item = data[i]
+            o = model(torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32)[None])
+            out.append({"prob": torch.softmax(o["np"].float(), 1)[0, 1].numpy(), "hv": o["hv"][0].float().numpy(),
+                        "nc": o["nc"][0].float().numpy(), "gt": np.asarray(item["inst"]).squeeze().astype(np.int32),
+                        "gt_type": np.asarray(item["type"]).squeeze().astype(np.int32)})
+    return out
+
+
+def race(items: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+    presets = {"hovernet": PostprocessConfig.hovernet(), "default": PostprocessConfig(), "monai": PostprocessConfig.monai()}
+
+    def ours(cfg):
+        return lambda it: (lambda inst: (inst, assign_types(inst, it["nc"], cfg.type_vote)))(
+            instances_from_np_hv(it["prob"], it["hv"], cfg))
+
+    def theirs(contours):
+        def run(it):
+            inst = ref.proc_np_hv(it["prob"], it["hv"][0], it["hv"][1])
+            return inst, ref.type_vote(inst, np.argmax(it["nc"], 0).astype(np.int32), contours=contours)
+        return run
+
+    fns = {"hover_net_process": theirs(True), "hover_net_no_contours": theirs(False),
+           **{f"ours_{k}": ours(c) for k, c in presets.items()}}
+    for fn in fns.values():  # warm caches and imports
+        fn(items[0])
+    best = {k: float("inf") for k in fns}
+    results = {}
+    for _ in range(rounds):  # interleaved: a disturbance of the shared CPU hits every variant alike
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            results[k] = [fn(it) for it in items]
+            best[k] = min(best[k], time.perf_counter() - t0)
+    out = {f"{k}_per_s": len(items) / v for k, v in best.items()}
+    out["speedup_vs_process"] = best["hover_net_process"] / best["ours_hovernet"]
+    out["speedup_vs_no_contours"] = best["hover_net_no_contours"] / best["ours_hovernet"]
+    # agreement of the hovernet preset with hover_net
+    tp = fp = fn = 0
+    iou = 0.0
+    same = types_same = types_n = 0
+    for (inst, typ), (their, info) in zip(results["ours_hovernet"], results["hover_net_process"]):
+        s = compute_pq(inst, their)
+        tp, fp, fn, iou = tp + s["tp"], fp + s["fp"], fn + s["fn"], iou + s["iou_sum"]
+        same += int((inst.max() == 0 and their.max() == 0) or (s["fp"] == s["fn"] == 0 and s["iou_sum"] == s["tp"]))
+        for their_id, entry in info.items():
+            pix = their == their_id
+            types_n += 1
+            types_same += int(typ[pix].min() == typ[pix].max() == entry["type"])
+    out["agreement_pq_pooled"] = iou / (tp + 0.5 * (fp + fn)) if tp + fp + fn else float("nan")
+    out["identical_patches"] = same / len(items)
+    out["identical_types"] = types_same / max(types_n, 1)
+    out["instances_hover_net"] = int(sum(len(np.unique(r[0])) - 1 for r in results["hover_net_process"]))
+    for k in ("hover_net_process", *(f"ours_{p}" for p in presets)):
+        pq = [compute_pq(r[0], it["gt"])["pq"] for r, it in zip(results[k], items)]
+        out[f"pq_vs_gt_{k}"] = float(np.nanmean(pq))
+    out["n_patches"] = len(items)
+    out["patch_size"] = int(items[0]["prob"].shape[0])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patches", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--model", default=None, help="a trained HoVerNet run folder (optional)")
+    ap.add_argument("--store", default=None, help="PatchStore for --model")
+    ap.add_argument("--split", default="Test")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    res: dict = {"machine": machine()}
+    print(json.dumps(res["machine"]), flush=True)
+    res["soft"] = race(soft_inputs(args.patches), args.rounds)
+    print("soft", json.dumps(res["soft"], indent=1), flush=True)
+    if args.model:
+        if not args.store:
+            sys.exit("Error: --model needs --store")
+        res["model"] = race(model_inputs(args.model, args.store, args.split, args.patches), args.rounds)
+        print("model", json.dumps(res["model"], indent=1), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
