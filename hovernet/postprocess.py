@@ -154,6 +154,27 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | hole[lab]
 
 
+@functools.lru_cache(maxsize=32)
+def _filter_matrix(n: int, kernel_size: int, derivative: bool) -> np.ndarray:
+    """[n, n] matrix M with M @ x == correlate1d(x, k, axis=0, mode="mirror") for the Sobel
+    derivative (or smoothing) kernel k of ``kernel_size``."""
+    k = sobel_kernels(kernel_size)[0 if derivative else 1]
+    r = len(k) // 2
+    m = np.zeros((n, n))
+    period = 2 * (n - 1)
+    for i in range(n):
+        for t, w in enumerate(k):
+            j = i + t - r
+            if period:
+                j %= period
+                j = period - j if j >= n else j
+            else:
+                j = 0
+            m[i, j] += w
+    m.flags.writeable = False
+    return m
+
+
 def instance_energy(mask: np.ndarray, hv: np.ndarray, kernel_size: int = 5) -> np.ndarray:
     """HoVerNet's boundary energy: max over h and v of 1 - normalised Sobel(hv), zero off nuclei.
 
@@ -164,11 +185,14 @@ def instance_energy(mask: np.ndarray, hv: np.ndarray, kernel_size: int = 5) -> n
     Returns:
         float32 [H, W] in [0, 1], high on boundaries between touching nuclei.
     """
-    diff, smooth = sobel_kernels(kernel_size)
     h, v = _minmax(hv[0].astype(np.float32)), _minmax(hv[1].astype(np.float32))
-    # d/dx of h and d/dy of v; "mirror" equals torch's reflect padding used by MONAI
-    gh = ndi.correlate1d(ndi.correlate1d(h, diff, axis=1, mode="mirror"), smooth, axis=0, mode="mirror")
-    gv = ndi.correlate1d(ndi.correlate1d(v, diff, axis=0, mode="mirror"), smooth, axis=1, mode="mirror")
+    n_y, n_x = h.shape
+    # d/dx of h and d/dy of v, each smoothed across; reflect-101 borders (torch's reflect padding,
+    # used by MONAI, and OpenCV's default). Filtering as products with banded matrices: the
+    # 21-tap kernels at 40x make scipy's correlate1d the slowest step, BLAS does it in a fraction,
+    # in float64 as OpenCV's CV_64F Sobel output.
+    gh = _filter_matrix(n_y, kernel_size, False) @ h.astype(np.float64) @ _filter_matrix(n_x, kernel_size, True).T
+    gv = _filter_matrix(n_y, kernel_size, True) @ v.astype(np.float64) @ _filter_matrix(n_x, kernel_size, False).T
     energy = np.maximum(1.0 - _minmax(gh), 1.0 - _minmax(gv))
     return np.clip(energy - (1.0 - mask), 0.0, None).astype(np.float32)
 

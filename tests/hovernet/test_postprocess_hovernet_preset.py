@@ -185,3 +185,15 @@ def test_postprocess_config_rejects_bad_values():
         PostprocessConfig.preset("cellpose")
     assert PostprocessConfig.preset("default") == PostprocessConfig()
     assert PostprocessConfig.from_dict(PostprocessConfig.hovernet().to_dict()) == PostprocessConfig.hovernet()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 11, 64])
+@pytest.mark.parametrize("size", [3, 5, 21])
+def test_filter_matrices_equal_scipy_mirror_correlation(n, size):
+    from hovernet.postprocess import _filter_matrix, sobel_kernels
+
+    x = np.random.default_rng(n).random((n, 7))
+    for derivative in (True, False):
+        k = sobel_kernels(size)[0 if derivative else 1]
+        np.testing.assert_allclose(_filter_matrix(n, size, derivative) @ x,
+                                   ndi.correlate1d(x, k, axis=0, mode="mirror"), atol=1e-12)
