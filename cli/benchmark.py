@@ -15,7 +15,8 @@ import click
               default="all", show_default=True,
               help="Which study (Table 3, 4 or 5 of the paper, or rare-type balance); all = the paper's three.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, metavar="DIR",
-              help="Output folder; finished runs in it are reused on a rerun.")
+              help="Output folder; finished runs in it are reused on a rerun when made with the same "
+                   "configuration and data.")
 # -- data and models
 @click.option("--store", default=None, metavar="STORE.h5", help="The real PatchStore (else prepared from --source).")
 @click.option("--source", default=None, metavar="DIR", help="Dataset folder to prepare (consep/lizard presets).")
@@ -37,9 +38,11 @@ import click
               help="HoVerNet epochs of phase 1 (encoder frozen) and phase 2 (all layers), overriding the preset's.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
 @click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
+@click.option("--overwrite", is_flag=True,
+              help="Train again the runs in --out that were made with another configuration (else refused).")
 @click.option("--dry-run", is_flag=True, help="Print the config and the runs with their data sizes, then exit.")
 def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_bank, balance_target, runs, epochs, seed,
-              device, dry_run) -> None:
+              device, overwrite, dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
     (or on --test)."""
     from pathlib import Path
@@ -79,6 +82,6 @@ def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_b
             click.echo(f"{len(rows) * config.n_runs} runs ({len(rows)} rows x {config.n_runs} seeds); data sizes "
                        "follow once the store is prepared (or pass --store)")
         return
-    summary = run_studies(config, study, out)
+    summary = run_studies(config, study, out, overwrite=overwrite)
     click.echo(open(f"{out}/tables.md").read())
     click.echo(f"results: {out}/results.json, {out}/results.csv, {out}/tables.md")

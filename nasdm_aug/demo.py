@@ -41,13 +41,15 @@ def _toy_models(config: StudyConfig, out: Path, progress: bool) -> tuple[str, ..
     return tuple(runs)
 
 
-def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool = True) -> Path:
+def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool = True,
+             overwrite: bool = False) -> Path:
     """Run the demo into ``out`` (resumable: finished steps are reused) and return the report path.
 
     Args:
         out: output folder.
         runs: HoVerNet runs per study row (default: the demo preset's).
         progress: show progress bars.
+        overwrite: train again study runs in ``out`` made with another configuration (else refused).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool 
         config = config.replace(n_runs=runs)
     config = config.replace(model=_toy_models(config, out, progress))
     config.save(out / "config.json")
-    summary = run_studies(config, "all", out, progress=progress)
+    summary = run_studies(config, "all", out, progress=progress, overwrite=overwrite)
     return write_report(summary, out)
 
 

@@ -10,10 +10,13 @@ own folder, so a rerun skips it; a killed run resumes its HoVerNet training.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -249,23 +252,98 @@ def _validation(store: PatchStore, config: StudyConfig):
     return torch.utils.data.Subset(all_train, chosen.tolist())
 
 
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _identity(store: PatchStore | None) -> dict[str, Any] | None:
+    """A store's path and content hash (hashed once per file version in a process)."""
+    if store is None:
+        return None
+    path = Path(store.path).resolve()
+    st = path.stat()
+    return {"path": str(path), "sha256": _file_digest(str(path), st.st_size, st.st_mtime_ns)}
+
+
+def run_fingerprint(row: StudyRow, seed: int, store: PatchStore, bank: PatchStore | None,
+                    config: StudyConfig) -> dict[str, Any]:
+    """Everything that decides what one (row, seed) trains on and how: the row, the seed, the
+    HoVerNet recipe, the validation draw, the balance target, the real store's and the bank's
+    contents, and the package version. The test set is not in it: a kept model is scored again
+    on another test set."""
+    from nasdm_aug import __version__
+
+    return {"version": __version__, "row": {k: v for k, v in asdict(row).items() if k != "x"}, "seed": seed,
+            "hovernet": _hovernet_config(config, seed).to_dict(), "val_patches": config.val_patches,
+            "balance_target": config.balance_target if row.mode == "balance" else None,
+            "store": _identity(store), "bank": _identity(bank)}
+
+
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, e.g. ``["bank", "hovernet (phase1_epochs)"]``."""
+    if old is None:
+        return ["made by a version that did not record its configuration"]
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.append(f"{key} ({', '.join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))})")
+        else:
+            changed.append(key)
+    return changed
+
+
+def _stale(run_dir: Path, fingerprint: dict[str, Any]) -> list[str]:
+    """Why the run in ``run_dir`` was made otherwise ([] when it is absent or the same)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return []
+    path = run_dir / "fingerprint.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    return fingerprint_changes(old, fingerprint)
+
+
 def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchStore], config: StudyConfig,
-            run_dir: Path, test_data, progress: bool, test_set: dict[str, Any] | None = None) -> dict[str, Any]:
+            run_dir: Path, test_data, progress: bool, test_set: dict[str, Any] | None = None,
+            overwrite: bool = False) -> dict[str, Any]:
     """Train and test one (row, seed); cached in ``run_dir/result.json``.
 
+    The run's :func:`run_fingerprint` is written first (``fingerprint.json``): a finished or
+    partial run made otherwise is refused in one line, or replaced with ``overwrite``.
     ``test_set`` (a :meth:`StudyTestSet.record`) is recorded in the result; a cached result scored
     on another test set, or with metrics of another ``METRICS_VERSION``, is not reused: the trained
     model (kept in ``run_dir/hovernet``) is scored again.
+
+    Raises:
+        InputError: ``run_dir`` holds a run of another configuration and ``overwrite`` is False.
     """
     from hovernet.evaluate import evaluate_model, load_hovernet
     from hovernet.trainer import train_hovernet
 
+    bank = banks.get(row.bank) if row.bank else None
+    fingerprint = run_fingerprint(row, seed, store, bank, config)
+    changed = _stale(run_dir, fingerprint)
+    if changed and not overwrite:
+        raise InputError(f"{run_dir}: made with another configuration ({'; '.join(changed)}); rerun with "
+                         "--overwrite to replace it, or use another --out")
+    if changed:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(run_dir / "fingerprint.json", fingerprint)
     result_path = run_dir / "result.json"
     if result_path.is_file():
         cached = json.loads(result_path.read_text())
         if _same_test_set(cached, test_set) and cached.get("metrics_version", 1) == METRICS_VERSION:
             return cached
-    bank = banks.get(row.bank) if row.bank else None
     data = SyntheticMixDataset(store, bank, split=row.split, mode=row.mode, ratio=row.ratio,
                                base_fraction=row.base_fraction, seed=seed, target=parse_target(config.balance_target))
     model_dir = run_dir / "hovernet"
@@ -288,10 +366,14 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
         counts = sum(type_counts(s, plan.indices(o)).sum(0) for o, s in (("real", store), ("synthetic", bank))
                      if s is not None and len(plan.indices(o)))
         result["train_nuclei"] = dict(zip(store.type_table.names, map(int, counts)))
-    tmp = result_path.with_name("result.json.partial")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    os.replace(tmp, result_path)
+    _write_json_atomic(result_path, _json_safe(result))
     return result
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _same_test_set(cached: dict[str, Any], test_set: dict[str, Any] | None) -> bool:
@@ -350,8 +432,13 @@ def _per_type_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
-def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, progress: bool = True,
+                overwrite: bool = False) -> dict[str, Any]:
     """Run the rows of ``study`` (or ``"all"``) and write the results (see ``nasdm_aug.report``).
+
+    Finished runs in ``out`` are reused when their fingerprint (:func:`run_fingerprint`) matches;
+    runs made with another configuration stop the study before any training, in one line, unless
+    ``overwrite`` (then they are trained again).
 
     Returns:
         dict with ``config``, ``runs`` (one result per run) and ``table`` (per-row mean and std).
@@ -386,16 +473,26 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
     test = resolve_test_set(config, store, out, progress=progress) or StudyTestSet.own(store)
     banks = ensure_banks(config, store, rows, out, progress)
     test_data = store_dataset(test.path, test.split)
-    config.save(out / "config.json")
     runs = plan_study(store, rows, config)
-    results = []
-    bar = tqdm(runs, desc="study runs", unit="run", disable=not progress)
-    for run in bar:
-        bar.set_postfix_str(f"{run['row']} seed {run['seed']}")
+    placed = []
+    for run in runs:
         row = next(r for r in rows if r.label == run["row"] and r.study == run["study"])
-        run_dir = out / "runs" / row.study / row.slug / f"seed{run['seed']}"
+        placed.append((run, row, out / "runs" / row.study / row.slug / f"seed{run['seed']}"))
+    if not overwrite:  # every stale run named before the first hour of training, not after
+        stale = [(d, c) for run, row, d in placed
+                 if (c := _stale(d, run_fingerprint(row, run["seed"], store, banks.get(row.bank), config)))]
+        if stale:
+            d, c = stale[0]
+            raise InputError(f"{out}: {len(stale)} of {len(runs)} finished or partial runs were made with another "
+                             f"configuration (e.g. {d.relative_to(out)}: {'; '.join(c)}); rerun with --overwrite to "
+                             "replace them, or use another --out")
+    config.save(out / "config.json")
+    results = []
+    bar = tqdm(placed, desc="study runs", unit="run", disable=not progress)
+    for run, row, run_dir in bar:
+        bar.set_postfix_str(f"{run['row']} seed {run['seed']}")
         results.append(run_one(row, run["seed"], store, banks, config, run_dir, test_data, progress=False,
-                               test_set=test.record()))
+                               test_set=test.record(), overwrite=overwrite))
     summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "test_set": test.record(),
                "runs": results, "table": summarise(results, rows)}
     write_study_outputs(summary, rows, out)

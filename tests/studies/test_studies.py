@@ -97,3 +97,30 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     assert len(stamps) == 4
     res = CliRunner().invoke(cli, args)  # a rerun reuses every finished run
     assert res.exit_code == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # another recipe in the same --out: refused before any training, naming what changed
+    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(1, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    before = (out / "config.json").read_text()
+    res = CliRunner().invoke(cli, args)
+    msg = str(res.exception)  # InputError: main() prints it as one "Error:" line
+    assert isinstance(res.exception, InputError) and "\n" not in msg
+    assert "4 of 4 finished or partial runs were made with another configuration" in msg
+    assert "hovernet (phase1_epochs)" in msg and "--overwrite" in msg
+    assert (out / "config.json").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # another bank: named too
+    import shutil
+
+    shutil.copy(out / "banks" / "S1.h5", tmp_path / "other_s1.h5")
+    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    res = CliRunner().invoke(cli, args + ["--s1", str(tmp_path / "other_s1.h5")])
+    assert "2 of 4" in str(res.exception) and ": bank (path)" in str(res.exception), res.exception
+    # a run folder from before fingerprints were recorded is not trusted either
+    legacy = next(out.glob("runs/**/seed0"))
+    (legacy / "fingerprint.json").unlink()
+    res = CliRunner().invoke(cli, args)
+    assert "did not record its configuration" in str(res.exception)
+    # --overwrite trains again only the stale run, and the table is consistent with the config
+    res = CliRunner().invoke(cli, args + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    changed = [p for p in stamps if p.stat().st_mtime_ns != stamps[p]]
+    assert changed == [legacy / "result.json"] and (legacy / "fingerprint.json").is_file()
