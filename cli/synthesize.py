@@ -36,7 +36,9 @@ from nasdm_aug.utils import InputError
 # -- output
 @click.option("--out", type=click.Path(dir_okay=False), required=True, metavar="BANK.h5", help="Output bank.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bank (and parts of a different run).")
-@click.option("--resume", is_flag=True, help="Accept an existing complete bank as done; reruns resume by themselves.")
+@click.option("--resume", is_flag=True,
+              help="Accept an existing bank as done when it is complete and made with the same arguments and "
+                   "weights (else refused); interrupted runs resume by themselves.")
 @click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Write BANK.h5.preview.png: mask | synthetic | real parent for the first N patches.")
 # -- sampling
@@ -83,7 +85,12 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
         if plan is not None:
             click.echo(plan.summary())
         return
-    if resume and Path(out).is_file() and not overwrite:
+    if resume and Path(out).exists() and not overwrite:
+        from nasdm_aug.synthesize import finished_bank_problem
+
+        problem = finished_bank_problem(out, config)
+        if problem:
+            raise InputError(f"{out}: {problem}; pass --overwrite to replace it")
         click.echo(f"{out} is complete; nothing to do")
         return
     attrs = {"balance_plan": plan.record} if plan is not None else None

@@ -131,6 +131,21 @@ def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: Nuclei
     return np.tile(row, (n, 1))
 
 
+def model_weights_hash(mask_run: str | os.PathLike | None, patch_run: str | os.PathLike | None,
+                       ema: bool = True) -> str:
+    """The ``model_hash`` a generator loaded from these runs records (a hash of its weight files),
+    computed without building the networks."""
+    if mask_run is not None and (named := named_model_dir(str(mask_run))) is not None:
+        mask_run, patch_run = named / "mask", named / "patch"
+    name = "ema.safetensors" if ema else "model.safetensors"
+    runs = [r for r in (mask_run, patch_run) if r is not None]
+    files = [resolve_checkpoint(Path(r)) / name for r in runs]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such weights file")
+    return _file_hash(files)
+
+
 def _file_hash(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:

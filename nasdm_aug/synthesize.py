@@ -11,6 +11,7 @@ the batch size, on kills, or on the number of ranks.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ def synthesize(
     real = _check_fit(config, gen)
     parts = out.with_name(out.name + ".parts")
     if dist.is_main:
-        _prepare_parts(parts, config, overwrite)
+        _prepare_parts(parts, config, overwrite, gen.model_hash)
     barrier()
     chunks = [(s, min(len(jobs), s + config.batch_size)) for s in range(0, len(jobs), config.batch_size)]
     done_before = sum(_part(parts, c).is_file() for c in range(len(chunks)))
@@ -201,19 +202,66 @@ def _part(parts: Path, chunk: int) -> Path:
     return parts / f"part_{chunk:06d}.h5"
 
 
-def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool) -> None:
-    record = parts / "config.json"
-    if parts.is_dir() and record.is_file():
-        if json.loads(record.read_text()) == config.to_dict():
-            return  # same arguments: resume
+def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str) -> None:
+    """Keep the parts of an interrupted run only if it used the same arguments and weights."""
+    record_path = parts / "config.json"
+    record = {"config": json.loads(config.to_json()), "model_hash": model_hash}
+    if parts.is_dir() and record_path.is_file():
+        try:
+            old = json.loads(record_path.read_text())
+        except ValueError:
+            old = {}
+        if old == record:
+            return  # same arguments and weights: resume
         if not overwrite:
-            raise InputError(
-                f"{parts} holds an interrupted run with other arguments; rerun with those, or pass --overwrite"
-            )
+            if not isinstance(old, dict) or "model_hash" not in old:
+                why = "by a version that did not record the model's weights"
+            elif old["model_hash"] != model_hash:
+                why = f"with other model weights (hash {old['model_hash']}, now {model_hash})"
+            else:
+                keys = sorted(k for k in set(old["config"]) | set(record["config"])
+                              if old["config"].get(k) != record["config"].get(k))
+                why = f"with other arguments ({', '.join(keys)})"
+            raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass --overwrite "
+                             "to discard it")
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
-    config.save(record)
+    tmp = record_path.with_name("config.json.partial")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, record_path)
+
+
+def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | None:
+    """Why ``out`` is not the finished bank ``config`` makes (None when it is).
+
+    A finished bank is a readable synthetic PatchStore made with the same arguments, by models
+    with the same weights, holding every planned patch.
+    """
+    from nasdm_aug.generator import model_weights_hash
+
+    try:
+        bank = PatchStore(out)
+    except Exception as exc:  # noqa: BLE001  StoreError, or whatever h5py raises on a damaged file
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return msg.split(": ", 1)[1] if msg.startswith(str(out)) and ": " in msg else f"not a readable bank ({msg})"
+    try:
+        if bank.origin != "synthetic":
+            return f"a {bank.origin} store, not a synthetic bank"
+        want = json.loads(config.to_json())
+        if bank.config != want:
+            keys = sorted(k for k in set(bank.config) | set(want) if bank.config.get(k) != want.get(k))
+            return f"made with other arguments ({', '.join(keys)})"
+        mask_run, patch_run = resolve_model_dirs(config.model)
+        made_by = (bank.attrs.get("provenance") or {}).get("model_hash")
+        if made_by != model_weights_hash(mask_run, patch_run, config.ema):
+            return f"made by models with other weights (hash {made_by})"
+        n_jobs = len(plan_jobs(config))
+        if len(bank) != n_jobs:
+            return f"holds {len(bank)} of the {n_jobs} planned patches"
+    finally:
+        bank.close()
+    return None
 
 
 def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore | None, jobs: np.ndarray,

@@ -109,12 +109,64 @@ def test_bad_input_one_line_nothing_written(runs, real_store, tmp_path, extra, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_out_needs_overwrite_or_resume(runs, reference):
+def test_existing_out_needs_overwrite_or_resume(runs, real_store, reference, tmp_path):
+    import shutil
+
+    from nasdm_aug.utils import InputError
+
     out = reference[0]
-    res = CliRunner().invoke(cli, _args(runs, out, "--types", "all", "--num", "1"))
+    same = ["--masks", str(real_store), "--split", "R2", "--seed", "5"]
+    res = CliRunner().invoke(cli, _args(runs, out, *same))
     assert res.exit_code != 0
-    res = CliRunner().invoke(cli, _args(runs, out, "--types", "all", "--num", "1", "--resume"))
+    res = CliRunner().invoke(cli, _args(runs, out, *same, "--resume"))
     assert res.exit_code == 0 and "nothing to do" in res.output
+    # --resume accepts only the bank these arguments and weights make, whole
+    res = CliRunner().invoke(cli, _args(runs, out, "--types", "all", "--num", "1", "--resume"))
+    assert isinstance(res.exception, InputError) and "made with other arguments (" in str(res.exception)
+    assert "--overwrite" in str(res.exception)
+    res = CliRunner().invoke(cli, _args(runs, out, *same, "--seed", "6", "--resume"))
+    assert "made with other arguments (seed)" in str(res.exception)
+    text = tmp_path / "notes.h5"
+    text.write_text("not a bank\n")
+    res = CliRunner().invoke(cli, _args(runs, text, *same, "--resume"))
+    assert isinstance(res.exception, InputError) and "not a readable HDF5 file" in str(res.exception)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    res = CliRunner().invoke(cli, _args(runs, cut, *same, "--resume"))
+    assert isinstance(res.exception, InputError) and str(cut) in str(res.exception)
+    # other weights at the same model path
+    other = [tmp_path / "m", tmp_path / "p"]
+    for src, dst in zip(runs, other):
+        shutil.copytree(src, dst)
+    small = tmp_path / "small.h5"
+    gen_args = _args(other, small, "--types", "all", "--num", "2")
+    assert CliRunner().invoke(cli, gen_args).exit_code == 0
+    weights = next(other[1].rglob("ema.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    res = CliRunner().invoke(cli, gen_args + ["--resume"])
+    assert "made by models with other weights" in str(res.exception)
+
+
+def test_interrupted_parts_of_other_weights_are_not_mixed_in(runs, real_store, tmp_path):
+    import json
+
+    from nasdm_aug.utils import InputError
+
+    out = tmp_path / "bank.h5"
+    cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
+    parts = Path(str(out) + ".parts")
+    parts.mkdir()
+    (parts / "config.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "model_hash": "0" * 16}))
+    with pytest.raises(InputError, match="interrupted run made with other model weights"):
+        synthesize(cfg, out, device="cpu", progress=False)
+    (parts / "config.json").write_text(cfg.to_json())  # a record from before weights were recorded
+    with pytest.raises(InputError, match="did not record the model's weights"):
+        synthesize(cfg, out, device="cpu", progress=False)
+    assert not out.exists()
+    synthesize(cfg, out, device="cpu", overwrite=True, progress=False)
+    assert len(PatchStore(out)) == len(PatchStore(real_store).indices("R2")) and not parts.exists()
 
 
 def test_wrong_patch_size_and_dry_run(runs, tmp_path):
