@@ -73,6 +73,14 @@ def train_command(
 
     Multi-GPU: torchrun --nproc_per_node N -m cli.main train ...
     """
+    if resume and not dry_run:
+        from nasdm_aug.training.checkpoint import latest_checkpoint
+        from nasdm_aug.utils import InputError
+
+        if not (out / "config.json").is_file() and (not out.is_dir() or latest_checkpoint(out) is None):
+            raise InputError(f"{out}: nothing to resume (no run there); drop --resume to start a new run")
+        if latest_checkpoint(out) is None:
+            click.echo(f"{out}: no checkpoint yet; the run starts again from step 0 with its config.json", err=True)
     config = _resolve(kind, store, preset, config_path, out, resume, steps, seed)
     if dry_run:
         click.echo(config.to_json())

@@ -202,7 +202,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict[str, Any]:
         ``images``, ``patches``, ``nuclei``), ``seconds``, ``images_per_s``, ``patches_per_s``.
 
     Raises:
-        InputError: bad input data, or ``out`` exists without ``overwrite``.
+        InputError: bad input data, no patch from any image, or ``out`` exists without ``overwrite``.
     """
     check_writable(config.out, config.overwrite)
     if config.format != "toy":
@@ -259,6 +259,10 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
                                     y=patches.y.tolist(), x=patches.x.tolist(), split=[meta_split[name]] * n)
             _count(summary, name, member.get(name, []), n, per_type, table)
             bar.set_postfix(patches=summary["patches"], refresh=False)
+        if summary["patches"] == 0:  # raised inside the writer: the partial store is removed
+            raise InputError(f"{_source_dir(config, src)}: none of the {len(names)} images gave a patch ({config.patch_size}-px patches at "
+                             f"{config.target():g}x, at least {config.min_tissue:.0%} tissue): the images are "
+                             "smaller than a patch or hold too little tissue; lower --patch-size")
         seconds = time.perf_counter() - start
         summary.update(seconds=round(seconds, 3), images_per_s=round(summary["images"] / seconds, 3),
                        patches_per_s=round(summary["patches"] / seconds, 3))

@@ -203,3 +203,11 @@ def test_format_summary_table():
     assert lines[2].split() == ["Train", "2", "5", "7", "3", "4"]
     assert lines[3].split() == ["all", "2", "5", "7", "3", "4"]
     assert "1 image(s) gave no patches" in lines[-1]
+
+
+def test_cli_no_patch_from_any_image_is_an_error(tmp_path, capsys):
+    out = tmp_path / "big.h5"
+    code, _, err = _run(["prepare", "--format", "toy", str(out), "--images", "2", "--size", "128",
+                         "--patch-size", "256", "--quiet"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("Error: (toy tissue, seed 0, not kept): none of the 2")
+    assert "lower --patch-size" in err and not out.exists() and not list(tmp_path.iterdir())

@@ -120,3 +120,13 @@ def test_small_but_fitting_stores_resolve(tmp_path, capsys):
     assert code == 0, err
     model = json.loads(out)["model"]
     assert model["channel_mults"] == [2] and model["attention_resolutions"] == [16] and model["in_channels"] == 7
+
+
+def test_resume_with_no_run_is_refused(tmp_path, capsys):
+    store = _small_store(tmp_path / "s.h5", 64)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "absent"):
+        code, _, err = _run(capsys, "train", "mask", "--store", str(store), "--split", "Train", "--preset", "tiny",
+                            "--out", str(out), "--resume", "--steps", "1", "--no-progress")
+        assert code == 2 and err.strip() == f"Error: {out}: nothing to resume (no run there); drop --resume to start a new run"
+    assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "absent").exists()
