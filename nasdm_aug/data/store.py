@@ -270,6 +270,15 @@ class PatchStore:
         for key, shape in (("image", (n, p, p, 3)), ("inst", (n, p, p)), ("type", (n, p, p))):
             if f[key].shape != shape:
                 raise StoreError(f"{self.path}: dataset {key} has shape {f[key].shape}, expected {shape}")
+        # the writer stores uint8 RGB, int32 ids and uint8 types; a user's own conversion that
+        # stores a float image (e.g. in [0, 1]) would otherwise pass every check and train on garbage
+        for key, kinds, want in (("image", "u", "uint8 RGB in 0..255"), ("inst", "iu", "integer instance ids"),
+                                 ("type", "iu", "integer type ids")):
+            dt = f[key].dtype
+            if dt.kind not in kinds or (key == "image" and dt != np.uint8):
+                raise StoreError(f"{self.path}: dataset {key} has dtype {dt}, expected {want}; convert it "
+                                 "(e.g. image: (x * 255).round().astype(uint8)) or rebuild the store with "
+                                 "nasdm-aug prepare")
         for m in META_KEYS:
             if f["meta"][m].shape != (n,):
                 raise StoreError(f"{self.path}: meta/{m} has {f['meta'][m].shape[0]} rows for {n} patches")
@@ -280,6 +289,10 @@ class PatchStore:
             self.attrs: dict[str, Any] = json.loads(a.get("extra", "{}"))
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path}: corrupt attributes ({exc})") from None
+        head = slice(0, min(n, 64))  # a cheap look at the first patches; reads check nothing more
+        if n and (int(f["inst"][head].min()) < 0 or int(f["type"][head].max()) > self.type_table.n_types):
+            raise StoreError(f"{self.path}: negative instance ids or type ids above the table's "
+                             f"{self.type_table.n_types} ({self.type_table.name}) in the first patches")
         self.patch_size = p
         self.origin = str(a["origin"])
         self.package_version = str(a.get("package_version", ""))

@@ -122,3 +122,24 @@ def test_reads_from_worker_processes(tmp_path):
     store[0]  # the parent has an open handle before the fork
     loader = torch.utils.data.DataLoader(_Ds(store), batch_size=None, num_workers=2)
     assert [int(v) for v in loader] == [int(a.sum()) for a in insts]
+
+
+def _rewrite(path, key, data):
+    with h5py.File(path, "a") as f:
+        shape, chunks = f[key].shape, f[key].chunks
+        del f[key]
+        f.create_dataset(key, data=data.reshape(shape), chunks=chunks)
+
+
+@pytest.mark.parametrize("key, make, match", [
+    ("image", lambda a: a.astype(np.float32) / 255, r"dataset image has dtype float32, expected uint8 RGB"),
+    ("inst", lambda a: a.astype(np.float64), r"dataset inst has dtype float64, expected integer instance ids"),
+    ("inst", lambda a: -a, r"negative instance ids"),
+    ("type", lambda a: (a + 7).astype(np.uint8), r"type ids above the table's 6 \(lizard\)"),
+])
+def test_open_checks_dtypes_and_ranges(tmp_path, key, make, match):
+    path = tmp_path / "s.h5"
+    images, insts, types = _write(path)
+    _rewrite(path, key, make({"image": images, "inst": insts, "type": types}[key]))
+    with pytest.raises(StoreError, match=match):
+        PatchStore(path)
