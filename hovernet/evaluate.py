@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from nasdm_aug.training.checkpoint import check_weights_fit, read_safetensors, safetensors_header
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -58,10 +58,19 @@ def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
     ckpt = resolve_model_dir(path)
     cfg = TrainConfig.load(ckpt / "config.json")
     info = json.loads((ckpt / "data.json").read_text()) if (ckpt / "data.json").is_file() else {}
+    weights = ckpt / "model.safetensors"
+    header = safetensors_header(weights)
+    try:
+        with torch.device("meta"):  # checked against the file before anything is allocated
+            check_weights_fit(HoVerNet(cfg.model.replace(encoder_weights=None)), header, weights)
+    except InputError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{ckpt / 'config.json'}: the model it describes cannot be built ({exc})") from None
     model = HoVerNet(cfg.model.replace(encoder_weights=None))  # trained weights replace the encoder's anyway
     try:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    except (OSError, RuntimeError) as exc:
+        model.load_state_dict(read_safetensors(weights))
+    except RuntimeError as exc:
         raise InputError(f"{ckpt}: weights do not load ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), cfg, info
 

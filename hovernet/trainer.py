@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from hovernet.data import HoVerNetTrainDataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
+from nasdm_aug.training.checkpoint import read_safetensors, read_torch_state
 from nasdm_aug.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, atomic_output
@@ -58,8 +59,8 @@ def _start_run(out: Path, cfg: TrainConfig, info: dict[str, Any], resume: bool, 
         saved = TrainConfig.load(out / "config.json")
         if saved != cfg:
             raise InputError(f"{out}/config.json differs from this run's config; resume with the same settings")
-        state = torch.load(ckpts[-1] / "trainer_state.pt", map_location="cpu", weights_only=True)
-        state["weights"] = load_file(str(ckpts[-1] / "model.safetensors"))
+        state = read_torch_state(ckpts[-1] / "trainer_state.pt")
+        state["weights"] = read_safetensors(ckpts[-1] / "model.safetensors")
         return state
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise InputError(f"{out} is not empty; pass --resume to continue or --overwrite to start again")

@@ -56,7 +56,12 @@ class ConfigBase:
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid: {sorted(fields)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {k: _coerce(hints.get(k), v) for k, v in data.items()}
+        kwargs = {}
+        for k, v in data.items():
+            try:
+                kwargs[k] = _coerce(hints.get(k), v)
+            except ValueError as exc:
+                raise ValueError(f"{k}: {exc}") from None
         return cls(**kwargs)
 
     @classmethod
@@ -67,7 +72,9 @@ class ConfigBase:
 
 def _coerce(hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):  # e.g. "model": null would build a config without a model
+            raise ValueError(f"expected a JSON object for {hint.__name__}, got {json.dumps(value)}")
         return hint.from_dict(value)  # type: ignore[attr-defined]
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(hint)

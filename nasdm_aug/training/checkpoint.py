@@ -46,6 +46,10 @@ __all__ = [
     "resolve_checkpoint",
     "load_weights",
     "load_trainer_state",
+    "safetensors_header",
+    "check_weights_fit",
+    "read_safetensors",
+    "read_torch_state",
     "load_checkpoint",
     "load_data_info",
     "load_type_table",
@@ -144,26 +148,110 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return latest
 
 
-def load_weights(ckpt_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read ``ema.safetensors`` (or ``model.safetensors``) of a checkpoint directory."""
-    path = Path(ckpt_dir) / ("ema.safetensors" if ema else "model.safetensors")
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets), read from its
+    header alone, with the file's size checked against it: a truncated or foreign file is one
+    line here instead of a deserialisation traceback, and nothing is allocated.
+
+    Raises:
+        InputError: a missing, truncated or damaged file.
+    """
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weights file missing")
-    return load_file(str(path), device=str(device))
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n < 2 or n > min(size - 8, _MAX_HEADER):
+            raise InputError(f"{path}: not a safetensors file or truncated ({size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise InputError(f"{path}: damaged safetensors header") from None
+    if 8 + n + end > size:
+        raise InputError(f"{path}: truncated: its header describes {8 + n + end} bytes, the file holds {size}")
+    return tensors
+
+
+def check_weights_fit(model: nn.Module, header: dict[str, dict[str, Any]], path: str | os.PathLike,
+                      what: str = "config.json") -> None:
+    """Refuse weights whose names or shapes differ from ``model``'s (best built on the meta
+    device, so that a config describing a huge network costs nothing before this check).
+
+    Raises:
+        InputError: the first missing, unexpected or differently shaped tensor.
+    """
+    state = model.state_dict()
+    missing, extra = sorted(set(state) - set(header)), sorted(set(header) - set(state))
+    if missing or extra:
+        name = (missing or extra)[0]
+        raise InputError(f"{path}: weights do not fit the model its {what} describes ({len(missing)} tensors missing, "
+                         f"{len(extra)} unexpected, e.g. {name!r})")
+    for name, tensor in state.items():
+        if list(tensor.shape) != list(header[name]["shape"]):
+            raise InputError(f"{path}: weights do not fit the model its {what} describes ({name!r} is "
+                             f"{tuple(header[name]['shape'])} in the file, {tuple(tensor.shape)} in the model)")
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` after :func:`safetensors_header`, any failure one line."""
+    safetensors_header(path)
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # noqa: BLE001  SafetensorError and OSError alike
+        raise InputError(f"{path}: cannot read the weights ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+
+
+def load_weights(ckpt_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read ``ema.safetensors`` (or ``model.safetensors``) of a checkpoint directory.
+
+    Raises:
+        InputError: a missing, truncated or damaged file.
+    """
+    return read_safetensors(Path(ckpt_dir) / ("ema.safetensors" if ema else "model.safetensors"), device)
+
+
+def read_torch_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)``, a damaged or truncated file one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: trainer state missing")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  pickle, zip and EOF errors alike
+        raise InputError(f"{path}: cannot read the trainer state, the file is damaged or truncated "
+                         f"({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
 
 
 def load_trainer_state(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read ``trainer_state.pt`` with ``weights_only=True`` (tensors and plain containers only)."""
-    path = Path(ckpt_dir) / "trainer_state.pt"
-    if not path.is_file():
-        raise InputError(f"{path}: trainer state missing")
-    return torch.load(path, map_location=device, weights_only=True)
+    return read_torch_state(Path(ckpt_dir) / "trainer_state.pt", device)
 
 
 def load_data_info(path: str | os.PathLike) -> dict[str, Any]:
     """``data.json`` of a run or checkpoint directory: store, split, n_items, patch_size, type_table."""
     ckpt = resolve_checkpoint(path)
-    return json.loads((ckpt / "data.json").read_text())
+    path = ckpt / "data.json"
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (every run records its training data there)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(info, dict) or not info.get("type_table"):
+        raise InputError(f"{path}: no type_table (the nuclei types the model was trained with)")
+    try:
+        NucleiTypeTable.from_json(info["type_table"] if isinstance(info["type_table"], str)
+                                  else json.dumps(info["type_table"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{path}: type_table is not a valid type table ({exc})") from None
+    return info
 
 
 def load_type_table(path: str | os.PathLike) -> NucleiTypeTable:
@@ -195,6 +283,15 @@ def load_checkpoint(
 
     ckpt = resolve_checkpoint(path)
     config = TrainConfig.load(ckpt / "config.json")
+    weights = ckpt / ("ema.safetensors" if ema else "model.safetensors")
+    header = safetensors_header(weights)
+    try:
+        with torch.device("meta"):  # the config is checked against the file before anything is allocated
+            check_weights_fit(build_model(config.model), header, weights)
+    except InputError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{ckpt / 'config.json'}: the model it describes cannot be built ({exc})") from None
     model = build_model(config.model)
     try:
         model.load_state_dict(load_weights(ckpt, ema=ema), strict=True)
