@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # a full disk, a read-only or vanished folder: the path and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,11 @@ class PatchStoreWriter:
         meta = self._h5.create_group("meta")
         for key in META_KEYS:
             meta.create_dataset(key, shape=(0,), maxshape=(None,), dtype=_META_DTYPES[key], chunks=(4096,))
+        # handles kept open for the file's life: a dataset handle that is dropped after each append
+        # flushes its chunk cache in h5py's deallocator, where a full disk's error is only printed and
+        # leaves HDF5 in a state that later crashes the process; kept, the error surfaces in the write
+        self._arrays = {key: self._h5[key] for key in ARRAY_KEYS}
+        self._meta = {key: meta[key] for key in META_KEYS}
 
     def __len__(self) -> int:
         return self._n
@@ -143,16 +148,49 @@ class PatchStoreWriter:
             if len(col) != n:
                 raise InputError(f"metadata {key!r} has {len(col)} values for {n} patches")
         start, stop = self._n, self._n + n
-        for key, arr in zip(ARRAY_KEYS, (images, insts, types)):
-            ds = self._h5[key]
-            ds.resize(stop, axis=0)
-            ds[start:stop] = arr
-        for key, col in cols.items():
-            ds = self._h5["meta"][key]
-            ds.resize(stop, axis=0)
-            ds[start:stop] = np.asarray(col, dtype=object if key in ("source", "split") else _META_DTYPES[key])
+        try:
+            for key, arr in zip(ARRAY_KEYS, (images, insts, types)):
+                ds = self._arrays[key]
+                ds.resize(stop, axis=0)
+                ds[start:stop] = arr
+            for key, col in cols.items():
+                ds = self._meta[key]
+                ds.resize(stop, axis=0)
+                ds[start:stop] = np.asarray(col, dtype=object if key in ("source", "split") else _META_DTYPES[key])
+        except OSError as exc:
+            self._fail(exc)
         self._n = stop
         return list(range(start, stop))
+
+    def _fail(self, exc: OSError) -> None:
+        """A write failed (a full disk, a lost mount): discard the partial file, keep any earlier
+        ``path``, and say so in one line."""
+        kept = self.path.exists()
+        h5, self._h5 = self._h5, None
+        # HDF5 flushes its caches whenever a handle goes (here, in h5py's deallocators, at exit);
+        # each flush fails again on the full disk and the process ends in a segfault. Pointing the
+        # file's descriptor at /dev/null lets those flushes succeed into nothing and frees the space
+        try:
+            fd = h5.id.get_vfd_handle() if h5 is not None else None
+            if isinstance(fd, int):
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, fd)
+                os.close(null)
+        except Exception:  # noqa: BLE001  a driver without a descriptor: close as it comes
+            pass
+        self._arrays, self._meta = {}, {}
+        try:
+            if h5 is not None:
+                h5.close()
+        except Exception:  # noqa: BLE001  the file is discarded either way
+            pass
+        try:
+            self._ctx.__exit__(OSError, exc, None)
+        except OSError:
+            pass
+        reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+        raise InputError(f"{self.path}: writing failed ({reason}); the partial file was removed"
+                         + (f" and the earlier {self.path.name} kept" if kept else "")) from None
 
     def _check(self, images: np.ndarray, insts: np.ndarray, types: np.ndarray) -> None:
         p = self.patch_size
@@ -185,15 +223,24 @@ class PatchStoreWriter:
         """Finish the file and rename it onto ``path``."""
         if self._h5 is None:
             return
-        self._h5.attrs["splits"] = json.dumps(self._splits)
-        self._h5.attrs["extra"] = json.dumps(self._extra)
-        self._h5.close()
+        try:
+            self._h5.attrs["splits"] = json.dumps(self._splits)
+            self._h5.attrs["extra"] = json.dumps(self._extra)
+            self._h5.flush()
+        except OSError as exc:
+            self._fail(exc)
+        self._arrays, self._meta = {}, {}
+        try:
+            self._h5.close()
+        except OSError as exc:
+            self._fail(exc)
         self._h5 = None
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
         """Discard the partial file."""
         if self._h5 is not None:
+            self._arrays, self._meta = {}, {}
             self._h5.close()
             self._h5 = None
             try:
