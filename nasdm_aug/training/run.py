@@ -65,15 +65,33 @@ def check_model_fits(config: TrainConfig, n_types: int, patch_size: int, learns_
             )
 
 
+def replaced_dir(out: Path) -> Path:
+    """Where ``--overwrite`` keeps the old run until the new one has its first checkpoint."""
+    return out.with_name(out.name + ".replaced")
+
+
 def _prepare_dir(out: Path, resume: bool, overwrite: bool, dist: DistInfo) -> None:
     if dist.is_main:
         busy = out.exists() and any(out.iterdir())
         if busy and not resume:
             if not overwrite:
                 raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-            shutil.rmtree(out)
+            old = replaced_dir(out)
+            if old.exists() and latest_checkpoint(out) is None:
+                shutil.rmtree(out)  # an earlier --overwrite died before its first checkpoint: the old run waits in old
+            else:
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(out, old)
         out.mkdir(parents=True, exist_ok=True)
     barrier()
+
+
+def _drop_replaced(out: Path) -> None:
+    """The new run has a checkpoint: the run it replaces can go."""
+    old = replaced_dir(out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _preview(dataset: NASDMDataset, diffusion: Any, config: TrainConfig, out: Path, store: PatchStore) -> SamplePreview:
@@ -116,7 +134,8 @@ def train(
         config: the run config; may be None with ``resume`` (the run's own is used).
         out_dir: the run directory.
         resume: continue from the latest checkpoint in ``out_dir`` (fresh when it has none).
-        overwrite: replace an existing run instead of refusing.
+        overwrite: replace an existing run instead of refusing; the old run waits in
+            ``OUT.replaced`` until the new one has written its first checkpoint.
         steps: override ``config.steps`` (e.g. to extend a finished run).
         device: ``None``/``"auto"`` picks this rank's GPU, else CPU.
         progress: tqdm bar on rank 0.
@@ -170,7 +189,17 @@ def train(
         if dist.is_main:
             config.save(out / "config.json")
             (out / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
-        trainer.run()
+        if dist.is_main:
+            trainer.after_checkpoint = lambda: _drop_replaced(out)
+        try:
+            trainer.run()
+        except BaseException:
+            if dist.is_main and replaced_dir(out).exists() and latest_checkpoint(out) is None:
+                shutil.rmtree(out)  # stopped before its first checkpoint: the replaced run comes back
+                os.replace(replaced_dir(out), out)
+            raise
+        if dist.is_main:
+            _drop_replaced(out)
         return out
     finally:
         if started:

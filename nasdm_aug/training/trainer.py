@@ -106,6 +106,8 @@ class Trainer:
     ) -> None:
         self.config, self.diffusion, self.dataset = config, diffusion, dataset
         self.out_dir = Path(out_dir)
+        #: called after each checkpoint is written (rank 0), e.g. to drop the run this one replaces
+        self.after_checkpoint: Callable[[], None] | None = None
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.data_info = data_info or {}
@@ -167,7 +169,7 @@ class Trainer:
         """Write a checkpoint of the current step (rank 0 only; other ranks return None)."""
         if not self.dist.is_main:
             return None
-        return save_checkpoint(
+        path = save_checkpoint(
             self.out_dir,
             self.step,
             model_state=self.model.state_dict(),
@@ -177,6 +179,9 @@ class Trainer:
             data_info=self.data_info,
             keep_every=self.config.keep_every,
         )
+        if self.after_checkpoint is not None:
+            self.after_checkpoint()
+        return path
 
     # -- one step --------------------------------------------------------------------------
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:

@@ -60,3 +60,28 @@ def test_short_run_then_resume_extends_it(store_path, tmp_path, capsys):
     code, _, _ = _run(capsys, *common, "--resume", "--steps", "3")
     assert code == 0 and [s for s, _ in list_checkpoints(out)] == [3]
     assert json.loads((out / "config.json").read_text())["steps"] == 3
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(store_path, tmp_path, capsys, monkeypatch):
+    from nasdm_aug.training.trainer import Trainer
+
+    small_config("mask", steps=2, ckpt_every=2).save(tmp_path / "run.json")
+    out = tmp_path / "run"
+    common = ["train", "mask", "--store", str(store_path), "--out", str(out), "--no-progress",
+              "--config", str(tmp_path / "run.json")]
+    assert _run(capsys, *common)[0] == 0
+    old_weights = (list_checkpoints(out)[-1][1] / "ema.safetensors").read_bytes()
+
+    def stopped(self):  # Ctrl-C before the first checkpoint of the new run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", stopped)
+    with pytest.raises(SystemExit) as stop:
+        main([*common, "--overwrite", "--seed", "9"])
+    assert stop.value.code == 130
+    assert (list_checkpoints(out)[-1][1] / "ema.safetensors").read_bytes() == old_weights
+    assert not (tmp_path / "run.replaced").exists()
+    monkeypatch.undo()
+    assert _run(capsys, *common, "--overwrite", "--seed", "9")[0] == 0  # a finished replacement drops the old run
+    assert (list_checkpoints(out)[-1][1] / "ema.safetensors").read_bytes() != old_weights
+    assert not (tmp_path / "run.replaced").exists()
