@@ -207,13 +207,13 @@ def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig)
         one dict per run: ``study``, ``row``, ``seed``, ``n_real``, ``n_synthetic``, ``n_patches``, and
         ``upto`` (True where ``n_synthetic`` is a cap: balance picks only the patches that help).
     """
-    from nasdm_aug.mixing.plan import count_of
+    from nasdm_aug.mixing.plan import add_count, count_of
 
     runs = []
     for row in rows:
         n = len(store.indices(row.split))
         if row.mode == "add":
-            n_real, n_syn = count_of(row.base_fraction, n), count_of(row.ratio, n)
+            n_real, n_syn = count_of(row.base_fraction, n), add_count(row.base_fraction, row.ratio, n)
         elif row.mode == "replace":
             n_syn = count_of(row.ratio, n)
             n_real = n - n_syn

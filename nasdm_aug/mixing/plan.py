@@ -47,6 +47,16 @@ def count_of(fraction: float, n: int) -> int:
     return int(math.floor(fraction * n + 0.5 + 1e-9))
 
 
+def add_count(base_fraction: float, ratio: float, n: int) -> int:
+    """Synthetic patches of mode "add": ``count_of(ratio, n)``, but never more than the masks
+    outside the base when base and ratio together are at most the whole split: rounding both half
+    up would otherwise ask 25% + 75% of 34 patches for 9 + 26, one more than the 25 left."""
+    n_syn = count_of(ratio, n)
+    if base_fraction + ratio <= 1.0 + 1e-9:
+        n_syn = min(n_syn, n - count_of(base_fraction, n))
+    return n_syn
+
+
 @dataclass(frozen=True)
 class MixConfig(ConfigBase):
     """How a mixed training set is drawn (validated on construction).
@@ -256,7 +266,7 @@ def _plan_add(inp: _Inputs) -> MixPlan:
     # 2. eligible synthetic patches: parents in the split but not in the base (no mask leak)
     outside = np.setdiff1d(inp.split_idx, base)
     cand = _bank_candidates(inp, outside)
-    n_syn = count_of(inp.ratio, n)
+    n_syn = add_count(inp.config.base_fraction, inp.ratio, n)
     if n_syn > len(cand):
         raise InputError(
             f"mode 'add': ratio {inp.ratio:g} asks for {n_syn} synthetic patches ({inp.ratio:g} x {n} real "

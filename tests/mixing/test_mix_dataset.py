@@ -53,6 +53,15 @@ def test_count_rounds_half_up():
     assert [count_of(0.25, 10), count_of(0.15, 10), count_of(0.125, 20), count_of(0.3, 24)] == [3, 2, 3, 7]
 
 
+def test_add_count_never_exceeds_the_masks_outside_the_base():
+    from nasdm_aug.mixing.plan import add_count
+
+    # 34 patches: base 25% -> 9 (8.5 half up), 75% -> 26 (25.5 half up), but only 25 masks are left
+    assert (count_of(0.25, 34), count_of(0.75, 34)) == (9, 26)
+    assert add_count(0.25, 0.75, 34) == 25 and add_count(0.25, 0.5, 34) == 17
+    assert add_count(0.25, 1.0, 34) == 34  # more than the rest asked for: left to the bank check
+
+
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("ratio", [0.25, 0.75])
 def test_add_never_leaks_a_base_mask(stores, seed, ratio):
