@@ -5,7 +5,7 @@ At a fixed epoch count, adding S2 to 25% of R2 also multiplies the optimiser ste
 this trains 25% of R2 alone for ``--factor`` times the study's epochs (and its lr drop that many
 epochs later), so that a gain of the added rows can be told apart from a gain of longer training.
 
-    .venv/bin/python benchmarks/steps_control.py --store consep.h5 --out control --factor 4 --runs 3
+    .venv/bin/python benchmarks/steps_control.py --store consep.h5 --s2 s2.h5 --out control --factor 4 --runs 3
 
 Prints one JSON line per run and a mean ± std summary; each run keeps its model in OUT.
 """
@@ -36,6 +36,7 @@ from nasdm_aug.studies import METRICS, STUDIES, _hovernet_config, _validation, g
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
+    ap.add_argument("--s2", required=True, help="the study's S2 bank (mode 'add' draws the 25% base with it)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="consep")
     ap.add_argument("--factor", type=int, default=4, help="epochs (and lr-drop epoch) times the preset's")
@@ -51,7 +52,7 @@ def main() -> None:
         base = _hovernet_config(config, seed)
         cfg = base.replace(phase1_epochs=base.phase1_epochs * args.factor, phase2_epochs=base.phase2_epochs * args.factor,
                            lr_decay_epoch=base.lr_decay_epoch * args.factor)
-        data = SyntheticMixDataset(store, None, split=row.split, mode=row.mode, ratio=row.ratio,
+        data = SyntheticMixDataset(store, PatchStore(args.s2), split=row.split, mode=row.mode, ratio=row.ratio,
                                    base_fraction=row.base_fraction, seed=seed)
         run = Path(args.out) / f"x{args.factor}" / f"seed{seed}"
         train_hovernet(data, run, cfg, val_data=_validation(store, config), type_table=store.type_table,

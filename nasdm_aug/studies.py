@@ -10,8 +10,6 @@ own folder, so a rerun skips it; a killed run resumes its HoVerNet training.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
 import os
@@ -27,7 +25,7 @@ from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
            "run_studies", "summarise", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
@@ -252,22 +250,11 @@ def _validation(store: PatchStore, config: StudyConfig):
     return torch.utils.data.Subset(all_train, chosen.tolist())
 
 
-@functools.lru_cache(maxsize=16)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _identity(store: PatchStore | None) -> dict[str, Any] | None:
-    """A store's path and content hash (hashed once per file version in a process)."""
+    """A store's path and content hash."""
     if store is None:
         return None
-    path = Path(store.path).resolve()
-    st = path.stat()
-    return {"path": str(path), "sha256": _file_digest(str(path), st.st_size, st.st_mtime_ns)}
+    return {"path": str(Path(store.path).resolve()), "sha256": file_digest(store.path)}
 
 
 def run_fingerprint(row: StudyRow, seed: int, store: PatchStore, bank: PatchStore | None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import random
 import shutil
@@ -11,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["InputError", "atomic_output", "check_writable", "seed_everything"]
+__all__ = ["InputError", "atomic_output", "check_writable", "seed_everything", "file_digest"]
 
 
 class InputError(ValueError):
@@ -63,6 +65,23 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
         p.unlink()
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of a file's SHA-256, computed once per file version in a process
+    (keyed by path, size and modification time)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _digest(str(p), st.st_size, st.st_mtime_ns)
 
 
 def seed_everything(seed: int) -> None:

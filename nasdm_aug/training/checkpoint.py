@@ -149,6 +149,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -197,6 +199,9 @@ def check_weights_fit(model: nn.Module, header: dict[str, dict[str, Any]], path:
         if list(tensor.shape) != list(header[name]["shape"]):
             raise InputError(f"{path}: weights do not fit the model its {what} describes ({name!r} is "
                              f"{tuple(header[name]['shape'])} in the file, {tuple(tensor.shape)} in the model)")
+        want = _SAFETENSORS_DTYPES.get(tensor.dtype)
+        if want is not None and header[name].get("dtype") != want:
+            raise InputError(f"{path}: {name!r} is {header[name].get('dtype')} in the file, the model needs {want}")
 
 
 def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -78,3 +78,15 @@ def test_cli_synthesize_with_damaged_model_is_one_line(toy, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {weights}: ") and "truncated" in lines[0]
+
+
+def test_weights_of_another_dtype_are_refused(toy):
+    from safetensors.torch import load_file, save_file
+
+    weights = toy / "mask" / "ema.safetensors"
+    state = load_file(str(weights))
+    name = next(iter(state))
+    state[name] = state[name].double()
+    save_file(state, str(weights))
+    with pytest.raises(InputError, match=f"'{name}' is F64 in the file, the model needs F32"):
+        load_checkpoint(toy / "mask")

@@ -60,6 +60,14 @@ def test_short_run_then_resume_extends_it(store_path, tmp_path, capsys):
     code, _, _ = _run(capsys, *common, "--resume", "--steps", "3")
     assert code == 0 and [s for s, _ in list_checkpoints(out)] == [3]
     assert json.loads((out / "config.json").read_text())["steps"] == 3
+    # a resume on a store with other contents at any path is refused, naming both
+    from _trainer_helpers import write_store
+
+    other = write_store(tmp_path / "other.h5", seed=5)
+    code, _, err = _run(capsys, "train", "mask", "--store", str(other), "--out", str(out), "--no-progress",
+                        "--resume", "--steps", "4")
+    assert code == 2 and "holds other patches" in err and str(other) in err and len(err.strip().splitlines()) == 1
+    assert [s for s, _ in list_checkpoints(out)] == [3]
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(store_path, tmp_path, capsys, monkeypatch):
