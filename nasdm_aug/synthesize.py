@@ -29,7 +29,7 @@ from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
-from nasdm_aug.utils import InputError, check_writable
+from nasdm_aug.utils import InputError, check_writable, file_digest
 from nasdm_aug.viz import colour_mask, contact_sheet
 
 __all__ = ["SynthesizeConfig", "synthesize", "plan_jobs", "combination_presence"]
@@ -159,8 +159,9 @@ def synthesize(
     )
     real = _check_fit(config, gen)
     parts = out.with_name(out.name + ".parts")
+    masks_sha = file_digest(config.masks) if real is not None else ""
     if dist.is_main:
-        _prepare_parts(parts, config, overwrite, gen.model_hash)
+        _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha)
     barrier()
     chunks = [(s, min(len(jobs), s + config.batch_size)) for s in range(0, len(jobs), config.batch_size)]
     done_before = sum(_part(parts, c).is_file() for c in range(len(chunks)))
@@ -202,10 +203,10 @@ def _part(parts: Path, chunk: int) -> Path:
     return parts / f"part_{chunk:06d}.h5"
 
 
-def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str) -> None:
-    """Keep the parts of an interrupted run only if it used the same arguments and weights."""
+def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str) -> None:
+    """Keep the parts of an interrupted run only if it used the same arguments, weights and masks."""
     record_path = parts / "config.json"
-    record = {"config": json.loads(config.to_json()), "model_hash": model_hash}
+    record = {"config": json.loads(config.to_json()), "model_hash": model_hash, "masks_sha256": masks_sha}
     if parts.is_dir() and record_path.is_file():
         try:
             old = json.loads(record_path.read_text())
@@ -218,6 +219,8 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
                 why = "by a version that did not record the model's weights"
             elif old["model_hash"] != model_hash:
                 why = f"with other model weights (hash {old['model_hash']}, now {model_hash})"
+            elif old.get("masks_sha256") != masks_sha:
+                why = f"from a mask store of other contents (hash {old.get('masks_sha256')}, now {masks_sha})"
             else:
                 keys = sorted(k for k in set(old["config"]) | set(record["config"])
                               if old["config"].get(k) != record["config"].get(k))
@@ -256,6 +259,9 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | No
         made_by = (bank.attrs.get("provenance") or {}).get("model_hash")
         if made_by != model_weights_hash(mask_run, patch_run, config.ema):
             return f"made by models with other weights (hash {made_by})"
+        made_from = (bank.attrs.get("provenance") or {}).get("parent_sha256")
+        if config.masks and made_from is not None and made_from != file_digest(config.masks):
+            return f"made from a mask store of other contents (hash {made_from})"
         n_jobs = len(plan_jobs(config))
         if len(bank) != n_jobs:
             return f"holds {len(bank)} of the {n_jobs} planned patches"
@@ -290,7 +296,8 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampler,
                   "steps": config.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
-                  "parent_store": str(Path(config.masks).resolve()) if real is not None else ""}
+                  "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
+                  "parent_sha256": file_digest(config.masks) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),
                           origin="synthetic", overwrite=overwrite,
                           attrs={"provenance": provenance, "magnification": gen.magnification, **(attrs or {})}) as writer:

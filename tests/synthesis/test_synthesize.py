@@ -161,6 +161,13 @@ def test_interrupted_parts_of_other_weights_are_not_mixed_in(runs, real_store, t
     (parts / "config.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "model_hash": "0" * 16}))
     with pytest.raises(InputError, match="interrupted run made with other model weights"):
         synthesize(cfg, out, device="cpu", progress=False)
+    from nasdm_aug.generator import model_weights_hash
+
+    right = model_weights_hash(*map(str, runs))
+    (parts / "config.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "model_hash": right,
+                                                   "masks_sha256": "f" * 16}))
+    with pytest.raises(InputError, match="interrupted run made from a mask store of other contents"):
+        synthesize(cfg, out, device="cpu", progress=False)
     (parts / "config.json").write_text(cfg.to_json())  # a record from before weights were recorded
     with pytest.raises(InputError, match="did not record the model's weights"):
         synthesize(cfg, out, device="cpu", progress=False)
