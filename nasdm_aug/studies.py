@@ -458,7 +458,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
     store = PatchStore(ensure_store(config, out, progress))
     check_store(store, rows, own_test=own_test)
     test = resolve_test_set(config, store, out, progress=progress) or StudyTestSet.own(store)
-    banks = ensure_banks(config, store, rows, out, progress)
+    banks = ensure_banks(config, store, rows, out, progress, overwrite=overwrite)
     test_data = store_dataset(test.path, test.split)
     runs = plan_study(store, rows, config)
     placed = []
@@ -656,35 +656,53 @@ def _check_prepared(path: Path, want) -> None:
 
 
 def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,
-                 progress: bool) -> dict[str, PatchStore]:
-    """S1 / S2 as the rows need them: given, made before in ``OUT/banks``, or synthesized now."""
-    from nasdm_aug.synthesize import SynthesizeConfig, synthesize
+                 progress: bool, overwrite: bool = False) -> dict[str, PatchStore]:
+    """S1 / S2 as the rows need them: given, made before in ``OUT/banks``, or synthesized now.
+
+    A bank made before in ``OUT/banks`` is reused only if it is the complete bank this config
+    makes (same arguments, weights and masks); otherwise it is refused in one line, or made again
+    with ``overwrite``.
+    """
+    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
 
     banks: dict[str, PatchStore] = {}
     for name in sorted({r.bank for r in rows if r.bank}):
         given = {"S1": config.s1, "S2": config.s2, "B": config.balance_bank}[name]
         path = Path(given) if given else out / "banks" / f"{name}.h5"
-        if not path.is_file():
-            if given:
+        if given:
+            if not path.is_file():
                 raise InputError(f"{path}: the {name} bank does not exist")
-            if not config.model:
-                needing = sorted({r.study for r in rows if r.bank == name})
-                flag = "--balance-bank" if name == "B" else f"--{name.lower()}"
-                raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
-                                 f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
-            opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
-            attrs = None
-            if name == "B":  # generated masks of the type combinations the split lacks (issue 10)
-                ratio = max(r.ratio for r in rows if r.bank == "B")
-                plan = _balance_synthesis_plan(store, config, ratio)
-                opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
-            else:
-                opts.update(masks=str(store.path), split=BANK_SPLITS[name])
-            opts.update({k: v for k, v in (("sampler", config.sampler), ("steps", config.steps)) if v})
-            if config.guidance >= 0:
-                opts["guidance"] = config.guidance
-            device = None if config.device == "auto" else config.device
-            synthesize(SynthesizeConfig(**opts), path, device=device, preview=8, progress=progress, attrs=attrs)
+            banks[name] = PatchStore(path)
+            continue
+        if not config.model:
+            if path.is_file():  # a bank this study made before, without the models to check it against
+                banks[name] = PatchStore(path)
+                continue
+            needing = sorted({r.study for r in rows if r.bank == name})
+            flag = "--balance-bank" if name == "B" else f"--{name.lower()}"
+            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
+                             f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
+        opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
+        attrs = None
+        if name == "B":  # generated masks of the type combinations the split lacks (issue 10)
+            ratio = max(r.ratio for r in rows if r.bank == "B")
+            plan = _balance_synthesis_plan(store, config, ratio)
+            opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
+        else:
+            opts.update(masks=str(store.path), split=BANK_SPLITS[name])
+        opts.update({k: v for k, v in (("sampler", config.sampler), ("steps", config.steps)) if v})
+        if config.guidance >= 0:
+            opts["guidance"] = config.guidance
+        synth = SynthesizeConfig(**opts)
+        if path.is_file():
+            problem = finished_bank_problem(path, synth)
+            if problem is None:
+                banks[name] = PatchStore(path)
+                continue
+            if not overwrite:
+                raise InputError(f"{path}: {problem}; rerun with --overwrite to make it again, or use another --out")
+        device = None if config.device == "auto" else config.device
+        synthesize(synth, path, device=device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
         banks[name] = PatchStore(path)
     return banks
 
