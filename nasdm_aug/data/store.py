@@ -379,6 +379,23 @@ class PatchStore:
         item["index"] = i
         return item
 
+    def content_digest(self, split: str | None = None, samples: int = 64) -> str:
+        """A short hash of what a split holds: its size, patch size, types, source images and the
+        pixels of up to ``samples`` evenly spaced patches. Unlike a hash of the file it ignores
+        attributes (a store re-prepared by another version keeps its digest), and it costs a few
+        reads, not a pass over the whole file."""
+        import hashlib
+
+        idx = self.indices(split) if split else np.arange(len(self))
+        h = hashlib.sha256(json.dumps([int(len(idx)), self.patch_size, list(self.type_table.names)]).encode())
+        h.update(json.dumps([str(s) for s in self.meta("source")[idx]]).encode())
+        if len(idx):
+            pick = idx[np.unique(np.linspace(0, len(idx) - 1, min(samples, len(idx))).astype(np.int64))]
+            for key, arr in self.read(pick).items():
+                h.update(key.encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
     def read(self, indices: Sequence[int] | np.ndarray, keys: Sequence[str] = ARRAY_KEYS) -> dict[str, np.ndarray]:
         """Stacked arrays for many patches, in the order given (duplicates allowed)."""
         idx = np.asarray([self._check_index(i) for i in indices], dtype=np.int64)

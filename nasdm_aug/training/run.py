@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.utils import InputError, file_digest
+from nasdm_aug.utils import InputError
 
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
@@ -170,18 +170,18 @@ def train(
             "patch_size": store.patch_size,
             "magnification": store.magnification,  # None for stores that do not record it
             "type_table": store.type_table.to_json(),  # NucleiTypeTable.to_json text
-            "store_sha256": file_digest(store_path),  # a resume must see the same contents
+            "split_digest": store.content_digest(split),  # a resume must see the same patches
         }
         if resume and (out / "data.json").is_file():  # a resumed run keeps the scale it started at
             from nasdm_aug.data.magnification import check_same_scale
 
             saved_info = json.loads((out / "data.json").read_text())
             check_same_scale(f"run {out}", saved_info, f"store {store_path}", store.scale_info())
-            saved_sha = saved_info.get("store_sha256")  # runs from before it was recorded are trusted
-            if saved_sha and (saved_sha != data_info["store_sha256"] or saved_info.get("split") != split):
+            saved_digest = saved_info.get("split_digest")  # runs from before it was recorded are trusted
+            if saved_digest and saved_digest != data_info["split_digest"]:
                 raise InputError(f"{out} was trained on {saved_info.get('store')} split {saved_info.get('split')!r} "
-                                 f"(contents {saved_sha}); {store_path} split {split!r} holds other patches "
-                                 f"({data_info['store_sha256']}): resume with that store, or start a new run")
+                                 f"(digest {saved_digest}); {store_path} split {split!r} holds other patches "
+                                 f"({data_info['split_digest']}): resume with that store, or start a new run")
             if data_info["magnification"] is None:  # a store that does not record it keeps the run's
                 data_info["magnification"] = saved_info.get("magnification")
         trainer = Trainer(
