@@ -124,3 +124,8 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     assert res.exit_code == 0, res.output
     changed = [p for p in stamps if p.stat().st_mtime_ns != stamps[p]]
     assert changed == [legacy / "result.json"] and (legacy / "fingerprint.json").is_file()
+    # a bank this study made before, with other synthesis settings: refused, not reused
+    StudyConfig(name="test", steps=4, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    res = CliRunner().invoke(cli, args)
+    assert isinstance(res.exception, InputError)
+    assert "S1.h5: made with other arguments (steps); rerun with --overwrite" in str(res.exception)
