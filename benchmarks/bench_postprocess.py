@@ -2,13 +2,15 @@
 ``process()`` (benchmarks/hovernet_reference.py), on the same inputs, in one process.
 
     .venv/bin/python benchmarks/bench_postprocess.py [--patches 48] [--rounds 5]
+        [--batch 8]
         [--model HOVERNET_RUN --store STORE.h5 --split Test] [--json out.json]
 
 Inputs: (1) "soft": soft np / hv maps made from real CoNSeP instance maps (128-px crops of
 ../shared/data/consep/Train, random disks where it is absent) plus noisy type logits; (2) with
 ``--model``: the outputs of a trained HoVerNet on a store's split (the real thing).
 For each: patches/s (best of ``--rounds`` interleaved passes, one thread) of hover_net's
-``process()`` with and without its contour / centroid bookkeeping and of our presets; the
+``process()`` with and without its contour / centroid bookkeeping and of our presets, patch by
+patch and in batches of ``--batch`` (as ``postprocess()`` runs them; checked identical); the
 agreement of our ``hovernet`` preset with it (pooled PQ, identical patches, identical types);
 and PQ against ground truth of every variant.
 """
@@ -38,7 +40,9 @@ from bench_recipe_sizes import _cpu  # noqa: E402  (lscpu model, CPU capability,
 
 from hovernet.config import PostprocessConfig  # noqa: E402
 from hovernet.metrics import compute_pq  # noqa: E402
-from hovernet.postprocess import assign_types, instances_from_np_hv  # noqa: E402
+from hovernet.postprocess import (  # noqa: E402
+    assign_types, assign_types_batch, instances_from_np_hv, instances_from_np_hv_batch,
+)
 
 
 def machine() -> dict[str, str]:
@@ -77,12 +81,21 @@ def model_inputs(model_dir: str, store: str, split: str, n: int) -> list[dict[st
     return out
 
 
-def race(items: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+def race(items: list[dict[str, np.ndarray]], rounds: int, batch: int) -> dict[str, float]:
     presets = {"hovernet": PostprocessConfig.hovernet(), "default": PostprocessConfig(), "monai": PostprocessConfig.monai()}
 
     def ours(cfg):
         return lambda it: (lambda inst: (inst, assign_types(inst, it["nc"], cfg.type_vote)))(
             instances_from_np_hv(it["prob"], it["hv"], cfg))
+
+    def ours_batched(cfg):
+        """What ``postprocess()`` (and so ``hovernet evaluate``) does: one pass per batch."""
+        def run(chunk):
+            inst = instances_from_np_hv_batch(np.stack([it["prob"] for it in chunk]), np.stack([it["hv"] for it in chunk]),
+                                              cfg)
+            typ = assign_types_batch(inst, np.stack([it["nc"] for it in chunk]), cfg.type_vote)
+            return list(zip(inst, typ))
+        return run
 
     def theirs(contours):
         def run(it):
@@ -92,18 +105,29 @@ def race(items: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
 
     fns = {"hover_net_process": theirs(True), "hover_net_no_contours": theirs(False),
            **{f"ours_{k}": ours(c) for k, c in presets.items()}}
+    batched = {f"ours_{k}_batch{batch}": ours_batched(c) for k, c in presets.items()}
     for fn in fns.values():  # warm caches and imports
         fn(items[0])
-    best = {k: float("inf") for k in fns}
+    for fn in batched.values():
+        fn(items[:batch])
+    best = {k: float("inf") for k in (*fns, *batched)}
     results = {}
     for _ in range(rounds):  # interleaved: a disturbance of the shared CPU hits every variant alike
         for k, fn in fns.items():
             t0 = time.perf_counter()
             results[k] = [fn(it) for it in items]
             best[k] = min(best[k], time.perf_counter() - t0)
+        for k, fn in batched.items():
+            t0 = time.perf_counter()
+            results[k] = [r for i in range(0, len(items), batch) for r in fn(items[i: i + batch])]
+            best[k] = min(best[k], time.perf_counter() - t0)
+    for k in presets:  # the batched pass is the per-patch function's output, pixel for pixel
+        for (a, ta), (b, tb) in zip(results[f"ours_{k}"], results[f"ours_{k}_batch{batch}"]):
+            assert np.array_equal(a, b) and np.array_equal(ta, tb), f"batched {k} differs from per patch"
     out = {f"{k}_per_s": len(items) / v for k, v in best.items()}
-    out["speedup_vs_process"] = best["hover_net_process"] / best["ours_hovernet"]
-    out["speedup_vs_no_contours"] = best["hover_net_no_contours"] / best["ours_hovernet"]
+    for name, k in (("", "ours_hovernet"), ("_batched", f"ours_hovernet_batch{batch}")):
+        out[f"speedup{name}_vs_process"] = best["hover_net_process"] / best[k]
+        out[f"speedup{name}_vs_no_contours"] = best["hover_net_no_contours"] / best[k]
     # agreement of the hovernet preset with hover_net
     tp = fp = fn = 0
     iou = 0.0
@@ -132,6 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8, help="patches per batched call (hovernet evaluate's default)")
     ap.add_argument("--model", default=None, help="a trained HoVerNet run folder (optional)")
     ap.add_argument("--store", default=None, help="PatchStore for --model")
     ap.add_argument("--split", default="Test")
@@ -140,12 +165,12 @@ def main() -> None:
     torch.set_num_threads(1)
     res: dict = {"machine": machine()}
     print(json.dumps(res["machine"]), flush=True)
-    res["soft"] = race(soft_inputs(args.patches), args.rounds)
+    res["soft"] = race(soft_inputs(args.patches), args.rounds, args.batch)
     print("soft", json.dumps(res["soft"], indent=1), flush=True)
     if args.model:
         if not args.store:
             sys.exit("Error: --model needs --store")
-        res["model"] = race(model_inputs(args.model, args.store, args.split, args.patches), args.rounds)
+        res["model"] = race(model_inputs(args.model, args.store, args.split, args.patches), args.rounds, args.batch)
         print("model", json.dumps(res["model"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -16,8 +16,9 @@ from skimage.segmentation import watershed
 from hovernet.config import POSTPROCESS_PRESETS, PostprocessConfig
 from hovernet.metrics import compute_pq
 from hovernet.postprocess import (
-    _argmax0, _fill_holes, _mark_unmarked, _morph_rows, _remove_small, _watershed, assign_types, instance_energy,
-    instances_from_np_hv, opencv_ellipse, opencv_gaussian_kernel, postprocess,
+    _argmax0, _mark_unmarked, _morph_rows, _remove_small, _watershed, assign_types, instance_energy,
+    assign_types_batch, instances_from_np_hv, instances_from_np_hv_batch, opencv_ellipse, opencv_gaussian_kernel,
+    postprocess,
 )
 from hovernet.targets import compute_targets
 
@@ -65,6 +66,7 @@ def test_row_morphology_equals_scipy_and_opencv():
         for _ in range(10):
             a = ndi.binary_dilation(rng.random((40, 37)) > 0.93, iterations=2)
             np.testing.assert_array_equal(_morph_rows(a, fp, True), ndi.binary_erosion(a, fp, border_value=1))
+            np.testing.assert_array_equal(_morph_rows(a[None], fp, True)[0], ndi.binary_erosion(a, fp, border_value=1))
             np.testing.assert_array_equal(_morph_rows(a, fp, False), ndi.binary_dilation(a, fp, border_value=0))
             opened = _morph_rows(_morph_rows(a, fp, True), fp, False)
             cv = cv2.morphologyEx(a.astype(np.uint8), cv2.MORPH_OPEN, fp.astype(np.uint8))
@@ -76,12 +78,12 @@ def test_restricted_watershed_equals_full_watershed(connectivity):
     rng = np.random.default_rng(2)
     for inst, prob, hv, _ in _soft_predictions(6, seed=3):
         mask = prob >= 0.5
-        comps = _remove_small(mask, 0) if connectivity == 1 else ndi.label(mask, structure=np.ones((3, 3)))[0]
+        comps = _remove_small(mask[None], 0)[0] if connectivity == 1 else ndi.label(mask, structure=np.ones((3, 3)))[0]
         dist = -ndi.gaussian_filter(prob, 1.0)
         markers = ndi.label(ndi.binary_erosion(mask, iterations=2) & (rng.random(mask.shape) > 0.05))[0]
         markers[rng.random(mask.shape) > 0.995] = 3  # a label in several blobs, and outside the mask
         full = watershed(dist, markers=markers, mask=comps > 0, connectivity=connectivity)
-        np.testing.assert_array_equal(_watershed(dist, markers, comps, connectivity), full)
+        np.testing.assert_array_equal(_watershed(dist[None], markers[None], comps[None], connectivity)[0], full)
 
 
 def _plain_instances(np_prob, hv, cfg):
@@ -159,13 +161,6 @@ def test_argmax0_equals_numpy_including_ties():
     np.testing.assert_array_equal(_argmax0(a), a.argmax(0))
 
 
-def test_fill_holes_still_equals_scipy_on_markers():
-    rng = np.random.default_rng(7)
-    for _ in range(5):
-        m = rng.random((30, 30)) > 0.4
-        np.testing.assert_array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
-
-
 def test_batch_postprocess_uses_the_config_vote():
     import torch
 
@@ -197,3 +192,40 @@ def test_filter_matrices_equal_scipy_mirror_correlation(n, size):
         k = sobel_kernels(size)[0 if derivative else 1]
         np.testing.assert_allclose(_filter_matrix(n, size, derivative) @ x,
                                    ndi.correlate1d(x, k, axis=0, mode="mirror"), atol=1e-12)
+
+
+def test_disk_opening_by_rows_equals_scikit_image():
+    rng = np.random.default_rng(9)
+    for r in (1, 2, 3):
+        a = ndi.binary_dilation(rng.random((6, 33, 29)) > 0.94, iterations=2)  # blobs cut by the edges
+        ours = _morph_rows(_morph_rows(a, disk(r).astype(bool), True), disk(r).astype(bool), False)
+        np.testing.assert_array_equal(ours, np.stack([opening(p.astype(np.uint8), disk(r)) > 0 for p in a]))
+
+
+@pytest.mark.parametrize("cfg", [PostprocessConfig(), PostprocessConfig.monai(), PostprocessConfig.hovernet(),
+                                 PostprocessConfig(connectivity=2, smooth_sigma=2.0)], ids=["default", "monai",
+                                                                                          "hovernet", "conn2"])
+def test_batch_equals_patch_by_patch(cfg):
+    """One pass over a stack gives each patch exactly what it gets alone: nothing (labels, holes,
+    normalisation, borders, the flood) leaks between neighbouring patches."""
+    preds = _soft_predictions(5, seed=10)
+    probs = np.stack([p for _, p, _, _ in preds])
+    hvs = np.stack([h for _, _, h, _ in preds])
+    ncs = np.stack([c for *_, c in preds])
+    probs[2] = 0.0  # an empty patch between full ones
+    probs[3, :, :48] = 1.0  # a patch whose left half is one blob touching the edge and the next patch
+    probs[4] = probs[3, ::-1]  # touches the same positions as its neighbour
+    batch = instances_from_np_hv_batch(probs, hvs, cfg)
+    alone = np.stack([instances_from_np_hv(p, h, cfg) for p, h in zip(probs, hvs)])
+    np.testing.assert_array_equal(batch, alone)
+    assert batch[2].max() == 0 and batch[0].max() >= 5 and batch.dtype == np.int32
+    for vote in ("types", "argmax"):
+        np.testing.assert_array_equal(assign_types_batch(batch, ncs, vote),
+                                      np.stack([assign_types(i, c, vote) for i, c in zip(batch, ncs)]))
+
+
+def test_batch_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"np \[N, H, W\]"):
+        instances_from_np_hv_batch(np.zeros((2, 8, 8)), np.zeros((2, 2, 8, 9)))
+    with pytest.raises(ValueError, match=r"inst \[N, H, W\]"):
+        assign_types_batch(np.zeros((2, 8, 8), np.int32), np.zeros((3, 4, 8, 8)))
