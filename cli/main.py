@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
     "hovernet": ("cli.hovernet:hovernet", "train, evaluate and apply the bundled HoVerNet (Dice, PQ, AJI, mPQ+)"),
     "evaluate": ("cli.evaluate:evaluate", "FID/IS/KID, automated expert criteria and mask checks of a synthetic bank"),
+    "export": ("cli.export:export_command", "write a store, split or mixed set for hover_net, CoNIC, CellViT, StarDist or Cellpose"),
 }
 
 

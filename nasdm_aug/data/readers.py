@@ -7,7 +7,10 @@ PanNuke) is checked as it is read; any problem stops with one :class:`InputError
 from __future__ import annotations
 
 import csv
+import io
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -25,6 +28,7 @@ from nasdm_aug.utils import InputError
 __all__ = [
     "ReaderSpec", "READERS", "get_reader", "read_lizard", "read_consep", "read_conic", "read_pannuke",
     "list_lizard", "list_consep", "list_conic", "list_pannuke", "load_rgb", "CONSEP_MERGE", "CONSEP_CLASSES",
+    "read_cellvit_label",
 ]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff")
@@ -419,13 +423,94 @@ def _read_npy(src, names, table: NucleiTypeTable, label_file: str, channels: int
     return gen()
 
 
+# -- reading CellViT's label files without running arbitrary pickles --------------------------------
+class _SafeUnpickler(pickle.Unpickler):
+    """Only what ``np.save`` of a dict of arrays needs: numpy's array reconstruction and dtypes."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("builtins", "dict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cellvit_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(inst_map, type_map) from one of CellViT's ``labels/*.npy`` files (a pickled dict), loading
+    nothing but numpy arrays.
+
+    Raises:
+        InputError: not such a file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            if dtype != np.dtype(object) or shape != ():
+                raise ValueError(f"holds a {dtype} array of shape {shape}, not a dict")
+            obj = _SafeUnpickler(io.BytesIO(fh.read())).load()
+        if isinstance(obj, np.ndarray):
+            obj = obj[()]
+        return np.asarray(obj["inst_map"]), np.asarray(obj["type_map"])
+    except (ValueError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as exc:
+        raise InputError(f"{path}: not a CellViT label file with inst_map and type_map ({exc})") from None
+
+
+def _natural_key(name: str) -> list:
+    """"0_2" before "0_10", as CellViT's natsorted file lists."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _is_cellvit_fold(src: Path) -> bool:
+    return (src / "images").is_dir() and (src / "labels").is_dir() and not (src / "images.npy").exists()
+
+
+def _cellvit_pairs(src: Path) -> dict[str, tuple[Path, Path]]:
+    """name -> (images/NAME.png, labels/NAME.npy) of a CellViT fold folder, natural order."""
+    images = {p.stem: p for p in (src / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    labels = {p.stem: p for p in (src / "labels").iterdir() if p.suffix == ".npy"}
+    if not images:
+        raise InputError(f"{src / 'images'}: no images (a CellViT fold holds images/*.png and labels/*.npy)")
+    for name, path in images.items():
+        if name not in labels:
+            raise InputError(f"{path}: image without labels (no {src / 'labels' / (name + '.npy')})")
+    return {n: (images[n], labels[n]) for n in sorted(images, key=_natural_key)}
+
+
+def _read_cellvit(src: Path, names, table: NucleiTypeTable) -> Iterator[Tile]:
+    pairs = _cellvit_pairs(src)
+    todo = list(pairs) if names is None else list(names)
+    missing = [n for n in todo if n not in pairs]
+    if missing:
+        raise InputError(f"{src}: no image named {missing[0]!r}")
+
+    def gen() -> Iterator[Tile]:
+        for name in todo:
+            img_path, lbl_path = pairs[name]
+            image = load_rgb(img_path)
+            inst_map, type_map = read_cellvit_label(lbl_path)
+            where = str(lbl_path)
+            _check_shapes(image, {"inst_map": inst_map, "type_map": type_map}, where)
+            inst, old_ids = _relabel(inst_map, where)
+            classes = _class_per_instance(inst, _int_labels(type_map, where, "type_map"), old_ids, table.n_types, where)
+            yield _make_tile(image, inst, classes, name)
+    return gen()
+
+
 def list_conic(src: str | os.PathLike) -> list[str]:
     """Patch names of a CoNIC folder (validates the two arrays' shapes)."""
     return _npy_names(Path(src), len(_npy_pair(src, "labels.npy", 2)[0]))
 
 
 def list_pannuke(src: str | os.PathLike) -> list[str]:
-    """Patch names of a PanNuke fold folder (validates the two arrays' shapes)."""
+    """Patch names of a PanNuke fold folder (validates the two arrays' shapes), or of a CellViT
+    fold folder (``images/`` + ``labels/``)."""
+    if _is_cellvit_fold(Path(src)):
+        return list(_cellvit_pairs(Path(src)))
     return _npy_names(Path(src), len(_npy_pair(src, "masks.npy", 6)[0]))
 
 
@@ -479,11 +564,13 @@ def read_conic(src: str | os.PathLike, names: Sequence[str] | None = None,
 
 def read_pannuke(src: str | os.PathLike, names: Sequence[str] | None = None,
                  type_table: NucleiTypeTable | None = None) -> Iterator[Tile]:
-    """Read a PanNuke fold: ``images.npy`` [N, H, W, 3] + ``masks.npy`` [N, H, W, 6].
+    """Read a PanNuke fold: ``images.npy`` [N, H, W, 3] + ``masks.npy`` [N, H, W, 6], or the same
+    fold in CellViT's layout (``images/NAME.png`` + ``labels/NAME.npy`` dicts of ``inst_map`` and
+    ``type_map``, as ``nasdm-aug export --format pannuke`` writes).
 
     Channels 0-4 hold instance ids of neoplastic, inflammatory, connective, dead and epithelial
     nuclei; channel 5 (background) is ignored. PanNuke ships float64 arrays: integral values in
-    0..255 are converted to uint8. Names are ``<folder>_<index>``.
+    0..255 are converted to uint8. Names are ``<folder>_<index>`` (CellViT: the file stems).
 
     Args:
         src: the folder with the two arrays.
@@ -496,6 +583,8 @@ def read_pannuke(src: str | os.PathLike, names: Sequence[str] | None = None,
     Raises:
         InputError: missing or unreadable arrays, shapes, a pixel claimed by two classes.
     """
+    if _is_cellvit_fold(Path(src)):
+        return _read_cellvit(Path(src), names, type_table or PANNUKE)
     return _read_npy(src, names, type_table or PANNUKE, "masks.npy", 6, _build_pannuke)
 
 

@@ -1,0 +1,415 @@
+"""Export a PatchStore, one of its splits, or a mixed set to the formats other trainers read.
+
+Formats (``EXPORT_FORMATS``):
+
+- ``hovernet``: hover_net's training tiles as its ``extract_patches.py`` writes them, one
+  ``NAME.npy`` per patch, [H, W, 5] int32 = RGB, instance id, type id; plus ``type_info.json``
+  (``{"0": ["background", [0, 0, 0]], "1": [name, [r, g, b]], ...}``, the file hover_net's
+  ``--type_info_path`` takes).
+- ``conic``: the CoNIC challenge arrays, ``images.npy`` [N, H, W, 3] uint8 and ``labels.npy``
+  [N, H, W, 2] int32 (instance, class), ``counts.csv`` (nuclei per class and patch, the baseline's
+  regression target, columns in Lizard's class order) and ``patch_info.csv`` (patch names
+  ``<image>-<index>``). Lizard's six classes.
+- ``pannuke``: the fold layout CellViT trains on (what its ``prepare_pannuke.py`` makes of PanNuke):
+  ``fold<F>/images/<F>_<i>.png``, ``fold<F>/labels/<F>_<i>.npy`` (a dict with ``inst_map`` and
+  ``type_map``), ``fold<F>/types.csv`` (``img,type``: the tissue), ``fold<F>/cell_count.csv``
+  (``Image,Neoplastic,...``); plus ``dataset_config.yaml`` naming the nuclei and tissue types.
+  PanNuke's five classes.
+- ``png``: ``images/NAME.png``, ``labels/NAME.tif`` (32-bit instance ids, never 8-bit) and
+  ``types.csv`` (``image,instance,type,type_name`` per nucleus), as StarDist and Cellpose read.
+
+Every export also writes ``manifest.json`` (format, source stores and their digests, the mix
+plan and seed, counts, type mapping) and ``manifest.csv`` (one row per patch: its file, origin
+real | synthetic, store, index, parent, source image and position), so each exported patch can be
+traced back. The output folder is written beside itself and renamed into place when complete.
+
+A format with a fixed class list (conic, pannuke) takes the store's types by name; a type with no
+namesake must be mapped (``type_map={"neutrophil": "inflammatory", ...}``, or ``"drop"`` to leave
+those nuclei out) or the export is refused, naming the types that would be lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from nasdm_aug import __version__
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.types import LIZARD, PANNUKE, NucleiTypeTable
+from nasdm_aug.utils import InputError, atomic_output, file_digest
+
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "export", "resolve_type_map", "parse_type_map"]
+
+DROP = "drop"
+_CHUNK = 64  # patches read from the store at a time
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One target format.
+
+    Attributes:
+        name: ``--format`` value.
+        table: the class list the format holds (None: any; the store's own table is written).
+        writer: ``writer(out_dir, table, n, patch_size, options) -> _Writer``.
+        summary: one line for ``--help``.
+    """
+
+    name: str
+    table: NucleiTypeTable | None
+    writer: Callable[..., "_Writer"]
+    summary: str
+
+
+# -- type mapping ----------------------------------------------------------------------------------
+def parse_type_map(text: str | None) -> dict[str, str]:
+    """``"a=b,c=drop"`` -> ``{"a": "b", "c": "drop"}``.
+
+    Raises:
+        InputError: an entry without ``=`` or a source named twice.
+    """
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        src, sep, dst = part.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise InputError(f"--map entry {part.strip()!r} is not SOURCE=TARGET (e.g. lymphocyte=inflammatory)")
+        key = src.strip()
+        if key in out:
+            raise InputError(f"--map names {key!r} twice")
+        out[key] = dst.strip()
+    return out
+
+
+def resolve_type_map(source: NucleiTypeTable, target: NucleiTypeTable, mapping: dict[str, str] | None = None,
+                     fmt: str = "") -> np.ndarray:
+    """Lookup table source type id -> target type id (0: the nucleus is left out).
+
+    A source type goes to the target type of the same name (case-insensitive) unless ``mapping``
+    says otherwise (a target name, or ``"drop"``).
+
+    Raises:
+        InputError: ``mapping`` names an unknown type, or a source type has no target; the
+            message lists every type that would be lost and the target's types.
+    """
+    mapping = dict(mapping or {})
+    src_names = {n.lower(): i + 1 for i, n in enumerate(source.names)}
+    dst_names = {n.lower(): i + 1 for i, n in enumerate(target.names)}
+    where = f"format {fmt!r}" if fmt else f"type table {target.name!r}"
+    for k, v in mapping.items():
+        if k.lower() not in src_names:
+            raise InputError(f"--map: {k!r} is not a type of the store's table {source.name!r} "
+                             f"({', '.join(source.names)})")
+        if v.lower() != DROP and v.lower() not in dst_names:
+            raise InputError(f"--map: {v!r} is not a type of {where} ({', '.join(target.names)}; or {DROP!r})")
+    lut = np.zeros(source.n_types + 1, np.int64)
+    lost = []
+    given = {k.lower(): v.lower() for k, v in mapping.items()}
+    for name, sid in src_names.items():
+        dst = given.get(name, name)
+        if dst == DROP:
+            continue
+        if dst not in dst_names:
+            lost.append(source.names[sid - 1])
+            continue
+        lut[sid] = dst_names[dst]
+    if lost:
+        raise InputError(
+            f"{where} holds the types {', '.join(target.names)}; the store's types {', '.join(lost)} "
+            f"({source.name!r}) have no place there and would be lost: map them with --map "
+            f"{lost[0]}=TYPE,... (or {lost[0]}={DROP} to leave those nuclei out)")
+    return lut
+
+
+def _apply_map(inst: np.ndarray, typ: np.ndarray, lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if lut is None:
+        return inst, typ
+    new = lut[typ]
+    dropped = (new == 0) & (inst > 0)
+    if dropped.any():
+        inst = np.where(dropped, 0, inst)
+    return inst, new.astype(np.uint8)
+
+
+# -- writers ---------------------------------------------------------------------------------------
+class _Writer:
+    """Writes patches into a folder; ``files(name)`` are the paths a patch produced (manifest)."""
+
+    def __init__(self, out: Path, table: NucleiTypeTable, n: int, patch_size: int, options: dict[str, Any]) -> None:
+        self.out, self.table, self.n, self.patch_size, self.options = out, table, n, patch_size, options
+
+    def name(self, k: int, source: str) -> str:
+        # hover_net's extract_patches names tiles <image>_<index>; the index keeps names unique
+        return f"{_safe(source)}_{k:06d}"
+
+    def write(self, k: int, name: str, image: np.ndarray, inst: np.ndarray, typ: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "patch"
+
+
+def _counts(inst: np.ndarray, typ: np.ndarray, n_types: int) -> np.ndarray:
+    """Nuclei per type (index t-1 is type t) of one patch."""
+    on = inst > 0
+    if not on.any():
+        return np.zeros(n_types, np.int64)
+    ids, first = np.unique(inst[on], return_index=True)
+    t = typ[on][first]
+    return np.bincount(t, minlength=n_types + 1)[1: n_types + 1]
+
+
+class _HoverNetWriter(_Writer):
+    def write(self, k, name, image, inst, typ):
+        # extract_patches.py concatenates the uint8 image with the int32 annotation: int32 [H, W, 5]
+        tile = np.concatenate([image.astype(np.int32), inst[..., None].astype(np.int32),
+                               typ[..., None].astype(np.int32)], axis=-1)
+        rel = f"{name}.npy"
+        np.save(self.out / rel, tile)
+        return rel
+
+    def finish(self):
+        info = {"0": ["background", [0, 0, 0]]}
+        for i, (n, c) in enumerate(zip(self.table.names, self.table.colours), start=1):
+            info[str(i)] = [n, [int(v) for v in c]]
+        (self.out / "type_info.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+class _ConicWriter(_Writer):
+    def __init__(self, *args):
+        super().__init__(*args)
+        s = self.patch_size
+        self.images = np.lib.format.open_memmap(self.out / "images.npy", "w+", np.uint8, (self.n, s, s, 3))
+        self.labels = np.lib.format.open_memmap(self.out / "labels.npy", "w+", np.int32, (self.n, s, s, 2))
+        self.names: list[str] = []
+        self.count_rows: list[np.ndarray] = []
+
+    def name(self, k, source):
+        # CoNIC's patch names are <image>-<index>; patches of one image share a split
+        return f"{_safe(source).replace('-', '_')}-{k:06d}"
+
+    def write(self, k, name, image, inst, typ):
+        self.images[k] = image
+        self.labels[k, ..., 0] = inst
+        self.labels[k, ..., 1] = typ
+        self.names.append(name)
+        self.count_rows.append(_counts(inst, typ, self.table.n_types))
+        return f"images.npy[{k}]"
+
+    def finish(self):
+        self.images.flush()
+        self.labels.flush()
+        del self.images, self.labels
+        with open(self.out / "counts.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(self.table.names)
+            w.writerows(r.tolist() for r in self.count_rows)
+        with open(self.out / "patch_info.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["patch_info"])
+            w.writerows([n] for n in self.names)
+
+
+class _PanNukeWriter(_Writer):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.fold = int(self.options.get("fold", 0))
+        self.root = self.out / f"fold{self.fold}"
+        (self.root / "images").mkdir(parents=True)
+        (self.root / "labels").mkdir()
+        self.tissue = str(self.options.get("tissue") or "unknown")
+        self.rows: list[tuple[str, np.ndarray]] = []
+
+    def name(self, k, source):
+        return f"{self.fold}_{k}"
+
+    def write(self, k, name, image, inst, typ):
+        Image.fromarray(image).save(self.root / "images" / f"{name}.png")
+        # CellViT loads np.load(path, allow_pickle=True)[()]["inst_map" / "type_map"]
+        np.save(self.root / "labels" / f"{name}.npy",
+                {"inst_map": inst.astype(np.int32), "type_map": typ.astype(np.int32)}, allow_pickle=True)
+        self.rows.append((f"{name}.png", _counts(inst, typ, self.table.n_types)))
+        return f"fold{self.fold}/images/{name}.png"
+
+    def finish(self):
+        with open(self.root / "types.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["img", "type"])
+            w.writerows([img, self.tissue] for img, _ in self.rows)
+        with open(self.root / "cell_count.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["Image", *(n.capitalize() for n in self.table.names)])
+            w.writerows([img, *c.tolist()] for img, c in self.rows)
+        lines = ["tissue_types:", f"  {self.tissue}: 0", "nuclei_types:", "  Background: 0"]
+        lines += [f"  {n.capitalize()}: {i}" for i, n in enumerate(self.table.names, start=1)]
+        (self.out / "dataset_config.yaml").write_text("\n".join(lines) + "\n")
+
+
+class _PngWriter(_Writer):
+    def __init__(self, *args):
+        super().__init__(*args)
+        (self.out / "images").mkdir()
+        (self.out / "labels").mkdir()
+        self.fh = open(self.out / "types.csv", "w", newline="")
+        self.csv = csv.writer(self.fh)
+        self.csv.writerow(["image", "instance", "type", "type_name"])
+
+    def write(self, k, name, image, inst, typ):
+        Image.fromarray(image).save(self.out / "images" / f"{name}.png")
+        # a 32-bit TIFF ("I" mode): ids above 255 or 65535 survive, unlike 8- or 16-bit PNGs
+        Image.fromarray(inst.astype(np.int32)).save(self.out / "labels" / f"{name}.tif", compression="tiff_deflate")
+        on = inst > 0
+        ids, first = np.unique(inst[on], return_index=True)
+        for i, t in zip(ids.tolist(), typ[on][first].tolist()):
+            self.csv.writerow([name, i, t, self.table.names[t - 1] if t else "background"])
+        return f"images/{name}.png"
+
+    def finish(self):
+        self.fh.close()
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "hovernet": ExportFormat("hovernet", None, _HoverNetWriter, "hover_net training tiles (.npy RGB+inst+type) + type_info.json"),
+    "conic": ExportFormat("conic", LIZARD, _ConicWriter, "CoNIC images.npy + labels.npy + counts.csv (Lizard's 6 classes)"),
+    "pannuke": ExportFormat("pannuke", PANNUKE, _PanNukeWriter, "CellViT's PanNuke fold layout (PanNuke's 5 classes)"),
+    "png": ExportFormat("png", None, _PngWriter, "images/*.png + labels/*.tif (32-bit) + types.csv, for StarDist / Cellpose"),
+}
+
+
+# -- what to export ----------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    origin: str
+    store: PatchStore
+    index: int
+    parent: int
+
+
+def _items(store: PatchStore, split: str | None, bank: PatchStore | None, mix: Any | None) -> tuple[list[_Item], dict | None]:
+    if mix is None:
+        if bank is not None:
+            raise InputError("a bank is exported only as part of a mix: give --mode (add, replace, synthetic or balance)")
+        if split is not None and split not in store.splits:
+            raise InputError(f"{store.path}: no split {split!r} (splits: {', '.join(store.splits) or 'none'})")
+        idx = store.indices(split)
+        if len(idx) == 0:
+            raise InputError(f"{store.path}: {'the store' if split is None else f'split {split!r}'} holds no patches")
+        parents = store.meta("parent")
+        origin = store.origin
+        return [_Item(origin, store, int(i), int(parents[i]) if origin == "synthetic" else int(i)) for i in idx], None
+    from nasdm_aug.mixing.plan import build_plan
+
+    plan = build_plan(store, bank, mix)
+    items = []
+    for o, i, m in zip(plan.origin, plan.index, plan.mask):
+        items.append(_Item("synthetic", bank, int(i), int(m)) if o else _Item("real", store, int(i), int(i)))
+    return items, {"config": mix.to_dict(), "counts": plan.counts(), "summary": plan.summary()}
+
+
+def _source_name(item: _Item, real: PatchStore) -> str:
+    if item.origin == "real":
+        return str(item.store.meta("source")[item.index])
+    if item.parent >= 0 and item.parent < len(real):
+        return f"synthetic_{real.meta('source')[item.parent]}"
+    return "generated"
+
+
+def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: str | None = None,
+           bank: str | os.PathLike | None = None, mix: Any | None = None, type_map: dict[str, str] | None = None,
+           overwrite: bool = False, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Write a store (or one split, or a mixed set) in another tool's format.
+
+    Args:
+        store: the real PatchStore (or any PatchStore, exported as it is).
+        out: output folder; written to ``out.partial`` and renamed when complete.
+        fmt: one of ``EXPORT_FORMATS``.
+        split: the split to export (None: every patch); with ``mix`` the plan's split is used.
+        bank: the synthetic bank a ``mix`` draws from.
+        mix: a :class:`nasdm_aug.mixing.MixConfig`: the same plan ``SyntheticMixDataset`` builds.
+        type_map: source type name -> target type name or ``"drop"`` (fixed-class formats only).
+        overwrite: replace an existing ``out``.
+        progress: show a tqdm bar.
+        **options: format options: ``fold`` and ``tissue`` (pannuke).
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+
+    Raises:
+        InputError: an unknown format or option, an existing ``out``, a bad split, a plan that
+            cannot be drawn, or types the format cannot hold.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; valid: {', '.join(sorted(EXPORT_FORMATS))}")
+    spec = EXPORT_FORMATS[fmt]
+    allowed = {"pannuke": {"fold", "tissue"}}.get(fmt, set())
+    given = {k: v for k, v in options.items() if v is not None}
+    if set(given) - allowed:
+        raise InputError(f"format {fmt!r} takes no option {sorted(set(given) - allowed)[0]!r}")
+    real = PatchStore(store)
+    bank_store = PatchStore(bank) if bank is not None else None
+    if spec.table is None:
+        if type_map:
+            raise InputError(f"format {fmt!r} keeps the store's own types ({real.type_table.name!r}); --map is "
+                             "only for formats with a fixed class list (conic, pannuke)")
+        table, lut = real.type_table, None
+    else:
+        table = spec.table
+        lut = resolve_type_map(real.type_table, table, type_map, fmt)
+        if np.array_equal(lut, np.arange(len(lut))) and real.type_table.n_types == table.n_types:
+            lut = None  # the same classes in the same order
+    items, plan = _items(real, split, bank_store, mix)
+    out = Path(out)
+    rows = []
+    with atomic_output(out, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        writer = spec.writer(tmp, table, len(items), real.patch_size, given)
+        bar = tqdm(total=len(items), desc=f"export {fmt}", unit="patch", disable=not progress)
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start: start + _CHUNK]
+            for st in {id(it.store): it.store for it in chunk}.values():
+                pos = [k for k, it in enumerate(chunk) if it.store is st]
+                data = st.read([chunk[k].index for k in pos], ("image", "inst", "type", "y", "x"))
+                for j, k in enumerate(pos):
+                    it = chunk[k]
+                    inst, typ = _apply_map(data["inst"][j], data["type"][j], lut)
+                    source = _source_name(it, real)
+                    name = writer.name(start + k, source)
+                    rows.append((start + k, name, writer.write(start + k, name, data["image"][j], inst, typ), it,
+                                 source, int(data["y"][j]), int(data["x"][j])))
+            bar.update(len(chunk))
+        bar.close()
+        writer.finish()
+        rows.sort(key=lambda r: r[0])
+        with open(tmp / "manifest.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["name", "file", "origin", "store", "index", "parent", "source", "y", "x"])
+            for _, name, rel, it, source, y, x in rows:
+                w.writerow([name, rel, it.origin, "bank" if it.store is bank_store else "store", it.index, it.parent,
+                            source, y, x])
+        manifest = {
+            "format": fmt, "nasdm_aug_version": __version__, "patches": len(items),
+            "origins": {o: sum(it.origin == o for it in items) for o in ("real", "synthetic")},
+            "store": {"path": str(real.path), "sha256_16": file_digest(real.path),
+                      "split": mix.split if mix is not None else split},
+            "bank": None if bank_store is None else {"path": str(bank_store.path),
+                                                     "sha256_16": file_digest(bank_store.path)},
+            "plan": plan, "type_table": json.loads(table.to_json()),
+            "type_map": None if lut is None else {real.type_table.names[s - 1]: (table.names[d - 1] if d else DROP)
+                                                 for s, d in enumerate(lut) if s},
+            "options": given,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
