@@ -30,6 +30,7 @@ SIZE_OPTIONS = {
     "evaluate": ["--max-patches", "8"],
     "hovernet train": ["--epochs", "1"],
     "hovernet evaluate": [],
+    "export": ["--quiet"],
 }
 
 
@@ -54,7 +55,7 @@ def _size_options(args: list[str]) -> list[str]:
 def test_readme_pipeline_lists_every_step():
     names = [" ".join(a[:2]) if a[0] == "hovernet" else a[0] for a in readme_pipeline()]
     assert names == ["prepare", "train", "train", "synthesize", "synthesize", "synthesize", "benchmark", "evaluate",
-                     "hovernet train", "hovernet evaluate"]
+                     "hovernet train", "hovernet evaluate", "export", "export"]
 
 
 @pytest.mark.skipif(not (DATA / "Images").is_dir(), reason=f"real CoNSeP not found at {DATA} (README's {README_DATA})")
@@ -66,7 +67,8 @@ def test_readme_pipeline_runs_as_printed_on_real_consep(tmp_path):
                              env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"})
         assert res.returncode == 0, f"nasdm-aug {' '.join(args)} failed:\n{res.stderr[-3000:]}"
     for out in ("consep.h5", "runs/mask", "runs/patch", "s2.h5", "s1.h5", "bank.h5", "bank.h5.preview.png",
-                "study/tables.md", "eval", "hv", "hv-eval"):
+                "study/tables.md", "eval", "hv", "hv-eval", "export/hovernet/type_info.json",
+                "export/pannuke/fold0/cell_count.csv"):
         assert (tmp_path / out).exists(), out
     from nasdm_aug.data.store import PatchStore
 
