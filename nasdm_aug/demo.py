@@ -63,7 +63,8 @@ def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool 
 
 
 def write_report(summary: dict[str, Any], out: Path) -> Path:
-    """``report.md``: notice, data, sample sheet, tables and plots."""
+    """``report.md`` (and the same as one offline page, ``report.html``): notice, data, sample
+    sheet, tables and plots."""
     from nasdm_aug.report import format_tables
 
     store = PatchStore(summary["store"])
@@ -81,8 +82,11 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         if (out / f"study_{study}.png").is_file():
             lines += [f"![{study}](study_{study}.png)", ""]
     lines += ["Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/` (models and per-run results).", ""]
+    from nasdm_aug.html_report import write_html_report
+
     path = out / "report.md"
     tmp = path.with_name("report.md.partial")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
+    write_html_report("\n".join(lines), out, "nasdm-aug demo report")
     return path

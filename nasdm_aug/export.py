@@ -157,6 +157,9 @@ class _Writer:
     def finish(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Release open files after a failure (the folder itself is removed by the caller)."""
+
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "patch"
@@ -209,10 +212,13 @@ class _ConicWriter(_Writer):
         self.count_rows.append(_counts(inst, typ, self.table.n_types))
         return f"images.npy[{k}]"
 
+    def abort(self):
+        self.images = self.labels = None  # drop the memory maps before the folder goes
+
     def finish(self):
         self.images.flush()
         self.labels.flush()
-        del self.images, self.labels
+        self.images = self.labels = None
         with open(self.out / "counts.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(self.table.names)
@@ -280,6 +286,9 @@ class _PngWriter(_Writer):
     def finish(self):
         self.fh.close()
 
+    def abort(self):
+        self.fh.close()
+
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     "hovernet": ExportFormat("hovernet", None, _HoverNetWriter, "hover_net training tiles (.npy RGB+inst+type) + type_info.json"),
@@ -325,6 +334,25 @@ def _source_name(item: _Item, real: PatchStore) -> str:
     if item.parent >= 0 and item.parent < len(real):
         return f"synthetic_{real.meta('source')[item.parent]}"
     return "generated"
+
+
+def _write_all(items: list[_Item], real: PatchStore, writer: _Writer, lut: np.ndarray | None, rows: list,
+               fmt: str, progress: bool) -> None:
+    """Read the items in chunks (one store read per store and chunk) and hand each to the writer."""
+    with tqdm(total=len(items), desc=f"export {fmt}", unit="patch", disable=not progress) as bar:
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start: start + _CHUNK]
+            for st in {id(it.store): it.store for it in chunk}.values():
+                pos = [k for k, it in enumerate(chunk) if it.store is st]
+                data = st.read([chunk[k].index for k in pos], ("image", "inst", "type", "y", "x"))
+                for j, k in enumerate(pos):
+                    it = chunk[k]
+                    inst, typ = _apply_map(data["inst"][j], data["type"][j], lut)
+                    source = _source_name(it, real)
+                    name = writer.name(start + k, source)
+                    rows.append((start + k, name, writer.write(start + k, name, data["image"][j], inst, typ), it,
+                                 source, int(data["y"][j]), int(data["x"][j])))
+            bar.update(len(chunk))
 
 
 def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: str | None = None,
@@ -376,21 +404,11 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
     with atomic_output(out, overwrite) as tmp:
         tmp.mkdir(parents=True)
         writer = spec.writer(tmp, table, len(items), real.patch_size, given)
-        bar = tqdm(total=len(items), desc=f"export {fmt}", unit="patch", disable=not progress)
-        for start in range(0, len(items), _CHUNK):
-            chunk = items[start: start + _CHUNK]
-            for st in {id(it.store): it.store for it in chunk}.values():
-                pos = [k for k, it in enumerate(chunk) if it.store is st]
-                data = st.read([chunk[k].index for k in pos], ("image", "inst", "type", "y", "x"))
-                for j, k in enumerate(pos):
-                    it = chunk[k]
-                    inst, typ = _apply_map(data["inst"][j], data["type"][j], lut)
-                    source = _source_name(it, real)
-                    name = writer.name(start + k, source)
-                    rows.append((start + k, name, writer.write(start + k, name, data["image"][j], inst, typ), it,
-                                 source, int(data["y"][j]), int(data["x"][j])))
-            bar.update(len(chunk))
-        bar.close()
+        try:
+            _write_all(items, real, writer, lut, rows, fmt, progress)
+        except BaseException:
+            writer.abort()
+            raise
         writer.finish()
         rows.sort(key=lambda r: r[0])
         with open(tmp / "manifest.csv", "w", newline="") as fh:

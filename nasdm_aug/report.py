@@ -146,7 +146,8 @@ def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Pa
 
 
 def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
-    """Write results.json, tables.md, results.csv and study_<name>.png into ``out``."""
+    """Write results.json, tables.md, results.csv, study_<name>.png and report.html (tables and
+    plots in one offline page) into ``out``."""
     from nasdm_aug.studies import PLOT_AXES
 
     paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
@@ -167,4 +168,11 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path)
             png = plot_study(summary["table"], study, out / f"study_{study}.png", PLOT_AXES[study])
         if png is not None:
             paths[f"plot_{study}"] = png
+    from nasdm_aug.html_report import write_html_report
+
+    pictures = [f"![{k[5:]}]({p.name})" for k, p in paths.items() if k.startswith("plot_")]
+    text = "\n\n".join(["# nasdm-aug benchmark: HoVerNet on Test, mean ± std over runs",
+                         format_tables(summary["table"]), *pictures,
+                         "Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/`."])
+    paths["html"] = write_html_report(text + "\n", out, "nasdm-aug benchmark")
     return paths

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.html_report import write_html_report
 from nasdm_aug.utils import atomic_output
 from nasdm_aug.viz import contact_sheet, overlay_mask
 
@@ -122,7 +123,8 @@ def _patch_sheet(syn: PatchStore, indices: list[int], scores: list[float], segme
 
 def write_report(result: dict[str, Any], config: Any, syn: PatchStore, out: str | Path, *, overwrite: bool = False,
                  segment: Callable | None = None) -> Path:
-    """Write ``metrics.json``, ``report.md``, ``config.json`` and the best/worst PNGs to ``out`` atomically."""
+    """Write ``metrics.json``, ``report.md``, ``config.json``, the best/worst PNGs and ``report.html``
+    (all of it in one offline page) to ``out`` atomically."""
     with atomic_output(out, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
@@ -136,4 +138,10 @@ def write_report(result: dict[str, Any], config: Any, syn: PatchStore, out: str 
             best, worst = order[::-1][:n], order[:n]
             _patch_sheet(syn, [int(i) for i in idx[best]], list(scores[best]), segment, tmp / "best_patches.png")
             _patch_sheet(syn, [int(i) for i in idx[worst]], list(scores[worst]), segment, tmp / "worst_patches.png")
+        pictures = [f"![{name.split('_')[0]} patches]({name})" for name in ("best_patches.png", "worst_patches.png")
+                    if (tmp / name).is_file()]
+        text = markdown_report(result, list(syn.type_table.names))
+        if pictures:
+            text += "\n\n## Best and worst synthetic patches by fidelity score\n\n" + "\n\n".join(pictures) + "\n"
+        write_html_report(text, tmp, "nasdm-aug evaluate")
     return Path(out)

@@ -12,6 +12,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from html_check import check_self_contained
+
 from cli.main import cli
 from nasdm_aug.data.store import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
@@ -86,7 +88,11 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "config.json", "best_patches.png",
-                                               "worst_patches.png"}
+                                               "worst_patches.png", "report.html"}
+    md = (out / "report.md").read_text()
+    # the page shows every table of report.md and both patch sheets, inlined
+    page = check_self_contained((out / "report.html").read_text(), n_tables=sum(ln.startswith("|---") for ln in md.splitlines()), n_images=2)
+    assert ["synthetic (bank.h5)", "6"] == page.tables[0][2][:2]
     m = json.loads((out / "metrics.json").read_text())
     assert m["real"]["n"] == 8 and m["synthetic"]["n"] == 6
     assert m["generative"]["fid"] > 0 and m["generative"]["is_kind"].startswith("clusters-")

@@ -2,6 +2,8 @@
 
 import json
 
+from html_check import check_self_contained
+
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.demo import DEMO_NOTICE, run_demo
 from nasdm_aug.studies import PAPER_STUDIES, STUDIES
@@ -20,3 +22,7 @@ def test_demo_preset_end_to_end(tmp_path):
     for png in ("banks/S2.h5.preview.png", "study_addition.png", "study_replacement.png",
                 "study_real-vs-synthetic.png"):
         assert (out / png).stat().st_size > 0, png
+    # report.html: the notice, the three study tables, the preview sheet and the three plots
+    page = check_self_contained((out / "report.html").read_text(), n_tables=3, n_images=4)
+    assert [t[1][0] for t in page.tables] == [STUDIES[name][0].label for name in PAPER_STUDIES]
+    assert DEMO_NOTICE.split(".")[0] in (out / "report.html").read_text()

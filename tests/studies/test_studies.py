@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from html_check import check_self_contained
+
 from cli.main import cli
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset
@@ -92,6 +94,8 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     assert all(0.0 <= r["metrics"]["dice"] <= 1.0 for r in summary["runs"])
     assert PatchStore(out / "banks" / "S1.h5").origin == "synthetic"
     assert "Table 5" in (out / "tables.md").read_text() and (out / "study_real-vs-synthetic.png").stat().st_size
+    page = check_self_contained((out / "report.html").read_text(), n_tables=1, n_images=1)
+    assert [r[0] for r in page.tables[0]] == ["training data", "R1", "S1"]
     assert len((out / "results.csv").read_text().splitlines()) == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/result.json")}
     assert len(stamps) == 4
