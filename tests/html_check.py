@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 from PIL import Image
 
@@ -73,3 +76,26 @@ def check_self_contained(text: str, n_tables: int, n_images: int) -> _Page:
     assert len(page.tables) == n_tables, (len(page.tables), n_tables)
     assert len(decoded_images(page)) == n_images
     return page
+
+
+def find_browser() -> str | None:
+    """A headless-capable Chromium or Chrome on PATH (``make test`` installs Debian's where it can)."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+def check_in_browser(path: Path, n_tables: int, n_images: int, screenshot: Path) -> None:
+    """Open ``path`` in headless Chromium: every picture decodes, every table is in the DOM, and a
+    screenshot is kept at ``screenshot``."""
+    flags = [find_browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f'data-images-loaded="{n_images}"' in dom.stdout  # set by the page's script once loaded
+    page = parse_report(dom.stdout)
+    assert len(page.tables) == n_tables and len(page.images) == n_images
+    res = subprocess.run([*flags, "--window-size=1200,1600", f"--screenshot={screenshot}", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and screenshot.stat().st_size > 0, res.stderr[-2000:]

@@ -4,12 +4,10 @@ parsing, and in a real headless browser where one is installed."""
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
-from html_check import check_self_contained, decoded_images, parse_report
+from html_check import check_in_browser, check_self_contained, decoded_images, find_browser, parse_report
 from PIL import Image
 
 from nasdm_aug.html_report import markdown_to_html, write_html_report
@@ -62,26 +60,7 @@ def test_a_missing_picture_is_said_not_hidden(folder):
     assert page.missing == 1 and page.images == [] and "nothere.png" in text
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless Chromium / Chrome installed")
+@pytest.mark.skipif(find_browser() is None, reason="no headless Chromium / Chrome installed")
 def test_page_loads_in_a_headless_browser(folder):
-    exe = _browser()
     path = write_html_report(MD, folder, "t")
-    flags = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-             "--virtual-time-budget=5000"]
-    dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert 'data-images-loaded="2"' in dom.stdout  # every picture decoded in the browser
-    page = parse_report(dom.stdout)
-    assert len(page.tables) == 2 and len(page.images) == 2
-    shot = folder / "report-screenshot.png"  # kept beside the report
-    res = subprocess.run([*flags, "--window-size=1200,1600", f"--screenshot={shot}", path.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and shot.stat().st_size > 0, res.stderr[-2000:]
+    check_in_browser(path, n_tables=2, n_images=2, screenshot=folder / "report-screenshot.png")

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from html_check import check_self_contained
+from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
 from nasdm_aug.data.store import PatchStoreWriter
@@ -93,6 +93,9 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     # the page shows every table of report.md and both patch sheets, inlined
     page = check_self_contained((out / "report.html").read_text(), n_tables=sum(ln.startswith("|---") for ln in md.splitlines()), n_images=2)
     assert ["synthetic (bank.h5)", "6"] == page.tables[0][2][:2]
+    if find_browser():
+        check_in_browser(out / "report.html", n_tables=len(page.tables), n_images=2,
+                         screenshot=files["root"] / "report-screenshot.png")
     m = json.loads((out / "metrics.json").read_text())
     assert m["real"]["n"] == 8 and m["synthetic"]["n"] == 6
     assert m["generative"]["fid"] > 0 and m["generative"]["is_kind"].startswith("clusters-")

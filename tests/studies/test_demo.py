@@ -2,7 +2,7 @@
 
 import json
 
-from html_check import check_self_contained
+from html_check import check_in_browser, check_self_contained, find_browser
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.demo import DEMO_NOTICE, run_demo
@@ -26,3 +26,5 @@ def test_demo_preset_end_to_end(tmp_path):
     page = check_self_contained((out / "report.html").read_text(), n_tables=3, n_images=4)
     assert [t[1][0] for t in page.tables] == [STUDIES[name][0].label for name in PAPER_STUDIES]
     assert DEMO_NOTICE.split(".")[0] in (out / "report.html").read_text()
+    if find_browser():  # and as a reader sees it
+        check_in_browser(out / "report.html", n_tables=3, n_images=4, screenshot=out / "report-screenshot.png")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from html_check import check_self_contained
+from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
@@ -96,6 +96,8 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     assert "Table 5" in (out / "tables.md").read_text() and (out / "study_real-vs-synthetic.png").stat().st_size
     page = check_self_contained((out / "report.html").read_text(), n_tables=1, n_images=1)
     assert [r[0] for r in page.tables[0]] == ["training data", "R1", "S1"]
+    if find_browser():
+        check_in_browser(out / "report.html", n_tables=1, n_images=1, screenshot=out / "report-screenshot.png")
     assert len((out / "results.csv").read_text().splitlines()) == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/result.json")}
     assert len(stamps) == 4
