@@ -1,4 +1,4 @@
-"""Rare-type balancing study (issue 10) on the demo preset: HoVerNet on R2 alone against R2 + a
+"""Rare-type balancing study on the demo preset: HoVerNet on R2 alone against R2 + a
 bank of generated rare-type patches chosen by the balance plan; per-type F1 / PQ mean ± std.
 
     .venv/bin/python benchmarks/bench_balance.py [--out DIR] [--runs N] [--target uniform|sqrt]

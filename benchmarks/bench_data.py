@@ -1,4 +1,4 @@
-"""Data-layer benchmarks (issue 2, section 10): ``prepare`` throughput on toy tissue at Lizard scale
+"""Data-layer benchmarks: ``prepare`` throughput on toy tissue at Lizard scale
 and on CoNSeP, and PatchStore random-access reads against raw h5py reads of the same file.
 
     .venv/bin/python benchmarks/bench_data.py                       # full: 238 toy images of 1000 px

@@ -1,4 +1,4 @@
-"""HoVerNet benchmarks (issue 7): training patches/s at 128 px (tiny and paper/resnet50), and our
+"""HoVerNet benchmarks: training patches/s at 128 px (tiny and paper/resnet50), and our
 watershed post-processing against MONAI's HoVerNetInstanceMapPostProcessing on the same predictions.
 
     .venv/bin/python benchmarks/bench_hovernet.py [--steps 3] [--patches 48] [--json out.json]

@@ -1,4 +1,4 @@
-"""Benchmark of issue 9's evaluation: Inception features per second, FID cost, and `evaluate` on toy tissue.
+"""Benchmark of the generative evaluation: Inception features per second, FID cost, and `evaluate` on toy tissue.
 
     .venv/bin/python benchmarks/bench_metrics.py [--images 64] [--skip-full-fid] [--skip-evaluate] [--out DIR]
 
@@ -7,7 +7,7 @@
    ``sqrtm`` (2100 + 2100 random features, so no reduction applies).
 3. ``evaluate`` on toy tissue: a store of toy seed 1 against toy seed 0 (real vs real: the FID/KID
    floor at this sample size), and the toy model's bank against toy tissue when the embedded toy
-   models (issue 5) exist.
+   models exist.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def bench_evaluate(root: Path, max_patches: int) -> dict:
                             "is": round(r["generative"]["is_synthetic"]["mean"], 2),
                             "seconds": round(time.perf_counter() - t, 1)}}
     if not (TOY_MODEL_DIR / "mask").is_dir():
-        out["toy_bank"] = f"not run: no embedded toy models at {TOY_MODEL_DIR} (issue 5)"
+        out["toy_bank"] = f"not run: no embedded toy models at {TOY_MODEL_DIR}"
         return out
     from nasdm_aug.synthesize import SynthesizeConfig, synthesize
 

@@ -1,4 +1,4 @@
-"""Throughput of SyntheticMixDataset against a plain real-only PatchStore read (issue 6 benchmark).
+"""Throughput of SyntheticMixDataset against a plain real-only PatchStore read.
 
 Builds a real store and a synthetic bank of the same size in a temp dir, then times items/s
 through a monai DataLoader (2 workers) for: a minimal Dataset doing ``store[i]`` (the reference),

@@ -1,4 +1,4 @@
-"""Networks benchmark (issue 4): mask round trip, model sizes, and PatchUNet against MONAI's SPADE U-Net.
+"""Networks benchmark: mask round trip, model sizes, and PatchUNet against MONAI's SPADE U-Net.
 
 Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|profile|all] [--size 64] [--threads 1]``.
 Prints markdown tables for benchmarks/RESULTS.md; ``--part masks`` also writes benchmarks/mask_roundtrip.png.

@@ -1,5 +1,5 @@
 """Sample error against network evaluations for each sampler on the analytic Gaussian-mixture
-data (issue 3). Reference: 1000-step ancestral DDPM, the paper's sampler, in the same run.
+data. Reference: 1000-step ancestral DDPM, the paper's sampler, in the same run.
 
 Run: .venv/bin/python benchmarks/bench_samplers.py [--samples 256] [--seed 0]
 """

@@ -1,4 +1,4 @@
-"""Synthesis speed (issue 5): patches/s of the toy and `paper` models, batched classifier-free guidance
+"""Synthesis speed: patches/s of the toy and `paper` models, batched classifier-free guidance
 against two separate forwards, peak memory, and the cost of the paper's S2 bank.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_synthesis.py --threads 1

@@ -1,4 +1,4 @@
-"""Toy-tissue speed and type frequencies (issue #2 s.8, #10 s.3).
+"""Toy-tissue speed and type frequencies.
 
 Run: .venv/bin/python benchmarks/bench_toy.py [--images 238] [--size 1000] [--out /tmp/toy-bench]
 Times generate_toy_tile alone (wall and CPU per image) and write_toy_dataset end to end (PNG + .mat),

@@ -1,4 +1,4 @@
-"""Trainer benchmark (issue 4): per-step time of the full NASDM trainer (data loading, flips, hybrid
+"""Trainer benchmark: per-step time of the full NASDM trainer (data loading, flips, hybrid
 loss, clipping, EMA, quartile logging) against a bare forward + backward + AdamW step.
 
 Run: ``.venv/bin/python benchmarks/bench_trainer.py [--kind patch|mask|both] [--steps 5] [--rounds 4] [--threads 1]``.

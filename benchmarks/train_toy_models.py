@@ -1,4 +1,4 @@
-"""Train the embedded toy NASDM models (issue 5.3) and copy their EMA checkpoints into the package.
+"""Train the embedded toy NASDM models and copy their EMA checkpoints into the package.
 
     python benchmarks/train_toy_models.py --kinds mask --base 32 --lr 3e-4 --batch 8 --steps 4000 \
         --threads 2 --work /tmp/toy-models

@@ -1,5 +1,5 @@
 """``nasdm-aug benchmark``: the paper's addition, replacement and synthetic-vs-real studies, and the
-rare-type balancing study (issue 10)."""
+rare-type balancing study."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nasdm_aug.export import EXPORT_FORMATS, export, parse_type_map
+from nasdm_aug.mixing.plan import MODES
 from nasdm_aug.utils import InputError
 
 _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
@@ -15,7 +16,7 @@ _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
 @click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", required=True, type=click.Choice(sorted(EXPORT_FORMATS)), help=_FORMAT_HELP)
 # -- the mix (the plan SyntheticMixDataset builds)
-@click.option("--mode", type=click.Choice(["add", "replace", "synthetic", "balance", "real"]), default=None,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="export a mixed set drawn from SPLIT (default Train) and --bank, instead of the patches as they are")
 @click.option("--ratio", type=float, default=None, help="the mode's ratio (default: the mode's own)")
 @click.option("--bank", type=click.Path(dir_okay=False), default=None, metavar="BANK.h5", help="synthetic bank of the mix")

@@ -25,7 +25,7 @@ from nasdm_aug.utils import InputError
 @click.option("--num", type=int, default=None, metavar="N", help="Generated masks: number of patches.")
 @click.option("--combination", "combinations", multiple=True, metavar="NAME+NAME:N",
               help="Generated masks: N patches holding exactly these types (repeat the option).")
-# -- rare-type balancing (issue 10)
+# -- rare-type balancing
 @click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
               help="Generated masks of the type combinations that move this real split (default Train) "
                    "toward --target; the plan is stored in the bank's attrs['balance_plan'].")

@@ -347,7 +347,7 @@ def assign_types(inst: np.ndarray, nc_prob: np.ndarray, vote: str = "types") -> 
     """One type per nucleus by majority vote.
 
     ``vote="types"``: of each pixel's most likely non-background type, so every nucleus gets a
-    type (DESIGN.md: every instance pixel carries one type). ``vote="argmax"``: hover_net's, of the
+    type (docs/architecture.md, Contracts: every instance pixel carries one type). ``vote="argmax"``: hover_net's, of the
     full argmax, the most frequent non-background type when background wins (the runner-up), and
     background only when no pixel has a type. Ties go to the lower type id in both.
 

@@ -1,4 +1,4 @@
-"""Frozen-dataclass configs stored as JSON, with named presets (DESIGN.md, Configs)."""
+"""Frozen-dataclass configs stored as JSON, with named presets (docs/architecture.md, Contracts)."""
 
 from __future__ import annotations
 

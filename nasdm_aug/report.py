@@ -1,6 +1,6 @@
 """Study outputs: results.json, tables.md laid out like the NASDM paper's Tables 3-5, results.csv
 and one PNG plot per study (Dice against the synthetic share, with error bars; per-type bars for
-the rare-type balancing study of issue 10)."""
+the rare-type balancing study)."""
 
 from __future__ import annotations
 
@@ -145,10 +145,12 @@ def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Pa
     return _save_figure(fig, path)
 
 
-def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
+def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path,
+                        plot_axes: dict[str, str] | None = None) -> dict[str, Path]:
     """Write results.json, tables.md, results.csv, study_<name>.png and report.html (tables and
-    plots in one offline page) into ``out``."""
-    from nasdm_aug.studies import PLOT_AXES
+    plots in one offline page) into ``out``. ``plot_axes``: the x-axis label of each study's plot
+    (the studies pass theirs; the report does not import them)."""
+    plot_axes = plot_axes or {}
 
     paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
     _atomic_text(paths["json"], json.dumps(summary, indent=2) + "\n")
@@ -165,7 +167,7 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path)
         if study == "balance":  # one bar per type rather than a curve over a synthetic share
             png = plot_per_type(summary["table"], study, out / f"study_{study}.png")
         else:
-            png = plot_study(summary["table"], study, out / f"study_{study}.png", PLOT_AXES[study])
+            png = plot_study(summary["table"], study, out / f"study_{study}.png", plot_axes.get(study, study))
         if png is not None:
             paths[f"plot_{study}"] = png
     from nasdm_aug.html_report import write_html_report

@@ -1,5 +1,5 @@
 """The NASDM paper's downstream studies (Sec. 4.3-4.4, Tables 3-5): addition, replacement and
-synthetic-vs-real annotations, plus rare-type balancing (issue 10), each row trained N times with
+synthetic-vs-real annotations, plus rare-type balancing, each row trained N times with
 HoVerNet and tested on Test: the store's own Test split, or an external test set
 (``StudyConfig.test``: another PatchStore's split, or a dataset folder prepared like the study's data).
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
+from nasdm_aug.mixing.plan import MIX_MODES, MixConfig, planned_counts
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.utils import InputError, file_digest
 
@@ -52,6 +53,11 @@ class StudyRow:
     bank: str | None = None
     x: float = 0.0
 
+    def mix_config(self, seed: int = 0, target: Any = "sqrt") -> MixConfig:
+        """The row's :class:`MixConfig` (what ``SyntheticMixDataset`` plans from)."""
+        return MixConfig(mode=self.mode, split=self.split, ratio=self.ratio, base_fraction=self.base_fraction, seed=seed,
+                         target=target)
+
     @property
     def slug(self) -> str:
         """A folder name for the row."""
@@ -79,7 +85,7 @@ STUDIES: dict[str, list[StudyRow]] = {
         StudyRow("real-vs-synthetic", "R1", "real", "R1", 1.0, x=0),
         StudyRow("real-vs-synthetic", "S1", "synthetic", "R1", 1.0, bank="S1", x=100),
     ],
-    # issue 10: R2 alone against R2 + at most 50% of |R2| generated rare-type patches chosen to move
+    # rare-type balancing: R2 alone against R2 + at most 50% of |R2| generated rare-type patches chosen to move
     # the nuclei-type shares toward ``StudyConfig.balance_target`` (same epochs, so more steps)
     "balance": [
         StudyRow("balance", "R2", "real", "R2", 1.0, x=0),
@@ -205,25 +211,14 @@ def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig)
         one dict per run: ``study``, ``row``, ``seed``, ``n_real``, ``n_synthetic``, ``n_patches``, and
         ``upto`` (True where ``n_synthetic`` is a cap: balance picks only the patches that help).
     """
-    from nasdm_aug.mixing.plan import add_count, count_of
-
     runs = []
     for row in rows:
-        n = len(store.indices(row.split))
-        if row.mode == "add":
-            n_real, n_syn = count_of(row.base_fraction, n), add_count(row.base_fraction, row.ratio, n)
-        elif row.mode == "replace":
-            n_syn = count_of(row.ratio, n)
-            n_real = n - n_syn
-        elif row.mode == "synthetic":
-            n_real, n_syn = 0, count_of(row.ratio, n)
-        elif row.mode == "balance":
-            n_real, n_syn = n, int(math.floor(row.ratio * n + 1e-9))
-        else:
-            n_real, n_syn = count_of(row.ratio, n), 0
+        # the planner's own count rule; the studies' banks hold one synthetic patch per mask
+        n_real, n_syn = planned_counts(row.mix_config(), len(store.indices(row.split)))
         for k in range(config.n_runs):
             runs.append({"study": row.study, "row": row.label, "seed": config.seed + k, "n_real": n_real,
-                         "n_synthetic": n_syn, "n_patches": n_real + n_syn, "upto": row.mode == "balance"})
+                         "n_synthetic": n_syn, "n_patches": n_real + n_syn,
+                         "upto": MIX_MODES[row.mode].synthetic_is_cap})
     return runs
 
 
@@ -482,7 +477,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
                                test_set=test.record(), overwrite=overwrite))
     summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "test_set": test.record(),
                "runs": results, "table": summarise(results, rows)}
-    write_study_outputs(summary, rows, out)
+    write_study_outputs(summary, rows, out, PLOT_AXES)
     return summary
 
 
@@ -684,7 +679,7 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
                              f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
         opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
         attrs = None
-        if name == "B":  # generated masks of the type combinations the split lacks (issue 10)
+        if name == "B":  # generated masks of the type combinations the split lacks
             ratio = max(r.ratio for r in rows if r.bank == "B")
             plan = _balance_synthesis_plan(store, config, ratio)
             opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}

@@ -1,7 +1,7 @@
 """Nuclei type tables: ids, names and display colours for each supported dataset.
 
-Lizard's six types are canonical (DESIGN.md); CoNSeP's merged four and PanNuke's five are tables
-of their own. Every store records its table, and no code assumes a number of types.
+Lizard's six types, CoNSeP's merged four and PanNuke's five are tables of their own
+(docs/architecture.md, Contracts). Every store records its table, and no code assumes a number of types.
 """
 
 from __future__ import annotations

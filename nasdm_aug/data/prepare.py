@@ -1,5 +1,5 @@
 """``prepare``: read a dataset, tile it and write one PatchStore with per-image splits, following
-the data preparation of NASDM (Oh et al. 2023, Sec. 4.1: 128-px patches, stride 64, Lizard splits).
+the data preparation of NASDM (Shrivastava & Fletcher 2023, Sec. 4.1: 128-px patches, stride 64, Lizard splits).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-image dataset splits of NASDM (Oh et al. 2023, Sec. 4): Test, R2, Train, and R1 a subset of
+"""Per-image dataset splits of NASDM (Shrivastava & Fletcher 2023, Sec. 4): Test, R2, Train, and R1 a subset of
 Train. Of Lizard's 238 images the paper holds out 12 for Test and 36 for R2, trains on 190, of
 which 36 form R1 (the real set that synthetic patches replace or join in the studies).
 

@@ -1,4 +1,4 @@
-"""PatchStore: the one HDF5 format shared by real and synthetic patches (DESIGN.md, Contracts).
+"""PatchStore: the one HDF5 format shared by real and synthetic patches (docs/architecture.md, Contracts).
 
 Schema (version 1): datasets ``image`` [N,H,W,3] uint8, ``inst`` [N,H,W] int32, ``type``
 [N,H,W] uint8, chunked one patch per chunk, and per-patch metadata under ``meta/`` (``source``,

@@ -1,4 +1,4 @@
-"""The Tile record every reader yields: one annotated image (DESIGN.md, Contracts)."""
+"""The Tile record every reader yields: one annotated image (docs/architecture.md, Contracts)."""
 
 from __future__ import annotations
 

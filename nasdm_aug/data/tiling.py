@@ -1,4 +1,4 @@
-"""Tiling of annotated images into overlapping patches, as in NASDM (Oh et al. 2023, Sec. 4.1):
+"""Tiling of annotated images into overlapping patches, as in NASDM (Shrivastava & Fletcher 2023, Sec. 4.1):
 128-px patches at stride 64, the last row and column snapped to the image edge, tissue-only.
 """
 

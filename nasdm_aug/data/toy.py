@@ -1,6 +1,6 @@
 """Procedural H&E-like toy tissue with exact nuclei labels, written in the Lizard on-disk layout.
 
-The embedded default dataset (issue #2 s.8, #10 s.3): colon-like crypts in fibrous stroma holding
+The embedded default dataset: colon-like crypts in fibrous stroma holding
 Lizard's six nuclei types (Graham et al., ICCV-W 2021), at Lizard-like or balanced frequencies.
 """
 

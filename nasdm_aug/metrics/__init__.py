@@ -1,5 +1,5 @@
 """Evaluation of synthetic patches: FID/IS/KID on Inception features, automated expert criteria of
-mask fidelity, and checks of the mask model (NASDM, Oh et al., 2023, Table 1 and Sec. 4.5).
+mask fidelity, and checks of the mask model (NASDM, Shrivastava & Fletcher, 2023, Table 1 and Sec. 4.5).
 
 Fidelity (which needs the bundled hovernet) and evaluate load from their own modules:
 ``from nasdm_aug.metrics.fidelity import FidelityAccumulator``.

@@ -1,4 +1,4 @@
-"""``nasdm-aug evaluate``: a synthetic bank against real patches, as NASDM (Oh et al., 2023) does:
+"""``nasdm-aug evaluate``: a synthetic bank against real patches, as NASDM (Shrivastava & Fletcher, 2023) does:
 FID / IS / KID (Table 1), the four expert criteria made automatic (Sec. 4.5), and mask-model checks.
 """
 

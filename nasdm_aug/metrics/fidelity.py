@@ -1,4 +1,4 @@
-"""Mask fidelity: the four expert criteria of NASDM (Oh et al., 2023, Sec. 4.5) made automatic by
+"""Mask fidelity: the four expert criteria of NASDM (Shrivastava & Fletcher, 2023, Sec. 4.5) made automatic by
 segmenting a patch and comparing with the mask it was made from (boundaries, types, missing, excess).
 """
 

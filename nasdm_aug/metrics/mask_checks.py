@@ -1,4 +1,4 @@
-"""Checks of the NASDM mask model (Oh et al., 2023): does it obey the requested nuclei types
+"""Checks of the NASDM mask model (Shrivastava & Fletcher, 2023): does it obey the requested nuclei types
 (precision/recall per type) and do its masks look like real ones (Wasserstein distances)?
 """
 

@@ -1,5 +1,5 @@
 """The ``nasdm-aug evaluate`` report folder: metrics JSON, markdown tables shaped like NASDM's Table 1
-(Oh et al., 2023) and its expert-criteria table, and PNGs of the best and worst synthetic patches.
+(Shrivastava & Fletcher, 2023) and its expert-criteria table, and PNGs of the best and worst synthetic patches.
 """
 
 from __future__ import annotations

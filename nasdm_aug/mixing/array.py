@@ -24,7 +24,7 @@ MISSING = ("keep", "error")
 
 
 class PatchGenerator(Protocol):
-    """What ``RandSyntheticSwap`` needs of a live generator: ``NASDMGenerator`` (issue 5) fits.
+    """What ``RandSyntheticSwap`` needs of a live generator: ``NASDMGenerator`` fits.
 
     ``generate_patches(inst int32 [n, H, W], type_map uint8 [n, H, W], **kwargs)`` returns uint8
     [n, H, W, 3] images (float [n, 3, H, W] in [-1, 1], numpy or torch, is accepted too).

@@ -1,6 +1,6 @@
 """Rare-type balancing: per-patch nuclei-type counts, target type distributions and a seeded greedy
 choice of synthetic patches (or of type combinations to synthesize) that moves a training set's
-type frequencies toward a target, using NASDM's type-conditioned mask model (Oh et al. 2023, Sec. 3.1).
+type frequencies toward a target, using NASDM's type-conditioned mask model (Shrivastava & Fletcher 2023, Sec. 3.1).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ Target = str | Sequence[float] | Mapping[str, float]
 def type_counts(store: PatchStore, indices: Sequence[int] | np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Nuclei per type in each patch, from the ``inst`` and ``type`` maps.
 
-    An instance's type is read at its first pixel (all its pixels share one type, DESIGN.md);
+    An instance's type is read at its first pixel (all its pixels share one type: docs/architecture.md, Contracts);
     instances whose type is 0 are not counted.
 
     Args:

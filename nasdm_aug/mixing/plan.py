@@ -1,12 +1,18 @@
 """Mixing plans: which real and which synthetic patches a training set holds.
 
 The modes follow the NASDM paper's studies: addition (Sec. 4.3.3), replacement (Sec. 4.3.4) and
-synthetic versus real (Sec. 4.3.5), plus rare-type balancing (issue 10). A plan is seeded and deterministic.
+synthetic versus real (Sec. 4.3.5), plus rare-type balancing and a real-only baseline. A plan is
+seeded and deterministic.
+
+Each mode is one :class:`MixMode` record in ``MIX_MODES`` (keyed by :class:`Mode`): its default
+ratio and valid range, whether it needs a bank, its count rule and its planner. A new mode is one
+record and one planner here; the studies ask :func:`planned_counts` instead of keeping a copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -20,21 +26,9 @@ from nasdm_aug.mixing.balance import (check_target_name, greedy_balance, l1_to_t
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.utils import InputError
 
-__all__ = ["MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of"]
+__all__ = ["MODES", "Mode", "MixMode", "MIX_MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of",
+           "planned_counts"]
 
-MODES = ("add", "replace", "synthetic", "real", "balance")
-# Default ratio per mode when ``ratio`` is None.
-DEFAULT_RATIO = {"add": 0.5, "replace": 0.5, "synthetic": 1.0, "real": 1.0, "balance": 0.5}
-# (low, high, low inclusive) per mode; every upper bound is inclusive.
-RATIO_RANGE = {"add": (0.0, math.inf, True), "replace": (0.0, 1.0, True),
-               "synthetic": (0.0, 1.0, False), "real": (0.0, 1.0, False), "balance": (0.0, 1.0, False)}
-_RATIO_MEANING = {
-    "add": "synthetic patches as a fraction of the real split",
-    "replace": "fraction of the real split replaced by synthetic counterparts",
-    "synthetic": "fraction of the eligible synthetic patches taken",
-    "real": "fraction of the real split taken",
-    "balance": "most synthetic patches as a fraction of the real split",
-}
 ORIGIN_NAMES = ("real", "synthetic")
 
 
@@ -67,7 +61,7 @@ class MixConfig(ConfigBase):
         ratio: mode-specific fraction (``add``: synthetic count / real split size, >= 0;
             ``replace``: fraction replaced, in [0, 1]; ``synthetic`` / ``real``: fraction taken,
             in (0, 1]; ``balance``: most synthetic patches / real split size, in (0, 1]); None takes
-            ``DEFAULT_RATIO[mode]``.
+            ``MIX_MODES[mode].default_ratio``.
         base_fraction: ``add`` only: fraction of the real split kept as the real base, in (0, 1].
         include_generated: ``add`` / ``synthetic``: also draw bank patches made from generated
             masks (parent -1); they carry no real mask, so they cannot leak one.
@@ -90,20 +84,22 @@ class MixConfig(ConfigBase):
             object.__setattr__(self, "target", tuple(float(w) for w in self.target))
         if isinstance(self.target, str):
             check_target_name(self.target)
-        if self.mode not in MODES:
+        if isinstance(self.mode, Mode):  # stored as its name: configs are JSON
+            object.__setattr__(self, "mode", self.mode.value)
+        if self.mode not in MIX_MODES:
             raise InputError(f"unknown mixing mode {self.mode!r}; valid: {', '.join(MODES)}")
-        lo, hi, lo_incl = RATIO_RANGE[self.mode]
+        lo, hi, lo_incl = MIX_MODES[self.mode].ratio_range
         r = self.resolved_ratio
         if not (math.isfinite(r) and (r > lo or (lo_incl and r == lo)) and r <= hi):
             rng = f"{'[' if lo_incl else '('}{lo:g}, {hi:g}]" if hi != math.inf else f"[{lo:g}, inf)"
-            raise InputError(f"ratio {r:g} is outside {rng} for mode {self.mode!r} ({_RATIO_MEANING[self.mode]})")
+            raise InputError(f"ratio {r:g} is outside {rng} for mode {self.mode!r} ({MIX_MODES[self.mode].meaning})")
         if not 0.0 < self.base_fraction <= 1.0:
             raise InputError(f"base_fraction {self.base_fraction:g} is outside (0, 1]")
 
     @property
     def resolved_ratio(self) -> float:
         """The ratio in force: ``ratio`` or the mode's default."""
-        return float(DEFAULT_RATIO[self.mode] if self.ratio is None else self.ratio)
+        return float(MIX_MODES[self.mode].default_ratio if self.ratio is None else self.ratio)
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,22 +234,21 @@ def build_plan(real: PatchStore, bank: PatchStore | None, config: MixConfig) -> 
     """
     if bank is not None:
         check_bank_fits(real, bank)
-    needs_bank = config.mode in ("synthetic", "balance") or (config.mode in ("add", "replace") and config.resolved_ratio > 0)
-    if needs_bank and bank is None:
+    if MIX_MODES[config.mode].needs_bank(config.resolved_ratio) and bank is None:
         raise InputError(f"mode {config.mode!r} with ratio {config.resolved_ratio:g} needs a synthetic bank; "
                          "pass synthetic=PATH")
     split_idx = np.sort(real.indices(config.split)).astype(np.int64)
     if len(split_idx) == 0:
         raise InputError(f"{real.path}: split {config.split!r} holds no patches")
     inputs = _Inputs(real, bank, split_idx, config, np.random.default_rng(config.seed))
-    plan = _PLANNERS[config.mode](inputs)
+    plan = MIX_MODES[config.mode].planner(inputs)
     sources = (str(real.path), "" if bank is None else str(bank.path))
     return dataclasses.replace(plan, sources=sources)
 
 
-# -- planners: one per mode; a new mode (e.g. issue 10's "balance") adds one function here ----------
+# -- planners: one per mode, named in its MixMode record ------------------------------------------------
 def _plan_real(inp: _Inputs) -> MixPlan:
-    n_take = count_of(inp.ratio, len(inp.split_idx))
+    n_take = _counts_real(len(inp.split_idx), inp.ratio, inp.config.base_fraction, 0)[0]
     chosen = np.sort(inp.rng.choice(inp.split_idx, n_take, replace=False)) if n_take < len(inp.split_idx) \
         else inp.split_idx
     return MixPlan(inp.config, np.zeros(len(chosen), np.uint8), chosen, chosen.copy(), len(inp.split_idx))
@@ -262,11 +257,11 @@ def _plan_real(inp: _Inputs) -> MixPlan:
 def _plan_add(inp: _Inputs) -> MixPlan:
     n = len(inp.split_idx)
     # 1. the real base: a seeded fraction of the split
-    base = np.sort(inp.rng.choice(inp.split_idx, count_of(inp.config.base_fraction, n), replace=False))
+    n_base, n_syn = _counts_add(n, inp.ratio, inp.config.base_fraction, 0)
+    base = np.sort(inp.rng.choice(inp.split_idx, n_base, replace=False))
     # 2. eligible synthetic patches: parents in the split but not in the base (no mask leak)
     outside = np.setdiff1d(inp.split_idx, base)
     cand = _bank_candidates(inp, outside)
-    n_syn = add_count(inp.config.base_fraction, inp.ratio, n)
     if n_syn > len(cand):
         raise InputError(
             f"mode 'add': ratio {inp.ratio:g} asks for {n_syn} synthetic patches ({inp.ratio:g} x {n} real "
@@ -280,7 +275,7 @@ def _plan_add(inp: _Inputs) -> MixPlan:
 
 def _plan_replace(inp: _Inputs) -> MixPlan:
     n = len(inp.split_idx)
-    n_rep = count_of(inp.ratio, n)
+    n_rep = _counts_replace(n, inp.ratio, inp.config.base_fraction, 0)[1]
     chosen = np.sort(inp.rng.choice(inp.split_idx, n_rep, replace=False))
     by_parent = _group_by_parent(inp.bank) if n_rep else {}
     missing = [int(r) for r in chosen if int(r) not in by_parent]
@@ -303,7 +298,7 @@ def _plan_replace(inp: _Inputs) -> MixPlan:
 def _plan_synthetic(inp: _Inputs) -> MixPlan:
     parents = inp.split_idx if inp.config.split is not None else None
     cand = _bank_candidates(inp, parents)
-    n_take = count_of(inp.ratio, len(cand))
+    n_take = _counts_synthetic(len(inp.split_idx), inp.ratio, inp.config.base_fraction, len(cand))[1]
     if n_take == 0:
         raise InputError(f"mode 'synthetic': {inp.bank.path} has no patches to take from {inp.where()} "
                          f"({len(cand)} eligible, ratio {inp.ratio:g})")
@@ -329,7 +324,7 @@ def _plan_balance(inp: _Inputs) -> MixPlan:
                          f"{' (nor ' + ', '.join(map(repr, lacking[1:])) + ')' if lacking[1:] else ''}, which the "
                          f"target needs more of; synthesize some (nasdm-aug synthesize --balance-for) or change the target")
     # 3. greedy choice under the cap; the seeded permutation breaks ties
-    cap = int(math.floor(inp.ratio * n + 1e-9))
+    cap = _counts_balance(n, inp.ratio, inp.config.base_fraction, len(cand))[1]
     perm = inp.rng.permutation(len(cand))
     picks = greedy_balance(before, cand_counts[perm], target, cap)
     syn = np.sort(cand[perm[picks]])
@@ -343,10 +338,89 @@ def _plan_balance(inp: _Inputs) -> MixPlan:
     return MixPlan(inp.config, origin, np.r_[inp.split_idx, syn].astype(np.int64), mask, n, stats=stats)
 
 
-_PLANNERS: dict[str, Callable[[_Inputs], MixPlan]] = {
-    "add": _plan_add, "replace": _plan_replace, "synthetic": _plan_synthetic, "real": _plan_real,
-    "balance": _plan_balance,
-}
+# -- count rules: (n_split, ratio, base_fraction, n_candidates) -> (real items, synthetic items) -------
+def _counts_real(n: int, ratio: float, base: float, cand: int) -> tuple[int, int]:
+    return count_of(ratio, n), 0
+
+
+def _counts_add(n: int, ratio: float, base: float, cand: int) -> tuple[int, int]:
+    return count_of(base, n), add_count(base, ratio, n)
+
+
+def _counts_replace(n: int, ratio: float, base: float, cand: int) -> tuple[int, int]:
+    n_rep = count_of(ratio, n)
+    return n - n_rep, n_rep
+
+
+def _counts_synthetic(n: int, ratio: float, base: float, cand: int) -> tuple[int, int]:
+    return 0, count_of(ratio, cand)  # a fraction of the eligible bank patches, not of the split
+
+
+def _counts_balance(n: int, ratio: float, base: float, cand: int) -> tuple[int, int]:
+    return n, int(math.floor(ratio * n + 1e-9))  # at most: only patches that move the counts are taken
+
+
+class Mode(str, enum.Enum):
+    """The mixing modes (a ``str``: ``Mode.ADD == "add"``)."""
+
+    ADD = "add"
+    REPLACE = "replace"
+    SYNTHETIC = "synthetic"
+    REAL = "real"
+    BALANCE = "balance"
+
+
+@dataclass(frozen=True)
+class MixMode:
+    """Everything a mixing mode is.
+
+    Attributes:
+        mode: its :class:`Mode`.
+        default_ratio: the ratio when none is given.
+        ratio_range: (low, high, low inclusive); high is always inclusive.
+        meaning: what the ratio means, for messages.
+        needs_bank: ``needs_bank(ratio)``: whether a plan with this ratio draws synthetic patches.
+        counts: the count rule ``(n_split, ratio, base_fraction, n_candidates) -> (real, synthetic)``
+            that the planner itself uses (``balance``: the synthetic count is a cap).
+        planner: builds the :class:`MixPlan`.
+        synthetic_is_cap: True where fewer synthetic patches than counted may be taken.
+    """
+
+    mode: Mode
+    default_ratio: float
+    ratio_range: tuple[float, float, bool]
+    meaning: str
+    needs_bank: Callable[[float], bool]
+    counts: Callable[[int, float, float, int], tuple[int, int]]
+    planner: Callable[[_Inputs], MixPlan]
+    synthetic_is_cap: bool = False
+
+
+MIX_MODES: dict[str, MixMode] = {m.mode.value: m for m in (
+    MixMode(Mode.ADD, 0.5, (0.0, math.inf, True), "synthetic patches as a fraction of the real split",
+            lambda r: r > 0, _counts_add, _plan_add),
+    MixMode(Mode.REPLACE, 0.5, (0.0, 1.0, True), "fraction of the real split replaced by synthetic counterparts",
+            lambda r: r > 0, _counts_replace, _plan_replace),
+    MixMode(Mode.SYNTHETIC, 1.0, (0.0, 1.0, False), "fraction of the eligible synthetic patches taken",
+            lambda r: True, _counts_synthetic, _plan_synthetic),
+    MixMode(Mode.REAL, 1.0, (0.0, 1.0, False), "fraction of the real split taken",
+            lambda r: False, _counts_real, _plan_real),
+    MixMode(Mode.BALANCE, 0.5, (0.0, 1.0, False), "most synthetic patches as a fraction of the real split",
+            lambda r: True, _counts_balance, _plan_balance, synthetic_is_cap=True),
+)}
+MODES = tuple(MIX_MODES)
+
+
+def planned_counts(config: MixConfig, n_split: int, n_candidates: int | None = None) -> tuple[int, int]:
+    """(real, synthetic) items a plan of ``config`` holds for a split of ``n_split`` patches, by the
+    rule its planner uses.
+
+    ``n_candidates`` is the number of eligible bank patches, which only mode "synthetic" counts
+    from; None assumes one synthetic patch per mask of the split (what the studies' banks hold).
+    For mode "balance" the synthetic count is the cap (``MIX_MODES["balance"].synthetic_is_cap``).
+    """
+    rule = MIX_MODES[config.mode].counts
+    return rule(n_split, config.resolved_ratio, config.base_fraction, n_split if n_candidates is None else n_candidates)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -255,8 +255,8 @@ SAMPLERS: dict[str, Callable[..., Any]] = {
 # paper's 1000. On the analytic mixture (benchmarks/bench_samplers.py) it is within Monte-Carlo
 # noise of 1000-step DDPM (W1 0.0008 vs 0.0033 and 0.0016 vs 0.0014), as is DPM-Solver++(2M) at 50.
 # On the trained toy patch model the deterministic solvers (DDIM, DPM-Solver++) left visible noise
-# at 50 steps while ancestral sampling with the learned variance matched 1000-step DDPM (RESULTS.md,
-# issue 5), so the stochastic sampler is the default; DPM-Solver++ suits well-converged models.
+# at 50 steps while ancestral sampling with the learned variance matched 1000-step DDPM
+# (benchmarks/RESULTS.md, Synthesis), so the stochastic sampler is the default; DPM-Solver++ suits well-converged models.
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_STEPS = 50
 # Each sampler's own default (log-SNR spacing): fewest steps within 2.5x the reference error.

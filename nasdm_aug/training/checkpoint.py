@@ -1,5 +1,5 @@
 """NASDM run directories and checkpoints: config.json + safetensors weights (raw and EMA) + a
-weights-only trainer state, written atomically (DESIGN.md, Checkpoints).
+weights-only trainer state, written atomically (docs/architecture.md, Contracts).
 
 Run directory layout (what ``NASDMGenerator.from_pretrained(mask_run, patch_run)`` loads)::
 

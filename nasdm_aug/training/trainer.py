@@ -304,7 +304,7 @@ class Trainer:
 
 def _sampler_state(sampler: ScheduleSampler) -> dict[str, torch.Tensor]:
     # The loss-aware sampler's history decides future timesteps, so an exact resume needs it.
-    # It has no state_dict of its own; read its two arrays (see the report on issue 3's API).
+    # It has no state_dict of its own, so its two private arrays are read directly.
     if hasattr(sampler, "_loss_history"):
         return {
             "loss_history": torch.from_numpy(sampler._loss_history.copy()),

@@ -1,4 +1,4 @@
-"""FID / KID / IS validations of issue 9 on small images through the packaged InceptionV3."""
+"""FID / KID / IS validations on small images through the packaged InceptionV3."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Mixing mode "balance" (issue 10): exact greedy choices on a hand-made store with known counts."""
+"""Mixing mode "balance": exact greedy choices on a hand-made store with known counts."""
 
 import numpy as np
 import pytest
 
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset, plan_balance_synthesis, resolve_target, type_counts
-from nasdm_aug.mixing.plan import MixConfig
+from nasdm_aug.mixing.plan import MixConfig, planned_counts
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError
 
@@ -76,6 +76,8 @@ def test_uniform_plan_exact_counts_and_cap(real, bank, ratio, chosen, after):
         np.testing.assert_array_equal(plan.indices("real"), [0, 1, 2, 3])
         np.testing.assert_array_equal(plan.indices("synthetic"), chosen)
         assert plan.counts()["synthetic"] <= ratio * 4
+        n_real, cap = planned_counts(MixConfig(mode="balance", split="Train", ratio=ratio), 4)
+        assert plan.counts()["real"] == n_real and plan.counts()["synthetic"] <= cap == int(ratio * 4)
         assert plan.stats["nuclei before"] == {"a": 8, "b": 0, "c": 0}
         assert plan.stats["nuclei after"] == dict(zip("abc", after))
         np.testing.assert_array_equal(plan.mask[4:], [-1, -1, -1, 0][:len(chosen)] if ratio == 1 else [-1, 0])

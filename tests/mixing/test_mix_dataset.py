@@ -6,7 +6,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import ComputeHoVerMaps, RandFlipd, RandRotate90d
 
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.mixing import MixConfig, SyntheticMixDataset, count_of
+from nasdm_aug.mixing import MIX_MODES, MixConfig, Mode, SyntheticMixDataset, count_of, planned_counts
 from nasdm_aug.types import CONSEP
 from nasdm_aug.utils import InputError
 
@@ -47,6 +47,20 @@ def test_exact_counts(stores, mode, split, kw, n_real, n_syn):
     assert len(ds) == n_real + n_syn == len(ds.plan().entries())
     origins = [o for o, _ in ds.plan()]
     assert origins.count("synthetic") == n_syn
+    # the count rule the studies ask is the planner's own, for every mode
+    st, bk = PatchStore(real), PatchStore(bank)
+    split_idx = st.indices(split)
+    parents = bk.meta("parent")
+    eligible = int(np.isin(parents, split_idx).sum() if split is not None else (parents >= 0).sum())
+    eligible += int((parents < 0).sum()) if kw.get("include_generated") else 0
+    config = MixConfig(mode=mode, split=split, **kw)
+    assert planned_counts(config, len(split_idx), eligible) == (n_real, n_syn)
+
+
+def test_every_mode_has_count_cases_and_takes_its_enum():
+    assert {case[0] for case in COUNT_CASES} | {"balance"} == set(MIX_MODES)  # balance: test_balance.py
+    for mode in Mode:
+        assert MixConfig(mode=mode, split="Train").mode == mode.value == MIX_MODES[mode.value].mode
 
 
 def test_count_rounds_half_up():

@@ -82,7 +82,7 @@ def test_refuses_to_run_after_a_spatial_transform(stores):
 
 
 class FakeGenerator:
-    """Stands in for NASDMGenerator.generate_patches (issue 5): paints nuclei in channel 2."""
+    """Stands in for NASDMGenerator.generate_patches: paints nuclei in channel 2."""
 
     def __init__(self, layout="uint8"):
         self.calls, self.kwargs, self.layout = 0, [], layout

@@ -1,4 +1,4 @@
-"""The rare-type balancing study (issue 10): plan, bank synthesis, end-to-end run and its report."""
+"""The rare-type balancing study: plan, bank synthesis, end-to-end run and its report."""
 
 import json
 

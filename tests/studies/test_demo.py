@@ -1,4 +1,4 @@
-"""The demo preset end to end (issue 8): toy tissue, the embedded toy models, S1/S2, the three studies."""
+"""The demo preset end to end: toy tissue, the embedded toy models, S1/S2, the three studies."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""``nasdm-aug synthesize --balance-for`` (issue 10): the planned type combinations, made and recorded."""
+"""``nasdm-aug synthesize --balance-for``: the planned type combinations, made and recorded."""
 
 import json
 
