@@ -259,7 +259,8 @@ class _PanNukeWriter(_Writer):
             w = csv.writer(fh)
             w.writerow(["Image", *(n.capitalize() for n in self.table.names)])
             w.writerows([img, *c.tolist()] for img, c in self.rows)
-        lines = ["tissue_types:", f"  {self.tissue}: 0", "nuclei_types:", "  Background: 0"]
+        # a JSON string is a valid YAML scalar, whatever the tissue name holds
+        lines = ["tissue_types:", f"  {json.dumps(self.tissue)}: 0", "nuclei_types:", "  Background: 0"]
         lines += [f"  {n.capitalize()}: {i}" for i, n in enumerate(self.table.names, start=1)]
         (self.out / "dataset_config.yaml").write_text("\n".join(lines) + "\n")
 
