@@ -3,8 +3,6 @@ rare-type balancing study."""
 
 from __future__ import annotations
 
-import json
-
 import click
 
 
@@ -82,6 +80,6 @@ def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_b
             click.echo(f"{len(rows) * config.n_runs} runs ({len(rows)} rows x {config.n_runs} seeds); data sizes "
                        "follow once the store is prepared (or pass --store)")
         return
-    summary = run_studies(config, study, out, overwrite=overwrite)
+    run_studies(config, study, out, overwrite=overwrite)
     click.echo(open(f"{out}/tables.md").read())
-    click.echo(f"results: {out}/results.json, {out}/results.csv, {out}/tables.md")
+    click.echo(f"results: {out}/results.json, {out}/results.csv, {out}/tables.md; all in one page: {out}/report.html")

@@ -138,9 +138,11 @@ class TrainConfig(ConfigBase):
         if self.phase1_epochs < 0 or self.phase2_epochs < 0 or self.phase1_epochs + self.phase2_epochs < 1:
             raise ValueError(f"need >= 1 epoch in total, got {self.phase1_epochs} + {self.phase2_epochs}")
         if self.lr <= 0 or self.lr_decayed <= 0 or self.lr_decay_epoch < 0:
-            raise ValueError(f"lr, lr_decayed > 0 and lr_decay_epoch >= 0 required")
+            raise ValueError(f"lr, lr_decayed > 0 and lr_decay_epoch >= 0 required, got {self.lr}, {self.lr_decayed}, "
+                             f"{self.lr_decay_epoch}")
         if self.batch_size < 1 or self.val_every < 1 or self.num_workers < 0:
-            raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required")
+            raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required, got {self.batch_size}, "
+                             f"{self.val_every}, {self.num_workers}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from hovernet.model import HoVerNet
 from hovernet.postprocess import postprocess
 from hovernet.targets import as_label_map
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError, atomic_output
+from nasdm_aug.utils import InputError, atomic_output, json_safe
 
 __all__ = ["resolve_model_dir", "load_hovernet", "predict_batch", "evaluate_model", "evaluate", "predict_image",
            "parse_data_arg", "eval_split", "open_eval_store", "check_same_types", "count_split_units",
@@ -142,14 +141,6 @@ def save_overlays(kept: list[dict[str, np.ndarray]], table: NucleiTypeTable, pat
     return contact_sheet(rows, path, column_titles=["image", "ground truth", "prediction"])
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
 def evaluate(model_dir: str | os.PathLike, data: Dataset, out_dir: str | os.PathLike, *, n_overlay: int = 8,
              batch_size: int = 8, device: str = "cpu", overwrite: bool = False, progress: bool = True,
              data_desc: str = "", postprocess: str | None = None) -> dict[str, Any]:
@@ -170,7 +161,7 @@ def evaluate(model_dir: str | os.PathLike, data: Dataset, out_dir: str | os.Path
     metrics, kept = evaluate_model(model, data, cfg, list(table.names), batch_size=batch_size,
                                    n_keep=n_overlay, progress=progress)
     result = {"model": str(resolve_model_dir(model_dir)), "data": data_desc,
-              "postprocess": {"preset": postprocess or "the run's", **cfg.postprocess.to_dict()}, **_json_safe(metrics)}
+              "postprocess": {"preset": postprocess or "the run's", **cfg.postprocess.to_dict()}, **json_safe(metrics)}
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

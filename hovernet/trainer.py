@@ -34,7 +34,7 @@ from hovernet.model import HoVerNet
 from nasdm_aug.training.checkpoint import read_safetensors, read_torch_state
 from nasdm_aug.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError, atomic_output
+from nasdm_aug.utils import InputError, atomic_output, write_text_atomic
 
 __all__ = ["train_hovernet", "lr_at"]
 
@@ -46,9 +46,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> tuple[int, float]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def _start_run(out: Path, cfg: TrainConfig, info: dict[str, Any], resume: bool, overwrite: bool,
@@ -240,7 +238,4 @@ def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], 
         _write_json(out / "best.json", {"epoch": epoch + 1, "dice": best_dice, "path": f"checkpoints/{path.name}"})
     best_name = f"epoch_{st['best_epoch']:04d}"
     _prune(out, {best_name})
-    log = "".join(json.dumps(r) + "\n" for r in st["history"])
-    tmp = out / "log.jsonl.partial"
-    tmp.write_text(log)
-    os.replace(tmp, out / "log.jsonl")
+    write_text_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in st["history"]))

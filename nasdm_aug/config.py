@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, write_text_atomic
 
 __all__ = ["ConfigBase", "load_config"]
 
@@ -33,10 +33,7 @@ class ConfigBase:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON to ``path`` (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, self.to_json() + "\n")
 
     def replace(self: C, **changes: Any) -> C:
         """Return a copy with some fields changed (validated again)."""

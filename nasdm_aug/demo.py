@@ -12,6 +12,7 @@ from typing import Any
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.studies import STUDY_PRESETS, StudyConfig, ensure_store, run_studies
+from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["run_demo", "DEMO_NOTICE"]
 
@@ -84,9 +85,6 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
     lines += ["Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/` (models and per-run results).", ""]
     from nasdm_aug.html_report import write_html_report
 
-    path = out / "report.md"
-    tmp = path.with_name("report.md.partial")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    path = write_text_atomic(out / "report.md", "\n".join(lines))
     write_html_report("\n".join(lines), out, "nasdm-aug demo report")
     return path

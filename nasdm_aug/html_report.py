@@ -17,6 +17,8 @@ from pathlib import Path
 
 import markdown
 
+from nasdm_aug.utils import write_text_atomic
+
 __all__ = ["markdown_to_html", "write_html_report"]
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
@@ -77,9 +79,4 @@ def markdown_to_html(text: str, base: str | os.PathLike, title: str) -> str:
 
 def write_html_report(text: str, folder: str | os.PathLike, title: str, name: str = "report.html") -> Path:
     """Write ``folder/name`` from markdown ``text`` (pictures relative to ``folder``), atomically."""
-    folder = Path(folder)
-    path = folder / name
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(markdown_to_html(text, folder, title), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(folder) / name, markdown_to_html(text, folder, title))

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from nasdm_aug.utils import write_text_atomic
+
 __all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
 
 _TITLES = {
@@ -19,12 +21,6 @@ _TITLES = {
     "real-vs-synthetic": "Table 5: real (R1) against synthetic (S1) annotations",
     "balance": "Rare-type balancing: R2 alone against R2 + balanced synthetic patches (same epochs)",
 }
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _pm(entry: dict[str, Any], key: str) -> str:
@@ -153,8 +149,8 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path,
     plot_axes = plot_axes or {}
 
     paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
-    _atomic_text(paths["json"], json.dumps(summary, indent=2) + "\n")
-    _atomic_text(paths["tables"], format_tables(summary["table"]))
+    write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(paths["tables"], format_tables(summary["table"]))
     buf = io.StringIO()
     fields = ["study", "row", "runs", "n_patches", "n_real", "n_synthetic", "dice", "dice_std", "miou",
               "miou_std", "dice_with_bg", "dice_with_bg_std", "miou_with_bg", "miou_with_bg_std", "pq", "pq_std",
@@ -162,7 +158,7 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path,
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(summary["table"])
-    _atomic_text(paths["csv"], buf.getvalue())
+    write_text_atomic(paths["csv"], buf.getvalue())
     for study in dict.fromkeys(r.study for r in rows):
         if study == "balance":  # one bar per type rather than a curve over a synthetic share
             png = plot_per_type(summary["table"], study, out / f"study_{study}.png")

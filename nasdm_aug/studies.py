@@ -11,10 +11,9 @@ own folder, so a rerun skips it; a killed run resumes its HoVerNet training.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +25,7 @@ from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.mixing.plan import MIX_MODES, MixConfig, planned_counts
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
-from nasdm_aug.utils import InputError, file_digest
+from nasdm_aug.utils import InputError, file_digest, json_safe, write_text_atomic
 
 __all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
            "run_studies", "summarise", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
@@ -348,14 +347,12 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
         counts = sum(type_counts(s, plan.indices(o)).sum(0) for o, s in (("real", store), ("synthetic", bank))
                      if s is not None and len(plan.indices(o)))
         result["train_nuclei"] = dict(zip(store.type_table.names, map(int, counts)))
-    _write_json_atomic(result_path, _json_safe(result))
+    _write_json_atomic(result_path, json_safe(result))
     return result
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _same_test_set(cached: dict[str, Any], test_set: dict[str, Any] | None) -> bool:
@@ -366,14 +363,6 @@ def _same_test_set(cached: dict[str, Any], test_set: dict[str, Any] | None) -> b
     if "test_set" not in cached:
         return not test_set.get("external")
     return cached["test_set"] == test_set
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ the batch size, on kills, or on the number of ranks.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
-from nasdm_aug.utils import InputError, check_writable, file_digest
+from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
 from nasdm_aug.viz import colour_mask, contact_sheet
 
 __all__ = ["SynthesizeConfig", "synthesize", "plan_jobs", "combination_presence"]
@@ -230,9 +229,7 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
-    tmp = record_path.with_name("config.json.partial")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
 
 
 def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | None:

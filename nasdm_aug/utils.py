@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -13,7 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["InputError", "atomic_output", "check_writable", "seed_everything", "file_digest", "file_sha256"]
+__all__ = ["InputError", "atomic_output", "write_text_atomic", "json_safe", "check_writable", "seed_everything",
+           "file_digest", "file_sha256"]
 
 
 class InputError(ValueError):
@@ -58,6 +60,32 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, suffix: str 
     except BaseException:
         _remove(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through ``path.partial`` and a rename: a reader never sees half a
+    file, and a kill leaves the old one (for files rewritten in place: logs, records, reports)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def json_safe(x):
+    """A copy of ``x`` that ``json.dumps`` writes as strict JSON: non-finite floats become None
+    (JSON has no NaN), numpy scalars Python numbers, tuples lists, keys strings."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
 
 
 def _remove(p: Path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.html_report import write_html_report
-from nasdm_aug.utils import atomic_output
+from nasdm_aug.utils import atomic_output, json_safe
 from nasdm_aug.viz import contact_sheet, overlay_mask
 
 __all__ = ["write_report", "markdown_report", "json_safe"]
@@ -21,19 +21,6 @@ __all__ = ["write_report", "markdown_report", "json_safe"]
 _CRITERIA = (("dice", "Boundary Dice of matched nuclei", "up"), ("boundary_f1", "Boundary F1 (2 px)", "up"),
              ("type_accuracy", "Type accuracy of matched nuclei", "up"), ("missing_rate", "Missing nuclei rate", "down"),
              ("excess_rate", "Excess nuclei rate", "down"), ("score", "Per-patch fidelity score", "up"))
-
-
-def json_safe(x: Any) -> Any:
-    """Replace non-finite floats by None (JSON has no NaN) and numpy scalars by Python ones."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def _undefined(v: Any) -> bool:

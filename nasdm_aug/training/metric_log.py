@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nasdm_aug.utils import write_text_atomic
+
 __all__ = ["MetricLogger", "read_log"]
 
 LOG_NAME = "log.jsonl"
@@ -44,9 +46,7 @@ class MetricLogger:
         if not self.path.is_file():
             return
         kept = [r for r in read_log(self.path.parent) if int(r.get("step", 0)) <= resume_step]
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (must hold ``step``); numbers also go to TensorBoard as ``train/<key>``."""
