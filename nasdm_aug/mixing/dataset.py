@@ -11,10 +11,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose, ComputeHoVerMaps, Transform, apply_transform
+from monai.transforms import Compose, Transform, apply_transform
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.plan import MixConfig, MixPlan, build_plan
+from nasdm_aug.mixing.targets import hover_targets
 
 __all__ = ["SyntheticMixDataset", "LoadMixPatchd", "HoVerTargetsd", "open_store"]
 
@@ -71,22 +72,15 @@ class HoVerTargetsd(Transform):
 
     ``np`` int64 [1, H, W] nuclei vs background; ``hv`` float32 [2, H, W] horizontal and vertical
     distance maps from MONAI's ``ComputeHoVerMaps``; ``nc`` int64 [1, H, W] the type map inside
-    nuclei. Channel-first for MONAI pipelines; ``hovernet.data`` builds its own [H, W] targets
-    (this floor cannot import ``hovernet``).
+    nuclei (:func:`nasdm_aug.mixing.targets.hover_targets`, channel-first for MONAI pipelines).
     Run it after spatial transforms: a flip negates one hv component, so hv maps must be
     computed on the final geometry, not transformed.
     """
 
-    def __init__(self) -> None:
-        self._hv = ComputeHoVerMaps()
-
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
-        inst = np.asarray(d["inst"])
-        d["np"] = (inst > 0).astype(np.int64)
-        d["hv"] = np.asarray(self._hv(inst.astype(np.int64)), dtype=np.float32)
-        # a type pixel outside every nucleus is background for nc too (as hovernet/targets.py)
-        d["nc"] = np.where(inst > 0, np.asarray(d["type"]), 0).astype(np.int64)
+        t = hover_targets(d["inst"], d["type"])
+        d.update(np=t["np"][None], hv=t["hv"], nc=t["nc"][None])
         return d
 
 
