@@ -42,7 +42,7 @@ def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: st
     For the fidelity ratio, give a real split the segmenter was not trained on (e.g. STORE.h5:Test),
     so that real patches are not scored more kindly than synthetic ones.
     """
-    from hovernet.data import parse_store_arg
+    from nasdm_aug.data.store import parse_store_arg
     from nasdm_aug.metrics.evaluate import EvaluateConfig
 
     real, split = parse_store_arg(real_arg)

@@ -43,7 +43,7 @@ def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, 
       nasdm-aug export lizard.h5:Train out/pannuke --format pannuke \\
           --map neutrophil=inflammatory,lymphocyte=inflammatory,plasma=inflammatory,eosinophil=inflammatory
     """
-    from hovernet.data import parse_store_arg
+    from nasdm_aug.data.store import parse_store_arg
 
     path, split = parse_store_arg(store_arg)
     mix = None

@@ -58,7 +58,8 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
           batch_size: int | None, encoder_weights: str | None, seed: int | None, device: str | None,
           workers: int | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
     """Train HoVerNet with the paper's two-phase recipe (use torchrun for several processes)."""
-    from hovernet.data import parse_store_arg, store_dataset
+    from hovernet.data import store_dataset
+    from nasdm_aug.data.store import parse_store_arg
     from hovernet.trainer import train_hovernet
 
     cfg = _resolve_config(preset, config, epochs, batch_size, seed, device, workers, encoder_weights)

@@ -101,12 +101,10 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
 
 def _balance_plan(balance_for: str, target: str, ratio: float):
     """The balance plan for ``STORE.h5[:SPLIT]`` (split Train when none is named)."""
-    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.data.store import PatchStore, parse_store_arg
     from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
 
-    path, sep, split = balance_for.rpartition(":")
-    if not sep or "/" in split or split.endswith(".h5"):
-        path, split = balance_for, "Train"
+    path, split = parse_store_arg(balance_for, "Train")
     if not Path(path).is_file():
         raise InputError(f"--balance-for: {path} does not exist")
     store = PatchStore(path)

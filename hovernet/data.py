@@ -15,9 +15,10 @@ from monai.transforms import (
 from torch.utils.data import Dataset
 
 from hovernet.targets import as_label_map, compute_targets
+
 from nasdm_aug.utils import InputError
 
-__all__ = ["RandSaturationd", "build_augmentation", "HoVerNetTrainDataset", "store_dataset", "parse_store_arg"]
+__all__ = ["RandSaturationd", "build_augmentation", "HoVerNetTrainDataset", "store_dataset"]
 
 _LABELS = ("image", "inst", "type")
 
@@ -118,14 +119,6 @@ def _image(item: Mapping[str, Any], index: int) -> torch.Tensor:
     if img.ndim != 3 or img.shape[0] != 3 or not img.is_floating_point():
         raise ValueError(f"item {index}: expected image float [3, H, W] in [0, 1], got {img.dtype} {tuple(img.shape)}")
     return img.float()
-
-
-def parse_store_arg(arg: str, default_split: str | None = None) -> tuple[str, str | None]:
-    """Split ``STORE[:split]`` into (path, split); a Windows drive letter is not a split."""
-    path, sep, split = str(arg).rpartition(":")
-    if not sep or not path or os.sep in split or "/" in split:
-        return str(arg), default_split
-    return path, split
 
 
 def store_dataset(path: str | os.PathLike, split: str | None) -> Dataset:

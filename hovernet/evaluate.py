@@ -207,7 +207,7 @@ def parse_data_arg(arg: str | os.PathLike) -> tuple[Path, str | None, bool]:
     Raises:
         InputError: neither an existing store nor a folder, or a folder given a ``:SPLIT``.
     """
-    from hovernet.data import parse_store_arg
+    from nasdm_aug.data.store import parse_store_arg
 
     arg = str(arg)
     if os.path.isdir(arg):

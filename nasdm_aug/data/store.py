@@ -20,7 +20,7 @@ from nasdm_aug import __version__
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, atomic_output
 
-__all__ = ["PatchStore", "PatchStoreWriter", "StoreError", "SCHEMA_VERSION", "SPLITS", "ORIGINS"]
+__all__ = ["PatchStore", "PatchStoreWriter", "StoreError", "SCHEMA_VERSION", "SPLITS", "ORIGINS", "parse_store_arg"]
 
 SCHEMA_VERSION = 1
 MAGIC = "nasdm-aug PatchStore"
@@ -476,3 +476,15 @@ class PatchStore:
     def __repr__(self) -> str:
         return (f"PatchStore({str(self.path)!r}, n={self._n}, patch_size={self.patch_size}, "
                 f"origin={self.origin!r}, types={self.type_table.name!r})")
+
+
+def parse_store_arg(arg: str | os.PathLike, default_split: str | None = None) -> tuple[str, str | None]:
+    """Split ``STORE[:SPLIT]`` into (path, split); ``default_split`` when none is named.
+
+    A colon followed by something path-like (a separator, or a name ending in ``.h5``) belongs
+    to the path, so ``C:/data/x.h5`` and ``C:x.h5`` are whole paths.
+    """
+    path, sep, split = str(arg).rpartition(":")
+    if not sep or not path or os.sep in split or "/" in split or split.endswith(".h5"):
+        return str(arg), default_split
+    return path, split

@@ -17,6 +17,7 @@ from monai.transforms import RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.mixing.plan import group_by_parent
 
 __all__ = ["RandSyntheticSwap", "PatchGenerator"]
 
@@ -150,10 +151,7 @@ class RandSyntheticSwap(RandomizableTransform):
         if self.bank is None:
             return None
         if self._by_parent is None:
-            par = self.bank.meta("parent")
-            order = np.argsort(par, kind="stable")
-            uniq, starts = np.unique(par[order], return_index=True)
-            self._by_parent = {int(p): g for p, g in zip(uniq, np.split(order, starts[1:])) if p >= 0}
+            self._by_parent = group_by_parent(self.bank)
         options = self._by_parent.get(parent)
         if options is None:
             return None

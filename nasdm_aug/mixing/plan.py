@@ -277,7 +277,7 @@ def _plan_replace(inp: _Inputs) -> MixPlan:
     n = len(inp.split_idx)
     n_rep = _counts_replace(n, inp.ratio, inp.config.base_fraction, 0)[1]
     chosen = np.sort(inp.rng.choice(inp.split_idx, n_rep, replace=False))
-    by_parent = _group_by_parent(inp.bank) if n_rep else {}
+    by_parent = group_by_parent(inp.bank) if n_rep else {}
     missing = [int(r) for r in chosen if int(r) not in by_parent]
     if missing:
         covered = int(np.isin(inp.split_idx, list(by_parent)).sum())
@@ -433,7 +433,8 @@ def _bank_candidates(inp: _Inputs, parents: np.ndarray | None) -> np.ndarray:
     return np.flatnonzero(keep).astype(np.int64)
 
 
-def _group_by_parent(bank: PatchStore) -> dict[int, np.ndarray]:
+def group_by_parent(bank: PatchStore) -> dict[int, np.ndarray]:
+    """Bank indices per real parent index (generated patches, parent -1, left out), in bank order."""
     par = bank.meta("parent")
     order = np.argsort(par, kind="stable")
     uniq, starts = np.unique(par[order], return_index=True)

@@ -143,3 +143,17 @@ def test_open_checks_dtypes_and_ranges(tmp_path, key, make, match):
     _rewrite(path, key, make({"image": images, "inst": insts, "type": types}[key]))
     with pytest.raises(StoreError, match=match):
         PatchStore(path)
+
+
+@pytest.mark.parametrize("arg,default,expected", [
+    ("consep.h5:Train", None, ("consep.h5", "Train")),
+    ("consep.h5", "Train", ("consep.h5", "Train")),
+    ("consep.h5", None, ("consep.h5", None)),
+    ("runs/a:b/consep.h5", None, ("runs/a:b/consep.h5", None)),  # a colon inside the path
+    ("C:consep.h5", None, ("C:consep.h5", None)),  # a drive letter, not a split
+    ("/data/x.h5:R2", "Train", ("/data/x.h5", "R2")),
+])
+def test_store_split_argument(arg, default, expected):
+    from nasdm_aug.data.store import parse_store_arg
+
+    assert parse_store_arg(arg, default) == expected
