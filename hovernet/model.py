@@ -14,7 +14,7 @@ from torch import nn
 from hovernet.config import ModelConfig
 from nasdm_aug.utils import InputError
 
-__all__ = ["HoVerNet", "build_hovernet", "load_encoder_weights"]
+__all__ = ["HoVerNet", "load_encoder_weights"]
 
 # ImageNet statistics: inputs arrive in [0, 1] and the encoder sees them standardised, which
 # is what "imagenet" weights expect and is harmless from scratch.
@@ -172,8 +172,3 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
-
-
-def build_hovernet(cfg: ModelConfig) -> HoVerNet:
-    """Factory: the HoVerNet for a model config."""
-    return HoVerNet(cfg)

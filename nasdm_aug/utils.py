@@ -1,4 +1,4 @@
-"""Shared plumbing: the one-line user error, atomic file output and seeding."""
+"""Shared plumbing: the one-line user error, atomic file output, strict JSON and file digests."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import functools
 import hashlib
 import math
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["InputError", "atomic_output", "write_text_atomic", "json_safe", "check_writable", "seed_everything",
-           "file_digest", "file_sha256"]
+__all__ = ["InputError", "atomic_output", "write_text_atomic", "json_safe", "check_writable", "file_digest",
+           "file_sha256"]
 
 
 class InputError(ValueError):
@@ -115,12 +114,3 @@ def file_digest(path: str | os.PathLike) -> str:
     p = Path(path).resolve()
     st = p.stat()
     return _digest(str(p), st.st_size, st.st_mtime_ns)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch global generators (for scripts; library code takes generators)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
