@@ -43,7 +43,8 @@ from nasdm_aug.utils import InputError
               help="Write BANK.h5.preview.png: mask | synthetic | real parent for the first N patches.")
 # -- sampling
 @click.option("--sampler", default=None, metavar="NAME", help="Sampler (default: the package default).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Network evaluations per sample.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Network evaluations per sample (default: the sampler's own: ddpm 50, ddim 250, dpmpp_2m 50).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
-from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, classifier_free_guidance, get_sampler
+from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS_BY_SAMPLER, classifier_free_guidance, get_sampler
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
@@ -160,7 +160,8 @@ class NASDMGenerator:
 
     Build it with :meth:`from_pretrained`. Sampling options (all keyword arguments of the
     ``generate*`` methods) default to ``sampler=DEFAULT_SAMPLER`` (nasdm_aug.sampling),
-    ``steps=DEFAULT_STEPS``, ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``,
+    ``steps=None`` (the sampler's own default, ``DEFAULT_STEPS_BY_SAMPLER``: ddpm 50, ddim 250),
+    ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``,
     ``batch_size=8``.
 
     Args:
@@ -273,8 +274,10 @@ class NASDMGenerator:
         return int(self.patch_config.model.image_size)
 
     # -- sampling -------------------------------------------------------------------------------
-    def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampler: str, steps: int,
+    def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampler: str, steps: int | None,
                 guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
+        if steps is None:  # each sampler needs its own number of steps for the same error
+            steps = DEFAULT_STEPS_BY_SAMPLER[sampler]
         model = self.mask_model if kind == "mask" else self.patch_model
         model_fn = classifier_free_guidance(model, guidance)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
@@ -287,7 +290,7 @@ class NASDMGenerator:
 
     def generate_masks(
         self, types: str | Sequence[str] | np.ndarray, n: int, *, sampler: str = DEFAULT_SAMPLER,
-        steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
+        steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
         batch_size: int = 8, min_size: int = 10, progress: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
@@ -321,7 +324,7 @@ class NASDMGenerator:
         return insts, type_maps
 
     def generate_patches(
-        self, inst: np.ndarray, type_map: np.ndarray, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+        self, inst: np.ndarray, type_map: np.ndarray, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0, batch_size: int = 8,
         progress: bool = False,
     ) -> np.ndarray:

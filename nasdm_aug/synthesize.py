@@ -25,7 +25,7 @@ from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.mixing.balance import parse_combination, split_combination
-from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS_BY_SAMPLER, SAMPLERS
 from nasdm_aug.sampling.samplers import sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
 from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
@@ -48,7 +48,7 @@ class SynthesizeConfig(ConfigBase):
     # (nasdm-aug synthesize --balance-for works them out; see nasdm_aug.mixing.balance)
     combinations: tuple[str, ...] = ()
     sampler: str = DEFAULT_SAMPLER  # nasdm_aug.sampling sampler name
-    steps: int = DEFAULT_STEPS  # network evaluations per sample
+    steps: int = 0  # network evaluations per sample; 0: the sampler's own (DEFAULT_STEPS_BY_SAMPLER)
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
@@ -72,6 +72,8 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError("give --split or --indices, not both")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        if self.steps == 0:  # stored resolved, so a resumed or cached bank compares the real count
+            object.__setattr__(self, "steps", DEFAULT_STEPS_BY_SAMPLER[self.sampler])
         if self.steps < 1 or self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
             raise ValueError(
                 f"steps and batch_size must be >= 1, seed and min_size >= 0; got steps={self.steps}, "

@@ -188,3 +188,37 @@ def test_wrong_patch_size_and_dry_run(runs, tmp_path):
     assert res.returncode == 2 and "has 32-px patches but the model" in res.stderr and "has 16-px patches" in res.stderr
     res = CliRunner().invoke(cli, _args(runs, tmp_path / "o.h5", "--types", "all", "--num", "7", "--dry-run"))
     assert res.exit_code == 0 and "patches: 7" in res.output and not (tmp_path / "o.h5").exists()
+
+
+def test_steps_default_to_the_samplers_own():
+    from nasdm_aug.sampling import DEFAULT_STEPS_BY_SAMPLER
+
+    for sampler, steps in DEFAULT_STEPS_BY_SAMPLER.items():
+        assert SynthesizeConfig(types="all", num=1, sampler=sampler).steps == steps
+    assert SynthesizeConfig(types="all", num=1, sampler="ddim").steps == 250  # not the ddpm 50
+    assert SynthesizeConfig(types="all", num=1, sampler="ddim", steps=12).steps == 12
+    # stored resolved: a config written before this default reads back the same
+    cfg = SynthesizeConfig(types="all", num=1)
+    assert SynthesizeConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["steps"] == 50
+
+
+def test_generator_steps_default_follows_the_sampler(monkeypatch):
+    import torch
+
+    from nasdm_aug import generator as g
+
+    seen = {}
+
+    def fake_sampler(model_fn, shape, kwargs, *, steps, **_):
+        seen["steps"] = steps
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(g, "get_sampler", lambda name: fake_sampler)
+    gen = g.NASDMGenerator.from_pretrained("toy")
+    inst = np.zeros((1, gen.patch_size, gen.patch_size), np.int32)
+    inst[0, 4:10, 4:10] = 1
+    for sampler, steps in (("ddim", 250), ("ddpm", 50), ("dpmpp_2m", 50)):
+        gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler=sampler)
+        assert seen["steps"] == steps
+    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim", steps=7)
+    assert seen["steps"] == 7
