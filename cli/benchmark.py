@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import click
 
+from nasdm_aug.study_registry import STUDY_REGISTRY
+
 
 @click.command("benchmark")
 @click.option("--preset", default="demo", show_default=True, metavar="demo|consep|lizard|CONFIG.json",
               help="A named study preset or a StudyConfig JSON file.")
-@click.option("--study", type=click.Choice(["addition", "replacement", "real-vs-synthetic", "balance", "all"]),
+@click.option("--study", type=click.Choice([*STUDY_REGISTRY, "all"]),
               default="all", show_default=True,
               help="Which study (Table 3, 4 or 5 of the paper, or rare-type balance); all = the paper's three.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, metavar="DIR",

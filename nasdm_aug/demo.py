@@ -12,6 +12,7 @@ from typing import Any
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.studies import STUDY_PRESETS, StudyConfig, ensure_store, run_studies
+from nasdm_aug.study_registry import PAPER_STUDIES
 from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["run_demo", "DEMO_NOTICE"]
@@ -79,7 +80,7 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         "![S2 preview](banks/S2.h5.preview.png)", "",
         "## Studies (HoVerNet on Test, mean ± std over runs)", "", format_tables(summary["table"]), "",
     ]
-    for study in ("addition", "replacement", "real-vs-synthetic"):
+    for study in PAPER_STUDIES:
         if (out / f"study_{study}.png").is_file():
             lines += [f"![{study}](study_{study}.png)", ""]
     lines += ["Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/` (models and per-run results).", ""]

@@ -11,16 +11,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from nasdm_aug.study_registry import STUDY_REGISTRY
 from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
 
-_TITLES = {
-    "addition": "Table 3: adding synthetic patches (S2) to 25% of R2",
-    "replacement": "Table 4: replacing real patches of R2 by synthetic ones (same masks)",
-    "real-vs-synthetic": "Table 5: real (R1) against synthetic (S1) annotations",
-    "balance": "Rare-type balancing: R2 alone against R2 + balanced synthetic patches (same epochs)",
-}
 
 
 def _pm(entry: dict[str, Any], key: str) -> str:
@@ -54,7 +49,8 @@ def format_tables(table: Sequence[dict[str, Any]]) -> str:
     """Markdown tables, one per study: rows, number of patches, both readings of Dice and IoU (see
     ``METRIC_NOTE``) and PQ as mean ± std."""
     out = []
-    for study, title in _TITLES.items():
+    for study, record in STUDY_REGISTRY.items():
+        title = record.title
         rows = [e for e in table if e["study"] == study]
         if not rows:
             continue
@@ -66,7 +62,7 @@ def format_tables(table: Sequence[dict[str, Any]]) -> str:
                        f"| {_pm(e, 'miou')} | {_pm(e, 'dice_with_bg')} | {_pm(e, 'miou_with_bg')} "
                        f"| {_pm(e, 'pq')} | {e['runs']} |")
         out.append("")
-        if study == "balance":
+        if record.plot == "per_type":
             out += [format_per_type(rows), ""]
     if out:
         out += [METRIC_NOTE, ""]
@@ -107,7 +103,7 @@ def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: 
     ax.set_xticks(xs, [f"{e['row']}" for e in rows], rotation=20, ha="right", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("score on Test (mean ± std)")
-    ax.set_title(_TITLES[study].split(": ", 1)[1], fontsize=9)
+    ax.set_title(STUDY_REGISTRY[study].title.split(": ", 1)[-1], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
@@ -141,12 +137,9 @@ def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Pa
     return _save_figure(fig, path)
 
 
-def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path,
-                        plot_axes: dict[str, str] | None = None) -> dict[str, Path]:
+def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
     """Write results.json, tables.md, results.csv, study_<name>.png and report.html (tables and
-    plots in one offline page) into ``out``. ``plot_axes``: the x-axis label of each study's plot
-    (the studies pass theirs; the report does not import them)."""
-    plot_axes = plot_axes or {}
+    plots in one offline page) into ``out``; each study's record says how it is drawn."""
 
     paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
     write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
@@ -160,10 +153,11 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path,
     writer.writerows(summary["table"])
     write_text_atomic(paths["csv"], buf.getvalue())
     for study in dict.fromkeys(r.study for r in rows):
-        if study == "balance":  # one bar per type rather than a curve over a synthetic share
+        record = STUDY_REGISTRY[study]
+        if record.plot == "per_type":  # one bar per type rather than a curve over a synthetic share
             png = plot_per_type(summary["table"], study, out / f"study_{study}.png")
         else:
-            png = plot_study(summary["table"], study, out / f"study_{study}.png", plot_axes.get(study, study))
+            png = plot_study(summary["table"], study, out / f"study_{study}.png", record.axis)
         if png is not None:
             paths[f"plot_{study}"] = png
     from nasdm_aug.html_report import write_html_report

@@ -23,80 +23,17 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
-from nasdm_aug.mixing.plan import MIX_MODES, MixConfig, planned_counts
+from nasdm_aug.mixing.plan import MIX_MODES, planned_counts
+from nasdm_aug.study_registry import (BANK_SPLITS, PAPER_STUDIES, PLOT_AXES, STUDIES, STUDY_REGISTRY, Study,
+                                      StudyRow)
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.utils import InputError, file_digest, json_safe, write_text_atomic
 
-__all__ = ["StudyConfig", "StudyRow", "STUDIES", "STUDY_PRESETS", "get_study_preset", "plan_study",
+__all__ = ["StudyConfig", "StudyRow", "Study", "STUDIES", "STUDY_REGISTRY", "PAPER_STUDIES", "PLOT_AXES", "BANK_SPLITS",
+           "STUDY_PRESETS", "get_study_preset", "plan_study",
            "run_studies", "summarise", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
 
 
-@dataclass(frozen=True)
-class StudyRow:
-    """One row of a study table: how its training set is mixed.
-
-    Attributes:
-        study: ``addition``, ``replacement``, ``real-vs-synthetic`` or ``balance``.
-        label: the row's name in the paper's table.
-        mode, split, ratio, base_fraction: the ``SyntheticMixDataset`` arguments.
-        bank: ``"S1"``, ``"S2"``, ``"B"`` (generated rare-type patches) or None (real only).
-        x: the row's position on the study's plot (percent; see ``PLOT_AXES``).
-    """
-
-    study: str
-    label: str
-    mode: str
-    split: str
-    ratio: float
-    base_fraction: float = 0.25
-    bank: str | None = None
-    x: float = 0.0
-
-    def mix_config(self, seed: int = 0, target: Any = "sqrt") -> MixConfig:
-        """The row's :class:`MixConfig` (what ``SyntheticMixDataset`` plans from)."""
-        return MixConfig(mode=self.mode, split=self.split, ratio=self.ratio, base_fraction=self.base_fraction, seed=seed,
-                         target=target)
-
-    @property
-    def slug(self) -> str:
-        """A folder name for the row."""
-        return "".join(c if c.isalnum() else "-" for c in self.label.lower()).strip("-").replace("--", "-")
-
-
-# Table 3: 25% of R2, plus S2 patches made from the masks of the other 75% of R2.
-# Table 4: R2 with 0/25/50/75/100% of its patches swapped for their synthetic counterparts.
-# Table 5: real R1 against synthetic S1 (same masks).
-STUDIES: dict[str, list[StudyRow]] = {
-    "addition": [
-        StudyRow("addition", "25% R2", "add", "R2", 0.0, bank="S2", x=0),
-        StudyRow("addition", "25% R2 + 25% S2", "add", "R2", 0.25, bank="S2", x=25),
-        StudyRow("addition", "25% R2 + 50% S2", "add", "R2", 0.50, bank="S2", x=50),
-        StudyRow("addition", "25% R2 + 75% S2", "add", "R2", 0.75, bank="S2", x=75),
-    ],
-    "replacement": [
-        StudyRow("replacement", "R2", "real", "R2", 1.0, x=0),
-        StudyRow("replacement", "75% R2 / 25% S2", "replace", "R2", 0.25, bank="S2", x=25),
-        StudyRow("replacement", "50% R2 / 50% S2", "replace", "R2", 0.50, bank="S2", x=50),
-        StudyRow("replacement", "25% R2 / 75% S2", "replace", "R2", 0.75, bank="S2", x=75),
-        StudyRow("replacement", "S2", "replace", "R2", 1.0, bank="S2", x=100),
-    ],
-    "real-vs-synthetic": [
-        StudyRow("real-vs-synthetic", "R1", "real", "R1", 1.0, x=0),
-        StudyRow("real-vs-synthetic", "S1", "synthetic", "R1", 1.0, bank="S1", x=100),
-    ],
-    # rare-type balancing: R2 alone against R2 + at most 50% of |R2| generated rare-type patches chosen to move
-    # the nuclei-type shares toward ``StudyConfig.balance_target`` (same epochs, so more steps)
-    "balance": [
-        StudyRow("balance", "R2", "real", "R2", 1.0, x=0),
-        StudyRow("balance", "R2 + balanced", "balance", "R2", 0.5, bank="B", x=100),
-    ],
-}
-# "all" = the paper's three studies; balance needs generated masks and a bank of its own, so it runs
-# on request (--study balance) rather than doubling the demo's run time
-PAPER_STUDIES = ("addition", "replacement", "real-vs-synthetic")
-PLOT_AXES = {"addition": "S2 added (% of R2)", "replacement": "synthetic share of R2 (%)",
-             "real-vs-synthetic": "synthetic share (%)", "balance": "nuclei type"}
-BANK_SPLITS = {"S1": "R1", "S2": "R2", "B": "R2"}
 METRICS = ("dice", "miou", "dice_with_bg", "miou_with_bg", "pq", "aji")
 # bumped whenever a reported metric's definition changes: a cached result scored under another
 # version is scored again from its kept HoVerNet model (no retraining)
@@ -183,10 +120,10 @@ def select_rows(study: str) -> list[StudyRow]:
         InputError: an unknown study name.
     """
     if study == "all":
-        return [r for name in PAPER_STUDIES for r in STUDIES[name]]
-    if study not in STUDIES:
-        raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}, all")
-    return list(STUDIES[study])
+        return [r for name in PAPER_STUDIES for r in STUDY_REGISTRY[name].rows]
+    if study not in STUDY_REGISTRY:
+        raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDY_REGISTRY)}, all")
+    return list(STUDY_REGISTRY[study].rows)
 
 
 def check_store(store: PatchStore, rows: Sequence[StudyRow], *, own_test: bool = True) -> None:
@@ -343,7 +280,7 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
               "per_type": metrics["per_type"]}
     if test_set is not None:
         result["test_set"] = test_set
-    if row.study == "balance":  # what the training set held, per type
+    if STUDY_REGISTRY[row.study].plot == "per_type":  # what the training set held, per type
         counts = sum(type_counts(s, plan.indices(o)).sum(0) for o, s in (("real", store), ("synthetic", bank))
                      if s is not None and len(plan.indices(o)))
         result["train_nuclei"] = dict(zip(store.type_table.names, map(int, counts)))
@@ -466,7 +403,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
                                test_set=test.record(), overwrite=overwrite))
     summary = {"config": config.to_dict(), "study": study, "store": str(store.path), "test_set": test.record(),
                "runs": results, "table": summarise(results, rows)}
-    write_study_outputs(summary, rows, out, PLOT_AXES)
+    write_study_outputs(summary, rows, out)
     return summary
 
 

@@ -1,5 +1,6 @@
 """``benchmark --test``: an external test set (a PatchStore split or a dataset folder) for the studies."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from cli.main import cli, main
 from hovernet.evaluate import eval_split, open_eval_store, parse_data_arg
 from nasdm_aug.data.prepare import PrepareConfig, prepare
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
-from nasdm_aug.studies import STUDIES, STUDY_PRESETS, StudyConfig, resolve_test_set, run_studies
+from nasdm_aug.studies import STUDY_PRESETS, STUDY_REGISTRY, StudyConfig, resolve_test_set, run_studies
 from nasdm_aug.types import CONSEP, LIZARD
 from nasdm_aug.utils import InputError
 
@@ -161,7 +162,8 @@ def test_consep_preset_is_at_20x():
 
 
 def test_run_studies_on_an_external_test_set(study_store, folder, tmp_path, monkeypatch):
-    monkeypatch.setitem(STUDIES, "replacement", [STUDIES["replacement"][0]])  # one real-only row: "R2"
+    one_row = dataclasses.replace(STUDY_REGISTRY["replacement"], rows=STUDY_REGISTRY["replacement"].rows[:1])
+    monkeypatch.setitem(STUDY_REGISTRY, "replacement", one_row)  # one real-only row: "R2"
     study = PatchStore(study_store)
     test_store = tmp_path / "ext.h5"
     prepare(PrepareConfig(format="toy", toy_images=3, toy_size=128, patch_size=32, stride=32, magnification=10.0,

@@ -135,3 +135,16 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     res = CliRunner().invoke(cli, args)
     assert isinstance(res.exception, InputError)
     assert "S1.h5: made with other arguments (steps); rerun with --overwrite" in str(res.exception)
+
+
+def test_every_study_and_mode_is_reachable_from_the_cli():
+    from cli.benchmark import benchmark
+    from cli.export import export_command
+    from nasdm_aug.mixing.plan import MIX_MODES
+    from nasdm_aug.study_registry import BANK_SPLITS, STUDY_REGISTRY
+
+    choices = {p.name: p.type.choices for p in benchmark.params if p.name == "study"}["study"]
+    assert set(choices) == {*STUDY_REGISTRY, "all"}
+    assert {p.name: tuple(p.type.choices) for p in export_command.params if p.name == "mode"}["mode"] == tuple(MIX_MODES)
+    for study in STUDY_REGISTRY.values():  # every row can be planned: its mode and bank exist
+        assert all(r.mode in MIX_MODES and (r.bank is None or r.bank in BANK_SPLITS) for r in study.rows), study.name
