@@ -88,11 +88,14 @@ def find_browser() -> str | None:
 
 
 def check_in_browser(path: Path, n_tables: int, n_images: int, screenshot: Path) -> None:
-    """Open ``path`` in headless Chromium: every picture decodes, every table is in the DOM, and a
-    screenshot is kept at ``screenshot``."""
+    """Open ``path`` in headless Chromium: no script error on the console, every picture decodes,
+    every table is in the DOM, and a screenshot is kept at ``screenshot``."""
     flags = [find_browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
+    errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and ("Uncaught" in ln or "Error" in ln)]
+    assert not errors, errors[:3]  # the page's own script ran without an error
     assert f'data-images-loaded="{n_images}"' in dom.stdout  # set by the page's script once loaded
     page = parse_report(dom.stdout)
     assert len(page.tables) == n_tables and len(page.images) == n_images
