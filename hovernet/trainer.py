@@ -96,7 +96,12 @@ def _prune(out: Path, keep: set[str]) -> None:
 def _make_optimizer(model: HoVerNet, cfg: TrainConfig, phase: int) -> torch.optim.Optimizer:
     model.freeze_encoder(phase == 1)
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel updates all parameters in one pass: 1.2x the phase-2 step on a 2-core CPU
+    # (benchmarks/RESULTS.md, HoVerNet); the same algorithm, equal to float rounding
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: HoVerNetLoss,
