@@ -17,7 +17,6 @@ from nasdm_aug.utils import write_text_atomic
 __all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
 
 
-
 def _pm(entry: dict[str, Any], key: str) -> str:
     mean = entry.get(key)
     return "n/a" if mean is None else f"{mean:.4f} ± {entry.get(key + '_std', 0.0):.4f}"

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
+from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.mixing.plan import MIX_MODES, planned_counts
 from nasdm_aug.study_registry import (BANK_SPLITS, PAPER_STUDIES, PLOT_AXES, STUDIES, STUDY_REGISTRY, Study,
                                       StudyRow)
-from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.utils import InputError, file_digest, json_safe, write_text_atomic
 
 __all__ = ["StudyConfig", "StudyRow", "Study", "STUDIES", "STUDY_REGISTRY", "PAPER_STUDIES", "PLOT_AXES", "BANK_SPLITS",
