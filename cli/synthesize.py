@@ -46,6 +46,8 @@ from nasdm_aug.utils import InputError
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Network evaluations per sample (default: the sampler's own: ddpm 50, ddim 250, dpmpp_2m 50).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--eta", type=click.FloatRange(min=0), default=None,
+              help="--sampler ddim: noise per step (0 deterministic, the default; 1 DDPM-like).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Sampling precision.")
@@ -54,13 +56,14 @@ from nasdm_aug.utils import InputError
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
 def synthesize(models, masks, split, indices, types, num, combinations, balance_for, target, ratio, out, overwrite,
-               resume, preview, sampler, steps, guidance, seed, batch_size, dtype, device, config_path, dry_run) -> None:
+               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, device, config_path,
+               dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
     given = {"masks": masks, "split": split, "types": types, "num": num, "sampler": sampler, "steps": steps,
-             "guidance": guidance, "seed": seed, "batch_size": batch_size, "dtype": dtype}
+             "guidance": guidance, "eta": eta, "seed": seed, "batch_size": batch_size, "dtype": dtype}
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations

@@ -161,7 +161,7 @@ class NASDMGenerator:
     Build it with :meth:`from_pretrained`. Sampling options (all keyword arguments of the
     ``generate*`` methods) default to ``sampler=DEFAULT_SAMPLER`` (nasdm_aug.sampling),
     ``steps=None`` (the sampler's own default, ``DEFAULT_STEPS_BY_SAMPLER``: ddpm 50, ddim 250),
-    ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``,
+    ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``, ``eta=0`` (ddim only: its noise),
     ``batch_size=8``.
 
     Args:
@@ -275,23 +275,28 @@ class NASDMGenerator:
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampler: str, steps: int | None,
-                guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
+                guidance: float, seed: int, sample_offset: int, eta: float = 0.0) -> torch.Tensor:
         if steps is None:  # each sampler needs its own number of steps for the same error
             steps = DEFAULT_STEPS_BY_SAMPLER[sampler]
+        options = {}
+        if eta:
+            if sampler != "ddim":
+                raise ValueError(f"eta is an option of the ddim sampler, not of {sampler!r}")
+            options["eta"] = eta
         model = self.mask_model if kind == "mask" else self.patch_model
         model_fn = classifier_free_guidance(model, guidance)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             x = get_sampler(sampler)(
                 model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], steps=steps, seed=seed,
-                sample_offset=sample_offset, device=self.device,
+                sample_offset=sample_offset, device=self.device, **options,
             )
         return x.float().clamp(-1, 1)
 
     def generate_masks(
         self, types: str | Sequence[str] | np.ndarray, n: int, *, sampler: str = DEFAULT_SAMPLER,
         steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
-        batch_size: int = 8, min_size: int = 10, progress: bool = False,
+        batch_size: int = 8, min_size: int = 10, progress: bool = False, eta: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
 
@@ -318,7 +323,7 @@ class NASDMGenerator:
             stop = min(n, start + batch_size)
             cond = torch.from_numpy(presence[start:stop]).to(self.device)
             rep = self._sample("mask", cond, mask_channels(k), sampler=sampler, steps=steps, guidance=guidance,
-                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start)
+                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start, eta=eta)
             for j, r in enumerate(rep.cpu().numpy()):
                 insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size)
         return insts, type_maps
@@ -326,7 +331,7 @@ class NASDMGenerator:
     def generate_patches(
         self, inst: np.ndarray, type_map: np.ndarray, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0, batch_size: int = 8,
-        progress: bool = False,
+        progress: bool = False, eta: float = 0.0,
     ) -> np.ndarray:
         """Sample H&E patches for given instance + type maps.
 
@@ -361,7 +366,7 @@ class NASDMGenerator:
                 self.type_table.n_types,
             )
             x = self._sample("patch", cond, 3, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                             sample_offset=sample_offset + start)
+                             sample_offset=sample_offset + start, eta=eta)
             img = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             out[start:stop] = img.cpu().numpy()
         return out[0] if single else out

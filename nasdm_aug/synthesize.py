@@ -49,6 +49,7 @@ class SynthesizeConfig(ConfigBase):
     combinations: tuple[str, ...] = ()
     sampler: str = DEFAULT_SAMPLER  # nasdm_aug.sampling sampler name
     steps: int = 0  # network evaluations per sample; 0: the sampler's own (DEFAULT_STEPS_BY_SAMPLER)
+    eta: float = 0.0  # ddim only: the per-step noise (0 deterministic, 1 DDPM-like)
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
@@ -72,6 +73,9 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError("give --split or --indices, not both")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        if not self.eta >= 0 or (self.eta and self.sampler != "ddim"):
+            raise ValueError(f"eta must be >= 0 and is an option of the ddim sampler; got eta={self.eta} "
+                             f"with sampler {self.sampler!r}")
         if self.steps == 0:  # stored resolved, so a resumed or cached bank compares the real count
             object.__setattr__(self, "steps", DEFAULT_STEPS_BY_SAMPLER[self.sampler])
         if self.steps < 1 or self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
@@ -204,6 +208,18 @@ def _part(parts: Path, chunk: int) -> Path:
     return parts / f"part_{chunk:06d}.h5"
 
 
+def _as_current(recorded: Any) -> Any:
+    """A recorded config read as this version writes it: fields added since are filled with their
+    defaults, so an older bank or interrupted run compares by what it was made with. A record this
+    version cannot read stays as it is (and so compares unequal)."""
+    if not isinstance(recorded, dict):
+        return recorded
+    try:
+        return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
+    except (ValueError, TypeError, KeyError):
+        return recorded
+
+
 def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str) -> None:
     """Keep the parts of an interrupted run only if it used the same arguments, weights and masks."""
     record_path = parts / "config.json"
@@ -213,6 +229,8 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
             old = json.loads(record_path.read_text())
         except ValueError:
             old = {}
+        if isinstance(old, dict) and "config" in old:
+            old = {**old, "config": _as_current(old["config"])}
         if old == record:
             return  # same arguments and weights: resume
         if not overwrite:
@@ -250,9 +268,9 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | No
     try:
         if bank.origin != "synthetic":
             return f"a {bank.origin} store, not a synthetic bank"
-        want = json.loads(config.to_json())
-        if bank.config != want:
-            keys = sorted(k for k in set(bank.config) | set(want) if bank.config.get(k) != want.get(k))
+        want, have = json.loads(config.to_json()), _as_current(bank.config)
+        if have != want:
+            keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             return f"made with other arguments ({', '.join(keys)})"
         mask_run, patch_run = resolve_model_dirs(config.model)
         made_by = (bank.attrs.get("provenance") or {}).get("model_hash")
@@ -274,7 +292,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
     start, stop = span
     n = stop - start
     opts = dict(sampler=config.sampler, steps=config.steps, guidance=config.guidance, seed=config.seed,
-                sample_offset=start, batch_size=config.batch_size)
+                sample_offset=start, batch_size=config.batch_size, eta=config.eta)
     if real is None:
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types or combination_presence(config.combinations, gen.type_table)[start:stop]

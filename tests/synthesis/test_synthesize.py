@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -222,3 +223,53 @@ def test_generator_steps_default_follows_the_sampler(monkeypatch):
         assert seen["steps"] == steps
     gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim", steps=7)
     assert seen["steps"] == 7
+
+
+def test_eta_is_a_ddim_option(monkeypatch):
+    import torch
+
+    from nasdm_aug import generator as g
+
+    assert SynthesizeConfig(types="all", num=1, sampler="ddim", eta=0.5).eta == 0.5
+    for bad in (dict(sampler="ddpm", eta=0.5), dict(sampler="ddim", eta=-1.0)):
+        with pytest.raises(ValueError, match="eta"):
+            SynthesizeConfig(types="all", num=1, **bad)
+    seen = {}
+
+    def fake_sampler(model_fn, shape, kwargs, **options):
+        seen.update(options)
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(g, "get_sampler", lambda name: fake_sampler)
+    gen = g.NASDMGenerator.from_pretrained("toy")
+    inst = np.zeros((1, gen.patch_size, gen.patch_size), np.int32)
+    inst[0, 4:10, 4:10] = 1
+    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim", eta=0.3)
+    assert seen["eta"] == 0.3
+    seen.clear()
+    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim")
+    assert "eta" not in seen  # the sampler's own default
+    with pytest.raises(ValueError, match="eta is an option of the ddim sampler"):
+        gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddpm", eta=0.3)
+
+
+def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, runs, real_store, tmp_path):
+    """A config field added later (here: eta) takes its default when an older record is compared."""
+    import shutil
+
+    import h5py
+
+    from nasdm_aug.synthesize import finished_bank_problem
+
+    out, _ = reference
+    old = tmp_path / "old.h5"
+    shutil.copy(out, old)
+    cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
+    with h5py.File(old, "r+") as f:
+        recorded = json.loads(f.attrs["config"])
+        recorded.pop("eta")
+        f.attrs["config"] = json.dumps(recorded)
+    assert finished_bank_problem(old, cfg) is None
+    with h5py.File(old, "r+") as f:  # a real difference is still one
+        f.attrs["config"] = json.dumps({**recorded, "seed": 6})
+    assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
