@@ -24,6 +24,7 @@ __all__ = [
     "compute_dice",
     "compute_iou",
     "instance_types",
+    "instance_type_votes",
     "compute_type_stats",
     "pq_from_stats",
     "HoVerNetMetrics",
@@ -173,11 +174,13 @@ def compute_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float((pred & gt).sum() / union) if union else math.nan
 
 
-def instance_types(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
-    """Type of every instance by majority vote of ``type_map`` over its pixels.
+def instance_type_votes(inst: np.ndarray, type_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Type of every instance by majority vote of ``type_map`` over its pixels, as arrays.
+
+    Background votes never win when a nucleus has any typed pixel; ties go to the lower type id.
 
     Returns:
-        {instance id: type id} for every nonzero id of ``inst``.
+        (ids, types): int64 [K] each, for every nonzero id of ``inst`` in increasing order.
     """
     inst, type_map = _check_pair(inst, type_map)
     n_t = int(type_map.max()) + 1 if type_map.size else 1
@@ -191,8 +194,19 @@ def instance_types(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
     else:
         ids, idx = np.unique(flat, return_inverse=True)
         votes = np.bincount(idx.ravel() * n_t + types, minlength=len(ids) * n_t).reshape(len(ids), n_t)
-    votes[:, 0] = 0  # background votes never win when a nucleus has any typed pixel
-    return {int(i): int(t) for i, t in zip(ids, votes.argmax(1)) if i != 0}
+    votes[:, 0] = 0
+    keep = ids != 0
+    return ids[keep].astype(np.int64), votes.argmax(1)[keep].astype(np.int64)
+
+
+def instance_types(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
+    """Type of every instance by majority vote of ``type_map`` over its pixels.
+
+    Returns:
+        {instance id: type id} for every nonzero id of ``inst`` (see :func:`instance_type_votes`).
+    """
+    ids, types = instance_type_votes(inst, type_map)
+    return dict(zip(ids.tolist(), types.tolist()))
 
 
 def compute_type_stats(pred_inst: np.ndarray, pred_type: np.ndarray, gt_inst: np.ndarray,

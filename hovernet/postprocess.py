@@ -13,6 +13,7 @@ from skimage.morphology import disk
 from skimage.segmentation import watershed
 
 from hovernet.config import PostprocessConfig
+from hovernet.metrics import instance_type_votes
 
 __all__ = ["sobel_kernels", "opencv_gaussian_kernel", "opencv_ellipse", "instance_energy", "instances_from_np_hv",
            "instances_from_np_hv_batch", "assign_types", "assign_types_batch", "postprocess"]
@@ -368,19 +369,17 @@ def assign_types_batch(inst: np.ndarray, nc_prob: np.ndarray, vote: str = "types
         raise ValueError(f"vote must be 'types' or 'argmax', got {vote!r}")
     if inst.ndim != 3 or nc_prob.ndim != 4 or nc_prob.shape[0] != inst.shape[0] or nc_prob.shape[2:] != inst.shape[1:]:
         raise ValueError(f"expected inst [N, H, W] and nc [N, C, H, W], got {inst.shape} and {nc_prob.shape}")
-    n_types = nc_prob.shape[1]
     chan = np.moveaxis(nc_prob, 1, 0)
     pixel_type = _argmax0(chan) if vote == "argmax" else _argmax0(chan[1:]) + 1
-    # ids unique over the batch, so one count votes for every nucleus of every patch
+    # ids made unique over the batch, so one vote covers every nucleus of every patch;
+    # the vote never lets background win when a nucleus has a typed pixel (hover_net's runner-up)
     offset = np.concatenate([[0], np.cumsum(inst.reshape(len(inst), -1).max(1, initial=0))[:-1]]).astype(np.int64)
-    gid = np.where(inst > 0, inst + offset[:, None, None], 0).ravel()
-    votes = np.bincount(gid * n_types + pixel_type.ravel(), minlength=(int(gid.max()) + 1) * n_types)
-    votes = votes.reshape(-1, n_types)
-    # background votes never win when a nucleus has a typed pixel: hover_net's runner-up rule
-    votes[:, 0] = 0
-    lut = votes.argmax(1).astype(np.uint8)
-    lut[0] = 0
-    return lut[gid].reshape(inst.shape)
+    gid = np.where(inst > 0, inst + offset[:, None, None], 0)
+    w = inst.shape[-1]  # the patches stacked as one tall map: ids are unique, so nothing merges
+    ids, types = instance_type_votes(gid.reshape(-1, w), pixel_type.reshape(-1, w))
+    lut = np.zeros(int(gid.max()) + 1, np.uint8)
+    lut[ids] = types
+    return lut[gid]
 
 
 def postprocess(outputs: dict[str, torch.Tensor], cfg: PostprocessConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
