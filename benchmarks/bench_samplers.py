@@ -12,7 +12,7 @@ import time
 import torch
 
 from nasdm_aug.diffusion import DEFAULT_MIXTURE, GaussianMixture1D, OptimalMixtureModel, create_diffusion
-from nasdm_aug.sampling import SAMPLERS
+from nasdm_aug.sampling import SAMPLERS, SamplerOptions, sample
 
 NFES = (10, 25, 50, 100, 250, 1000)
 TOLERANCE = 0.05  # "within 5% of the reference" (the overall default)
@@ -33,13 +33,13 @@ def run(samples: int, seed: int) -> list[dict]:
     model = OptimalMixtureModel(DEFAULT_MIXTURE, diffusion)
     shape = (samples, 1, 16, 16)  # 256 i.i.d. coordinates per sample
     rows = []
-    for name, fn in SAMPLERS.items():
+    for name in SAMPLERS:
         for spacing in ("uniform", "logsnr"):
             for nfe in NFES:
                 if nfe == 1000 and spacing == "logsnr":
                     continue  # all steps: both spacings are the base process
                 start = time.perf_counter()
-                x = fn(model, shape, diffusion=diffusion, steps=nfe, seed=seed, spacing=spacing)
+                x = sample(model, shape, diffusion=diffusion, options=SamplerOptions(name, steps=nfe, spacing=spacing), seed=seed)
                 rows.append(
                     {
                         "sampler": name,

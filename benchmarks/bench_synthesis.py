@@ -21,7 +21,7 @@ import torch
 from nasdm_aug.generator import NASDMGenerator
 from nasdm_aug.nets import build_model
 from nasdm_aug.nets.presets import get_preset
-from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, classifier_free_guidance
+from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SamplerOptions, classifier_free_guidance
 
 PAPER_S2 = 8639  # patches in the paper's S2 bank (NASDM Table 2)
 PAPER_STEPS = 1000
@@ -70,7 +70,7 @@ def main() -> None:
     out: dict = {"threads": args.threads, "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}
 
     gen = NASDMGenerator.from_pretrained("toy", device="cpu")
-    masks = gen.generate_masks("all", 8, steps=10, seed=0)  # any valid masks will do for timing
+    masks = gen.generate_masks("all", 8, sampling=SamplerOptions(steps=10), seed=0)  # any valid masks will do for timing
     for batch in (1, 8):
         start = time.perf_counter()
         gen.generate_patches(masks[0][:batch], masks[1][:batch], batch_size=batch, seed=0)

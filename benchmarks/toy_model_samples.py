@@ -22,6 +22,7 @@ import numpy as np
 from nasdm_aug.data.masks import type_presence
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.generator import TOY_MODEL_DIR, NASDMGenerator
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.viz import colour_mask, contact_sheet, overlay_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,11 +70,11 @@ def main() -> None:
     presence = np.stack([type_presence(t, table.n_types) for t in real["type"]])
     gen = NASDMGenerator.from_pretrained(Path(args.model) / "mask", Path(args.model) / "patch", device="cpu")
     t0 = time.perf_counter()
-    inst, types = gen.generate_masks(presence, len(presence), steps=args.steps, guidance=args.guidance, seed=args.seed,
+    inst, types = gen.generate_masks(presence, len(presence), sampling=SamplerOptions(steps=args.steps), guidance=args.guidance, seed=args.seed,
                                      progress=True)
     t_mask = time.perf_counter() - t0
     rows = min(args.sheet_rows, len(inst))
-    images = gen.generate_patches(inst[:rows], types[:rows], steps=args.steps, guidance=args.guidance, seed=args.seed,
+    images = gen.generate_patches(inst[:rows], types[:rows], sampling=SamplerOptions(steps=args.steps), guidance=args.guidance, seed=args.seed,
                                   progress=True)
     got, want = mask_stats(inst, types, presence), mask_stats(real["inst"], real["type"], presence)
     print(f"{len(inst)} masks, {args.steps} steps, guidance {args.guidance}, {t_mask:.0f} s for the masks")

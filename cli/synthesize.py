@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
+from nasdm_aug.sampling.samplers import SAMPLERS
 from nasdm_aug.utils import InputError
 
 
@@ -42,9 +42,10 @@ from nasdm_aug.utils import InputError
 @click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Write BANK.h5.preview.png: mask | synthetic | real parent for the first N patches.")
 # -- sampling
-@click.option("--sampler", default=None, metavar="NAME", help="Sampler (default: the package default).")
+@click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default=None, help="Sampler (default: ddpm).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Network evaluations per sample (default: the sampler's own: ddpm 50, ddim 250, dpmpp_2m 50).")
+              help="Network evaluations per sample (default: the sampler's own: "
+                   + ", ".join(f"{n} {s.default_steps}" for n, s in SAMPLERS.items()) + ").")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
 @click.option("--eta", type=click.FloatRange(min=0), default=None,
               help="--sampler ddim: noise per step (0 deterministic, the default; 1 DDPM-like).")
@@ -62,8 +63,8 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
-    given = {"masks": masks, "split": split, "types": types, "num": num, "sampler": sampler, "steps": steps,
-             "guidance": guidance, "eta": eta, "seed": seed, "batch_size": batch_size, "dtype": dtype}
+    given = {"masks": masks, "split": split, "types": types, "num": num, "guidance": guidance, "seed": seed,
+             "batch_size": batch_size, "dtype": dtype}
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations
@@ -72,6 +73,7 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
     if combinations:
         base["combinations"] = list(combinations)
     base.update({k: v for k, v in given.items() if v is not None})
+    base["sampling"] = _sampling(dict(base.get("sampling") or {}), sampler, steps, eta)
     if tuple(models) != ("toy",) or "model" not in base:
         base["model"] = list(models)
     if indices is not None:
@@ -99,8 +101,22 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
         return
     attrs = {"balance_plan": plan.record} if plan is not None else None
     result = run(config, out, device=device, overwrite=overwrite, preview=preview, attrs=attrs)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+    from nasdm_aug.training.distributed import process_rank
+
+    if process_rank() == 0:  # under torchrun only rank 0 reports
         click.echo(json.dumps(result, indent=2))
+
+
+def _sampling(base: dict, sampler: str | None, steps: int | None, eta: float | None) -> dict:
+    """The config's sampler options with those given on the line; naming another sampler starts
+    from its own defaults (its steps, no options of the previous one)."""
+    if sampler is not None and sampler != base.get("sampler"):
+        base = {k: v for k, v in base.items() if k in ("spacing", "clip_denoised")} | {"sampler": sampler}
+    if steps is not None:
+        base["steps"] = steps
+    if eta is not None:
+        base["eta"] = eta
+    return base
 
 
 def _balance_plan(balance_for: str, target: str, ratio: float):

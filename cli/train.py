@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -94,5 +93,7 @@ def train_command(
         )
     except NonFiniteLossError as exc:
         raise click.ClickException(str(exc)) from None
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+    from nasdm_aug.training.distributed import process_rank
+
+    if process_rank() == 0:  # under torchrun, one line for the whole job
         click.echo(f"trained {kind} model: {run_dir}")

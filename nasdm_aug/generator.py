@@ -17,8 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
-from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS_BY_SAMPLER, classifier_free_guidance, get_sampler
-from nasdm_aug.sampling.samplers import sample_seed
+from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.types import NucleiTypeTable
@@ -158,11 +157,11 @@ def _file_hash(paths: Sequence[Path]) -> str:
 class NASDMGenerator:
     """Generate annotated H&E patches with trained NASDM models.
 
-    Build it with :meth:`from_pretrained`. Sampling options (all keyword arguments of the
-    ``generate*`` methods) default to ``sampler=DEFAULT_SAMPLER`` (nasdm_aug.sampling),
-    ``steps=None`` (the sampler's own default, ``DEFAULT_STEPS_BY_SAMPLER``: ddpm 50, ddim 250),
-    ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``, ``eta=0`` (ddim only: its noise),
-    ``batch_size=8``.
+    Build it with :meth:`from_pretrained`. The keyword arguments of the ``generate*`` methods:
+    ``sampling`` (a :class:`~nasdm_aug.sampling.SamplerOptions`: sampler, steps, spacing, its own
+    options such as DDIM's eta; default ``SamplerOptions()``, ancestral DDPM at its 50 steps),
+    ``guidance=DEFAULT_GUIDANCE`` (1 = no guidance), ``seed=0``, ``sample_offset=0`` (index of
+    the first sample), ``batch_size=8`` and ``progress=False``.
 
     Args:
         patch_model: the SPADE patch U-Net (``forward(x, t, cond)``, ``null_condition``).
@@ -274,29 +273,20 @@ class NASDMGenerator:
         return int(self.patch_config.model.image_size)
 
     # -- sampling -------------------------------------------------------------------------------
-    def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampler: str, steps: int | None,
-                guidance: float, seed: int, sample_offset: int, eta: float = 0.0) -> torch.Tensor:
-        if steps is None:  # each sampler needs its own number of steps for the same error
-            steps = DEFAULT_STEPS_BY_SAMPLER[sampler]
-        options = {}
-        if eta:
-            if sampler != "ddim":
-                raise ValueError(f"eta is an option of the ddim sampler, not of {sampler!r}")
-            options["eta"] = eta
+    def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampling: SamplerOptions | None,
+                guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
         model = self.mask_model if kind == "mask" else self.patch_model
         model_fn = classifier_free_guidance(model, guidance)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            x = get_sampler(sampler)(
-                model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], steps=steps, seed=seed,
-                sample_offset=sample_offset, device=self.device, **options,
-            )
+            x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,
+                       seed=seed, sample_offset=sample_offset, device=self.device)
         return x.float().clamp(-1, 1)
 
     def generate_masks(
-        self, types: str | Sequence[str] | np.ndarray, n: int, *, sampler: str = DEFAULT_SAMPLER,
-        steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
-        batch_size: int = 8, min_size: int = 10, progress: bool = False, eta: float = 0.0,
+        self, types: str | Sequence[str] | np.ndarray, n: int, *, sampling: SamplerOptions | None = None,
+        guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0,
+        batch_size: int = 8, min_size: int = 10, progress: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
 
@@ -322,16 +312,16 @@ class NASDMGenerator:
         for start in tqdm(range(0, n, batch_size), desc="masks", disable=not progress, leave=False):
             stop = min(n, start + batch_size)
             cond = torch.from_numpy(presence[start:stop]).to(self.device)
-            rep = self._sample("mask", cond, mask_channels(k), sampler=sampler, steps=steps, guidance=guidance,
-                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start, eta=eta)
+            rep = self._sample("mask", cond, mask_channels(k), sampling=sampling, guidance=guidance,
+                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start)
             for j, r in enumerate(rep.cpu().numpy()):
                 insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size)
         return insts, type_maps
 
     def generate_patches(
-        self, inst: np.ndarray, type_map: np.ndarray, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
+        self, inst: np.ndarray, type_map: np.ndarray, *, sampling: SamplerOptions | None = None,
         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sample_offset: int = 0, batch_size: int = 8,
-        progress: bool = False, eta: float = 0.0,
+        progress: bool = False,
     ) -> np.ndarray:
         """Sample H&E patches for given instance + type maps.
 
@@ -365,8 +355,8 @@ class NASDMGenerator:
                 torch.from_numpy(np.asarray(type_map[start:stop], np.int64)).to(self.device),
                 self.type_table.n_types,
             )
-            x = self._sample("patch", cond, 3, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                             sample_offset=sample_offset + start, eta=eta)
+            x = self._sample("patch", cond, 3, sampling=sampling, guidance=guidance, seed=seed,
+                             sample_offset=sample_offset + start)
             img = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             out[start:stop] = img.cpu().numpy()
         return out[0] if single else out

@@ -25,6 +25,7 @@ from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
 from nasdm_aug.mixing.plan import MIX_MODES, planned_counts
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.study_registry import (BANK_SPLITS, PAPER_STUDIES, PLOT_AXES, STUDIES, STUDY_REGISTRY, Study,
                                       StudyRow)
 from nasdm_aug.utils import InputError, file_digest, json_safe, write_text_atomic
@@ -59,9 +60,8 @@ class StudyConfig(ConfigBase):
     s2: str = ""  # an existing S2 bank (synthetic from R2 masks)
     balance_bank: str = ""  # an existing bank of generated rare-type patches; "" = make it with --balance-for
     balance_target: str = "uniform"  # balance study: uniform, sqrt or name=weight,... (nasdm_aug.mixing.balance)
-    sampler: str = ""  # synthesis sampler ("" = package default)
-    steps: int = 0  # synthesis steps (0 = package default)
-    guidance: float = -1.0  # synthesis guidance (< 0 = package default)
+    sampling: SamplerOptions | None = None  # synthesis sampler and steps (None = synthesize's default)
+    guidance: float | None = None  # synthesis guidance (None = synthesize's default)
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
@@ -77,22 +77,35 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"n_runs must be >= 1, got {self.n_runs}")
         if self.epochs and (len(self.epochs) != 2 or min(self.epochs) < 0 or sum(self.epochs) < 1):
             raise ValueError(f"epochs must be (phase1, phase2) with at least one epoch, got {self.epochs}")
-        if self.val_patches < 0 or self.batch_size < 0 or self.steps < 0 or self.synth_batch_size < 1:
-            raise ValueError("val_patches, batch_size and steps must be >= 0, synth_batch_size >= 1")
+        if self.val_patches < 0 or self.batch_size < 0 or self.synth_batch_size < 1:
+            raise ValueError("val_patches and batch_size must be >= 0, synth_batch_size >= 1")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.magnification < 0:
             raise ValueError(f"magnification must be >= 0 (0 = the source's own), got {self.magnification}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
+        """As :meth:`ConfigBase.from_dict`; a config written when the synthesis options were flat
+        fields (``sampler`` "", ``steps`` 0 and ``guidance`` -1 for the defaults) is read too."""
+        data = SamplerOptions.nest_flat_keys(data)
+        if isinstance(data, dict) and data.get("sampling") == {}:
+            data = {**data, "sampling": None}
+        if isinstance(data, dict) and isinstance(data.get("guidance"), (int, float)) and data["guidance"] < 0:
+            data = {**data, "guidance": None}
+        return super().from_dict(data)
 
 
 STUDY_PRESETS: dict[str, StudyConfig] = {
     # toy tissue, the embedded toy NASDM models and a tiny HoVerNet: minutes on a 2-core CPU
     "demo": StudyConfig(name="demo", toy_images=24, toy_size=256, patch_size=64, stride=64, split_counts=(4, 4, 4),
-                        model=("toy",), steps=25, hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
+                        model=("toy",), sampling=SamplerOptions(steps=25), hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
     # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x;
     # S1 / S2 (if made here) by ancestral DDPM in 25 unguided steps, so they fit a CPU sitting
     # (DPM-Solver++(2M) at 20 steps left visible noise with these models: docs/real-tissue.md)
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
-                          sampler="ddpm", steps=25, guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
+                          sampling=SamplerOptions("ddpm", steps=25), guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
                           n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
@@ -611,8 +624,9 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
             opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
         else:
             opts.update(masks=str(store.path), split=BANK_SPLITS[name])
-        opts.update({k: v for k, v in (("sampler", config.sampler), ("steps", config.steps)) if v})
-        if config.guidance >= 0:
+        if config.sampling is not None:
+            opts["sampling"] = config.sampling
+        if config.guidance is not None:
             opts["guidance"] = config.guidance
         synth = SynthesizeConfig(**opts)
         if path.is_file():

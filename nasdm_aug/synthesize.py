@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.mixing.balance import parse_combination, split_combination
-from nasdm_aug.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS_BY_SAMPLER, SAMPLERS
-from nasdm_aug.sampling.samplers import sample_seed
+from nasdm_aug.sampling import SamplerOptions, sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
 from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
 from nasdm_aug.viz import colour_mask, contact_sheet
@@ -47,9 +46,7 @@ class SynthesizeConfig(ConfigBase):
     # generated masks for explicit type combinations, "name+name:count" each, made in this order
     # (nasdm-aug synthesize --balance-for works them out; see nasdm_aug.mixing.balance)
     combinations: tuple[str, ...] = ()
-    sampler: str = DEFAULT_SAMPLER  # nasdm_aug.sampling sampler name
-    steps: int = 0  # network evaluations per sample; 0: the sampler's own (DEFAULT_STEPS_BY_SAMPLER)
-    eta: float = 0.0  # ddim only: the per-step noise (0 deterministic, 1 DDPM-like)
+    sampling: SamplerOptions = field(default_factory=SamplerOptions)  # sampler, steps and its options
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
@@ -62,31 +59,32 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError("give exactly one source: masks (a real store) or types (generated masks) "
                              "or combinations (generated masks per type combination)")
         if self.combinations and self.num:
-            raise ValueError("--num applies to --types; combinations carry their own counts")
+            raise ValueError(f"num ({self.num}) applies to types; combinations carry their own counts")
         for combo in self.combinations:
             split_combination(combo)
         if self.types and self.num < 1:
-            raise ValueError(f"--num must be >= 1, got {self.num}")
+            raise ValueError(f"num must be >= 1 with types {self.types!r}, got {self.num}")
         if self.masks and self.num:
-            raise ValueError("--num applies to generated masks (--types), not to --masks")
+            raise ValueError(f"num ({self.num}) applies to generated masks (types), not to masks {self.masks}")
         if self.split and self.indices:
-            raise ValueError("give --split or --indices, not both")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
-        if not self.eta >= 0 or (self.eta and self.sampler != "ddim"):
-            raise ValueError(f"eta must be >= 0 and is an option of the ddim sampler; got eta={self.eta} "
-                             f"with sampler {self.sampler!r}")
-        if self.steps == 0:  # stored resolved, so a resumed or cached bank compares the real count
-            object.__setattr__(self, "steps", DEFAULT_STEPS_BY_SAMPLER[self.sampler])
-        if self.steps < 1 or self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
+            raise ValueError(f"give split ({self.split!r}) or indices, not both")
+        if not isinstance(self.sampling, SamplerOptions):
+            raise ValueError(f"sampling must be SamplerOptions, got {type(self.sampling).__name__}")
+        if self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
             raise ValueError(
-                f"steps and batch_size must be >= 1, seed and min_size >= 0; got steps={self.steps}, "
+                f"batch_size must be >= 1, seed and min_size >= 0; got "
                 f"batch_size={self.batch_size}, seed={self.seed}, min_size={self.min_size}"
             )
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SynthesizeConfig":
+        """As :meth:`ConfigBase.from_dict`; a record written before the sampler options were one
+        object (top-level ``sampler``, ``steps``, ``eta``) is read into ``sampling``."""
+        return super().from_dict(SamplerOptions.nest_flat_keys(data))
 
 
 def combination_presence(combinations: tuple[str, ...], table) -> np.ndarray:
@@ -220,6 +218,18 @@ def _as_current(recorded: Any) -> Any:
         return recorded
 
 
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The fields in which two config records differ, nested ones dotted (``sampling.steps``)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix.rstrip(".") or "config"]
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a != b:
+            out += _changed_keys(a, b, f"{prefix}{k}.") if isinstance(a, dict) and isinstance(b, dict) else [prefix + k]
+    return out
+
+
 def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str) -> None:
     """Keep the parts of an interrupted run only if it used the same arguments, weights and masks."""
     record_path = parts / "config.json"
@@ -241,9 +251,7 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
             elif old.get("masks_sha256") != masks_sha:
                 why = f"from a mask store of other contents (hash {old.get('masks_sha256')}, now {masks_sha})"
             else:
-                keys = sorted(k for k in set(old["config"]) | set(record["config"])
-                              if old["config"].get(k) != record["config"].get(k))
-                why = f"with other arguments ({', '.join(keys)})"
+                why = f"with other arguments ({', '.join(_changed_keys(old['config'], record['config']))})"
             raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass --overwrite "
                              "to discard it")
     if parts.exists():
@@ -270,8 +278,7 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | No
             return f"a {bank.origin} store, not a synthetic bank"
         want, have = json.loads(config.to_json()), _as_current(bank.config)
         if have != want:
-            keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            return f"made with other arguments ({', '.join(keys)})"
+            return f"made with other arguments ({', '.join(_changed_keys(have, want))})"
         mask_run, patch_run = resolve_model_dirs(config.model)
         made_by = (bank.attrs.get("provenance") or {}).get("model_hash")
         if made_by != model_weights_hash(mask_run, patch_run, config.ema):
@@ -291,8 +298,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
                 span: tuple[int, int], path: Path) -> None:
     start, stop = span
     n = stop - start
-    opts = dict(sampler=config.sampler, steps=config.steps, guidance=config.guidance, seed=config.seed,
-                sample_offset=start, batch_size=config.batch_size, eta=config.eta)
+    opts = dict(sampling=config.sampling, guidance=config.guidance, seed=config.seed, sample_offset=start,
+                batch_size=config.batch_size)
     if real is None:
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types or combination_presence(config.combinations, gen.type_table)[start:stop]
@@ -311,8 +318,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
 
 def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
-    provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampler,
-                  "steps": config.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
+    provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
+                  "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.masks) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),

@@ -41,7 +41,7 @@ class RandSyntheticSwap(RandomizableTransform):
     equals the sample's real index, one drawn at random when there are several) or, when the bank
     has none or no bank is given, from ``generator`` (see ``PatchGenerator``), whose outputs are
     kept in an LRU cache of ``cache_size`` images per process. The generator is called with
-    ``sample_offset=parent`` plus ``generator_kwargs`` (e.g. ``steps``, ``guidance``, ``seed``),
+    ``sample_offset=parent`` plus ``generator_kwargs`` (e.g. ``sampling``, ``guidance``, ``seed``),
     so the image made for a mask depends only on the generator seed and the real index, as in
     ``nasdm-aug synthesize``; only the decision to swap uses ``self.R``.
 

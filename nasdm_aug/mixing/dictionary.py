@@ -38,7 +38,7 @@ class RandSyntheticSwapd(RandomizableTransform, MapTransform):
         origin_key: key of the origin string; samples marked ``"synthetic"`` are never swapped.
         swap_key: key that receives True / False, or None.
         generator: an object with ``generate_patches`` (see ``PatchGenerator``), or None.
-        generator_kwargs: extra keyword arguments for ``generate_patches`` (steps, guidance, seed).
+        generator_kwargs: extra keyword arguments for ``generate_patches`` (sampling, guidance, seed).
         cache_size: LRU cache size for generated images.
         on_missing: ``"keep"`` or ``"error"`` when no synthetic image exists.
         allow_missing_keys: do not raise when a key is absent.

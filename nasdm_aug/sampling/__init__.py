@@ -1,4 +1,4 @@
-"""Sampling: samplers sharing one signature and the classifier-free guidance wrapper."""
+"""Sampling: samplers sharing one signature, their options, and the classifier-free guidance wrapper."""
 
 from .guidance import classifier_free_guidance
 from .samplers import (
@@ -6,10 +6,11 @@ from .samplers import (
     DEFAULT_STEPS,
     DEFAULT_STEPS_BY_SAMPLER,
     SAMPLERS,
+    PerSampleNoise,
+    SamplerOptions,
+    SamplerSpec,
     get_sampler,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
+    sample,
     sample_seed,
 )
 
@@ -18,10 +19,11 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_STEPS_BY_SAMPLER",
     "SAMPLERS",
+    "PerSampleNoise",
+    "SamplerOptions",
+    "SamplerSpec",
     "classifier_free_guidance",
     "get_sampler",
-    "sample_ddim",
-    "sample_ddpm",
-    "sample_dpmpp_2m",
+    "sample",
     "sample_seed",
 ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier", "process_rank"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,11 @@ def barrier() -> None:
     """Wait for every rank (a no-op alone)."""
     if _active():
         dist.barrier()
+
+
+def process_rank() -> int:
+    """This process's global rank: the process group's while one is joined, else the one torchrun
+    gave it (0 when run alone), so a caller that reports after the group is left still knows."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))

@@ -15,7 +15,7 @@ from torch import nn
 
 from nasdm_aug.data.masks import decode_mask
 from nasdm_aug.diffusion.gaussian import GaussianDiffusion
-from nasdm_aug.sampling import DEFAULT_SAMPLER, get_sampler
+from nasdm_aug.sampling import SamplerOptions, sample
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import atomic_output
 
@@ -87,7 +87,7 @@ class SamplePreview:
         table: the type table (for colours and decoding).
         out_dir: the run directory; grids go to ``samples/step_XXXXXXXX.png``.
         steps: sampler steps (few: it is a progress check).
-        sampler: sampler name ("" for the sampling module's default).
+        sampler: sampler name (None for the sampling module's default).
         seed: sampling seed (fixed, so grids at different steps compare).
     """
 
@@ -100,28 +100,21 @@ class SamplePreview:
         table: NucleiTypeTable,
         out_dir: str | os.PathLike,
         steps: int = 20,
-        sampler: str = "",
+        sampler: str | None = None,
         seed: int = 0,
     ) -> None:
         self.diffusion, self.kind, self.table = diffusion, kind, table
         self.cond, self.x_real = cond, x_real
         self.dir = Path(out_dir) / "samples"
-        self.steps, self.seed = steps, seed
-        self.sampler = get_sampler(sampler or DEFAULT_SAMPLER)
+        self.seed = seed
+        self.options = SamplerOptions(sampler, steps=steps) if sampler else SamplerOptions(steps=steps)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, step: int) -> Path:
         """Sample with ``model`` (on its own device) and write the grid for ``step``."""
         device = next(model.parameters()).device
-        x = self.sampler(
-            model,
-            tuple(self.x_real.shape),
-            {"cond": self.cond.to(device)},
-            diffusion=self.diffusion,
-            steps=self.steps,
-            seed=self.seed,
-            device=device,
-        )
+        x = sample(model, tuple(self.x_real.shape), {"cond": self.cond.to(device)}, diffusion=self.diffusion,
+                   options=self.options, seed=self.seed, device=device)
         if self.kind == "patch":
             cols = [render_condition(self.cond, self.table), render_images(self.x_real), render_images(x)]
         else:

@@ -5,6 +5,7 @@ from mix_stores import make_image, make_mask
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlipd
 
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import RandSyntheticSwap, RandSyntheticSwapd, SyntheticMixDataset
 
@@ -103,7 +104,7 @@ class FakeGenerator:
 def test_generator_with_lru_cache(stores):
     items = _real_items(stores)
     gen = FakeGenerator()
-    t = RandSyntheticSwapd("image", generator=gen, prob=1.0, cache_size=2, generator_kwargs={"steps": 7})
+    t = RandSyntheticSwapd("image", generator=gen, prob=1.0, cache_size=2, generator_kwargs={"sampling": SamplerOptions(steps=7)})
     out = t(items[3])
     want = make_image(make_mask(3)[0], 2, 0).transpose(2, 0, 1) > 0.5 * 255
     np.testing.assert_array_equal(out["image"] > 0.5, want)
@@ -111,7 +112,7 @@ def test_generator_with_lru_cache(stores):
     assert gen.calls == 1  # served from the cache
     t(items[4]), t(items[5]), t(items[3])
     assert gen.calls == 4  # 3 was evicted by 4 and 5 (cache of 2)
-    assert [k["sample_offset"] for k in gen.kwargs] == [3, 4, 5, 3] and gen.kwargs[0]["steps"] == 7
+    assert [k["sample_offset"] for k in gen.kwargs] == [3, 4, 5, 3] and gen.kwargs[0]["sampling"].steps == 7
     array = RandSyntheticSwap(generator=FakeGenerator("float"), prob=1.0)
     np.testing.assert_array_equal(array(items[3]["image"], 3, items[3]["inst"], items[3]["type"]), out["image"])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nasdm_aug.diffusion import create_diffusion
-from nasdm_aug.sampling import classifier_free_guidance, sample_dpmpp_2m
+from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample
 
 
 class ToyConditional:
@@ -74,5 +74,6 @@ def test_guided_model_fn_drives_a_sampler(inputs):
     _, _, cond = inputs
     diffusion = create_diffusion(steps=50)
     guided = classifier_free_guidance(ToyConditional(), 2.0)
-    x = sample_dpmpp_2m(guided, (3, 2, 4, 4), {"cond": cond}, diffusion=diffusion, steps=5, seed=0)
+    x = sample(guided, (3, 2, 4, 4), {"cond": cond}, diffusion=diffusion, options=SamplerOptions("dpmpp_2m", steps=5),
+               seed=0)
     assert x.shape == (3, 2, 4, 4) and torch.isfinite(x).all() and x.abs().max() <= 1

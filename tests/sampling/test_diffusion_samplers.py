@@ -12,10 +12,17 @@ from nasdm_aug.sampling import (
     DEFAULT_STEPS,
     DEFAULT_STEPS_BY_SAMPLER,
     SAMPLERS,
+    PerSampleNoise,
+    SamplerOptions,
     get_sampler,
-    sample_ddim,
+    sample,
     sample_seed,
 )
+
+
+def run(name, model, shape, diffusion, steps, **kwargs):
+    eta = kwargs.pop("eta", 0.0)
+    return sample(model, shape, diffusion=diffusion, options=SamplerOptions(name, steps=steps, eta=eta), **kwargs)
 
 # sum of x_0 for shape (3, 1, 4, 4), 10 steps, seed 7, 100-step linear process, optimal model.
 REGRESSION_SUMS = {"ddpm": 3.0872679, "ddim": 5.1738048, "dpmpp_2m": 4.5469031}
@@ -37,65 +44,100 @@ def paper():
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_seeded_regression(small, name):
     diffusion, model = small
-    x = get_sampler(name)(model, SHAPE, diffusion=diffusion, steps=10, seed=7)
+    x = run(name, model, SHAPE, diffusion, 10, seed=7)
     assert x.shape == SHAPE and x.dtype == torch.float32
     assert x.sum().item() == pytest.approx(REGRESSION_SUMS[name], abs=1e-3)
-    assert torch.equal(x, get_sampler(name)(model, SHAPE, diffusion=diffusion, steps=10, seed=7))
-    assert not torch.equal(x, get_sampler(name)(model, SHAPE, diffusion=diffusion, steps=10, seed=8))
+    assert torch.equal(x, run(name, model, SHAPE, diffusion, 10, seed=7))
+    assert not torch.equal(x, run(name, model, SHAPE, diffusion, 10, seed=8))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_result_does_not_depend_on_batch_size(small, name):
     diffusion, model = small
-    fn = get_sampler(name)
-    whole = fn(model, (5, 1, 4, 4), diffusion=diffusion, steps=8, seed=3)
-    first = fn(model, (2, 1, 4, 4), diffusion=diffusion, steps=8, seed=3)
-    rest = fn(model, (3, 1, 4, 4), diffusion=diffusion, steps=8, seed=3, sample_offset=2)
+    whole = run(name, model, (5, 1, 4, 4), diffusion, 8, seed=3)
+    first = run(name, model, (2, 1, 4, 4), diffusion, 8, seed=3)
+    rest = run(name, model, (3, 1, 4, 4), diffusion, 8, seed=3, sample_offset=2)
     torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=0, atol=1e-6)
-    picked = fn(model, (2, 1, 4, 4), diffusion=diffusion, steps=8, seed=3, indices=[4, 1])
+    picked = run(name, model, (2, 1, 4, 4), diffusion, 8, seed=3, indices=[4, 1])
     torch.testing.assert_close(picked, whole[[4, 1]], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_intermediates_run_from_noise_to_output(small, name):
     diffusion, model = small
-    x, trace = get_sampler(name)(model, SHAPE, diffusion=diffusion, steps=6, seed=0, return_intermediates=True)
+    x, trace = run(name, model, SHAPE, diffusion, 6, seed=0, return_intermediates=True)
     assert len(trace) == 7 and torch.equal(trace[-1], x)
     g = torch.Generator().manual_seed(sample_seed(0, 1))
     torch.testing.assert_close(trace[0][1], torch.randn(SHAPE[1:], generator=g))  # x_T of sample 1
 
 
-def test_steps_none_uses_the_given_process(small):
+def test_a_process_with_the_asked_steps_is_not_respaced_again(small):
     diffusion, model = small
     spaced = respace(diffusion, 10, spacing="logsnr")
-    a = sample_ddim(model, SHAPE, diffusion=spaced, seed=1)
-    b = sample_ddim(model, SHAPE, diffusion=diffusion, steps=10, seed=1, spacing="logsnr")
+    a = run("ddim", model, SHAPE, spaced, 10, seed=1)
+    b = run("ddim", model, SHAPE, diffusion, 10, seed=1)
     assert torch.equal(a, b)
+    c = sample(model, SHAPE, diffusion=diffusion, options=SamplerOptions("ddim", steps=10, spacing="uniform"), seed=1)
+    assert not torch.allclose(a, c)  # the spacing reaches the respacing
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_the_caller_owns_noise_and_timesteps(small, name):
+    """The signature in the style of k-diffusion: the sampler walks every step of the process it is
+    handed, from the x it is handed, drawing later noise only from the noise source it is handed;
+    sample() is exactly that set-up."""
+    diffusion, model = small
+    spaced = respace(diffusion, 6, spacing="logsnr")
+    noise = PerSampleNoise(SHAPE[1:], range(3), seed=4)
+    calls, seen = [], []
+    x = get_sampler(name)(model, noise(), spaced, lambda: calls.append(1) or noise(), SamplerOptions(name, steps=6),
+                          callback=lambda info: seen.append(info["i"]))
+    assert seen == [5, 4, 3, 2, 1, 0]
+    assert len(calls) == {"ddpm": 5, "ddim": 0, "dpmpp_2m": 0}[name]  # no noise on the last step; ODE solvers none
+    torch.testing.assert_close(x, run(name, model, SHAPE, diffusion, 6, seed=4), rtol=0, atol=0)
 
 
 def test_ddim_eta_one_adds_noise(small):
     diffusion, model = small
-    a = sample_ddim(model, SHAPE, diffusion=diffusion, steps=10, seed=1)
-    b = sample_ddim(model, SHAPE, diffusion=diffusion, steps=10, seed=1, eta=1.0)
+    a = run("ddim", model, SHAPE, diffusion, 10, seed=1)
+    b = run("ddim", model, SHAPE, diffusion, 10, seed=1, eta=1.0)
     assert not torch.allclose(a, b)
-    with pytest.raises(ValueError, match="eta"):
-        sample_ddim(model, SHAPE, diffusion=diffusion, steps=10, eta=-1)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"shape": (2,)}, "shape"), ({"indices": [0]}, "indices"), ({"seed": -1}, "seed"), ({"spacing": "cubic"}, "spacing")],
+    [({"shape": (2,)}, "shape"), ({"indices": [0]}, "indices"), ({"seed": -1}, "seed")],
 )
 def test_bad_arguments(small, kwargs, match):
     diffusion, model = small
     args = {"shape": SHAPE, **kwargs}
     with pytest.raises(ValueError, match=match):
-        sample_ddim(model, args.pop("shape"), diffusion=diffusion, steps=5, **args)
+        run("ddim", model, args.pop("shape"), diffusion, 5, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"sampler": "euler"}, "unknown sampler 'euler'; valid: ddim, ddpm, dpmpp_2m"),
+     ({"steps": -3}, "steps must be an integer >= 1, got -3"), ({"spacing": "cubic"}, "spacing"),
+     ({"sampler": "ddim", "eta": -1.0}, "eta must be >= 0"),
+     ({"sampler": "ddpm", "eta": 0.5}, "eta is an option of the ddim sampler, not of 'ddpm'")],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplerOptions(**kwargs)
+
+
+def test_options_resolve_each_samplers_default_steps_and_read_old_flat_records():
+    for name, spec in SAMPLERS.items():
+        assert SamplerOptions(name).steps == spec.default_steps == DEFAULT_STEPS_BY_SAMPLER[name]
+    assert SamplerOptions("ddim").steps == 250 and SamplerOptions().steps == DEFAULT_STEPS == 50
+    old = {"sampler": "ddim", "steps": 0, "eta": 0.3, "seed": 2}
+    assert SamplerOptions.nest_flat_keys(old) == {"seed": 2, "sampling": {"sampler": "ddim", "eta": 0.3}}
+    assert SamplerOptions.nest_flat_keys({"seed": 2}) == {"seed": 2}
 
 
 def test_registry():
     assert DEFAULT_SAMPLER in SAMPLERS and DEFAULT_STEPS <= 50
-    assert DEFAULT_STEPS_BY_SAMPLER[DEFAULT_SAMPLER] == DEFAULT_STEPS and set(DEFAULT_STEPS_BY_SAMPLER) == set(SAMPLERS)
     with pytest.raises(KeyError, match="ddim"):
         get_sampler("euler")
 
@@ -109,7 +151,7 @@ TOLERANCE = 0.02
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_default_steps_reproduce_data_mean_and_std(paper, name):
     diffusion, model = paper
-    x = get_sampler(name)(model, (16, 1, 16, 16), diffusion=diffusion, steps=DEFAULT_STEPS_BY_SAMPLER[name], seed=0)
+    x = sample(model, (16, 1, 16, 16), diffusion=diffusion, options=SamplerOptions(name), seed=0)  # its default steps
     assert abs(x.mean().item() - DEFAULT_MIXTURE.mean) < TOLERANCE
     assert abs(x.std().item() - DEFAULT_MIXTURE.std) < TOLERANCE
     # Bimodality: the fraction below the dip between the modes (-0.17) matches the mixture.

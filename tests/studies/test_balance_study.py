@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.report import format_per_type
 from nasdm_aug.studies import STUDIES, StudyConfig, ensure_banks, plan_study, select_rows, summarise
@@ -56,7 +57,7 @@ def test_rows_plan_and_dry_run(real, tmp_path):
 
 def test_bank_is_synthesized_from_the_balance_plan(real, tmp_path):
     runs = (make_run(tmp_path / "m", "mask", 1, size=P), make_run(tmp_path / "p", "patch", 2, size=P))
-    cfg = StudyConfig(model=tuple(map(str, runs)), sampler="ddim", steps=3, device="cpu")
+    cfg = StudyConfig(model=tuple(map(str, runs)), sampling=SamplerOptions("ddim", steps=3), device="cpu")
     banks = ensure_banks(cfg, PatchStore(real), STUDIES["balance"], tmp_path, progress=False)
     bank = banks["B"]
     record = bank.attrs["balance_plan"]

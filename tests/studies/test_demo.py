@@ -16,7 +16,9 @@ def test_demo_preset_end_to_end(tmp_path):
     assert DEMO_NOTICE in text and "Table 3" in text and "Table 4" in text and "Table 5" in text
     summary = json.loads((out / "results.json").read_text())
     assert [e["row"] for e in summary["table"]] == [r.label for name in PAPER_STUDIES for r in STUDIES[name]]
-    assert all(0.0 <= e["dice"] <= 1.0 for e in summary["table"])
+    for entry in summary["table"]:  # one run per row: the row's numbers are that run's
+        run = next(r for r in summary["runs"] if (r["study"], r["row"]) == (entry["study"], entry["row"]))
+        assert entry["runs"] == 1 and entry["dice"] == run["metrics"]["dice"] and entry["dice_std"] == 0.0
     real, s2 = PatchStore(out / "data" / "real.h5"), PatchStore(out / "banks" / "S2.h5")
     assert len(s2) == len(real.indices("R2")) and s2.attrs["provenance"]["model"] == ["toy"]
     for png in ("banks/S2.h5.preview.png", "study_addition.png", "study_replacement.png",

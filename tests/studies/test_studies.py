@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.data.store import PatchStore, PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.studies import STUDIES, StudyConfig, check_store, get_study_preset, plan_study, run_studies
@@ -84,14 +85,16 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     out = tmp_path / "bench"
     args = ["benchmark", "--preset", str(tmp_path / "cfg.json"), "--study", "real-vs-synthetic", "--out", str(out),
             "--store", str(real), "--model", str(runs[0]), "--model", str(runs[1]), "--device", "cpu"]
-    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=3), epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
     res = CliRunner().invoke(cli, args + ["--dry-run"])
     assert res.exit_code == 0 and "S1                 seed 1: 4 patches (0 real + 4 synthetic)" in res.output
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "results.json").read_text())
     assert [(e["row"], e["runs"], e["n_patches"]) for e in summary["table"]] == [("R1", 2, 4), ("S1", 2, 4)]
-    assert all(0.0 <= r["metrics"]["dice"] <= 1.0 for r in summary["runs"])
+    for entry in summary["table"]:  # the table is the mean and sample std of its runs
+        dice = [r["metrics"]["dice"] for r in summary["runs"] if r["row"] == entry["row"]]
+        assert entry["dice"] == pytest.approx(np.mean(dice)) and entry["dice_std"] == pytest.approx(np.std(dice, ddof=1))
     assert PatchStore(out / "banks" / "S1.h5").origin == "synthetic"
     assert "Table 5" in (out / "tables.md").read_text() and (out / "study_real-vs-synthetic.png").stat().st_size
     page = check_self_contained((out / "report.html").read_text(), n_tables=1, n_images=1)
@@ -104,7 +107,7 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     res = CliRunner().invoke(cli, args)  # a rerun reuses every finished run
     assert res.exit_code == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # another recipe in the same --out: refused before any training, naming what changed
-    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(1, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=3), epochs=(1, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
     before = (out / "config.json").read_text()
     res = CliRunner().invoke(cli, args)
     msg = str(res.exception)  # InputError: main() prints it as one "Error:" line
@@ -117,7 +120,7 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     import shutil
 
     shutil.copy(out / "banks" / "S1.h5", tmp_path / "other_s1.h5")
-    StudyConfig(name="test", steps=3, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=3), epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
     res = CliRunner().invoke(cli, args + ["--s1", str(tmp_path / "other_s1.h5")])
     assert "2 of 4" in str(res.exception) and ": bank (path)" in str(res.exception), res.exception
     # a run folder from before fingerprints were recorded is not trusted either
@@ -131,20 +134,23 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     changed = [p for p in stamps if p.stat().st_mtime_ns != stamps[p]]
     assert changed == [legacy / "result.json"] and (legacy / "fingerprint.json").is_file()
     # a bank this study made before, with other synthesis settings: refused, not reused
-    StudyConfig(name="test", steps=4, sampler="ddim", epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=4), epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
     res = CliRunner().invoke(cli, args)
     assert isinstance(res.exception, InputError)
-    assert "S1.h5: made with other arguments (steps); rerun with --overwrite" in str(res.exception)
+    assert "S1.h5: made with other arguments (sampling.steps); rerun with --overwrite" in str(res.exception)
 
 
-def test_every_study_and_mode_is_reachable_from_the_cli():
+def test_every_study_mode_and_sampler_is_reachable_from_the_cli():
     from cli.benchmark import benchmark
     from cli.export import export_command
+    from cli.synthesize import synthesize
+    from nasdm_aug.sampling import SAMPLERS
     from nasdm_aug.mixing.plan import MIX_MODES
     from nasdm_aug.study_registry import BANK_SPLITS, STUDY_REGISTRY
 
     choices = {p.name: p.type.choices for p in benchmark.params if p.name == "study"}["study"]
     assert set(choices) == {*STUDY_REGISTRY, "all"}
     assert {p.name: tuple(p.type.choices) for p in export_command.params if p.name == "mode"}["mode"] == tuple(MIX_MODES)
+    assert set({p.name: p.type.choices for p in synthesize.params if p.name == "sampler"}["sampler"]) == set(SAMPLERS)
     for study in STUDY_REGISTRY.values():  # every row can be planned: its mode and bank exist
         assert all(r.mode in MIX_MODES and (r.bank is None or r.bank in BANK_SPLITS) for r in study.rows), study.name

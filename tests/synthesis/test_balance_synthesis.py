@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.generator import NASDMGenerator
 from nasdm_aug.mixing import plan_balance_synthesis
@@ -39,7 +40,7 @@ def test_balance_for_makes_the_planned_combinations(runs, real_store, tmp_path):
     start = 0
     for combo in plan.combinations:
         names, n = combo.rsplit(":", 1)
-        inst, _ = gen.generate_masks(names.split("+"), int(n), sampler="ddim", steps=3, seed=2,
+        inst, _ = gen.generate_masks(names.split("+"), int(n), sampling=SamplerOptions("ddim", steps=3), seed=2,
                                      sample_offset=start)
         np.testing.assert_array_equal(bank.read(range(start, start + int(n)), keys=("inst",))["inst"], inst)
         start += int(n)

@@ -4,8 +4,9 @@ import pytest
 from nasdm_aug.generator import NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.types import LIZARD
 from nasdm_aug.utils import InputError
+from nasdm_aug.sampling import SamplerOptions
 
-OPTS = dict(sampler="ddim", steps=4, guidance=2.0)
+OPTS = dict(sampling=SamplerOptions("ddim", steps=4), guidance=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ from nasdm_aug.synthesize import SynthesizeConfig, synthesize
 from nasdm_aug.training.checkpoint import latest_checkpoint, load_data_info
 from nasdm_aug.types import LIZARD
 from nasdm_aug.utils import InputError
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_test_runs import _NET, SIZE
 
-FAST = dict(sampler="ddim", steps=2, batch_size=4)
+FAST = dict(sampling=SamplerOptions("ddim", steps=2), batch_size=4)
 N_PATCHES = 8
 
 

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.synthesize import SynthesizeConfig, synthesize
 
-FAST = dict(sampler="ddim", steps=3, batch_size=2)
+FAST = dict(sampling=SamplerOptions("ddim", steps=3), batch_size=2)
 
 
 def _args(runs, out, *extra):
@@ -96,7 +97,7 @@ def test_two_ranks_match_one_process(runs, real_store, reference, tmp_path):
     "extra, message",
     [
         (["--types", "macrophage", "--num", "2"], "unknown type 'macrophage'"),
-        (["--types", "all", "--num", "0"], "--num must be >= 1"),
+        (["--types", "all", "--num", "0"], "num must be >= 1"),
         (["--masks", "MISSING.h5"], "no such PatchStore"),
         (["--masks", "REAL", "--split", "R9"], "no split 'R9'"),
     ],
@@ -194,67 +195,66 @@ def test_wrong_patch_size_and_dry_run(runs, tmp_path):
 def test_steps_default_to_the_samplers_own():
     from nasdm_aug.sampling import DEFAULT_STEPS_BY_SAMPLER
 
+    def cfg(**sampling):
+        return SynthesizeConfig(types="all", num=1, sampling=SamplerOptions(**sampling))
+
     for sampler, steps in DEFAULT_STEPS_BY_SAMPLER.items():
-        assert SynthesizeConfig(types="all", num=1, sampler=sampler).steps == steps
-    assert SynthesizeConfig(types="all", num=1, sampler="ddim").steps == 250  # not the ddpm 50
-    assert SynthesizeConfig(types="all", num=1, sampler="ddim", steps=12).steps == 12
+        assert cfg(sampler=sampler).sampling.steps == steps
+    assert cfg(sampler="ddim").sampling.steps == 250  # not the ddpm 50
+    assert cfg(sampler="ddim", steps=12).sampling.steps == 12
     # stored resolved: a config written before this default reads back the same
-    cfg = SynthesizeConfig(types="all", num=1)
-    assert SynthesizeConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["steps"] == 50
+    c = SynthesizeConfig(types="all", num=1)
+    assert SynthesizeConfig.from_dict(c.to_dict()) == c and c.to_dict()["sampling"]["steps"] == 50
 
 
-def test_generator_steps_default_follows_the_sampler(monkeypatch):
+def test_the_generator_passes_the_options_through_unchanged(monkeypatch):
     import torch
 
     from nasdm_aug import generator as g
 
-    seen = {}
+    seen = []
 
-    def fake_sampler(model_fn, shape, kwargs, *, steps, **_):
-        seen["steps"] = steps
+    def fake_sample(model_fn, shape, kwargs, *, options, **_):
+        seen.append(options)
         return torch.zeros(shape)
 
-    monkeypatch.setattr(g, "get_sampler", lambda name: fake_sampler)
+    monkeypatch.setattr(g, "sample", fake_sample)
     gen = g.NASDMGenerator.from_pretrained("toy")
     inst = np.zeros((1, gen.patch_size, gen.patch_size), np.int32)
     inst[0, 4:10, 4:10] = 1
-    for sampler, steps in (("ddim", 250), ("ddpm", 50), ("dpmpp_2m", 50)):
-        gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler=sampler)
-        assert seen["steps"] == steps
-    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim", steps=7)
-    assert seen["steps"] == 7
+    opts = SamplerOptions("ddim", eta=0.3)
+    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampling=opts)
+    gen.generate_masks("all", 1, sampling=opts)
+    assert seen == [opts, opts] and seen[0].steps == 250 and seen[0].eta == 0.3
 
 
-def test_eta_is_a_ddim_option(monkeypatch):
-    import torch
+def test_cli_sampler_options_reach_the_config(runs, tmp_path):
+    def dry(*extra, config=None):
+        args = ["synthesize", "--out", str(tmp_path / "o.h5"), "--dry-run", *extra]
+        if config:
+            args += ["--config", str(config)]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output[: res.output.rindex("}") + 1])["sampling"]
 
-    from nasdm_aug import generator as g
-
-    assert SynthesizeConfig(types="all", num=1, sampler="ddim", eta=0.5).eta == 0.5
-    for bad in (dict(sampler="ddpm", eta=0.5), dict(sampler="ddim", eta=-1.0)):
-        with pytest.raises(ValueError, match="eta"):
-            SynthesizeConfig(types="all", num=1, **bad)
-    seen = {}
-
-    def fake_sampler(model_fn, shape, kwargs, **options):
-        seen.update(options)
-        return torch.zeros(shape)
-
-    monkeypatch.setattr(g, "get_sampler", lambda name: fake_sampler)
-    gen = g.NASDMGenerator.from_pretrained("toy")
-    inst = np.zeros((1, gen.patch_size, gen.patch_size), np.int32)
-    inst[0, 4:10, 4:10] = 1
-    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim", eta=0.3)
-    assert seen["eta"] == 0.3
-    seen.clear()
-    gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddim")
-    assert "eta" not in seen  # the sampler's own default
-    with pytest.raises(ValueError, match="eta is an option of the ddim sampler"):
-        gen.generate_patches(inst, (inst > 0).astype(np.uint8), sampler="ddpm", eta=0.3)
+    assert dry()["sampler"] == "ddpm" and dry()["steps"] == 50
+    assert dry("--sampler", "ddim") == {"sampler": "ddim", "steps": 250, "eta": 0.0, "spacing": "logsnr",
+                                         "clip_denoised": True}
+    assert dry("--sampler", "ddim", "--eta", "0.4", "--steps", "9")["eta"] == 0.4
+    saved = tmp_path / "c.json"
+    SynthesizeConfig(types="all", num=1, sampling=SamplerOptions("ddim", steps=9, eta=0.2)).save(saved)
+    assert dry(config=saved)["steps"] == 9
+    assert dry("--sampler", "dpmpp_2m", config=saved) == {"sampler": "dpmpp_2m", "steps": 50, "eta": 0.0,
+                                                           "spacing": "logsnr", "clip_denoised": True}
+    bad = CliRunner().invoke(cli, ["synthesize", "--out", str(tmp_path / "o.h5"), "--sampler", "euler"])
+    assert bad.exit_code == 2 and "'euler' is not one of" in bad.output
+    bad = CliRunner().invoke(cli, ["synthesize", "--out", str(tmp_path / "o.h5"), "--eta", "0.5", "--dry-run"])
+    assert bad.exit_code != 0 and "eta is an option of the ddim sampler, not of 'ddpm'" in str(bad.exception)
 
 
 def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, runs, real_store, tmp_path):
-    """A config field added later (here: eta) takes its default when an older record is compared."""
+    """A bank recorded by an older version (sampler options as top-level fields, no eta yet) is read
+    as this version writes it, so it still counts as finished."""
     import shutil
 
     import h5py
@@ -267,7 +267,8 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
     cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
     with h5py.File(old, "r+") as f:
         recorded = json.loads(f.attrs["config"])
-        recorded.pop("eta")
+        sampling = recorded.pop("sampling")
+        recorded.update(sampler=sampling["sampler"], steps=sampling["steps"])
         f.attrs["config"] = json.dumps(recorded)
     assert finished_bank_problem(old, cfg) is None
     with h5py.File(old, "r+") as f:  # a real difference is still one

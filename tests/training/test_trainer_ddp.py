@@ -1,4 +1,5 @@
-"""Two gloo processes train through ``train()`` as under torchrun; both must end with identical weights."""
+"""Two gloo processes train through ``train()`` as under torchrun: each rank sees its own share of
+every global batch, and the gradients they average keep the ranks identical while the weights move."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ def _worker(rank: int, port: int, store: str, run: str, dump: str) -> None:
 
     run_loop = trainer_mod.Trainer.run
 
-    def run_and_dump(self):  # keep each rank's final weights and its first batch for the parent
+    def run_and_dump(self):  # keep each rank's first and final weights and its batches for the parent
+        first = {f"init.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        batches = torch.tensor([list(b) for b in self._loader().batch_sampler])
         out = run_loop(self)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, f"{dump}/rank{rank}.safetensors")
+        final = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        save_file({**final, **first, "batches": batches}, f"{dump}/rank{rank}.safetensors")
         return out
 
     trainer_mod.Trainer.run = run_and_dump
@@ -49,6 +53,13 @@ def test_two_gloo_ranks_end_identical(store_path, tmp_path):
         _worker, args=(_free_port(), str(store_path), str(run), str(dump)), nprocs=WORLD, join=True, start_method="fork"
     )
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD))
+    b0, b1 = w0.pop("batches"), w1.pop("batches")
+    assert b0.shape == b1.shape == (3, 2)  # each step: two patches a rank, none seen by both
+    assert all(not set(b0[i].tolist()) & set(b1[i].tolist()) for i in range(3))
+    init = {k[5:]: w0.pop(k) for k in list(w0) if k.startswith("init.")}
+    init1 = {k[5:]: w1.pop(k) for k in list(w1) if k.startswith("init.")}
+    assert all(torch.equal(init[k], init1[k]) for k in init)  # one seed, one start
+    assert any(not torch.equal(init[k], w0[k]) for k in w0)  # the weights moved
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))  # written by rank 0 alone
     assert all(torch.equal(saved[k], w0[k]) for k in w0)
