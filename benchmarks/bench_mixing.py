@@ -23,7 +23,8 @@ import torch
 from monai.data import DataLoader
 from scipy import ndimage
 
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.types import LIZARD
 

@@ -64,7 +64,8 @@ def soft_inputs(n: int) -> list[dict[str, np.ndarray]]:
 
 def model_inputs(model_dir: str, store: str, split: str, n: int) -> list[dict[str, np.ndarray]]:
     """A trained HoVerNet's outputs on the first ``n`` patches of ``store:split``."""
-    from hovernet.evaluate import load_hovernet, open_eval_store
+    from hovernet.evaluate import load_hovernet
+    from hovernet.eval_data import open_eval_store
     from nasdm_aug.mixing.dataset import SyntheticMixDataset
 
     model, _, _ = load_hovernet(model_dir)

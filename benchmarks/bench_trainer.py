@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.data.toy import generate_toy_tile
 from nasdm_aug.nets import build_model
 from nasdm_aug.training.config import get_train_preset

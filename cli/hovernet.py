@@ -105,7 +105,8 @@ def evaluate(model_dir: str, data_arg: str, fmt: str | None, consep_classes: str
     """Score a trained HoVerNet: Dice and mIoU (nuclei alone and MONAI's over background + nuclei),
     PQ/DQ/SQ, AJI, per-type PQ, mPQ+, per-type F1 (JSON + PNG)."""
     from hovernet.evaluate import evaluate as run_evaluate
-    from hovernet.evaluate import open_eval_data, resolve_model_dir
+    from hovernet.evaluate import resolve_model_dir
+    from hovernet.eval_data import open_eval_data
     from nasdm_aug.utils import check_writable
 
     if dry_run:

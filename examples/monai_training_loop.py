@@ -22,7 +22,7 @@ from monai.metrics import DiceMetric
 from monai.networks.nets import BasicUNet
 from monai.transforms import Compose, Lambdad, RandFlipd, RandRotate90d
 
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.types import LIZARD
 

@@ -23,11 +23,13 @@ from tqdm.auto import tqdm
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing import SyntheticMixDataset
-from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis, type_counts
+from nasdm_aug.mixing.balance import parse_target, type_counts
 from nasdm_aug.mixing.plan import MIX_MODES, planned_counts
 from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.study_registry import (BANK_SPLITS, PAPER_STUDIES, PLOT_AXES, STUDIES, STUDY_REGISTRY, Study,
-                                      StudyRow)
+                                      StudyRow, select_rows)
+from nasdm_aug.study_data import (TEST_STORE, StudyTestSet, check_not_study_data, check_store, ensure_banks,
+                                  ensure_store, resolve_test_set)
 from nasdm_aug.utils import InputError, file_digest, json_safe, write_text_atomic
 
 __all__ = ["StudyConfig", "StudyRow", "Study", "STUDIES", "STUDY_REGISTRY", "PAPER_STUDIES", "PLOT_AXES", "BANK_SPLITS",
@@ -124,33 +126,6 @@ def get_study_preset(name_or_path: str) -> StudyConfig:
     if name_or_path.endswith(".json"):
         return StudyConfig.load(name_or_path)
     raise InputError(f"unknown preset {name_or_path!r}; valid: {', '.join(STUDY_PRESETS)}, or a CONFIG.json path")
-
-
-def select_rows(study: str) -> list[StudyRow]:
-    """Rows of one study, or of ``"all"``.
-
-    Raises:
-        InputError: an unknown study name.
-    """
-    if study == "all":
-        return [r for name in PAPER_STUDIES for r in STUDY_REGISTRY[name].rows]
-    if study not in STUDY_REGISTRY:
-        raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDY_REGISTRY)}, all")
-    return list(STUDY_REGISTRY[study].rows)
-
-
-def check_store(store: PatchStore, rows: Sequence[StudyRow], *, own_test: bool = True) -> None:
-    """Every split the rows (and the test, unless ``own_test`` is False: an external test set) need
-    exists and holds patches.
-
-    Raises:
-        InputError: a missing or empty split, naming the study that needs it.
-    """
-    needs = [(r.split, r.study) for r in rows] + ([("Test", "every study")] if own_test else [])
-    for split, study in needs:
-        if split not in store.splits or len(store.indices(split)) == 0:
-            raise InputError(f"{store.path}: {study} needs a non-empty {split!r} split (splits here: "
-                             f"{', '.join(f'{k}={len(store.indices(k))}' for k in store.splits) or 'none'})")
 
 
 def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig) -> list[dict[str, Any]]:
@@ -374,7 +349,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
             patch size or magnification, a stale ``OUT/data/test.h5``).
     """
     from hovernet.data import store_dataset
-    from hovernet.evaluate import parse_data_arg
+    from hovernet.eval_data import parse_data_arg
     from nasdm_aug.report import write_study_outputs
 
     out = Path(out)
@@ -383,7 +358,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
     if config.test:  # refuse a bad test set before anything is written
         path, _, is_folder = parse_data_arg(config.test)
         if is_folder:
-            _check_not_study_data(path, config, None)
+            check_not_study_data(path, config, None)
         if config.store:
             given = PatchStore(config.store)
             check_store(given, rows, own_test=False)
@@ -418,229 +393,3 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
                "runs": results, "table": summarise(results, rows)}
     write_study_outputs(summary, rows, out)
     return summary
-
-
-def ensure_store(config: StudyConfig, out: Path, progress: bool) -> Path:
-    """The real store: ``config.store``, or one prepared (once) into ``OUT/data/real.h5``."""
-    if config.store:
-        return Path(config.store)
-    path = out / "data" / "real.h5"
-    if path.is_file():
-        return path
-    from nasdm_aug.data.prepare import PrepareConfig, prepare
-
-    if config.source_format != "toy" and not config.source:
-        raise InputError(f"preset {config.name!r} needs the dataset folder: pass --source DIR (or --store STORE.h5)")
-    try:
-        prep = PrepareConfig(format=config.source_format, src=config.source, out=str(path),
-                             patch_size=config.patch_size, stride=config.stride, seed=config.seed,
-                             toy_images=config.toy_images, toy_size=config.toy_size,
-                             split_counts=tuple(config.split_counts) or None, magnification=config.magnification)
-    except ValueError as exc:
-        raise InputError(f"preset {config.name!r}: {exc}") from None
-    prepare(prep, progress=progress)
-    return path
-
-
-# -- the test set -----------------------------------------------------------------------------------
-TEST_STORE = ("data", "test.h5")  # where a --test dataset folder is prepared, under OUT
-
-
-@dataclass(frozen=True)
-class StudyTestSet:
-    """The patches every run of a study is tested on.
-
-    Attributes:
-        path: the PatchStore.
-        split: its split, or None for the whole store.
-        n_patches: patches in it; None while a dataset folder is not prepared yet (dry runs).
-        source: the dataset folder it was prepared from ("" for a given store).
-        external: False for the study store's own Test split.
-        plan: for a folder not prepared yet, how it would be (dry runs).
-    """
-
-    path: str
-    split: str | None
-    n_patches: int | None
-    source: str = ""
-    external: bool = True
-    plan: str = ""
-
-    @classmethod
-    def own(cls, store: PatchStore) -> "StudyTestSet":
-        """The study store's own Test split."""
-        return cls(str(store.path.resolve()), "Test", int(len(store.indices("Test"))), external=False)
-
-    def record(self) -> dict[str, Any]:
-        """What results.json and each run's result.json record."""
-        return {"path": self.path, "split": self.split, "n_patches": self.n_patches, "source": self.source,
-                "external": self.external}
-
-    def describe(self) -> str:
-        """One line for ``benchmark --dry-run``."""
-        where = f"{self.path}:{self.split}" if self.split else f"{self.path} (whole store)"
-        kind = "external" if self.external else "the study store's own"
-        if self.n_patches is None:
-            return f"test set ({kind}): {self.source} prepared into {self.path}{self.plan}"
-        src = f", prepared from {self.source}" if self.source else ""
-        return f"test set ({kind}): {where}: {self.n_patches} patches{src}"
-
-
-def resolve_test_set(config: StudyConfig, store: PatchStore | None, out: str | os.PathLike, *, make: bool = True,
-                     progress: bool = False) -> StudyTestSet | None:
-    """The external test set ``config.test`` names, checked against the study store; None without one.
-
-    ``STORE.h5[:SPLIT]``: a PatchStore split (default: the whole store if it has one split, else
-    Test). A dataset folder: prepared once into ``OUT/data/test.h5`` like the study's own data (its
-    format, magnification, patch size, stride, CoNSeP classes and tissue filter), all its images in
-    Test; an existing ``OUT/data/test.h5`` is reused only if it was made from the same folder and
-    settings.
-
-    Args:
-        store: the study store; None when it is not prepared yet (dry runs: only the test store
-            itself is checked).
-        make: prepare a dataset folder now; False (dry runs) only checks an existing one.
-
-    Raises:
-        InputError: an unreadable test store, an unknown or empty split, a type table, patch
-            size or magnification other than the study store's, a folder that is the study's
-            own data, or a stale ``OUT/data/test.h5``; one line naming both sides.
-    """
-    from hovernet.evaluate import check_same_types, open_eval_store, parse_data_arg
-
-    if not config.test:
-        return None
-    path, split, is_folder = parse_data_arg(config.test)
-    if not is_folder:
-        test, split, n = open_eval_store(path, split)
-        if store is not None:
-            _check_like(test, store)
-        return StudyTestSet(str(path.resolve()), split, n)
-    target = Path(out).joinpath(*TEST_STORE)
-    _check_not_study_data(path, config, store)
-    if store is None:
-        return StudyTestSet(str(target), "Test", None, source=str(path.resolve()),
-                            plan=" like the study's data once that is prepared")
-    want = _test_prepare_config(path, config, store, target)
-    check_same_types(f"test folder {path} ({want.format})", want.table(), f"study store {store.path}",
-                     store.type_table)
-    if target.is_file():
-        _check_prepared(target, want)
-    elif not make:
-        return StudyTestSet(str(target.resolve()), "Test", None, source=want.src,
-                            plan=(f" ({want.format}, {want.split_counts[0]} images, {want.patch_size}-px patches, "
-                                  f"stride {want.stride}, at {want.target():g}x; all Test)"))
-    else:
-        from nasdm_aug.data.prepare import prepare
-
-        prepare(want, progress=progress)
-    test, split, n = open_eval_store(target, "Test")
-    _check_like(test, store)
-    return StudyTestSet(str(target.resolve()), split, n, source=want.src)
-
-
-def _check_like(test: PatchStore, store: PatchStore) -> None:
-    """A test store must share the study store's type table, patch size and magnification."""
-    from hovernet.evaluate import check_same_types
-    from nasdm_aug.data.magnification import check_same_scale
-
-    what, other = f"test store {test.path}", f"study store {store.path}"
-    check_same_types(what, test.type_table, other, store.type_table)
-    check_same_scale(what, test.scale_info(), other, store.scale_info())
-
-
-def _check_not_study_data(folder: Path, config: StudyConfig, store: PatchStore | None) -> None:
-    """Testing on the folder the study trains on would score the models on their own training images."""
-    mine = {Path(p).resolve() for p in (config.source, store.attrs.get("source_dir", "") if store else "") if p}
-    if folder.resolve() in mine:
-        raise InputError(f"--test {folder} is the study's own dataset folder; its images are already split "
-                         "into Train/R1/R2/Test (leave --test out to test on its Test split)")
-
-
-def _test_prepare_config(folder: Path, config: StudyConfig, store: PatchStore, target: Path):
-    """Prepare settings for a test folder: the study store's format, scale, tiling and classes."""
-    from hovernet.evaluate import eval_prepare_config
-
-    like = store.config
-    fmt = config.source_format if config.source_format != "toy" else store.attrs.get("source_format", "")
-    if not fmt:
-        raise InputError(f"study store {store.path} records no source format, so {folder} cannot be prepared "
-                         "like it; prepare it with `nasdm-aug prepare` and pass --test STORE.h5")
-    return eval_prepare_config(folder, fmt, target, patch_size=store.patch_size,
-                               stride=int(like.get("stride") or config.stride),
-                               magnification=store.magnification or 0.0,
-                               consep_classes=like.get("consep_classes", "merged"), like=like)
-
-
-_UNCOMPARED = ("src", "out", "workers", "overwrite")
-
-
-def _check_prepared(path: Path, want) -> None:
-    """Refuse to reuse ``OUT/data/test.h5`` made from another folder or with other settings."""
-    have = PatchStore(path).config
-    old_src = have.get("src") or have.get("keep_source") or ""
-    if not old_src or Path(old_src).resolve() != Path(want.src).resolve():
-        raise InputError(f"{path} was prepared from {old_src or 'another source'}, not {want.src}; "
-                         "delete it or use another --out")
-    wanted = want.to_dict()
-    diffs = [f"{k} {have.get(k)!r}, now {v!r}" for k, v in wanted.items() if k not in _UNCOMPARED and have.get(k) != v]
-    if diffs:
-        raise InputError(f"{path} was prepared from {want.src} with other settings ({'; '.join(diffs)}); "
-                         "delete it or use another --out")
-
-
-def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,
-                 progress: bool, overwrite: bool = False) -> dict[str, PatchStore]:
-    """S1 / S2 as the rows need them: given, made before in ``OUT/banks``, or synthesized now.
-
-    A bank made before in ``OUT/banks`` is reused only if it is the complete bank this config
-    makes (same arguments, weights and masks); otherwise it is refused in one line, or made again
-    with ``overwrite``.
-    """
-    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
-
-    banks: dict[str, PatchStore] = {}
-    for name in sorted({r.bank for r in rows if r.bank}):
-        given = {"S1": config.s1, "S2": config.s2, "B": config.balance_bank}[name]
-        path = Path(given) if given else out / "banks" / f"{name}.h5"
-        if given:
-            if not path.is_file():
-                raise InputError(f"{path}: the {name} bank does not exist")
-            banks[name] = PatchStore(path)
-            continue
-        if not config.model:
-            if path.is_file():  # a bank this study made before, without the models to check it against
-                banks[name] = PatchStore(path)
-                continue
-            needing = sorted({r.study for r in rows if r.bank == name})
-            flag = "--balance-bank" if name == "B" else f"--{name.lower()}"
-            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
-                             f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
-        opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
-        attrs = None
-        if name == "B":  # generated masks of the type combinations the split lacks
-            ratio = max(r.ratio for r in rows if r.bank == "B")
-            plan = _balance_synthesis_plan(store, config, ratio)
-            opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
-        else:
-            opts.update(masks=str(store.path), split=BANK_SPLITS[name])
-        if config.sampling is not None:
-            opts["sampling"] = config.sampling
-        if config.guidance is not None:
-            opts["guidance"] = config.guidance
-        synth = SynthesizeConfig(**opts)
-        if path.is_file():
-            problem = finished_bank_problem(path, synth)
-            if problem is None:
-                banks[name] = PatchStore(path)
-                continue
-            if not overwrite:
-                raise InputError(f"{path}: {problem}; rerun with --overwrite to make it again, or use another --out")
-        device = None if config.device == "auto" else config.device
-        synthesize(synth, path, device=device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
-        banks[name] = PatchStore(path)
-    return banks
-
-
-def _balance_synthesis_plan(store: PatchStore, config: StudyConfig, ratio: float):
-    return plan_balance_synthesis(store, BANK_SPLITS["B"], parse_target(config.balance_target), ratio)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StudyRow", "Study", "STUDY_REGISTRY", "STUDIES", "PAPER_STUDIES", "PLOT_AXES", "BANK_SPLITS"]
+from nasdm_aug.utils import InputError
+
+__all__ = ["StudyRow", "Study", "STUDY_REGISTRY", "STUDIES", "PAPER_STUDIES", "PLOT_AXES", "BANK_SPLITS", "select_rows"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,16 @@ PAPER_STUDIES = tuple(name for name, s in STUDY_REGISTRY.items() if s.paper)
 PLOT_AXES = {name: s.axis for name, s in STUDY_REGISTRY.items()}
 # the real split whose masks each bank is made from ("B": generated masks, balanced against R2)
 BANK_SPLITS = {"S1": "R1", "S2": "R2", "B": "R2"}
+
+
+def select_rows(study: str) -> list[StudyRow]:
+    """Rows of one study, or of ``"all"``.
+
+    Raises:
+        InputError: an unknown study name.
+    """
+    if study == "all":
+        return [r for name in PAPER_STUDIES for r in STUDY_REGISTRY[name].rows]
+    if study not in STUDY_REGISTRY:
+        raise InputError(f"unknown study {study!r}; valid: {', '.join(STUDY_REGISTRY)}, all")
+    return list(STUDY_REGISTRY[study].rows)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.magnification import check_same_scale
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import SamplerOptions, sample_seed

@@ -18,7 +18,7 @@ from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.magnification import NATIVE_MAGNIFICATION, microns_per_pixel, rescale_tile
 from nasdm_aug.data.readers import READERS, get_reader
 from nasdm_aug.data.splits import PAPER_FRACTIONS, SplitSpec, make_splits, split_counts, split_of
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.data.tile import Tile
 from nasdm_aug.data.tiling import Patches, TilingConfig, tile_image
 from nasdm_aug.types import NucleiTypeTable, get_type_table

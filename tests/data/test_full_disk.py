@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import LIZARD
 from nasdm_aug.utils import InputError
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter, StoreError
+from nasdm_aug.data.store import PatchStore, StoreError
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import CONSEP, LIZARD
 from nasdm_aug.utils import InputError
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from cli.main import cli, main
 from hovernet.config import ModelConfig, TrainConfig
-from hovernet.evaluate import open_eval_data
+from hovernet.eval_data import open_eval_data
 from nasdm_aug.data.prepare import PrepareConfig, prepare
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import CONSEP, LIZARD
 from nasdm_aug.utils import InputError
 

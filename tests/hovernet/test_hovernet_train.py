@@ -56,7 +56,7 @@ def _items(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    from nasdm_aug.data.store import PatchStoreWriter
+    from nasdm_aug.data.store_writer import PatchStoreWriter
 
     path = tmp_path / "s.h5"
     rng = np.random.default_rng(1)

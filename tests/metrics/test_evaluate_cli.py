@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
 from nasdm_aug.metrics.inception import file_sha256
 from nasdm_aug.types import LIZARD

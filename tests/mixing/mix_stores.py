@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import LIZARD
 
 P = 16

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset, plan_balance_synthesis, resolve_target, type_counts
 from nasdm_aug.mixing.plan import MixConfig, planned_counts
 from nasdm_aug.types import NucleiTypeTable

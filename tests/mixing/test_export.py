@@ -14,7 +14,8 @@ from PIL import Image
 
 from cli.main import main
 from nasdm_aug.data.readers import _conic_group, read_cellvit_label, read_conic, read_pannuke
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.data.tiling import relabel_sequential
 from nasdm_aug.export import EXPORT_FORMATS, export, parse_type_map, resolve_type_map
 from nasdm_aug.mixing.plan import MixConfig, build_plan

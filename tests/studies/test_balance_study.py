@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from nasdm_aug.sampling import SamplerOptions
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.report import format_per_type
 from nasdm_aug.studies import STUDIES, StudyConfig, ensure_banks, plan_study, select_rows, summarise
 from nasdm_aug.types import LIZARD

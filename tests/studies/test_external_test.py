@@ -8,9 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli, main
-from hovernet.evaluate import eval_split, open_eval_store, parse_data_arg
+from hovernet.eval_data import eval_split, open_eval_store, parse_data_arg
 from nasdm_aug.data.prepare import PrepareConfig, prepare
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.studies import STUDY_PRESETS, STUDY_REGISTRY, StudyConfig, resolve_test_set, run_studies
 from nasdm_aug.types import CONSEP, LIZARD
 from nasdm_aug.utils import InputError

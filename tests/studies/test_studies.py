@@ -8,7 +8,8 @@ from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
 from nasdm_aug.sampling import SamplerOptions
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.studies import STUDIES, StudyConfig, check_store, get_study_preset, plan_study, run_studies
 from nasdm_aug.types import LIZARD

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import LIZARD
 from nasdm_test_runs import SIZE, make_run
 

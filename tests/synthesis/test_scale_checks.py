@@ -16,7 +16,8 @@ import pytest
 
 import nasdm_aug.generator as generator
 from cli.main import main
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.generator import NASDMGenerator, TOY_MODEL_DIR, named_model_dir, resolve_model_dirs
 from nasdm_aug.mixing import SyntheticMixDataset
 from nasdm_aug.synthesize import SynthesizeConfig, synthesize

@@ -179,7 +179,7 @@ def test_interrupted_parts_of_other_weights_are_not_mixed_in(runs, real_store, t
 
 
 def test_wrong_patch_size_and_dry_run(runs, tmp_path):
-    from nasdm_aug.data.store import PatchStoreWriter
+    from nasdm_aug.data.store_writer import PatchStoreWriter
     from nasdm_aug.types import LIZARD
 
     store = tmp_path / "big.h5"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasdm_aug.data.store import PatchStoreWriter
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import CONSEP
 
 PATCH = 32

@@ -11,7 +11,8 @@ import pytest
 
 from cli.main import main
 from nasdm_aug.data.prepare import PrepareConfig, prepare
-from nasdm_aug.data.store import PatchStore, PatchStoreWriter
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.types import CONSEP
 
 
