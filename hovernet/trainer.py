@@ -8,6 +8,11 @@ Run directory::
     OUT/log.jsonl                  one line per epoch: loss terms, lr, phase, validation metrics
     OUT/best.json                  {"epoch", "dice", "path"} of the best validation checkpoint
     OUT/checkpoints/epoch_XXXX/    config.json, data.json, model.safetensors, trainer_state.pt
+
+The run directory is handled as the NASDM trainer's is (``nasdm_aug.training.run_dir``,
+``checkpoint``, ``metric_log``): refused without resume or overwrite, a replaced run kept until the
+new one has a checkpoint, resumed only with the same config, checkpoints written atomically and
+pruned to the latest and the best, the log truncated to the resumed epoch.
 """
 
 from __future__ import annotations
@@ -15,13 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
@@ -31,66 +34,35 @@ from hovernet.data import HoVerNetTrainDataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
-from nasdm_aug.training.checkpoint import read_safetensors, read_torch_state
+from nasdm_aug.training.checkpoint import (latest_checkpoint, prune_checkpoints, read_safetensors, read_torch_state,
+                                           write_checkpoint)
 from nasdm_aug.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from nasdm_aug.training.metric_log import MetricLogger
+from nasdm_aug.training.run_dir import (drop_replaced, prepare_run_dir, restore_replaced, resumed_config,
+                                        write_run_record)
+from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError, atomic_output, write_text_atomic
+from nasdm_aug.utils import InputError, write_text_atomic
 
 __all__ = ["train_hovernet", "lr_at"]
+
+_UNIT = "epoch"  # checkpoints/epoch_XXXX
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> tuple[int, float]:
     """(phase, learning rate) of a 0-based epoch: each phase restarts at ``lr`` and decays once."""
     phase, in_phase = (1, epoch) if epoch < cfg.phase1_epochs else (2, epoch - cfg.phase1_epochs)
-    return phase, cfg.lr if in_phase < cfg.lr_decay_epoch else cfg.lr_decayed
+    return phase, step_decay_lr(in_phase, cfg.lr, cfg.lr_decayed, cfg.lr_decay_epoch)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
-
-
-def _start_run(out: Path, cfg: TrainConfig, info: dict[str, Any], resume: bool, overwrite: bool,
-               main: bool) -> dict[str, Any] | None:
-    """Check or create the run directory; return the latest trainer state when resuming."""
-    ckpts = sorted((out / "checkpoints").glob("epoch_*[0-9]"))
-    if resume and ckpts:
-        saved = TrainConfig.load(out / "config.json")
-        if saved != cfg:
-            raise InputError(f"{out}/config.json differs from this run's config; resume with the same settings")
-        state = read_torch_state(ckpts[-1] / "trainer_state.pt")
-        state["weights"] = read_safetensors(ckpts[-1] / "model.safetensors")
-        return state
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise InputError(f"{out} is not empty; pass --resume to continue or --overwrite to start again")
-    barrier()  # every rank has looked before rank 0 writes
-    if main:
-        if overwrite and out.exists() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
-        _write_json(out / "data.json", info)
-    barrier()
-    return None
-
-
-def _save(out: Path, model: HoVerNet, opt: torch.optim.Optimizer, state: dict[str, Any], cfg: TrainConfig,
-          info: dict[str, Any]) -> Path:
-    """Write checkpoints/epoch_XXXX atomically (a new name each time, so no moment without one)."""
-    path = out / "checkpoints" / f"epoch_{state['epoch']:04d}"
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        torch.save({**state, "optimizer": opt.state_dict()}, tmp / "trainer_state.pt")
-        cfg.save(tmp / "config.json")
-        _write_json(tmp / "data.json", info)
-    return path
-
-
-def _prune(out: Path, keep: set[str]) -> None:
-    ckpts = sorted((out / "checkpoints").glob("epoch_*[0-9]"))
-    for p in ckpts[:-1]:
-        if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+def _resume_state(out: Path) -> dict[str, Any] | None:
+    """The latest trainer state and weights of the run in ``out``, or None when it has no checkpoint."""
+    ckpt = latest_checkpoint(out, _UNIT)
+    if ckpt is None:
+        return None
+    state = read_torch_state(ckpt / "trainer_state.pt")
+    state["weights"] = read_safetensors(ckpt / "model.safetensors")
+    return state
 
 
 def _make_optimizer(model: HoVerNet, cfg: TrainConfig, phase: int) -> torch.optim.Optimizer:
@@ -135,9 +107,7 @@ def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Opti
 def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainConfig, *,
                    val_data: Dataset | None = None, type_table: NucleiTypeTable | None = None,
                    patch_size: int | None = None, magnification: float | None = None, data_desc: str = "",
-                   resume: bool = False,
-                   overwrite: bool = False, stop_after_epochs: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train HoVerNet on a dataset of MONAI dicts and keep the best checkpoint by validation Dice.
 
     Args:
@@ -150,8 +120,8 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
         magnification: the training data's objective power (recorded; evaluation data must match).
         data_desc: a description of the data recorded in ``data.json``.
         resume: continue from the latest checkpoint in ``out_dir``.
-        overwrite: replace a non-empty ``out_dir``.
-        stop_after_epochs: return after this many epochs of this call (time-boxed runs; resume later).
+        overwrite: replace a non-empty ``out_dir`` (the old run waits in ``OUT.replaced`` until
+            the new one has written its first checkpoint).
         progress: tqdm bars.
 
     Returns:
@@ -169,14 +139,26 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
             "magnification": magnification, "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
     out = Path(out_dir)
     try:
-        state = _start_run(out, cfg, info, resume, overwrite, dev.is_main)
-        return _run(train_data, val_data, out, cfg, info, dev, state, stop_after_epochs, progress, type_table)
+        cfg = resumed_config(out, cfg, TrainConfig, resume)
+        prepare_run_dir(out, resume, overwrite, dev.is_main, _UNIT)
+        state = _resume_state(out) if resume else None
+        if dev.is_main:
+            write_run_record(out, cfg, info)
+        try:
+            result = _run(train_data, val_data, out, cfg, info, dev, state, progress, type_table)
+        except BaseException:
+            if dev.is_main:
+                restore_replaced(out, _UNIT)
+            raise
+        if dev.is_main:
+            drop_replaced(out)
+        return result
     finally:
         cleanup_distributed()
 
 
 def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: TrainConfig, info: dict[str, Any],
-         dev: DistInfo, state: dict[str, Any] | None, stop_after: int | None, progress: bool,
+         dev: DistInfo, state: dict[str, Any] | None, progress: bool,
          type_table: NucleiTypeTable | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = HoVerNet(cfg.model).to(dev.device)
@@ -189,41 +171,45 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: TrainCon
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=dev.device.type == "cuda")
     loss_fn = HoVerNetLoss(cfg.loss).to(dev.device)
-    opt, net, cur_phase, done_here = None, model, 0, 0
+    opt, net, cur_phase = None, model, 0
+    logger = MetricLogger(out, resume_step=st["epoch"], key="epoch") if dev.is_main else None
     # the saved Adam state continues only within the phase it belongs to
     saved_opt = state["optimizer"] if state and lr_at(cfg, st["epoch"] - 1)[0] == lr_at(cfg, st["epoch"])[0] else None
-    for epoch in range(st["epoch"], cfg.epochs):
-        phase, lr = lr_at(cfg, epoch)
-        if phase != cur_phase:  # a fresh Adam per phase, as HoVerNet; DDP re-wrapped for the new trainable set
-            opt, cur_phase = _make_optimizer(model, cfg, phase), phase
-            if saved_opt is not None:
-                opt.load_state_dict(saved_opt)
-                saved_opt = None
-            net = DistributedDataParallel(model, device_ids=[dev.device] if dev.device.type == "cuda" else None) \
-                if dev.enabled else model
-        for g in opt.param_groups:  # type: ignore[union-attr]
-            g["lr"] = lr
-        ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "lr": lr,
-                                  **_train_epoch(net, loader, opt, loss_fn, dev, cfg, epoch, progress)}  # type: ignore[arg-type]
-        record["patches_per_s"] = len(ds) / (time.perf_counter() - t0)
-        if dev.is_main:
-            _end_epoch(model, opt, st, record, epoch, cfg, val_data, out, info, type_table, progress)  # type: ignore[arg-type]
-        barrier()
-        done_here += 1
-        st["epoch"] = epoch + 1
-        if stop_after is not None and done_here >= stop_after:
-            break
+    try:
+        for epoch in range(st["epoch"], cfg.epochs):
+            phase, lr = lr_at(cfg, epoch)
+            if phase != cur_phase:  # a fresh Adam per phase, as HoVerNet; DDP re-wrapped for the new trainable set
+                opt, cur_phase = _make_optimizer(model, cfg, phase), phase
+                if saved_opt is not None:
+                    opt.load_state_dict(saved_opt)
+                    saved_opt = None
+                net = DistributedDataParallel(model, device_ids=[dev.device] if dev.device.type == "cuda" else None) \
+                    if dev.enabled else model
+            for g in opt.param_groups:  # type: ignore[union-attr]
+                g["lr"] = lr
+            ds.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "lr": lr,
+                                      **_train_epoch(net, loader, opt, loss_fn, dev, cfg, epoch, progress)}  # type: ignore[arg-type]
+            record["patches_per_s"] = len(ds) / (time.perf_counter() - t0)
+            if dev.is_main:
+                _end_epoch(model, opt, st, record, epoch, cfg, val_data, out, info, type_table, progress,
+                           logger)  # type: ignore[arg-type]
+            barrier()
+            st["epoch"] = epoch + 1
+    finally:
+        if logger is not None:
+            logger.close()
     return {"epochs_done": st["epoch"], "best_epoch": st["best_epoch"], "best_dice": st["best_dice"],
             "history": st["history"], "run_dir": str(out)}
 
 
 def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], record: dict[str, Any], epoch: int,
                cfg: TrainConfig, val_data: Dataset | None, out: Path, info: dict[str, Any],
-               type_table: NucleiTypeTable | None, progress: bool) -> None:
-    """Rank 0: validate when due, checkpoint, track the best, prune and log."""
+               type_table: NucleiTypeTable | None, progress: bool, logger: MetricLogger) -> None:
+    """Rank 0: validate when due, log, checkpoint, track the best and prune (a kill between the log
+    and the checkpoint leaves a record past the checkpoint, which the resumed logger drops)."""
     last = epoch + 1 == cfg.epochs
     if val_data is not None and ((epoch + 1) % cfg.val_every == 0 or last):
         names = list(type_table.names) if type_table else None
@@ -237,10 +223,13 @@ def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], 
     # plain Python numbers only: the trainer state is read back with weights_only=True
     record = json.loads(json.dumps(record, default=lambda o: o.item()))
     st["history"] = st["history"] + [record]
-    path = _save(out, model, opt, {**st, "epoch": epoch + 1}, cfg, info)
+    logger.write(record)
+    path = write_checkpoint(out, epoch + 1, weights={"model": model.state_dict()},
+                            trainer_state={**st, "epoch": epoch + 1, "optimizer": opt.state_dict()}, config=cfg,
+                            data_info=info, unit=_UNIT)
     if better:
         best_dice = st["best_dice"] if math.isfinite(st["best_dice"]) else None
-        _write_json(out / "best.json", {"epoch": epoch + 1, "dice": best_dice, "path": f"checkpoints/{path.name}"})
-    best_name = f"epoch_{st['best_epoch']:04d}"
-    _prune(out, {best_name})
-    write_text_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in st["history"]))
+        write_text_atomic(out / "best.json", json.dumps({"epoch": epoch + 1, "dice": best_dice,
+                                                         "path": f"checkpoints/{path.name}"}, indent=2) + "\n")
+    prune_checkpoints(out, keep=(st["best_epoch"],), unit=_UNIT)
+    drop_replaced(out)  # the new run has a checkpoint: a run it replaced can go

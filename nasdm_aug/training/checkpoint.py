@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,6 +40,8 @@ from .config import TrainConfig
 
 __all__ = [
     "CHECKPOINTS",
+    "checkpoint_name",
+    "write_checkpoint",
     "save_checkpoint",
     "list_checkpoints",
     "latest_checkpoint",
@@ -57,16 +59,47 @@ __all__ = [
 ]
 
 CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+# checkpoint folders are named <unit>_<index>, zero-padded so they sort: the NASDM trainer counts
+# steps, the HoVerNet trainer epochs
+_DIGITS = {"step": 8, "epoch": 4}
 
 
-def _step_name(step: int) -> str:
-    return f"step_{step:08d}"
+def checkpoint_name(index: int, unit: str = "step") -> str:
+    """``step_00000012`` / ``epoch_0003``: the folder of checkpoint ``index``."""
+    return f"{unit}_{index:0{_DIGITS[unit]}d}"
 
 
 def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # contiguous(): channels_last weights must be stored in the standard layout safetensors expects
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def write_checkpoint(
+    run_dir: str | os.PathLike,
+    index: int,
+    *,
+    weights: dict[str, dict[str, torch.Tensor]],
+    trainer_state: dict[str, Any],
+    config: Any,
+    data_info: dict[str, Any],
+    unit: str = "step",
+) -> Path:
+    """Write ``RUN_DIR/checkpoints/<unit>_<index>`` atomically: ``<name>.safetensors`` for each
+    entry of ``weights``, ``trainer_state.pt`` (tensors and plain containers only, read back with
+    ``weights_only=True``), and copies of ``config.json`` and ``data.json``.
+
+    Returns:
+        The checkpoint directory.
+    """
+    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(index, unit)
+    with atomic_output(final, overwrite=True) as tmp:
+        tmp.mkdir(parents=True)
+        config.save(tmp / "config.json")
+        (tmp / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
+        for name, state in weights.items():
+            save_file(_state_to_cpu(state), str(tmp / f"{name}.safetensors"), metadata={unit: str(index)})
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    return final
 
 
 def save_checkpoint(
@@ -80,7 +113,8 @@ def save_checkpoint(
     data_info: dict[str, Any],
     keep_every: int = 0,
 ) -> Path:
-    """Write ``RUN_DIR/checkpoints/step_XXXXXXXX`` atomically, then prune older ones.
+    """Write a NASDM checkpoint ``RUN_DIR/checkpoints/step_XXXXXXXX`` (raw and EMA weights), then
+    prune older ones.
 
     Args:
         run_dir: the run directory.
@@ -95,39 +129,35 @@ def save_checkpoint(
     Returns:
         The checkpoint directory.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / _step_name(step)
-    with atomic_output(final, overwrite=True) as tmp:
-        tmp.mkdir(parents=True)
-        config.save(tmp / "config.json")
-        (tmp / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
-        save_file(_state_to_cpu(model_state), str(tmp / "model.safetensors"), metadata={"step": str(step)})
-        save_file(_state_to_cpu(ema_state), str(tmp / "ema.safetensors"), metadata={"step": str(step)})
-        torch.save(trainer_state, tmp / "trainer_state.pt")
+    final = write_checkpoint(run_dir, step, weights={"model": model_state, "ema": ema_state},
+                             trainer_state=trainer_state, config=config, data_info=data_info)
     prune_checkpoints(run_dir, keep_every)
     return final
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run as (step, directory), by increasing step."""
+def list_checkpoints(run_dir: str | os.PathLike, unit: str = "step") -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (index, directory), by increasing index."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    pattern = re.compile(rf"^{unit}_(\d+)$")
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := pattern.match(p.name))]
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step, or None when the run has none."""
-    found = list_checkpoints(run_dir)
+def latest_checkpoint(run_dir: str | os.PathLike, unit: str = "step") -> Path | None:
+    """The checkpoint with the highest index, or None when the run has none."""
+    found = list_checkpoints(run_dir, unit)
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep_every: int = 0) -> None:
-    """Delete all but the latest checkpoint, keeping steps that are multiples of ``keep_every``."""
-    found = list_checkpoints(run_dir)
-    for step, path in found[:-1]:
-        if keep_every > 0 and step % keep_every == 0:
+def prune_checkpoints(run_dir: str | os.PathLike, keep_every: int = 0, keep: Sequence[int] = (),
+                      unit: str = "step") -> None:
+    """Delete all but the latest checkpoint, keeping indices that are multiples of ``keep_every``
+    and those in ``keep`` (the HoVerNet trainer keeps its best epoch)."""
+    found = list_checkpoints(run_dir, unit)
+    for index, path in found[:-1]:
+        if (keep_every > 0 and index % keep_every == 0) or index in keep:
             continue
         shutil.rmtree(path, ignore_errors=True)
 

@@ -14,6 +14,8 @@ from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
 from nasdm_aug.nets.presets import UNetConfig, get_preset
 
+from .schedule import step_decay_lr
+
 __all__ = ["DiffusionSettings", "TrainConfig", "TRAIN_PRESETS", "get_train_preset"]
 
 _KINDS = ("mask", "patch")
@@ -125,10 +127,7 @@ class TrainConfig(ConfigBase):
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update made at ``step`` (0-based): warm-up, then lr, then lr_after_drop."""
-        base = self.lr_after_drop if 0 < self.lr_drop_step <= step else self.lr
-        if self.warmup_steps > 0 and step < self.warmup_steps:
-            return base * (step + 1) / self.warmup_steps
-        return base
+        return step_decay_lr(step, self.lr, self.lr_after_drop, self.lr_drop_step or None, self.warmup_steps)
 
 
 # Per-preset training settings; the model comes from nets.get_preset(kind, name). The paper gives

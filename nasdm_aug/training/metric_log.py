@@ -1,5 +1,6 @@
 """Training metrics to ``log.jsonl`` (one JSON object per line) and, when the ``tensorboard``
-package is installed, to TensorBoard event files in ``RUN_DIR/tb``."""
+package is installed, to TensorBoard event files in ``RUN_DIR/tb``; used by both trainers (the
+NASDM trainer's records are keyed by ``step``, the HoVerNet trainer's by ``epoch``)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,14 @@ class MetricLogger:
 
     Args:
         run_dir: the run directory.
-        resume_step: the step training restarts from (0 for a fresh run).
+        resume_step: the step (or epoch) training restarts from (0 for a fresh run).
         tensorboard: mirror to TensorBoard when ``torch.utils.tensorboard`` imports.
+        key: the record field that counts progress (``"step"`` or ``"epoch"``).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True,
+                 key: str = "step") -> None:
+        self.key = key
         self.path = Path(run_dir) / LOG_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate(resume_step)
@@ -45,17 +49,17 @@ class MetricLogger:
     def _truncate(self, resume_step: int) -> None:
         if not self.path.is_file():
             return
-        kept = [r for r in read_log(self.path.parent) if int(r.get("step", 0)) <= resume_step]
+        kept = [r for r in read_log(self.path.parent) if int(r.get(self.key, 0)) <= resume_step]
         write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record (must hold ``step``); numbers also go to TensorBoard as ``train/<key>``."""
+        """Append one record (must hold the progress key); numbers also go to TensorBoard as ``train/<name>``."""
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+                if key != self.key and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, record[self.key])
 
     def close(self) -> None:
         """Flush and close the files."""

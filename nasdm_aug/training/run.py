@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ from nasdm_aug.utils import InputError
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .data import NASDMDataset, x_channels
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from .distributed import cleanup_distributed, init_distributed
 from .preview import SamplePreview
+from .run_dir import drop_replaced, prepare_run_dir, restore_replaced, resumed_config, write_run_record
 from .trainer import Trainer
 
 __all__ = ["train", "resolve_run_config", "check_model_fits"]
@@ -30,16 +30,7 @@ def resolve_run_config(out_dir: str | os.PathLike, config: TrainConfig | None, r
     Raises:
         InputError: nothing to resume, no config given, or a config that differs from the run's.
     """
-    saved_path = Path(out_dir) / "config.json"
-    if resume and saved_path.is_file():
-        saved = TrainConfig.load(saved_path)
-        if config is not None:
-            diff = sorted(k for k, v in config.replace(steps=saved.steps).to_dict().items() if saved.to_dict()[k] != v)
-            if diff:
-                raise InputError(f"{saved_path}: --resume with a config that differs from the run's in {diff}; only --steps may change")
-        config = saved if config is None else saved.replace(steps=config.steps)
-    if config is None:
-        raise InputError(f"{out_dir}: no config given and no config.json to resume from")
+    config = resumed_config(out_dir, config, TrainConfig, resume, may_change=("steps",))
     return config.replace(steps=steps) if steps is not None else config
 
 
@@ -63,35 +54,6 @@ def check_model_fits(config: TrainConfig, n_types: int, patch_size: int, learns_
                 f"model.{name} is {getattr(m, name)} but the data and diffusion need {want} "
                 f"({config.kind} model, {n_types} nuclei types, {patch_size}-px patches, var_type={config.diffusion.var_type!r})"
             )
-
-
-def replaced_dir(out: Path) -> Path:
-    """Where ``--overwrite`` keeps the old run until the new one has its first checkpoint."""
-    return out.with_name(out.name + ".replaced")
-
-
-def _prepare_dir(out: Path, resume: bool, overwrite: bool, dist: DistInfo) -> None:
-    if dist.is_main:
-        busy = out.exists() and any(out.iterdir())
-        if busy and not resume:
-            if not overwrite:
-                raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-            old = replaced_dir(out)
-            if old.exists() and latest_checkpoint(out) is None:
-                shutil.rmtree(out)  # an earlier --overwrite died before its first checkpoint: the old run waits in old
-            else:
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(out, old)
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
-
-
-def _drop_replaced(out: Path) -> None:
-    """The new run has a checkpoint: the run it replaces can go."""
-    old = replaced_dir(out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _preview(dataset: NASDMDataset, diffusion: Any, config: TrainConfig, out: Path, store: PatchStore) -> SamplePreview:
@@ -158,7 +120,7 @@ def train(
         dataset = NASDMDataset(store, kind, split)
         diffusion = config.diffusion.build()
         check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
-        _prepare_dir(out, resume, overwrite, dist)
+        prepare_run_dir(out, resume, overwrite, dist.is_main)
         from nasdm_aug.nets import build_model
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
@@ -193,19 +155,16 @@ def train(
         if ckpt is not None:
             trainer.load(ckpt)
         if dist.is_main:
-            config.save(out / "config.json")
-            (out / "data.json").write_text(json.dumps(data_info, indent=2, sort_keys=True) + "\n")
-        if dist.is_main:
-            trainer.after_checkpoint = lambda: _drop_replaced(out)
+            write_run_record(out, config, data_info)
+            trainer.after_checkpoint = lambda: drop_replaced(out)
         try:
             trainer.run()
         except BaseException:
-            if dist.is_main and replaced_dir(out).exists() and latest_checkpoint(out) is None:
-                shutil.rmtree(out)  # stopped before its first checkpoint: the replaced run comes back
-                os.replace(replaced_dir(out), out)
+            if dist.is_main:
+                restore_replaced(out)
             raise
         if dist.is_main:
-            _drop_replaced(out)
+            drop_replaced(out)
         return out
     finally:
         if started:

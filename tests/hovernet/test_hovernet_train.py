@@ -187,18 +187,26 @@ def test_overfit_few_patches():
     assert kept[0]["image"].dtype == np.uint8 and kept[0]["pred_inst"].max() >= 4
 
 
-def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
-    from hovernet.trainer import train_hovernet
+def test_resume_after_a_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
+    import hovernet.trainer as trainer
 
     items, cfg = _items(4), _cfg()
-    full = train_hovernet(items, tmp_path / "full", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
-    part = train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
-                          stop_after_epochs=1, progress=False)
-    assert part["epochs_done"] == 1
-    with pytest.raises(InputError, match="not empty"):
-        train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
-    rest = train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
-                          resume=True, progress=False)
+    full = trainer.train_hovernet(items, tmp_path / "full", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
+    end_epoch = trainer._end_epoch
+
+    def killed_after_first_checkpoint(*args, **kwargs):  # as a kill right after epoch 1 is saved
+        end_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_end_epoch", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
+    monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
+    assert sorted(p.name for p in (tmp_path / "part/checkpoints").iterdir()) == ["epoch_0001"]
+    with pytest.raises(InputError, match="already holds a run; pass --resume"):
+        trainer.train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
+    rest = trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
+                                  resume=True, progress=False)
     assert rest["epochs_done"] == full["epochs_done"] == 2
     from safetensors.torch import load_file
 
@@ -209,8 +217,21 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
     assert best["epoch"] == full["best_epoch"] and (tmp_path / "full" / best["path"]).is_dir()
     log = [json.loads(x) for x in (tmp_path / "full/log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in log] == [1, 2] and "dice" in log[0]["val"]
-    with pytest.raises(InputError, match="differs"):
-        train_hovernet(items, tmp_path / "part", cfg.replace(seed=5), resume=True, type_table=CONSEP, progress=False)
+    resumed_log = [json.loads(x) for x in (tmp_path / "part/log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed_log] == [1, 2]  # one record per epoch, none twice
+    with pytest.raises(InputError, match=r"differs from the run's in \['seed'\]"):
+        trainer.train_hovernet(items, tmp_path / "part", cfg.replace(seed=5), resume=True, type_table=CONSEP,
+                               progress=False)
+    # --overwrite: the old run waits aside until the new one has a checkpoint, and comes back if it dies first
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_hovernet(items, tmp_path / "part", cfg.replace(seed=5), type_table=CONSEP, overwrite=True,
+                               progress=False)
+    assert trainer.TrainConfig.load(tmp_path / "part/config.json") == cfg.replace(model=cfg.model.replace(n_types=4))
+    assert not (tmp_path / "part.replaced").exists()
 
 
 def test_cli_train_evaluate_predict(store, tmp_path):
