@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hovernet.config import PostprocessConfig, get_preset  # noqa: E402
+from hovernet.config import PostprocessConfig, get_hovernet_preset  # noqa: E402
 from hovernet.losses import HoVerNetLoss  # noqa: E402
 from hovernet.metrics import compute_pq  # noqa: E402
 from hovernet.model import HoVerNet  # noqa: E402
@@ -38,7 +38,7 @@ CONSEP = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep" / "T
 
 def train_speed(preset: str, steps: int, batch: int) -> dict[str, float]:
     """Patches/s of full training steps at 128 px, phase 1 (frozen encoder) and phase 2 (all layers)."""
-    cfg = get_preset(preset)
+    cfg = get_hovernet_preset(preset)
     torch.manual_seed(0)
     model = HoVerNet(cfg.model.replace(n_types=4))
     loss_fn = HoVerNetLoss(cfg.loss)

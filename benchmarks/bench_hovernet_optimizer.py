@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_recipe_sizes import _cpu  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from hovernet.config import get_preset  # noqa: E402
+from hovernet.config import get_hovernet_preset  # noqa: E402
 from hovernet.data import HoVerNetTrainDataset  # noqa: E402
 from hovernet.losses import HoVerNetLoss  # noqa: E402
 from hovernet.model import HoVerNet  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    cfg = get_preset(args.preset)
+    cfg = get_hovernet_preset(args.preset)
     ds = HoVerNetTrainDataset(SyntheticMixDataset(args.store, split=args.split, mode="real", ratio=1.0), True, 0)
     batches = []
     for b in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False):

@@ -18,9 +18,9 @@ def hovernet() -> None:
 
 def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
                     device: str | None, workers: int | None, encoder_weights: str | None):
-    from hovernet.config import TrainConfig, get_preset
+    from hovernet.config import HoVerNetConfig, get_hovernet_preset
 
-    cfg = TrainConfig.load(config) if config else get_preset(preset)
+    cfg = HoVerNetConfig.load(config) if config else get_hovernet_preset(preset)
     changes: dict = {}
     if epochs is not None:
         # both phases get N epochs and decay after half, the paper's 25 of 50
@@ -43,7 +43,7 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory")
 # -- recipe
 @click.option("--preset", type=click.Choice(["tiny", "paper"]), default="tiny", show_default=True)
-@click.option("--config", type=click.Path(dir_okay=False), default=None, help="full TrainConfig JSON (replaces --preset)")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="full HoVerNetConfig JSON (replaces --preset)")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="epochs per phase (lr decays after half)")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--encoder-weights", default=None, metavar="none|imagenet|FILE", help="encoder initialisation")

@@ -1,13 +1,13 @@
 """A HoVerNet on smp encoders for 128-px patches: targets, losses, post-processing, metrics, trainer."""
 
-from hovernet.config import PRESETS, LossConfig, ModelConfig, PostprocessConfig, TrainConfig, get_preset
+from hovernet.config import HOVERNET_PRESETS, LossConfig, ModelConfig, PostprocessConfig, HoVerNetConfig, get_hovernet_preset
 from hovernet.metrics import (
     HoVerNetMetrics, compute_aji, compute_dice, compute_iou, compute_pq, compute_type_stats, instance_types,
     match_instances, pairwise_iou, pq_from_stats,
 )
 
 __all__ = [
-    "ModelConfig", "LossConfig", "PostprocessConfig", "TrainConfig", "PRESETS", "get_preset",
+    "ModelConfig", "LossConfig", "PostprocessConfig", "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset",
     "HoVerNetMetrics", "compute_pq", "compute_aji", "compute_dice", "compute_iou", "compute_type_stats",
     "instance_types", "match_instances", "pairwise_iou", "pq_from_stats",
     # torch-heavy parts load lazily: hovernet.model, .losses, .postprocess, .targets, .data, .trainer, .evaluate

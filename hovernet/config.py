@@ -9,7 +9,7 @@ from typing import Literal
 
 from nasdm_aug.config import ConfigBase
 
-__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "TrainConfig", "PRESETS", "get_preset"]
+__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ POSTPROCESS_PRESETS = {"default": "", "monai": "monai", "hovernet": "hovernet"}
 
 
 @dataclass(frozen=True)
-class TrainConfig(ConfigBase):
+class HoVerNetConfig(ConfigBase):
     """The training recipe; every number of Sec. 4.3.2 of the NASDM paper lives here."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,23 +152,23 @@ class TrainConfig(ConfigBase):
         return self.phase1_epochs + self.phase2_epochs
 
 
-PRESETS: dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
+HOVERNET_PRESETS: dict[str, HoVerNetConfig] = {
+    "paper": HoVerNetConfig(),
     # CPU: resnet18 and thin decoders without dense units (full-resolution decoder work dominates
     # a CPU step); lr 1e-3 because only a few epochs fit a CPU
-    "tiny": TrainConfig(
+    "tiny": HoVerNetConfig(
         model=ModelConfig(encoder="resnet18", decoder_channels=(32, 24, 16, 16, 8), dense_units=0, growth=8),
         phase1_epochs=2, phase2_epochs=4, lr=1e-3, lr_decayed=1e-4, lr_decay_epoch=2, batch_size=8, val_every=2,
     ),
 }
 
 
-def get_preset(name: str) -> TrainConfig:
+def get_hovernet_preset(name: str) -> HoVerNetConfig:
     """Return a named preset.
 
     Raises:
         KeyError: unknown name; the message lists the presets.
     """
-    if name not in PRESETS:
-        raise KeyError(f"unknown HoVerNet preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    if name not in HOVERNET_PRESETS:
+        raise KeyError(f"unknown HoVerNet preset {name!r}; valid: {', '.join(sorted(HOVERNET_PRESETS))}")
+    return HOVERNET_PRESETS[name]

@@ -16,7 +16,7 @@ from nasdm_aug.training.checkpoint import check_weights_fit, read_safetensors, s
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hovernet.config import TrainConfig
+from hovernet.config import HoVerNetConfig
 from hovernet.metrics import HoVerNetMetrics
 from hovernet.model import HoVerNet
 from hovernet.postprocess import postprocess
@@ -45,14 +45,14 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return ckpts[-1]
 
 
-def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[HoVerNet, TrainConfig, dict[str, Any]]:
+def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[HoVerNet, HoVerNetConfig, dict[str, Any]]:
     """Rebuild a trained HoVerNet from its own config and weights (nothing is unpickled).
 
     Returns:
-        (model in eval mode, its TrainConfig, data info dict with ``type_table`` and ``patch_size``).
+        (model in eval mode, its HoVerNetConfig, data info dict with ``type_table`` and ``patch_size``).
     """
     ckpt = resolve_model_dir(path)
-    cfg = TrainConfig.load(ckpt / "config.json")
+    cfg = HoVerNetConfig.load(ckpt / "config.json")
     info = json.loads((ckpt / "data.json").read_text()) if (ckpt / "data.json").is_file() else {}
     weights = ckpt / "model.safetensors"
     header = safetensors_header(weights)
@@ -79,7 +79,7 @@ def type_table_of(info: dict[str, Any], n_types: int) -> NucleiTypeTable:
 
 
 @torch.no_grad()
-def predict_batch(model: HoVerNet, images: torch.Tensor, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def predict_batch(model: HoVerNet, images: torch.Tensor, cfg: HoVerNetConfig) -> tuple[np.ndarray, np.ndarray]:
     """Instances and types for images [N, 3, H, W] in [0, 1] (H, W multiples of 32).
 
     Returns:
@@ -104,7 +104,7 @@ class _EvalItems(Dataset):
                 "type": torch.as_tensor(as_label_map(item["type"], "type"))}
 
 
-def evaluate_model(model: HoVerNet, data: Dataset, cfg: TrainConfig, type_names: list[str] | None = None, *,
+def evaluate_model(model: HoVerNet, data: Dataset, cfg: HoVerNetConfig, type_names: list[str] | None = None, *,
                    batch_size: int = 8, num_workers: int = 0, n_keep: int = 0,
                    progress: bool = True) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """Score a model on a dataset of MONAI dicts (``image`` [3, H, W] in [0, 1], ``inst``, ``type``).

@@ -4,7 +4,7 @@ the checkpoint with the best validation Dice is kept. Resumable, and DDP under t
 
 Run directory::
 
-    OUT/config.json, data.json     the resolved TrainConfig; type table, patch size, data description
+    OUT/config.json, data.json     the resolved HoVerNetConfig; type table, patch size, data description
     OUT/log.jsonl                  one line per epoch: loss terms, lr, phase, validation metrics
     OUT/best.json                  {"epoch", "dice", "path"} of the best validation checkpoint
     OUT/checkpoints/epoch_XXXX/    config.json, data.json, model.safetensors, trainer_state.pt
@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from hovernet.config import TrainConfig
+from hovernet.config import HoVerNetConfig
 from hovernet.data import HoVerNetTrainDataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
@@ -49,7 +49,7 @@ __all__ = ["train_hovernet", "lr_at"]
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> tuple[int, float]:
+def lr_at(cfg: HoVerNetConfig, epoch: int) -> tuple[int, float]:
     """(phase, learning rate) of a 0-based epoch: each phase restarts at ``lr`` and decays once."""
     phase, in_phase = (1, epoch) if epoch < cfg.phase1_epochs else (2, epoch - cfg.phase1_epochs)
     return phase, step_decay_lr(in_phase, cfg.lr, cfg.lr_decayed, cfg.lr_decay_epoch)
@@ -65,7 +65,7 @@ def _resume_state(out: Path) -> dict[str, Any] | None:
     return state
 
 
-def _make_optimizer(model: HoVerNet, cfg: TrainConfig, phase: int) -> torch.optim.Optimizer:
+def _make_optimizer(model: HoVerNet, cfg: HoVerNetConfig, phase: int) -> torch.optim.Optimizer:
     model.freeze_encoder(phase == 1)
     params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel updates all parameters in one pass: 1.2x the phase-2 step on a 2-core CPU
@@ -77,7 +77,7 @@ def _make_optimizer(model: HoVerNet, cfg: TrainConfig, phase: int) -> torch.opti
 
 
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: HoVerNetLoss,
-                 dev: DistInfo, cfg: TrainConfig, epoch: int, progress: bool) -> dict[str, float]:
+                 dev: DistInfo, cfg: HoVerNetConfig, epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the loader; returns loss terms averaged over all samples of all ranks."""
     net.train()
     sums: dict[str, torch.Tensor] = {}
@@ -104,7 +104,7 @@ def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Opti
     return {k: float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
 
 
-def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainConfig, *,
+def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNetConfig, *,
                    val_data: Dataset | None = None, type_table: NucleiTypeTable | None = None,
                    patch_size: int | None = None, magnification: float | None = None, data_desc: str = "",
                    resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
             "magnification": magnification, "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
     out = Path(out_dir)
     try:
-        cfg = resumed_config(out, cfg, TrainConfig, resume)
+        cfg = resumed_config(out, cfg, HoVerNetConfig, resume)
         prepare_run_dir(out, resume, overwrite, dev.is_main, _UNIT)
         state = _resume_state(out) if resume else None
         if dev.is_main:
@@ -157,7 +157,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: TrainCo
         cleanup_distributed()
 
 
-def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: TrainConfig, info: dict[str, Any],
+def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNetConfig, info: dict[str, Any],
          dev: DistInfo, state: dict[str, Any] | None, progress: bool,
          type_table: NucleiTypeTable | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -206,7 +206,7 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: TrainCon
 
 
 def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], record: dict[str, Any], epoch: int,
-               cfg: TrainConfig, val_data: Dataset | None, out: Path, info: dict[str, Any],
+               cfg: HoVerNetConfig, val_data: Dataset | None, out: Path, info: dict[str, Any],
                type_table: NucleiTypeTable | None, progress: bool, logger: MetricLogger) -> None:
     """Rank 0: validate when due, log, checkpoint, track the best and prune (a kill between the log
     and the checkpoint leaves a record past the checkpoint, which the resumed logger drops)."""

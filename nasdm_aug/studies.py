@@ -147,9 +147,9 @@ def plan_study(store: PatchStore, rows: Sequence[StudyRow], config: StudyConfig)
 
 
 def _hovernet_config(config: StudyConfig, seed: int):
-    from hovernet.config import get_preset
+    from hovernet.config import get_hovernet_preset
 
-    cfg = get_preset(config.hovernet_preset).replace(seed=seed, device=config.device)
+    cfg = get_hovernet_preset(config.hovernet_preset).replace(seed=seed, device=config.device)
     if config.epochs:
         cfg = cfg.replace(phase1_epochs=config.epochs[0], phase2_epochs=config.epochs[1],
                           lr_decay_epoch=max(1, min(cfg.lr_decay_epoch, max(config.epochs) - 1)))

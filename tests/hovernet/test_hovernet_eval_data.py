@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli, main
-from hovernet.config import ModelConfig, TrainConfig
+from hovernet.config import ModelConfig, HoVerNetConfig
 from hovernet.eval_data import open_eval_data
 from nasdm_aug.data.prepare import PrepareConfig, prepare
 from nasdm_aug.data.store import PatchStore
@@ -39,7 +39,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evdata")
     prepare(PrepareConfig(format="toy", toy_images=3, toy_size=128, patch_size=64, stride=64, seed=4,
                           keep_source=str(root / "src"), out=str(root / "train.h5")), progress=False)
-    cfg = TrainConfig(model=SMALL, phase1_epochs=1, phase2_epochs=0, lr_decay_epoch=1, batch_size=2, augment=False,
+    cfg = HoVerNetConfig(model=SMALL, phase1_epochs=1, phase2_epochs=0, lr_decay_epoch=1, batch_size=2, augment=False,
                       device="cpu")
     train = store_dataset(root / "train.h5", None)
     train_hovernet(train, root / "run", cfg, type_table=LIZARD, patch_size=64, progress=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hovernet.config import LossConfig, ModelConfig, TrainConfig, get_preset
+from hovernet.config import LossConfig, ModelConfig, HoVerNetConfig, get_hovernet_preset
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
 from hovernet.targets import compute_targets
@@ -68,16 +68,16 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-def _cfg(**kw) -> TrainConfig:
+def _cfg(**kw) -> HoVerNetConfig:
     base = dict(model=SMALL, phase1_epochs=1, phase2_epochs=1, lr=1e-3, lr_decayed=1e-4, lr_decay_epoch=1,
                 batch_size=2, val_every=1, augment=True, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    return HoVerNetConfig(**base)
 
 
 @pytest.mark.parametrize("size", [64, 128])
 def test_output_shapes_match_input(size):
-    cfg = SMALL if size == 64 else get_preset("tiny").model
+    cfg = SMALL if size == 64 else get_hovernet_preset("tiny").model
     out = HoVerNet(cfg)(torch.rand(1, 3, size, size))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "np": (1, 2, size, size), "hv": (1, 2, size, size), "nc": (1, cfg.n_types + 1, size, size)}
@@ -151,11 +151,11 @@ def test_frozen_encoder_gets_no_gradient():
 def test_lr_schedule_per_phase():
     from hovernet.trainer import lr_at
 
-    cfg = get_preset("paper")
+    cfg = get_hovernet_preset("paper")
     assert [lr_at(cfg, e) for e in (0, 24, 25, 49, 50, 74, 75, 99)] == [
         (1, 1e-4), (1, 1e-4), (1, 1e-5), (1, 1e-5), (2, 1e-4), (2, 1e-4), (2, 1e-5), (2, 1e-5)]
     assert cfg.batch_size == 16 and cfg.val_every == 2 and cfg.model.encoder == "resnet50"
-    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert HoVerNetConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
 def test_overfit_few_patches():
@@ -230,7 +230,7 @@ def test_resume_after_a_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trainer.train_hovernet(items, tmp_path / "part", cfg.replace(seed=5), type_table=CONSEP, overwrite=True,
                                progress=False)
-    assert trainer.TrainConfig.load(tmp_path / "part/config.json") == cfg.replace(model=cfg.model.replace(n_types=4))
+    assert trainer.HoVerNetConfig.load(tmp_path / "part/config.json") == cfg.replace(model=cfg.model.replace(n_types=4))
     assert not (tmp_path / "part.replaced").exists()
 
 

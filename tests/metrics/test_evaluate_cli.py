@@ -60,11 +60,11 @@ def files(tmp_path_factory):
     torch.jit.script(_TinyFeatures()).save(str(feats))
     hv = root / "hovernet"
     hv.mkdir()
-    from hovernet.config import get_preset
+    from hovernet.config import get_hovernet_preset
     from hovernet.model import HoVerNet
 
     torch.manual_seed(0)
-    cfg = get_preset("tiny")
+    cfg = get_hovernet_preset("tiny")
     model = HoVerNet(cfg.model)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(hv / "model.safetensors"))
     cfg.save(hv / "config.json")
