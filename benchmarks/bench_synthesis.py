@@ -15,7 +15,6 @@ import json
 import resource
 import time
 
-import numpy as np
 import torch
 
 from nasdm_aug.generator import NASDMGenerator

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from nasdm_aug.types import MODEL_KINDS
+
 __all__ = ["train_command"]
 
 
@@ -35,7 +37,7 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 
 
 @click.command("train", context_settings={"show_default": True})
-@click.argument("kind", type=click.Choice(["mask", "patch"]))
+@click.argument("kind", type=click.Choice(MODEL_KINDS))
 # -- data
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="S.h5", help="PatchStore to train on.")
 @click.option("--split", default="Train", metavar="NAME", help="Split of the store to train on.")

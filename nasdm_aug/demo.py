@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.types import MODEL_KINDS
 from nasdm_aug.studies import STUDY_PRESETS, StudyConfig, ensure_store, run_studies
 from nasdm_aug.study_registry import PAPER_STUDIES
 from nasdm_aug.utils import write_text_atomic
@@ -34,7 +35,7 @@ def _toy_models(config: StudyConfig, out: Path, progress: bool) -> tuple[str, ..
     store = ensure_store(config, out, progress)
     n_types = PatchStore(store).type_table.n_types
     runs = []
-    for kind in ("mask", "patch"):
+    for kind in MODEL_KINDS:
         run = out / "models" / kind
         cfg = get_train_preset(kind, "tiny", image_size=config.patch_size, n_types=n_types).replace(
             steps=300, lr_drop_step=0, ckpt_every=100, sample_every=0)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from nasdm_aug.study_registry import STUDY_REGISTRY
-from nasdm_aug.utils import write_text_atomic
+from nasdm_aug.utils import atomic_output, write_text_atomic
 
 __all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
 
@@ -27,10 +26,9 @@ def _save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial")
-    fig.savefig(tmp, format="png")
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

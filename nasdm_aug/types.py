@@ -16,7 +16,12 @@ __all__ = [
     "PANNUKE",
     "TYPE_TABLES",
     "get_type_table",
+    "MODEL_KINDS",
 ]
+
+#: The two NASDM models: the mask model (nuclei layouts for a choice of types) and the patch model
+#: (H&E for a given layout). Run directories, configs and the CLI name them by these words.
+MODEL_KINDS: tuple[str, ...] = ("mask", "patch")
 
 
 @dataclass(frozen=True)

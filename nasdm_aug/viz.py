@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nasdm_aug.types import NucleiTypeTable
+from nasdm_aug.utils import atomic_output
 
 __all__ = ["colour_mask", "overlay_mask", "contact_sheet"]
 
@@ -94,8 +95,6 @@ def contact_sheet(
                 (tile.shape[1] * scale, tile.shape[0] * scale), Image.NEAREST)
             sheet.paste(img, (left + pad + c * (cell_w + pad), y))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_output(path, overwrite=True) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

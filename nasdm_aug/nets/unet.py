@@ -7,7 +7,6 @@ MaskUNet: a linear map of the type-presence vector added to the time embedding (
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasdm_aug.nets.layers import AttentionBlock, ResBlock, TimestepSequential, timestep_embedding, zero_module

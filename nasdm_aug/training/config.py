@@ -13,12 +13,12 @@ from nasdm_aug.diffusion.respace import create_diffusion
 from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
 from nasdm_aug.nets.presets import UNetConfig, get_preset
+from nasdm_aug.types import MODEL_KINDS
 
 from .schedule import step_decay_lr
 
 __all__ = ["DiffusionSettings", "TrainConfig", "TRAIN_PRESETS", "get_train_preset"]
 
-_KINDS = ("mask", "patch")
 
 
 def _values(enum_cls: type) -> list[str]:
@@ -104,8 +104,8 @@ class TrainConfig(ConfigBase):
     sample_sampler: str = ""  # sampler name for grids ("" = the sampling module's default)
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {list(_KINDS)}, got {self.kind!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {list(MODEL_KINDS)}, got {self.kind!r}")
         if self.model.kind != self.kind:
             raise ValueError(f"a {self.kind!r} run needs a {self.kind!r} model config, got model.kind={self.model.kind!r}")
         positive = ("batch_size", "steps", "log_every", "ckpt_every", "sample_count", "sample_steps")

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from nasdm_aug.data.masks import encode_mask, mask_channels, patch_condition, type_presence
 from nasdm_aug.data.store import PatchStore
+from nasdm_aug.types import MODEL_KINDS
 from nasdm_aug.utils import InputError
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 ModelKind = Literal["mask", "patch"]
-KINDS: tuple[str, ...] = ("mask", "patch")
+KINDS: tuple[str, ...] = MODEL_KINDS
 
 
 def x_channels(kind: str, n_types: int) -> int:

@@ -13,7 +13,6 @@ from nasdm_aug.data.prepare import PrepareConfig, format_summary, prepare
 from nasdm_aug.data.splits import SplitSpec, make_splits, split_counts, split_of
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import CONSEP, LIZARD
-from nasdm_aug.utils import InputError
 
 
 # -- splits -----------------------------------------------------------------------------------------
