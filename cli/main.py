@@ -3,11 +3,15 @@
 Commands load lazily (``COMMANDS`` maps a name to ``module:attribute`` and a one-line help), so
 ``nasdm-aug --help`` answers without importing torch. User errors (:class:`InputError`,
 ``click.ClickException``) print one line and exit 2; nothing else is caught.
+
+The library names what it needs by its parameters, in backticks (``pass `overwrite` to replace
+it``); for a user of the command line those names become the flags (``--overwrite``).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -28,7 +32,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# library parameters whose flag is not the parameter's own name
+_FLAG_OF = {"type_map": "--map", "fmt": "--format", "data_arg": "--data", "models": "--model"}
+
+
+def as_flags(message: str) -> str:
+    """A library message with its backticked parameter names (`patch_size`) as flags (--patch-size)."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: _FLAG_OF.get(m.group(1), "--" + m.group(1).replace("_", "-")),
+                  message)
+
+
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        from nasdm_aug.utils import InputError
+
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            flagged = as_flags(str(exc))
+            if flagged == str(exc):
+                raise
+            raise type(exc)(flagged) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 

@@ -175,7 +175,7 @@ def open_eval_data(data_arg: str | os.PathLike, model_dir: str | os.PathLike, *,
     model_mag = info.get("magnification")
     if not is_folder:
         if fmt:
-            raise InputError(f"--format {fmt} reads a dataset folder, but --data {data_arg} is a store")
+            raise InputError(f"`fmt` {fmt} reads a dataset folder, but `data_arg` {data_arg} is a store")
         store, split, n = open_eval_store(path, split)
         if model_table is not None:
             check_same_types(f"test store {path}", store.type_table, model_what, model_table)
@@ -191,12 +191,12 @@ def open_eval_data(data_arg: str | os.PathLike, model_dir: str | os.PathLike, *,
     from nasdm_aug.data.readers import READERS
 
     if not fmt:
-        raise InputError(f"--data {path} is a dataset folder: pass --format ({', '.join(sorted(READERS))})")
+        raise InputError(f"`data_arg` {path} is a dataset folder: pass `fmt` ({', '.join(sorted(READERS))})")
     if not info.get("patch_size"):
         raise InputError(f"{ckpt}/data.json records no patch size: prepare {path} with `nasdm-aug prepare` "
-                         "and pass the store as --data")
+                         "and pass the store as `data_arg`")
     if magnification and model_mag:
-        check_same_scale(f"--magnification {magnification:g}", {"magnification": magnification}, model_what,
+        check_same_scale(f"`magnification` {magnification:g}", {"magnification": magnification}, model_what,
                          {"magnification": model_mag})
     mag = float(magnification or model_mag or 0.0)
     patch = int(info["patch_size"])

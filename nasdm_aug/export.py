@@ -65,10 +65,10 @@ def parse_type_map(text: str | None) -> dict[str, str]:
             continue
         src, sep, dst = part.partition("=")
         if not sep or not src.strip() or not dst.strip():
-            raise InputError(f"--map entry {part.strip()!r} is not SOURCE=TARGET (e.g. lymphocyte=inflammatory)")
+            raise InputError(f"`type_map` entry {part.strip()!r} is not SOURCE=TARGET (e.g. lymphocyte=inflammatory)")
         key = src.strip()
         if key in out:
-            raise InputError(f"--map names {key!r} twice")
+            raise InputError(f"`type_map` names {key!r} twice")
         out[key] = dst.strip()
     return out
 
@@ -90,10 +90,10 @@ def resolve_type_map(source: NucleiTypeTable, target: NucleiTypeTable, mapping: 
     where = f"format {fmt!r}" if fmt else f"type table {target.name!r}"
     for k, v in mapping.items():
         if k.lower() not in src_names:
-            raise InputError(f"--map: {k!r} is not a type of the store's table {source.name!r} "
+            raise InputError(f"`type_map`: {k!r} is not a type of the store's table {source.name!r} "
                              f"({', '.join(source.names)})")
         if v.lower() != DROP and v.lower() not in dst_names:
-            raise InputError(f"--map: {v!r} is not a type of {where} ({', '.join(target.names)}; or {DROP!r})")
+            raise InputError(f"`type_map`: {v!r} is not a type of {where} ({', '.join(target.names)}; or {DROP!r})")
     lut = np.zeros(source.n_types + 1, np.int64)
     lost = []
     given = {k.lower(): v.lower() for k, v in mapping.items()}
@@ -108,7 +108,7 @@ def resolve_type_map(source: NucleiTypeTable, target: NucleiTypeTable, mapping: 
     if lost:
         raise InputError(
             f"{where} holds the types {', '.join(target.names)}; the store's types {', '.join(lost)} "
-            f"({source.name!r}) have no place there and would be lost: map them with --map "
+            f"({source.name!r}) have no place there and would be lost: map them with `type_map` "
             f"{lost[0]}=TYPE,... (or {lost[0]}={DROP} to leave those nuclei out)")
     return lut
 
@@ -135,7 +135,7 @@ class _Item:
 def _items(store: PatchStore, split: str | None, bank: PatchStore | None, mix: Any | None) -> tuple[list[_Item], dict | None]:
     if mix is None:
         if bank is not None:
-            raise InputError("a bank is exported only as part of a mix: give --mode (add, replace, synthetic or balance)")
+            raise InputError("a bank is exported only as part of a mix: give `mode` (add, replace, synthetic or balance)")
         if split is not None and split not in store.splits:
             raise InputError(f"{store.path}: no split {split!r} (splits: {', '.join(store.splits) or 'none'})")
         idx = store.indices(split)
@@ -215,7 +215,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
     bank_store = PatchStore(bank) if bank is not None else None
     if spec.table is None:
         if type_map:
-            raise InputError(f"format {fmt!r} keeps the store's own types ({real.type_table.name!r}); --map is "
+            raise InputError(f"format {fmt!r} keeps the store's own types ({real.type_table.name!r}); `type_map` is "
                              "only for formats with a fixed class list (conic, pannuke)")
         table, lut = real.type_table, None
     else:

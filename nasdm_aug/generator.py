@@ -67,7 +67,7 @@ def resolve_model_dirs(model: Sequence[str | os.PathLike] | str | os.PathLike) -
     if len(values) == 1 and (named := named_model_dir(str(values[0]))) is not None:
         return named / "mask", named / "patch"
     if not 1 <= len(values) <= 2:
-        raise InputError(f"--model takes a shipped model ({', '.join(NAMED_MODELS)}) or one or two run directories "
+        raise InputError(f"`model` takes a shipped model ({', '.join(NAMED_MODELS)}) or one or two run directories "
                          f"(mask, patch), got {len(values)}")
     found: dict[str, Path] = {}
     for value in values:
@@ -78,10 +78,10 @@ def resolve_model_dirs(model: Sequence[str | os.PathLike] | str | os.PathLike) -
             raise InputError(f"{path}: checkpoint {ckpt.name} has no config.json")
         kind = TrainConfig.load(config_path).kind
         if kind in found:
-            raise InputError(f"{path}: both --model runs are {kind} models; give one mask and one patch run")
+            raise InputError(f"{path}: both `model` runs are {kind} models; give one mask and one patch run")
         found[kind] = path
     if "patch" not in found:
-        raise InputError(f"--model needs a patch run; got only a {', '.join(found)} run")
+        raise InputError(f"`model` needs a patch run; got only a {', '.join(found)} run")
     return found.get("mask"), found["patch"]
 
 

@@ -240,7 +240,7 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     changed = _stale(run_dir, fingerprint)
     if changed and not overwrite:
         raise InputError(f"{run_dir}: made with another configuration ({'; '.join(changed)}); rerun with "
-                         "--overwrite to replace it, or use another --out")
+                         "`overwrite` to replace it, or use another `out`")
     if changed:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -380,8 +380,8 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
         if stale:
             d, c = stale[0]
             raise InputError(f"{out}: {len(stale)} of {len(runs)} finished or partial runs were made with another "
-                             f"configuration (e.g. {d.relative_to(out)}: {'; '.join(c)}); rerun with --overwrite to "
-                             "replace them, or use another --out")
+                             f"configuration (e.g. {d.relative_to(out)}: {'; '.join(c)}); rerun with `overwrite` to "
+                             "replace them, or use another `out`")
     config.save(out / "config.json")
     results = []
     bar = tqdm(placed, desc="study runs", unit="run", disable=not progress)

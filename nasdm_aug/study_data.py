@@ -45,7 +45,7 @@ def ensure_store(config: StudyConfig, out: Path, progress: bool) -> Path:
     from nasdm_aug.data.prepare import PrepareConfig, prepare
 
     if config.source_format != "toy" and not config.source:
-        raise InputError(f"preset {config.name!r} needs the dataset folder: pass --source DIR (or --store STORE.h5)")
+        raise InputError(f"preset {config.name!r} needs the dataset folder: pass `source` DIR (or `store` STORE.h5)")
     try:
         prep = PrepareConfig(format=config.source_format, src=config.source, out=str(path),
                              patch_size=config.patch_size, stride=config.stride, seed=config.seed,
@@ -168,8 +168,8 @@ def check_not_study_data(folder: Path, config: StudyConfig, store: PatchStore | 
     """Testing on the folder the study trains on would score the models on their own training images."""
     mine = {Path(p).resolve() for p in (config.source, store.attrs.get("source_dir", "") if store else "") if p}
     if folder.resolve() in mine:
-        raise InputError(f"--test {folder} is the study's own dataset folder; its images are already split "
-                         "into Train/R1/R2/Test (leave --test out to test on its Test split)")
+        raise InputError(f"`test` {folder} is the study's own dataset folder; its images are already split "
+                         "into Train/R1/R2/Test (leave `test` out to test on its Test split)")
 
 
 def _test_prepare_config(folder: Path, config: StudyConfig, store: PatchStore, target: Path):
@@ -180,7 +180,7 @@ def _test_prepare_config(folder: Path, config: StudyConfig, store: PatchStore, t
     fmt = config.source_format if config.source_format != "toy" else store.attrs.get("source_format", "")
     if not fmt:
         raise InputError(f"study store {store.path} records no source format, so {folder} cannot be prepared "
-                         "like it; prepare it with `nasdm-aug prepare` and pass --test STORE.h5")
+                         "like it; prepare it with `nasdm-aug prepare` and pass `test` STORE.h5")
     return eval_prepare_config(folder, fmt, target, patch_size=store.patch_size,
                                stride=int(like.get("stride") or config.stride),
                                magnification=store.magnification or 0.0,
@@ -196,12 +196,12 @@ def _check_prepared(path: Path, want) -> None:
     old_src = have.get("src") or have.get("keep_source") or ""
     if not old_src or Path(old_src).resolve() != Path(want.src).resolve():
         raise InputError(f"{path} was prepared from {old_src or 'another source'}, not {want.src}; "
-                         "delete it or use another --out")
+                         "delete it or use another `out`")
     wanted = want.to_dict()
     diffs = [f"{k} {have.get(k)!r}, now {v!r}" for k, v in wanted.items() if k not in _UNCOMPARED and have.get(k) != v]
     if diffs:
         raise InputError(f"{path} was prepared from {want.src} with other settings ({'; '.join(diffs)}); "
-                         "delete it or use another --out")
+                         "delete it or use another `out`")
 
 
 def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,
@@ -228,8 +228,8 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
                 banks[name] = PatchStore(path)
                 continue
             needing = sorted({r.study for r in rows if r.bank == name})
-            flag = "--balance-bank" if name == "B" else f"--{name.lower()}"
-            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass --model "
+            flag = "`balance_bank`" if name == "B" else f"`{name.lower()}`"
+            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass `model` "
                              f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
         opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
         attrs = None
@@ -250,7 +250,7 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
                 banks[name] = PatchStore(path)
                 continue
             if not overwrite:
-                raise InputError(f"{path}: {problem}; rerun with --overwrite to make it again, or use another --out")
+                raise InputError(f"{path}: {problem}; rerun with `overwrite` to make it again, or use another `out`")
         device = None if config.device == "auto" else config.device
         synthesize(synth, path, device=device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
         banks[name] = PatchStore(path)

@@ -188,8 +188,8 @@ def synthesize(
 def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | None:
     if config.types or config.combinations:
         if gen.mask_model is None:
-            raise InputError("generated masks (--types, --balance-for) need a mask model: pass the mask run as "
-                             "well as the patch run to --model")
+            raise InputError("generated masks need a mask model: pass the mask run as well as the patch run "
+                             "to `model`")
         if config.types:
             resolve_types(config.types, 1, gen.type_table)  # unknown names fail before any work
         else:
@@ -253,7 +253,7 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
                 why = f"from a mask store of other contents (hash {old.get('masks_sha256')}, now {masks_sha})"
             else:
                 why = f"with other arguments ({', '.join(_changed_keys(old['config'], record['config']))})"
-            raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass --overwrite "
+            raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass `overwrite` "
                              "to discard it")
     if parts.exists():
         shutil.rmtree(parts)

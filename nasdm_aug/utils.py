@@ -33,7 +33,7 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
+        raise InputError(f"{path} already exists; pass `overwrite` to replace it")
     return path
 
 

@@ -72,7 +72,7 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_text("done")
     assert target.read_text() == "done"
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(InputError, match="pass `overwrite` to replace it"):
         with atomic_output(target):
             pass
     with atomic_output(target, overwrite=True) as tmp:
@@ -90,3 +90,17 @@ def test_cli_help_and_version():
 
     for name, (_, line) in COMMANDS.items():
         assert name in res.output and line[:20] in res.output
+
+
+def test_the_cli_names_flags_where_the_library_names_parameters(tmp_path):
+    """The library's backticked parameter names reach command-line users as flags."""
+    from click.testing import CliRunner
+
+    from cli.main import as_flags, cli
+
+    assert as_flags("pass `overwrite` or lower `patch_size`; `type_map` entry; `nasdm-aug prepare`") == (
+        "pass --overwrite or lower --patch-size; --map entry; `nasdm-aug prepare`")
+    args = ["toy", str(tmp_path / "toy"), "--images", "1", "--seed", "0", "--size", "32", "--quiet"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    res = CliRunner().invoke(cli, args)
+    assert isinstance(res.exception, InputError) and str(res.exception).endswith("pass --overwrite to replace it")

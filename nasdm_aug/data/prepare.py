@@ -262,7 +262,7 @@ def _prepare_from(config: PrepareConfig, fmt: str, src: str, progress: bool) -> 
         if summary["patches"] == 0:  # raised inside the writer: the partial store is removed
             raise InputError(f"{_source_dir(config, src)}: none of the {len(names)} images gave a patch ({config.patch_size}-px patches at "
                              f"{config.target():g}x, at least {config.min_tissue:.0%} tissue): the images are "
-                             "smaller than a patch or hold too little tissue; lower --patch-size")
+                             "smaller than a patch or hold too little tissue; lower `patch_size`")
         seconds = time.perf_counter() - start
         summary.update(seconds=round(seconds, 3), images_per_s=round(summary["images"] / seconds, 3),
                        patches_per_s=round(summary["patches"] / seconds, 3))

@@ -224,7 +224,7 @@ def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False
     if config.segmenter:
         segment, names = load_segmenter(config.segmenter, config.device)
         if names != list(syn.type_table.names) and len(names) != syn.type_table.n_types:
-            raise InputError(f"--segmenter {config.segmenter}: predicts {len(names)} types, the stores have "
+            raise InputError(f"`segmenter` {config.segmenter}: predicts {len(names)} types, the stores have "
                              f"{syn.type_table.n_types}")
         result["fidelity"] = fidelity_metrics(segment, real, real_idx, syn, syn_idx, config.batch_size, progress)
         result["fidelity"]["indices"] = [int(i) for i in syn_idx]

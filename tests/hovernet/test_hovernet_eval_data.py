@@ -91,7 +91,7 @@ def test_magnification_recorded_by_the_model(data, tmp_path):
         with open_eval_data(store, run):
             pass
     assert str(exc.value) == f"test store {store} is at 20x but model {run} is at 10x magnification"
-    with pytest.raises(InputError, match="--magnification 20 is at 20x but model .* is at 10x"):
+    with pytest.raises(InputError, match="`magnification` 20 is at 20x but model .* is at 10x"):
         with open_eval_data(data / "src", run, fmt="lizard", magnification=20.0):
             pass
 

@@ -203,7 +203,7 @@ def test_resume_after_a_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
         trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
     monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
     assert sorted(p.name for p in (tmp_path / "part/checkpoints").iterdir()) == ["epoch_0001"]
-    with pytest.raises(InputError, match="already holds a run; pass --resume"):
+    with pytest.raises(InputError, match="already holds a run; pass `resume`"):
         trainer.train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
     rest = trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
                                   resume=True, progress=False)

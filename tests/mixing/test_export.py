@@ -161,7 +161,7 @@ def test_refuses_types_the_format_cannot_hold(stores, tmp_path):
     with pytest.raises(InputError) as err:
         export(real, tmp_path / "p", "pannuke", progress=False)
     msg = str(err.value)
-    assert "neutrophil, lymphocyte, plasma, eosinophil" in msg and "would be lost" in msg and "--map" in msg
+    assert "neutrophil, lymphocyte, plasma, eosinophil" in msg and "would be lost" in msg and "`type_map`" in msg
     assert not (tmp_path / "p").exists()
     with pytest.raises(InputError, match="'giant' is not a type of format 'pannuke'"):
         resolve_type_map(LIZARD, PANNUKE, {"neutrophil": "giant"}, "pannuke")

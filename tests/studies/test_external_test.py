@@ -142,7 +142,7 @@ def test_dataset_folder_is_prepared_like_the_study_store(study_store, folder, tm
     with pytest.raises(InputError) as exc:
         resolve_test_set(cfg.replace(test=str(other)), study, out)
     assert str(exc.value) == (f"{out / 'data' / 'test.h5'} was prepared from {folder.resolve()}, not "
-                              f"{other.resolve()}; delete it or use another --out")
+                              f"{other.resolve()}; delete it or use another `out`")
     # the same folder with other settings (a study store at another stride) is refused too
     restrided = tmp_path / "restrided.h5"
     prepare(PrepareConfig(format="toy", toy_images=4, toy_size=128, patch_size=32, stride=32, magnification=10.0,

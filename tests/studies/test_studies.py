@@ -77,7 +77,7 @@ def test_bad_input(real, tmp_path):
     with pytest.raises(InputError, match="real-vs-synthetic needs a non-empty 'R1' split"):
         check_store(PatchStore(no_r1), STUDIES["real-vs-synthetic"])
     cfg = StudyConfig(store=str(real), model=(), n_runs=1)
-    with pytest.raises(InputError, match="needs the synthetic bank S2: pass --model"):
+    with pytest.raises(InputError, match="needs the synthetic bank S2: pass `model`"):
         run_studies(cfg, "replacement", tmp_path / "out", progress=False)
 
 

@@ -109,7 +109,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store_path, tmp_path,
 def test_fresh_run_refuses_an_existing_one(store_path, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    with pytest.raises(InputError, match="--resume"):
+    with pytest.raises(InputError, match="`resume`"):
         train("patch", store_path, "Train", small_config("patch"), tmp_path / "run", progress=False)
 
 
