@@ -20,6 +20,7 @@ from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_tor
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
+from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.utils import InputError
@@ -168,7 +169,7 @@ class NASDMGenerator:
         patch_config: its TrainConfig.
         type_table: the nuclei types both models were trained on.
         mask_model: the mask U-Net and its config (None: only ``generate_patches`` works).
-        device: where the models run (default: cuda when available, else cpu).
+        device: where the models run (None or "auto": this rank's GPU when there is one, else the CPU).
         dtype: float32, or bfloat16 for autocast sampling.
         model_hash: an identifier of the weights, recorded in synthetic stores.
     """
@@ -187,7 +188,7 @@ class NASDMGenerator:
     ) -> None:
         if dtype not in (torch.float32, torch.bfloat16):
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         self.dtype = dtype
         self.type_table = type_table
         self.patch_model = patch_model.to(self.device).eval()
@@ -223,7 +224,7 @@ class NASDMGenerator:
                 ``"consep-cpu"``; then ``patch_run`` is ignored), or None for a patch-only generator.
             patch_run: the patch model's run directory.
             ema: load EMA weights (default) rather than the raw ones.
-            device: default cuda when available, else cpu.
+            device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
             dtype: float32 or bfloat16 (autocast).
 
         Raises:
@@ -233,7 +234,7 @@ class NASDMGenerator:
             mask_run, patch_run = named / "mask", named / "patch"
         if patch_run is None:
             raise InputError("a patch model run directory is required")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(device)
         patch_model, patch_config = cls._load(patch_run, "patch", ema, device)
         patch_info = load_data_info(patch_run)
         table = NucleiTypeTable.from_json(patch_info["type_table"])

@@ -234,6 +234,7 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
     """
     from hovernet.evaluate import evaluate_model, load_hovernet
     from hovernet.trainer import train_hovernet
+    from nasdm_aug.training.distributed import pick_device
 
     bank = banks.get(row.bank) if row.bank else None
     fingerprint = run_fingerprint(row, seed, store, bank, config)
@@ -258,7 +259,7 @@ def run_one(row: StudyRow, seed: int, store: PatchStore, banks: dict[str, PatchS
                    type_table=store.type_table, patch_size=store.patch_size, magnification=store.magnification,
                    resume=resume,
                    data_desc=f"{row.study}: {row.label} (seed {seed})", progress=progress)
-    model, cfg, _ = load_hovernet(model_dir, "cpu" if config.device == "auto" else config.device)
+    model, cfg, _ = load_hovernet(model_dir, pick_device(config.device))
     metrics, _ = evaluate_model(model, test_data, cfg, list(store.type_table.names), progress=False)
     plan = data.plan()
     result = {"study": row.study, "row": row.label, "seed": seed, "metrics_version": METRICS_VERSION,

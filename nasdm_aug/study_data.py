@@ -251,8 +251,7 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
                 continue
             if not overwrite:
                 raise InputError(f"{path}: {problem}; rerun with `overwrite` to make it again, or use another `out`")
-        device = None if config.device == "auto" else config.device
-        synthesize(synth, path, device=device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
+        synthesize(synth, path, device=config.device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
         banks[name] = PatchStore(path)
     return banks
 

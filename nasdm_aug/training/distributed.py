@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier", "process_rank"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier", "process_rank", "pick_device"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+def pick_device(device: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """The one meaning of a device argument everywhere: None or ``"auto"`` is this rank's GPU when
+    there is one, else the CPU; ``"cuda"`` without an index is this rank's GPU; anything else as given."""
     if device is not None and str(device) != "auto":
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
@@ -67,7 +69,7 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -67,3 +67,14 @@ def test_two_gloo_ranks_end_identical(store_path, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[-1]["samples_per_s"] / records[-1]["it_per_s"] == 2 * WORLD  # global batch
     assert records[-1]["epoch"] == 3 * 2 * WORLD / 4
+
+
+def test_one_meaning_of_device():
+    from nasdm_aug.training.distributed import pick_device
+
+    gpu = torch.cuda.is_available()
+    for auto in (None, "auto"):
+        assert pick_device(auto, local_rank=0) == (torch.device("cuda", 0) if gpu else torch.device("cpu"))
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)  # this rank's GPU
+    assert pick_device("cuda:3", local_rank=1) == torch.device("cuda", 3)
