@@ -10,6 +10,7 @@ the batch size, on kills, or on the number of ranks.
 
 from __future__ import annotations
 
+import enum
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -31,7 +32,15 @@ from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_di
 from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
 from nasdm_aug.viz import colour_mask, contact_sheet
 
-__all__ = ["SynthesizeConfig", "synthesize", "plan_jobs", "combination_presence"]
+__all__ = ["SynthesizeConfig", "Source", "synthesize", "plan_jobs", "combination_presence"]
+
+
+class Source(str, enum.Enum):
+    """Where a bank's masks come from (exactly one of the config's three source fields is set)."""
+
+    MASKS = "masks"  # a real store's masks: one synthetic patch per mask (S1 / S2)
+    TYPES = "types"  # generated masks for a choice of types ("all", "random", names), num of them
+    COMBINATIONS = "combinations"  # generated masks per explicit type combination, with counts
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,10 @@ class SynthesizeConfig(ConfigBase):
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
 
     def __post_init__(self) -> None:
-        if bool(self.masks) + bool(self.types) + bool(self.combinations) != 1:
-            raise ValueError("give exactly one source: masks (a real store) or types (generated masks) "
-                             "or combinations (generated masks per type combination)")
+        given = [s.value for s in Source if getattr(self, s.value)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one source, not {' and '.join(given) or 'none'}: masks (a real store) "
+                             "or types (generated masks) or combinations (generated masks per type combination)")
         if self.combinations and self.num:
             raise ValueError(f"num ({self.num}) applies to types; combinations carry their own counts")
         for combo in self.combinations:
@@ -80,6 +90,11 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def source(self) -> Source:
+        """Which of ``masks``, ``types`` and ``combinations`` this config draws its masks from."""
+        return next(s for s in Source if getattr(self, s.value))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SynthesizeConfig":
@@ -104,9 +119,9 @@ def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
     Raises:
         InputError: an unreadable store, a split it lacks, indices out of range, or no masks at all.
     """
-    if config.types:
+    if config.source is Source.TYPES:
         return np.full(config.num, -1, np.int64)
-    if config.combinations:
+    if config.source is Source.COMBINATIONS:
         return np.full(sum(split_combination(c)[1] for c in config.combinations), -1, np.int64)
     store = PatchStore(config.masks)
     if config.indices:
@@ -186,11 +201,11 @@ def synthesize(
 
 
 def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | None:
-    if config.types or config.combinations:
+    if config.source is not Source.MASKS:
         if gen.mask_model is None:
             raise InputError("generated masks need a mask model: pass the mask run as well as the patch run "
                              "to `model`")
-        if config.types:
+        if config.source is Source.TYPES:
             resolve_types(config.types, 1, gen.type_table)  # unknown names fail before any work
         else:
             combination_presence(config.combinations, gen.type_table)
@@ -285,7 +300,7 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | No
         if made_by != model_weights_hash(mask_run, patch_run, config.ema):
             return f"made by models with other weights (hash {made_by})"
         made_from = (bank.attrs.get("provenance") or {}).get("parent_sha256")
-        if config.masks and made_from is not None and made_from != file_digest(config.masks):
+        if config.source is Source.MASKS and made_from is not None and made_from != file_digest(config.masks):
             return f"made from a mask store of other contents (hash {made_from})"
         n_jobs = len(plan_jobs(config))
         if len(bank) != n_jobs:
@@ -303,7 +318,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
                 batch_size=config.batch_size)
     if real is None:
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
-        types = config.types or combination_presence(config.combinations, gen.type_table)[start:stop]
+        types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
         inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, **opts)
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
