@@ -60,14 +60,14 @@ def _toy_store(path: Path, seed: int) -> None:
 
 def bench_evaluate(root: Path, max_patches: int) -> dict:
     from nasdm_aug.generator import TOY_MODEL_DIR
-    from nasdm_aug.metrics.evaluate import EvaluateConfig, evaluate
+    from nasdm_aug.metrics.evaluate import EvaluateConfig, evaluate_bank
 
     real, other = root / "toy0.h5", root / "toy1.h5"
     _toy_store(real, 0)
     _toy_store(other, 1)
     cfg = EvaluateConfig(real=str(real), synthetic=str(other), max_patches=max_patches, cache=False)
     t = time.perf_counter()
-    r = evaluate(cfg, root / "real_vs_real", progress=False)
+    r = evaluate_bank(cfg, root / "real_vs_real", progress=False)
     out = {"real_vs_real": {"n": [r["real"]["n"], r["synthetic"]["n"]], "fid": round(r["generative"]["fid"], 2),
                             "kid": round(r["generative"]["kid"]["mean"], 5),
                             "is": round(r["generative"]["is_synthetic"]["mean"], 2),
@@ -80,7 +80,7 @@ def bench_evaluate(root: Path, max_patches: int) -> dict:
     bank = root / "bank.h5"
     synthesize(SynthesizeConfig(masks=str(real), split="R2"), bank, progress=False)
     t = time.perf_counter()
-    r = evaluate(EvaluateConfig(real=str(real), real_split="Train", synthetic=str(bank), max_patches=max_patches,
+    r = evaluate_bank(EvaluateConfig(real=str(real), real_split="Train", synthetic=str(bank), max_patches=max_patches,
                                 cache=False), root / "toy_bank", progress=False)
     out["toy_bank"] = {"n": [r["real"]["n"], r["synthetic"]["n"]], "fid": round(r["generative"]["fid"], 2),
                        "kid": round(r["generative"]["kid"]["mean"], 5), "seconds": round(time.perf_counter() - t, 1)}

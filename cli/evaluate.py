@@ -61,7 +61,7 @@ def evaluate(real_arg: str, synthetic: str, segmenter: str | None, inception: st
     if dry_run:
         click.echo(config.to_json())
         return
-    from nasdm_aug.metrics.evaluate import evaluate as run_evaluate
+    from nasdm_aug.metrics.evaluate import evaluate_bank as run_evaluate
 
     result = run_evaluate(config, out, overwrite=overwrite)
     g = result["generative"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from nasdm_aug.hardware import DTYPES, LAYOUTS
 from nasdm_aug.sampling.samplers import SAMPLERS
 from nasdm_aug.utils import InputError
 
@@ -51,20 +52,23 @@ from nasdm_aug.utils import InputError
               help="--sampler ddim: noise per step (0 deterministic, the default; 1 DDPM-like).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Sampling precision.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Sampling precision (default float32; auto: bfloat16 where this machine runs it natively).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+              help="Memory layout of the models and samples (default channels_last).")
 @click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: GPU when available).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
 def synthesize(models, masks, split, indices, types, num, combinations, balance_for, target, ratio, out, overwrite,
-               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, device, config_path,
+               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, device, config_path,
                dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
     given = {"masks": masks, "split": split, "types": types, "num": num, "guidance": guidance, "seed": seed,
-             "batch_size": batch_size, "dtype": dtype}
+             "batch_size": batch_size, "dtype": dtype, "layout": layout}
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations

@@ -335,10 +335,11 @@ class HoVerNetMetrics:
         onehot = lambda a, c: torch.nn.functional.one_hot(torch.as_tensor(a, dtype=torch.long), c).permute(2, 0, 1)[None]  # noqa: E731
         bin_p, bin_g = onehot(pi > 0, 2), onehot(gi > 0, 2)
         c = self.n_types + 1
-        tp_, tg_ = onehot(np.where(pi > 0, pt, 0).clip(0, c - 1), c), onehot(np.where(gi > 0, gtt, 0).clip(0, c - 1), c)
+        types_p = onehot(np.where(pi > 0, pt, 0).clip(0, c - 1), c)
+        types_g = onehot(np.where(gi > 0, gtt, 0).clip(0, c - 1), c)
         # rows [1, C]: the reduction over channels happens in aggregate()
         for key, (p_, g_, bg) in {"dice": (bin_p, bin_g, False), "dice_with_bg": (bin_p, bin_g, True),
-                                  "dice_types": (tp_, tg_, False)}.items():
+                                  "dice_types": (types_p, types_g, False)}.items():
             self._pixel[key].append(monai_dice(p_, g_, include_background=bg, ignore_empty=True))
             self._pixel[key.replace("dice", "miou")].append(
                 monai_iou(p_, g_, include_background=bg, ignore_empty=True))

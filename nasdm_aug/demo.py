@@ -62,10 +62,10 @@ def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool 
     config = config.replace(model=_toy_models(config, out, progress))
     config.save(out / "config.json")
     summary = run_studies(config, "all", out, progress=progress, overwrite=overwrite)
-    return write_report(summary, out)
+    return write_demo_report(summary, out)
 
 
-def write_report(summary: dict[str, Any], out: Path) -> Path:
+def write_demo_report(summary: dict[str, Any], out: Path) -> Path:
     """``report.md`` (and the same as one offline page, ``report.html``): notice, data, sample
     sheet, tables and plots."""
     from nasdm_aug.report import format_tables

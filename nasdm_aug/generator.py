@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
+from nasdm_aug.hardware import LAYOUTS, memory_format
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.utils import InputError
 
 __all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "DEFAULT_GUIDANCE", "resolve_types",
@@ -171,6 +172,8 @@ class NASDMGenerator:
         mask_model: the mask U-Net and its config (None: only ``generate_patches`` works).
         device: where the models run (None or "auto": this rank's GPU when there is one, else the CPU).
         dtype: float32, or bfloat16 for autocast sampling.
+        layout: ``"channels_last"`` (default: the faster U-Net forward on the CPUs measured) or
+            ``"contiguous"`` (NCHW); the models and every sampled tensor take it.
         model_hash: an identifier of the weights, recorded in synthetic stores.
     """
 
@@ -184,16 +187,22 @@ class NASDMGenerator:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        layout: str = "channels_last",
         model_hash: str = "",
     ) -> None:
         if dtype not in (torch.float32, torch.bfloat16):
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
+        if layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
+        self._format = memory_format(layout)
         self.device = pick_device(device)
         self.dtype = dtype
         self.type_table = type_table
-        self.patch_model = patch_model.to(self.device).eval()
+        self.patch_model = patch_model.to(self.device, memory_format=self._format).eval()
         self.patch_config = patch_config
-        self.mask_model = mask_model.to(self.device).eval() if mask_model is not None else None
+        self.mask_model = (mask_model.to(self.device, memory_format=self._format).eval()
+                           if mask_model is not None else None)
         self.mask_config = mask_config
         self.model_hash = model_hash
         #: objective power of the training data (from the run's data.json); None where not recorded
@@ -216,6 +225,7 @@ class NASDMGenerator:
         ema: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        layout: str = "channels_last",
     ) -> "NASDMGenerator":
         """Load the models from run (or checkpoint) directories, each rebuilt from its own config.
 
@@ -226,6 +236,7 @@ class NASDMGenerator:
             ema: load EMA weights (default) rather than the raw ones.
             device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
             dtype: float32 or bfloat16 (autocast).
+            layout: ``"channels_last"`` or ``"contiguous"`` (see the class).
 
         Raises:
             InputError: a missing or broken run directory, or models of different type tables/sizes.
@@ -250,7 +261,7 @@ class NASDMGenerator:
             check_same_scale(f"mask model {mask_run}", mask_info, f"patch model {patch_run}", patch_info)
             files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
         gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
-                  model_hash=_file_hash(files))
+                  layout=layout, model_hash=_file_hash(files))
         gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
         return gen
 
@@ -277,7 +288,14 @@ class NASDMGenerator:
     def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampling: SamplerOptions | None,
                 guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
         model = self.mask_model if kind == "mask" else self.patch_model
-        model_fn = classifier_free_guidance(model, guidance)
+        guided = classifier_free_guidance(model, guidance)
+        fmt = self._format
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            return guided(x.contiguous(memory_format=fmt), t, cond=cond)
+
+        if cond.dim() == 4:
+            cond = cond.contiguous(memory_format=fmt)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,

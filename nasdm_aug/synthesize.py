@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from nasdm_aug.config import ConfigBase
@@ -26,6 +25,7 @@ from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.hardware import DTYPES, LAYOUTS, resolve_dtype
 from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import SamplerOptions, sample_seed
 from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
@@ -62,7 +62,8 @@ class SynthesizeConfig(ConfigBase):
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
-    dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
+    dtype: str = "float32"  # "float32", "bfloat16" (autocast) or "auto" (bfloat16 where it is native)
+    layout: str = "channels_last"  # memory layout of the models and samples: "channels_last" or "contiguous"
 
     def __post_init__(self) -> None:
         given = [s.value for s in Source if getattr(self, s.value)]
@@ -88,8 +89,10 @@ class SynthesizeConfig(ConfigBase):
             )
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def source(self) -> Source:
@@ -172,10 +175,8 @@ def synthesize(
         check_writable(out, overwrite)
     jobs = plan_jobs(config)
     mask_run, patch_run = resolve_model_dirs(config.model)
-    gen = NASDMGenerator.from_pretrained(
-        mask_run, patch_run, ema=config.ema, device=dist.device,
-        dtype=torch.bfloat16 if config.dtype == "bfloat16" else torch.float32,
-    )
+    gen = NASDMGenerator.from_pretrained(mask_run, patch_run, ema=config.ema, device=dist.device,
+                                         dtype=resolve_dtype(config.dtype, dist.device), layout=config.layout)
     real = _check_fit(config, gen)
     parts = out.with_name(out.name + ".parts")
     masks_sha = file_digest(config.masks) if real is not None else ""
@@ -228,6 +229,8 @@ def _as_current(recorded: Any) -> Any:
     version cannot read stays as it is (and so compares unequal)."""
     if not isinstance(recorded, dict):
         return recorded
+    if "layout" not in recorded:  # made before the layout was a choice: in NCHW
+        recorded = {**recorded, "layout": "contiguous"}
     try:
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):
@@ -336,6 +339,7 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
+                  "dtype": str(gen.dtype).replace("torch.", ""), "layout": gen.layout,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.masks) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),

@@ -26,7 +26,7 @@ from nasdm_aug.metrics.inception import InceptionExtractor
 from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present
 from nasdm_aug.utils import InputError
 
-__all__ = ["EvaluateConfig", "evaluate", "generative_metrics", "fidelity_metrics", "mask_model_checks",
+__all__ = ["EvaluateConfig", "evaluate_bank", "generative_metrics", "fidelity_metrics", "mask_model_checks",
            "load_segmenter"]
 
 Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -180,7 +180,7 @@ def _open(path: str, what: str) -> PatchStore:
     return PatchStore(path)
 
 
-def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False,
+def evaluate_bank(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Evaluate a synthetic bank against real patches and write the report folder ``out``.
 
@@ -195,7 +195,7 @@ def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False
         InputError: unreadable stores, an unknown split, fewer than 2 patches on a side,
             different type tables, a bad segmenter or Inception file, or an existing ``out``.
     """
-    from nasdm_aug.metrics.report import write_report
+    from nasdm_aug.metrics.report import write_bank_report
     from nasdm_aug.utils import check_writable
 
     check_writable(out, overwrite)
@@ -228,6 +228,6 @@ def evaluate(config: EvaluateConfig, out: str | Path, *, overwrite: bool = False
                              f"{syn.type_table.n_types}")
         result["fidelity"] = fidelity_metrics(segment, real, real_idx, syn, syn_idx, config.batch_size, progress)
         result["fidelity"]["indices"] = [int(i) for i in syn_idx]
-    write_report(result, config, syn, out, overwrite=overwrite, segment=segment if config.segmenter else None)
+    write_bank_report(result, config, syn, out, overwrite=overwrite, segment=segment if config.segmenter else None)
     return result
 

@@ -16,7 +16,7 @@ from nasdm_aug.html_report import write_html_report
 from nasdm_aug.utils import atomic_output, json_safe
 from nasdm_aug.viz import contact_sheet, overlay_mask
 
-__all__ = ["write_report", "markdown_report", "json_safe"]
+__all__ = ["write_bank_report", "markdown_report", "json_safe"]
 
 _CRITERIA = (("dice", "Boundary Dice of matched nuclei", "up"), ("boundary_f1", "Boundary F1 (2 px)", "up"),
              ("type_accuracy", "Type accuracy of matched nuclei", "up"), ("missing_rate", "Missing nuclei rate", "down"),
@@ -108,7 +108,7 @@ def _patch_sheet(syn: PatchStore, indices: list[int], scores: list[float], segme
                   row_titles=[f"#{i} s={s:.2f}" for i, s in zip(indices, scores)])
 
 
-def write_report(result: dict[str, Any], config: Any, syn: PatchStore, out: str | Path, *, overwrite: bool = False,
+def write_bank_report(result: dict[str, Any], config: Any, syn: PatchStore, out: str | Path, *, overwrite: bool = False,
                  segment: Callable | None = None) -> Path:
     """Write ``metrics.json``, ``report.md``, ``config.json``, the best/worst PNGs and ``report.html``
     (all of it in one offline page) to ``out`` atomically."""

@@ -271,6 +271,10 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
         recorded.update(sampler=sampling["sampler"], steps=sampling["steps"])
         f.attrs["config"] = json.dumps(recorded)
     assert finished_bank_problem(old, cfg) is None
+    with h5py.File(old, "r+") as f:  # no layout recorded: made before it was a choice, in NCHW
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "layout"})
+    assert finished_bank_problem(old, cfg) == "made with other arguments (layout)"
+    assert finished_bank_problem(old, cfg.replace(layout="contiguous")) is None
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
