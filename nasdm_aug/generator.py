@@ -194,15 +194,13 @@ class NASDMGenerator:
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
         if layout not in LAYOUTS:
             raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        self.layout = layout
-        self._format = memory_format(layout)
+        self.layout, self._format = layout, memory_format(layout)
         self.device = pick_device(device)
         self.dtype = dtype
         self.type_table = type_table
         self.patch_model = patch_model.to(self.device, memory_format=self._format).eval()
         self.patch_config = patch_config
-        self.mask_model = (mask_model.to(self.device, memory_format=self._format).eval()
-                           if mask_model is not None else None)
+        self.mask_model = None if mask_model is None else mask_model.to(self.device, memory_format=self._format).eval()
         self.mask_config = mask_config
         self.model_hash = model_hash
         #: objective power of the training data (from the run's data.json); None where not recorded
