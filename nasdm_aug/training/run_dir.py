@@ -90,7 +90,7 @@ def resumed_config(out: str | os.PathLike, config: C | None, cls: type[C], resum
         mine, theirs = config.to_dict(), saved.replace(**keep).to_dict()  # type: ignore[attr-defined]
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
-            allowed = f"; only {', '.join(may_change)} may change" if may_change else ""
+            allowed = f"; only {', '.join(f'`{k}`' for k in may_change)} may change" if may_change else ""
             raise InputError(f"{saved_path}: resuming with a config that differs from the run's in {diff}{allowed}")
         return saved.replace(**keep)  # type: ignore[attr-defined]
     if config is None:
