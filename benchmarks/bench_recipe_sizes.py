@@ -10,22 +10,17 @@ Prints the CPU beside the numbers: compare ratios within one run, not across mac
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import time
 
 import torch
 
+from nasdm_aug.hardware import describe_machine
 from nasdm_aug.nets import build_model, get_preset
 
 
 def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        model = platform.processor()
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}"
+    """The machine beside the numbers (CPU model, torch CPU capability, bf16 native or not, torch)."""
+    return describe_machine()
 
 
 def main() -> None:
