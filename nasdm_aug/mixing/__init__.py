@@ -1,9 +1,10 @@
-"""Mixing NASDM synthetic patches into training: a MONAI Dataset and swap transforms (paper Sec. 4.3)."""
+"""Mixing NASDM synthetic patches into training: a MONAI Dataset and swap transforms (paper Sec. 4.3).
 
-from nasdm_aug.mixing.array import PatchGenerator, RandSyntheticSwap
+The plans, modes and balance planning import without MONAI, so the CLI can list the modes at
+start-up; the MONAI dataset and transforms load on first use (as ``hovernet`` does).
+"""
+
 from nasdm_aug.mixing.balance import BalanceSynthesisPlan, plan_balance_synthesis, resolve_target, type_counts
-from nasdm_aug.mixing.dataset import HoVerTargetsd, LoadMixPatchd, SyntheticMixDataset, open_store
-from nasdm_aug.mixing.dictionary import RandSyntheticSwapd, RandSyntheticSwapD, RandSyntheticSwapDict
 from nasdm_aug.mixing.plan import (MIX_MODES, MODES, MixConfig, MixMode, MixPlan, Mode, build_plan, check_bank_fits,
                                    count_of, planned_counts)
 
@@ -14,3 +15,19 @@ __all__ = [
     "RandSyntheticSwap", "RandSyntheticSwapd", "RandSyntheticSwapD", "RandSyntheticSwapDict", "PatchGenerator",
     "type_counts", "resolve_target", "plan_balance_synthesis", "BalanceSynthesisPlan",
 ]
+
+_LAZY = {
+    "PatchGenerator": "nasdm_aug.mixing.array", "RandSyntheticSwap": "nasdm_aug.mixing.array",
+    "SyntheticMixDataset": "nasdm_aug.mixing.dataset", "LoadMixPatchd": "nasdm_aug.mixing.dataset",
+    "HoVerTargetsd": "nasdm_aug.mixing.dataset", "open_store": "nasdm_aug.mixing.dataset",
+    "RandSyntheticSwapd": "nasdm_aug.mixing.dictionary", "RandSyntheticSwapD": "nasdm_aug.mixing.dictionary",
+    "RandSyntheticSwapDict": "nasdm_aug.mixing.dictionary",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nasdm_aug.mixing' has no attribute {name!r}")
