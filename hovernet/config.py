@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from nasdm_aug.config import ConfigBase
+from nasdm_aug.types import LAYOUT_CHOICES
 
 __all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset"]
 
@@ -133,6 +134,9 @@ class HoVerNetConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPUs
+    # memory layout of the network in training: "auto" (the faster one here, measured once per
+    # machine and model: nasdm_aug.hardware.fastest_layout), "channels_last" or "contiguous"
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         if self.phase1_epochs < 0 or self.phase2_epochs < 0 or self.phase1_epochs + self.phase2_epochs < 1:
@@ -145,6 +149,8 @@ class HoVerNetConfig(ConfigBase):
                              f"{self.val_every}, {self.num_workers}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
 
     @property
     def epochs(self) -> int:

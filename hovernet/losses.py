@@ -1,5 +1,5 @@
 """HoVerNet's loss (Graham et al., 2019, Eq. 1-4): np CE + Dice, hv MSE + gradient MSE inside
-nuclei, nc CE + Dice; built from MONAI's DiceLoss and SobelGradients, as MONAI's HoVerNetLoss.
+nuclei, nc CE + Dice; built from MONAI's DiceLoss and SobelGradients' kernels, as MONAI's HoVerNetLoss.
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+from monai.networks.layers import separable_filtering
 from monai.transforms import SobelGradients
 from torch import nn
 
@@ -31,12 +32,18 @@ class HoVerNetLoss(nn.Module):
         self.cfg = cfg or LossConfig()
         # the settings of MONAI's HoVerNetLoss: Dice summed over channels, pooled over the batch
         self.dice = DiceLoss(softmax=True, smooth_dr=1e-3, smooth_nr=1e-3, reduction="sum", batch=True)
-        self.sobel_v = SobelGradients(kernel_size=5, spatial_axes=0)
-        self.sobel_h = SobelGradients(kernel_size=5, spatial_axes=1)
+        # MONAI's HoVerNetLoss kernels (SobelGradients, size 5), applied with MONAI's
+        # separable_filtering on plain tensors: the SobelGradients transform returns MetaTensors,
+        # whose bookkeeping the loss and its backward would then carry
+        sobel = SobelGradients(kernel_size=5)
+        self.register_buffer("k_diff", sobel.kernel_diff.clone(), persistent=False)
+        self.register_buffer("k_smooth", sobel.kernel_smooth.clone(), persistent=False)
 
     def _hv_grad(self, hv: torch.Tensor) -> torch.Tensor:
         """d/dx of the horizontal map and d/dy of the vertical map: [N, 2, H, W]."""
-        return torch.stack([self.sobel_h(hv[:, 0]), self.sobel_v(hv[:, 1])], dim=1)
+        d, s = self.k_diff.to(hv.dtype), self.k_smooth.to(hv.dtype)
+        return torch.cat([separable_filtering(hv[:, :1], [s, d], mode="reflect"),
+                          separable_filtering(hv[:, 1:], [d, s], mode="reflect")], dim=1)
 
     def _ce_dice(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)

@@ -11,8 +11,8 @@ Run directory::
 
 The run directory is handled as the NASDM trainer's is (``nasdm_aug.training.run_dir``,
 ``checkpoint``, ``metric_log``): refused without resume or overwrite, a replaced run kept until the
-new one has a checkpoint, resumed only with the same config, checkpoints written atomically and
-pruned to the latest and the best, the log truncated to the resumed epoch.
+new one has a checkpoint, resumed only with the same config (the ``layout`` may change), checkpoints
+written atomically and pruned to the latest and the best, the log truncated to the resumed epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from hovernet.data import HoVerNetTrainDataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
+from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
 from nasdm_aug.training.checkpoint import (latest_checkpoint, prune_checkpoints, read_safetensors, read_torch_state,
                                            write_checkpoint)
 from nasdm_aug.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
@@ -44,7 +45,7 @@ from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, write_text_atomic
 
-__all__ = ["train_hovernet", "lr_at"]
+__all__ = ["train_hovernet", "lr_at", "resolve_layout"]
 
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
 
@@ -76,8 +77,47 @@ def _make_optimizer(model: HoVerNet, cfg: HoVerNetConfig, phase: int) -> torch.o
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[int, ...],
+                   recorded: str | None = None) -> str:
+    """The memory layout a run trains in: ``cfg.layout``, or for ``"auto"`` the one the run was
+    started with (``recorded``), else the faster of the two for a phase-2 step of this model and
+    batch on this machine (:func:`nasdm_aug.hardware.fastest_layout`, measured once and cached).
+
+    The measurement builds its own model, optimizer and random batch of ``image_shape`` [3, H, W],
+    under a forked RNG: the run's weights and data order are the same whichever layout wins.
+    """
+    if cfg.layout != "auto":
+        return cfg.layout
+    if recorded in LAYOUTS:
+        return recorded  # type: ignore[return-value]
+    b, (c, h, w) = cfg.batch_size, image_shape
+    autocast = cfg.precision == "bf16"
+
+    def make_step(fmt: torch.memory_format):
+        model = HoVerNet(cfg.model).to(device, memory_format=fmt).train()
+        opt = _make_optimizer(model, cfg, phase=2)
+        loss_fn = HoVerNetLoss(cfg.loss).to(device)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(b, c, h, w, generator=gen).to(device).contiguous(memory_format=fmt)
+        target = {"np": torch.randint(0, 2, (b, h, w), generator=gen).to(device),
+                  "hv": (torch.rand(b, 2, h, w, generator=gen) * 2 - 1).to(device),
+                  "nc": torch.randint(0, cfg.model.n_types + 1, (b, h, w), generator=gen).to(device)}
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                pred = model(x)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(pred, target)["loss"].backward()
+            opt.step()
+        return step
+
+    key = f"hovernet {cfg.model.to_json(indent=None)} batch={b} image={c}x{h}x{w} precision={cfg.precision}"
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return fastest_layout(key, make_step, device)[0]
+
+
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: HoVerNetLoss,
-                 dev: DistInfo, cfg: HoVerNetConfig, epoch: int, progress: bool) -> dict[str, float]:
+                 dev: DistInfo, cfg: HoVerNetConfig, epoch: int, progress: bool, fmt: torch.memory_format) -> dict[str, float]:
     """One pass over the loader; returns loss terms averaged over all samples of all ranks."""
     net.train()
     sums: dict[str, torch.Tensor] = {}
@@ -86,6 +126,7 @@ def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Opti
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and dev.is_main), leave=False)
     for batch in bar:
         batch = {k: v.to(dev.device, non_blocking=True) for k, v in batch.items()}
+        batch["image"] = batch["image"].contiguous(memory_format=fmt)
         with autocast:
             pred = net(batch["image"])
         terms = loss_fn(pred, batch)
@@ -125,8 +166,9 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
         progress: tqdm bars.
 
     Returns:
-        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history`` and ``run_dir``
-        (validation and best tracking happen on rank 0; other ranks return ``best_epoch`` -1).
+        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history``, ``run_dir`` and
+        ``layout`` (the memory layout it trained in, see :func:`resolve_layout`). Validation and
+        best tracking happen on rank 0; other ranks return ``best_epoch`` -1.
 
     Raises:
         InputError: a non-empty run directory without resume/overwrite, a config that differs
@@ -139,7 +181,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
             "magnification": magnification, "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
     out = Path(out_dir)
     try:
-        cfg = resumed_config(out, cfg, HoVerNetConfig, resume)
+        cfg = resumed_config(out, cfg, HoVerNetConfig, resume, may_change=("layout",))
         prepare_run_dir(out, resume, overwrite, dev.is_main, _UNIT)
         state = _resume_state(out) if resume else None
         if dev.is_main:
@@ -160,13 +202,16 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
 def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNetConfig, info: dict[str, Any],
          dev: DistInfo, state: dict[str, Any] | None, progress: bool,
          type_table: NucleiTypeTable | None) -> dict[str, Any]:
+    ds = HoVerNetTrainDataset(train_data, cfg.augment, cfg.seed)
+    layout = _agreed_layout(cfg, dev, tuple(ds[0]["image"].shape), state.get("layout") if state else None)
+    fmt = memory_format(layout)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = HoVerNet(cfg.model).to(dev.device)
-    st = {"epoch": 0, "best_dice": -math.inf, "best_epoch": -1, "history": []}
+    model = HoVerNet(cfg.model).to(dev.device, memory_format=fmt)
+    st = {"epoch": 0, "best_dice": -math.inf, "best_epoch": -1, "history": [], "layout": layout}
     if state is not None:
         model.load_state_dict(state.pop("weights"))
-        st.update({k: state[k] for k in st})
-    ds = HoVerNetTrainDataset(train_data, cfg.augment, cfg.seed)
+        st.update({k: state[k] for k in st if k in state})
+        st["layout"] = layout
     sampler = DistributedSampler(ds, num_replicas=dev.world_size, rank=dev.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=dev.device.type == "cuda")
@@ -191,7 +236,7 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "lr": lr,
-                                      **_train_epoch(net, loader, opt, loss_fn, dev, cfg, epoch, progress)}  # type: ignore[arg-type]
+                                      **_train_epoch(net, loader, opt, loss_fn, dev, cfg, epoch, progress, fmt)}  # type: ignore[arg-type]
             record["patches_per_s"] = len(ds) / (time.perf_counter() - t0)
             if dev.is_main:
                 _end_epoch(model, opt, st, record, epoch, cfg, val_data, out, info, type_table, progress,
@@ -202,7 +247,16 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
         if logger is not None:
             logger.close()
     return {"epochs_done": st["epoch"], "best_epoch": st["best_epoch"], "best_dice": st["best_dice"],
-            "history": st["history"], "run_dir": str(out)}
+            "history": st["history"], "run_dir": str(out), "layout": layout}
+
+
+def _agreed_layout(cfg: HoVerNetConfig, dev: DistInfo, image_shape: tuple[int, ...], recorded: str | None) -> str:
+    """:func:`resolve_layout` on rank 0, the same answer on every rank (one layout per DDP job)."""
+    layout = resolve_layout(cfg, dev.device, image_shape, recorded) if dev.is_main else LAYOUTS[0]
+    if dev.enabled:
+        vote = all_reduce_sum(torch.tensor([float(LAYOUTS.index(layout))], device=dev.device))  # only rank 0 adds its index
+        layout = LAYOUTS[int(vote[0])]
+    return layout
 
 
 def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], record: dict[str, Any], epoch: int,

@@ -7,17 +7,23 @@ bf16 convolution is about ten times slower than fp32, so bf16 is never chosen wh
 from __future__ import annotations
 
 import functools
+import json
+import os
 import platform
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-__all__ = ["DTYPES", "LAYOUTS", "cpu_flags", "native_bf16", "resolve_dtype", "memory_format", "describe_machine"]
+from nasdm_aug.types import LAYOUT_CHOICES, LAYOUTS
+from nasdm_aug.utils import write_text_atomic
+
+__all__ = ["DTYPES", "LAYOUTS", "LAYOUT_CHOICES", "cpu_flags", "native_bf16", "resolve_dtype", "memory_format",
+           "describe_machine", "layout_cache_path", "fastest_layout"]
 
 DTYPES = ("float32", "bfloat16", "auto")
-# how sampling lays tensors out; channels_last sampled 1.25-1.52x faster than NCHW with the same
-# patches on the AVX512 box (benchmarks/RESULTS.md, Synthesis: channels_last and bf16)
-LAYOUTS = ("channels_last", "contiguous")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -83,3 +89,75 @@ def describe_machine() -> str:
     if torch.cuda.is_available():
         out += f", {torch.cuda.get_device_name()}"
     return out
+
+
+def layout_cache_path() -> Path:
+    """Where :func:`fastest_layout` keeps its measurements: ``$NASDM_AUG_CACHE/layouts.json``, else
+    ``$XDG_CACHE_HOME/nasdm-aug/layouts.json`` (``~/.cache`` when unset)."""
+    base = os.environ.get("NASDM_AUG_CACHE")
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "nasdm-aug")
+    return Path(base) / "layouts.json"
+
+
+def _read_cache(path: Path) -> dict:
+    """The cached measurements, or an empty dict where the file is missing or not ours."""
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable[[], object]],
+                   device: torch.device | str = "cpu", repeats: int = 3) -> tuple[str, dict[str, float]]:
+    """The faster memory layout for a training step, measured here once and cached.
+
+    ``make_step(memory_format)`` builds a throwaway copy of the step (model, optimizer and a batch
+    in that layout) and returns a function that runs one step. Each layout runs one warm-up step,
+    then ``repeats`` timed steps interleaved with the other's; the lower median wins. The result is
+    cached in :func:`layout_cache_path` under ``key`` and this machine's description, CPU threads
+    and device, so a later run of the same model on the same machine reuses it without timing.
+
+    Args:
+        key: what the step depends on besides the machine (model config, batch shape, dtype).
+        make_step: see above.
+        device: where the step runs.
+        repeats: timed steps per layout.
+
+    Returns:
+        (layout name in ``LAYOUTS``, {layout: median seconds per step}); the medians are the cached
+        ones when the cache answered.
+    """
+    device = torch.device(device)
+    full_key = f"{describe_machine()} | threads={torch.get_num_threads()} | {device} | {key}"
+    path = layout_cache_path()
+    cache = _read_cache(path)
+    hit = cache.get(full_key)
+    if isinstance(hit, dict) and hit.get("layout") in LAYOUTS and isinstance(hit.get("seconds"), dict):
+        return hit["layout"], dict(hit["seconds"])
+    steps = {name: make_step(memory_format(name)) for name in LAYOUTS}
+    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    for name, step in steps.items():  # warm-up: allocator, oneDNN primitive caches
+        step()
+    _sync(device)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    best = min(LAYOUTS, key=lambda n: seconds[n])
+    cache[full_key] = {"layout": best, "seconds": seconds}
+    try:  # a cache that cannot be written costs a new measurement next time, nothing else
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+    return best, seconds

@@ -17,11 +17,22 @@ __all__ = [
     "TYPE_TABLES",
     "get_type_table",
     "MODEL_KINDS",
+    "LAYOUTS",
+    "LAYOUT_CHOICES",
 ]
 
 #: The two NASDM models: the mask model (nuclei layouts for a choice of types) and the patch model
 #: (H&E for a given layout). Run directories, configs and the CLI name them by these words.
 MODEL_KINDS: tuple[str, ...] = ("mask", "patch")
+
+# how sampling lays tensors out; channels_last sampled 1.25-1.52x faster than NCHW with the same
+# patches on the AVX512 box (benchmarks/RESULTS.md, Synthesis: channels_last and bf16)
+LAYOUTS = ("channels_last", "contiguous")
+# how the trainers lay tensors out: "auto" times a few steps of each layout once per machine and
+# model (nasdm_aug.hardware.fastest_layout), because the faster one differs by machine: channels_last
+# trained the patch U-Net 1.03-1.42x faster than NCHW on the AVX512 box (benchmarks/RESULTS.md) and
+# 0.92x on an AVX2-only one (131.7 against 120.9 ms per sample, tiny preset, 64 px)
+LAYOUT_CHOICES = ("auto",) + LAYOUTS
 
 
 @dataclass(frozen=True)

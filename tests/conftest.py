@@ -8,6 +8,10 @@ from pathlib import Path
 # Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning threads made
 # convolutions ~10x slower; on an idle one this costs nothing measurable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the trainers' layout measurements go to a cache of this test session, not the user's ~/.cache
+import tempfile  # noqa: E402
+
+os.environ.setdefault("NASDM_AUG_CACHE", tempfile.mkdtemp(prefix="nasdm-aug-cache-"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import torch
 
@@ -32,3 +35,47 @@ def test_this_machines_flags_are_read():
     if not flags:
         pytest.skip("no /proc/cpuinfo flags on this machine")
     assert hw.native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def _steps(seconds: dict, calls: list):
+    """make_step for fastest_layout whose layouts take the given seconds per step."""
+    def make_step(fmt):
+        name = "channels_last" if fmt == torch.channels_last else "contiguous"
+
+        def step():
+            calls.append(name)
+            time.sleep(seconds[name])
+        return step
+    return make_step
+
+
+def test_fastest_layout_measures_once_per_machine_and_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("NASDM_AUG_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    best, secs = hw.fastest_layout("model A", _steps({"channels_last": 0.03, "contiguous": 0.001}, calls), repeats=3)
+    assert best == "contiguous" and secs["channels_last"] > secs["contiguous"]
+    assert calls.count("channels_last") == calls.count("contiguous") == 4  # warm-up + 3 interleaved
+    cached = json.loads((tmp_path / "cache" / "layouts.json").read_text())
+    (key,) = cached
+    assert "model A" in key and hw.describe_machine() in key and cached[key]["layout"] == "contiguous"
+
+    def unused(fmt):
+        raise AssertionError("a cached key must not be timed again")
+    assert hw.fastest_layout("model A", unused)[0] == "contiguous"
+    # another key (model, batch) is measured on its own
+    calls.clear()
+    assert hw.fastest_layout("model B", _steps({"channels_last": 0.001, "contiguous": 0.03}, calls))[0] == "channels_last"
+    assert calls and len(json.loads((tmp_path / "cache" / "layouts.json").read_text())) == 2
+
+
+def test_fastest_layout_survives_a_broken_or_unwritable_cache(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "layouts.json").write_text("{not json")
+    monkeypatch.setenv("NASDM_AUG_CACHE", str(cache))
+    assert hw.fastest_layout("m", _steps({"channels_last": 0.001, "contiguous": 0.02}, []), repeats=1)[0] == "channels_last"
+    assert json.loads((cache / "layouts.json").read_text())  # rewritten whole
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NASDM_AUG_CACHE", str(blocker / "sub"))  # a directory that cannot be made
+    assert hw.fastest_layout("m", _steps({"channels_last": 0.02, "contiguous": 0.001}, []), repeats=1)[0] == "contiguous"

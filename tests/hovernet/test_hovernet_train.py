@@ -137,6 +137,8 @@ def test_loss_equals_monai_hovernet_loss():
         {names[k]: v for k, v in pred.items()},
         {names["np"]: onehot(target["np"], 2), names["hv"]: target["hv"], names["nc"]: onehot(target["nc"], 5)})
     assert float(ours["loss"]) == pytest.approx(float(ref), rel=1e-5)
+    # plain tensors throughout: no MONAI metadata bookkeeping in the loss or its backward
+    assert all(type(v) is torch.Tensor for v in ours.values())
     assert set(ours) == {"loss", "np_ce", "np_dice", "hv_mse", "hv_mse_grad", "nc_ce", "nc_dice"}
 
 
@@ -156,6 +158,29 @@ def test_lr_schedule_per_phase():
         (1, 1e-4), (1, 1e-4), (1, 1e-5), (1, 1e-5), (2, 1e-4), (2, 1e-4), (2, 1e-5), (2, 1e-5)]
     assert cfg.batch_size == 16 and cfg.val_every == 2 and cfg.model.encoder == "resnet50"
     assert HoVerNetConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_augmented_items_are_plain_aligned_and_seeded():
+    """Augmented items come as plain tensors (MONAI's metadata tracking is restored after), their
+    targets are those of the augmented label maps, and an item depends on (seed, epoch, index) only."""
+    from monai.data import get_track_meta
+
+    from hovernet.data import HoVerNetTrainDataset
+
+    items = _items(3, seed=5)
+    ds = HoVerNetTrainDataset(items, augment=True, seed=7)
+    assert get_track_meta()
+    a = [ds[i] for i in range(3)]
+    assert get_track_meta()  # the scoped switch put MONAI's global setting back
+    assert all(type(v) is torch.Tensor for item in a for v in item.values())
+    again = HoVerNetTrainDataset(items, augment=True, seed=7)
+    assert all(torch.equal(a[2][k], again[2][k]) for k in a[2])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[2]["hv"], a[2]["hv"]) or not torch.equal(ds[2]["image"], a[2]["image"])
+    # the spatial draw moves image and labels together: the dark nuclei pixels are where np says
+    for item in a:
+        dark = item["image"].mean(0) < 0.5
+        assert (dark == (item["np"] > 0)).float().mean() > 0.97
 
 
 def test_overfit_few_patches():
@@ -202,12 +227,15 @@ def test_resume_after_a_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP, progress=False)
     monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
+    # were the layout measured again now, it would come out the other one: the run keeps its own
+    other = [x for x in ("channels_last", "contiguous") if x != full["layout"]][0]
+    monkeypatch.setattr(trainer, "fastest_layout", lambda *a, **k: (other, {}))
     assert sorted(p.name for p in (tmp_path / "part/checkpoints").iterdir()) == ["epoch_0001"]
     with pytest.raises(InputError, match="already holds a run; pass `resume`"):
         trainer.train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
     rest = trainer.train_hovernet(items, tmp_path / "part", cfg, val_data=items[:2], type_table=CONSEP,
                                   resume=True, progress=False)
-    assert rest["epochs_done"] == full["epochs_done"] == 2
+    assert rest["epochs_done"] == full["epochs_done"] == 2 and rest["layout"] == full["layout"]
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "full/checkpoints/epoch_0002/model.safetensors"))
@@ -266,3 +294,37 @@ def test_cli_train_evaluate_predict(store, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["hovernet", "evaluate", "--model", str(run), "--data", f"{store}:Nope", "--out", str(tmp_path / "e2")])
     assert exc.value.code == 2
+
+
+def test_training_layout_is_measured_cached_or_given(tmp_path, monkeypatch):
+    """"auto" measures both layouts once per machine and model (then the cache answers); a given
+    layout is used as it is, and the two layouts train to the same weights up to float rounding."""
+    import hovernet.trainer as trainer
+
+    monkeypatch.setenv("NASDM_AUG_CACHE", str(tmp_path / "cache"))
+    cfg = _cfg(phase1_epochs=0, phase2_epochs=1, augment=False)
+    measured = trainer.resolve_layout(cfg, torch.device("cpu"), (3, 64, 64))
+    cache = json.loads((tmp_path / "cache" / "layouts.json").read_text())
+    (key,) = cache
+    assert measured in ("channels_last", "contiguous") and cache[key]["layout"] == measured and "batch=2" in key
+    monkeypatch.setattr(trainer, "HoVerNet", None)  # building a model now would fail: the cache must answer
+    assert trainer.resolve_layout(cfg, torch.device("cpu"), (3, 64, 64)) == measured
+    assert trainer.resolve_layout(cfg, torch.device("cpu"), (3, 64, 64), recorded="contiguous") == "contiguous"
+    monkeypatch.undo()
+    from safetensors.torch import load_file
+
+    items, weights, losses = _items(2), {}, {}
+    for layout in ("channels_last", "contiguous"):
+        out = trainer.train_hovernet(items, tmp_path / layout, cfg.replace(layout=layout), type_table=CONSEP,
+                                     progress=False)
+        assert out["layout"] == layout
+        weights[layout] = load_file(str(tmp_path / layout / "checkpoints/epoch_0001/model.safetensors"))
+        losses[layout] = out["history"][0]["loss"]
+    assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=1e-5)
+    a, b = weights["channels_last"], weights["contiguous"]
+    # one Adam step moves each weight by about lr * sign(gradient): a gradient that differed
+    # beyond rounding would show as a 2 lr gap; rounding only flips weights whose gradient is ~0
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=cfg.lr / 2) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two layouts, two summation orders
+    with pytest.raises(ValueError, match="layout must be one of auto, channels_last, contiguous, got 'nhwc'"):
+        cfg.replace(layout="nhwc")
