@@ -1,14 +1,18 @@
-"""Synthesis in channels_last against NCHW, and bf16 against float32: patches/s as ratios against
-the float32 NCHW path in the same run, and how far the samples move (same seeds).
+"""Synthesis for every combination of dtype, layout, compile and batch: patches/s as ratios against
+the float32 NCHW eager path in the same run, the achieved GFLOP/s against the same run's conv
+ceiling, and how far the samples move (same seeds); then guidance as one batched forward against two.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_synthesis_layout.py --threads 1 [--bf16] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_synthesis_layout.py --threads 1 [--bf16] [--compile]
+        [--batches 1,8,32] [--steps 50] [--json out.json]
 
-The embedded toy models (64 px), ancestral DDPM at 50 steps, guidance 1.5, patches for 8 fixed
-generated masks. Each configuration is timed in interleaved repeats (median). Quality: the mean
-absolute pixel difference (0-255) against float32 NCHW with the same seeds, beside the same
-difference between two float32 NCHW runs with different seeds (what any change of noise moves).
-bf16 runs only with --bf16: where it is emulated (no AVX512-BF16 / AMX) it is slow, and its speed
-there says nothing about a machine that runs it natively.
+The embedded toy models (64 px), ancestral DDPM, guidance 1.5, patches for 32 fixed generated masks.
+Each configuration is timed in interleaved repeats (median). Quality: the mean absolute pixel
+difference (0-255) against float32 NCHW with the same seeds, beside the same difference between two
+float32 NCHW runs with different seeds (what any change of noise moves). bf16 runs only with
+--bf16: where it is emulated (no AVX512-BF16 / AMX) it is slow, and its speed there says nothing
+about a machine that runs it natively. --compile adds torch.compile rows for each dtype in
+channels_last (compiled before timing, once per batch shape: minutes each on a CPU). GFLOP/s counts
+the network's forward FLOPs (torch.utils.flop_counter), two per guided step, over the sampling time.
 """
 
 from __future__ import annotations
@@ -18,66 +22,132 @@ import json
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from nasdm_aug.generator import NASDMGenerator
-from nasdm_aug.hardware import describe_machine
-from nasdm_aug.sampling import SamplerOptions
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_nets import _conv_ceiling  # noqa: E402
+
+from nasdm_aug.data.masks import patch_condition_torch  # noqa: E402
+from nasdm_aug.generator import NASDMGenerator  # noqa: E402
+from nasdm_aug.hardware import describe_machine  # noqa: E402
+from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample  # noqa: E402
+
+GUIDANCE = 1.5
 
 
-def _run(gen: NASDMGenerator, masks, batch: int, seed: int = 0) -> tuple[float, np.ndarray]:
+def _run(gen: NASDMGenerator, masks, batch: int, steps: int, seed: int = 0) -> tuple[float, np.ndarray]:
     inst, types = masks[0][:batch], masks[1][:batch]
     start = time.perf_counter()
-    out = gen.generate_patches(inst, types, batch_size=batch, seed=seed, sampling=SamplerOptions(steps=50))
+    out = gen.generate_patches(inst, types, batch_size=batch, seed=seed, sampling=SamplerOptions(steps=steps),
+                               guidance=GUIDANCE)
     return time.perf_counter() - start, out
+
+
+def _forward_flops(gen: NASDMGenerator, masks) -> float:
+    """FLOPs of one patch-model forward for one sample."""
+    cond = patch_condition_torch(torch.from_numpy(masks[0][:1].astype(np.int64)),
+                                 torch.from_numpy(masks[1][:1].astype(np.int64)), gen.type_table.n_types)
+    x = torch.randn(1, 3, gen.patch_size, gen.patch_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        gen.patch_model(x, torch.tensor([10]), cond=cond)
+    return float(fc.get_total_flops())
+
+
+def _guidance_passes(gen: NASDMGenerator, masks, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Seconds per patch of guided sampling as one batched forward and as two forwards."""
+    cond = patch_condition_torch(torch.from_numpy(masks[0][:batch].astype(np.int64)),
+                                 torch.from_numpy(masks[1][:batch].astype(np.int64)), gen.type_table.n_types)
+    cond = cond.contiguous(memory_format=torch.channels_last)
+    diffusion = gen.patch_config.diffusion.build()
+    times: dict[str, list[float]] = {"batched": [], "two forwards": []}
+    for _ in range(repeats):
+        for name in times:
+            guided = classifier_free_guidance(gen.patch_model, GUIDANCE, batched=name == "batched")
+
+            def model_fn(x, t, cond):
+                return guided(x.contiguous(memory_format=torch.channels_last), t, cond=cond)
+            t0 = time.perf_counter()
+            sample(model_fn, (batch, 3, gen.patch_size, gen.patch_size), {"cond": cond}, diffusion=diffusion,
+                   options=SamplerOptions(steps=steps), seed=0, device=torch.device("cpu"))
+            times[name].append((time.perf_counter() - t0) / batch)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--steps", type=int, default=50, help="sampler steps per patch")
     ap.add_argument("--bf16", action="store_true", help="also time and compare bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (channels_last)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     machine = describe_machine()
-    print(f"machine: {machine}; threads {args.threads}")
+    print(f"machine: {machine}; threads {args.threads}; {args.steps} steps, guidance {GUIDANCE}")
     dtypes = [torch.float32] + ([torch.bfloat16] if args.bf16 else [])
-    gens = {(layout, dt): NASDMGenerator.from_pretrained("toy", device="cpu", layout=layout, dtype=dt)
-            for layout in ("contiguous", "channels_last") for dt in dtypes}
-    ref = gens[("contiguous", torch.float32)]
-    masks = ref.generate_masks("all", 8, sampling=SamplerOptions(steps=10), seed=0)  # any valid masks do
+    keys = [(layout, dt, False) for layout in ("contiguous", "channels_last") for dt in dtypes]
+    keys += [("channels_last", dt, True) for dt in dtypes] if args.compile else []
+    gens = {k: NASDMGenerator.from_pretrained("toy", device="cpu", layout=k[0], dtype=k[1], compile=k[2]) for k in keys}
+    ref_key = ("contiguous", torch.float32, False)
+    ref = gens[ref_key]
+    batches = [int(b) for b in args.batches.split(",")]
+    masks = ref.generate_masks("all", max(batches), sampling=SamplerOptions(steps=10), seed=0)  # any valid masks do
+    flops_per_patch = 2 * args.steps * _forward_flops(ref, masks)  # guided: two forwards per step
+    ceilings = {dt: _conv_ceiling(32, "bf16" if dt == torch.bfloat16 else "fp32", 5) for dt in dtypes}
+    for key, gen in gens.items():  # compile outside the timing (once per batch shape)
+        if key[2]:
+            for batch in batches:
+                t0 = time.perf_counter()
+                _run(gen, masks, batch, steps=1)
+                print(f"compiled {key[0]} {key[1]} for batch {batch} in {time.perf_counter() - t0:.0f} s")
     rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in batches:
         times: dict = {k: [] for k in gens}
         outs: dict = {}
         for _ in range(args.repeats):  # interleaved, so drift of the machine hits every configuration alike
             for key, gen in gens.items():
-                if key[1] == torch.bfloat16 and times[key]:
+                if key[1] == torch.bfloat16 and times[key] and "bf16 emulated" in machine:
                     continue  # emulated bf16 is slow: timed once
-                sec, out = _run(gen, masks, batch)
+                sec, out = _run(gen, masks, batch, args.steps)
                 times[key].append(sec)
                 outs[key] = out
-        _, other_seed = _run(ref, masks, batch, seed=1)
-        base = statistics.median(times[("contiguous", torch.float32)])
-        base_img = outs[("contiguous", torch.float32)].astype(np.float64)
+        _, other_seed = _run(ref, masks, batch, args.steps, seed=1)
+        base = statistics.median(times[ref_key])
+        base_img = outs[ref_key].astype(np.float64)
         spread = float(np.abs(other_seed.astype(np.float64) - base_img).mean())
         for key in gens:
             sec = statistics.median(times[key])
+            gflops = batch / sec * flops_per_patch / 1e9
             rows.append({"batch": batch, "layout": key[0], "dtype": str(key[1]).replace("torch.", ""),
-                         "patches_per_s": batch / sec, "speedup": base / sec,
+                         "compile": key[2], "patches_per_s": batch / sec, "speedup": base / sec, "gflops": gflops,
+                         "ceiling_gflops": ceilings[key[1]],
                          "mean_abs_diff": float(np.abs(outs[key].astype(np.float64) - base_img).mean()),
                          "seed_spread": spread, "repeats": len(times[key])})
-    print("| batch | layout | dtype | patches/s | vs fp32 NCHW | mean abs diff (same seeds) | other seed |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"conv ceiling (3x3 64->64, 32 px): " + ", ".join(f"{str(d).replace('torch.', '')} {c:.1f} GFLOP/s"
+                                                        for d, c in ceilings.items()))
+    print("| batch | layout | dtype | compile | patches/s | vs fp32 NCHW eager | GFLOP/s (% of ceiling) "
+          "| mean abs diff (same seeds) | other seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['layout']} | {r['dtype']} | {r['patches_per_s']:.3f} | {r['speedup']:.2f}x | "
-              f"{r['mean_abs_diff']:.3f} | {r['seed_spread']:.2f} |")
+        print(f"| {r['batch']} | {r['layout']} | {r['dtype']} | {'yes' if r['compile'] else 'no'} | "
+              f"{r['patches_per_s']:.3f} | {r['speedup']:.2f}x | {r['gflops']:.1f} "
+              f"({100 * r['gflops'] / r['ceiling_gflops']:.0f}%) | {r['mean_abs_diff']:.3f} | {r['seed_spread']:.2f} |")
+    gb = min(8, max(batches))
+    passes = _guidance_passes(gens[("channels_last", torch.float32, False)], masks, gb, args.steps, args.repeats)
+    print(f"guidance at batch {gb}, channels_last float32: one batched forward {passes['batched'] * 1e3:.0f} ms per "
+          f"patch, two forwards {passes['two forwards'] * 1e3:.0f} ms ({passes['two forwards'] / passes['batched']:.2f}x)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine, "threads": args.threads, "rows": rows}, fh, indent=2)
+            json.dump({"machine": machine, "threads": args.threads, "steps": args.steps, "ceilings":
+                       {str(d): c for d, c in ceilings.items()}, "rows": rows, "guidance_passes": passes}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def bench(kind: str, store: Path, steps: int, rounds: int) -> dict[str, float]:
     cfg = cfg.replace(log_every=25, sample_every=0, ckpt_every=10**9, steps=3)
     ds = NASDMDataset(store, kind, "Train")
     batch = {k: torch.stack([ds[i][k] for i in range(cfg.batch_size)]) for k in ("x", "cond")}
-    if cfg.channels_last:  # the input layout the trainer gives the model
+    if cfg.layout == "channels_last":  # the input layout the trainer gives the model
         batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hovernet.config import POSTPROCESS_PRESETS
+from nasdm_aug.types import LAYOUT_CHOICES
 from nasdm_aug.utils import InputError
 
 
@@ -17,7 +18,7 @@ def hovernet() -> None:
 
 
 def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
-                    device: str | None, workers: int | None, encoder_weights: str | None):
+                    device: str | None, workers: int | None, encoder_weights: str | None, layout: str | None = None):
     from hovernet.config import HoVerNetConfig, get_hovernet_preset
 
     cfg = HoVerNetConfig.load(config) if config else get_hovernet_preset(preset)
@@ -25,7 +26,8 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
     if epochs is not None:
         # both phases get N epochs and decay after half, the paper's 25 of 50
         changes.update(phase1_epochs=epochs, phase2_epochs=epochs, lr_decay_epoch=max(1, epochs // 2))
-    for key, value in (("batch_size", batch_size), ("seed", seed), ("device", device), ("num_workers", workers)):
+    for key, value in (("batch_size", batch_size), ("seed", seed), ("device", device), ("num_workers", workers),
+                       ("layout", layout)):
         if value is not None:
             changes[key] = value
     if encoder_weights is not None:
@@ -50,19 +52,22 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
+              help="memory layout of the network; auto (the config's default): the faster one here, timed once "
+                   "per machine and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug)")
 # -- run control
 @click.option("--resume", is_flag=True, help="continue the run in --out")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: str | None, epochs: int | None,
           batch_size: int | None, encoder_weights: str | None, seed: int | None, device: str | None,
-          workers: int | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
+          workers: int | None, layout: str | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
     """Train HoVerNet with the paper's two-phase recipe (use torchrun for several processes)."""
     from hovernet.data import store_dataset
     from nasdm_aug.data.store import parse_store_arg
     from hovernet.trainer import train_hovernet
 
-    cfg = _resolve_config(preset, config, epochs, batch_size, seed, device, workers, encoder_weights)
+    cfg = _resolve_config(preset, config, epochs, batch_size, seed, device, workers, encoder_weights, layout)
     if dry_run:
         click.echo(cfg.to_json())
         return
@@ -75,7 +80,7 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
                             data_desc=f"train={train_arg} val={val_arg}",
                             resume=resume, overwrite=overwrite)
     click.echo(f"trained {result['epochs_done']} epochs; best epoch {result['best_epoch']} "
-               f"(val Dice {result['best_dice']:.4f}); run in {out}")
+               f"(val Dice {result['best_dice']:.4f}) in the {result['layout']} layout; run in {out}")
 
 
 @hovernet.command("evaluate")

@@ -56,19 +56,22 @@ from nasdm_aug.utils import InputError
               help="Sampling precision (default float32; auto: bfloat16 where this machine runs it natively).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Memory layout of the models and samples (default channels_last).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Sample through torch.compile of the networks: a one-off compile per batch shape (on a CPU it "
+                   "needs a C++ compiler); same patches up to float rounding (default off).")
 @click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: GPU when available).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
 def synthesize(models, masks, split, indices, types, num, combinations, balance_for, target, ratio, out, overwrite,
-               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, device, config_path,
+               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, compile_, device, config_path,
                dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
     given = {"masks": masks, "split": split, "types": types, "num": num, "guidance": guidance, "seed": seed,
-             "batch_size": batch_size, "dtype": dtype, "layout": layout}
+             "batch_size": batch_size, "dtype": dtype, "layout": layout, "compile": compile_}
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from nasdm_aug.types import MODEL_KINDS
+from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
 __all__ = ["train_command"]
 
 
-def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None, seed: int | None):
+def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None,
+             seed: int | None, layout: str | None = None):
     from nasdm_aug.training.config import TrainConfig, get_train_preset
     from nasdm_aug.training.run import resolve_run_config
     from nasdm_aug.utils import InputError
@@ -33,6 +34,8 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
                 raise InputError(f"preset {preset!r} does not fit {store} ({data.patch_size}-px patches): {exc}") from None
     if seed is not None:
         config = config.replace(seed=seed)  # before resolving, so a resume cannot change it silently
+    if layout is not None:
+        config = config.replace(layout=layout)
     return resolve_run_config(out, config, resume, steps)
 
 
@@ -48,6 +51,9 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the seed.")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
+              help="Override the memory layout; auto (the presets'): the faster one here, timed once per machine "
+                   "and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug).")
 # -- run
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR", help="Run directory.")
 @click.option("--device", default="auto", metavar="DEV", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -63,6 +69,7 @@ def train_command(
     config_path: Path | None,
     steps: int | None,
     seed: int | None,
+    layout: str | None,
     out: Path,
     device: str,
     resume: bool,
@@ -82,7 +89,7 @@ def train_command(
             raise InputError(f"{out}: nothing to resume (no run there); drop --resume to start a new run")
         if latest_checkpoint(out) is None:
             click.echo(f"{out}: no checkpoint yet; the run starts again from step 0 with its config.json", err=True)
-    config = _resolve(kind, store, preset, config_path, out, resume, steps, seed)
+    config = _resolve(kind, store, preset, config_path, out, resume, steps, seed, layout)
     if dry_run:
         click.echo(config.to_json())
         return

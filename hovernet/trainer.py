@@ -35,9 +35,10 @@ from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
 from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
-from nasdm_aug.training.checkpoint import (latest_checkpoint, prune_checkpoints, read_safetensors, read_torch_state,
-                                           write_checkpoint)
-from nasdm_aug.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from nasdm_aug.training.checkpoint import (latest_checkpoint, load_optimizer_state, prune_checkpoints, read_safetensors,
+                                           read_torch_state, write_checkpoint)
+from nasdm_aug.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+                                           rank0_choice)
 from nasdm_aug.training.metric_log import MetricLogger
 from nasdm_aug.training.run_dir import (drop_replaced, prepare_run_dir, restore_replaced, resumed_config,
                                         write_run_record)
@@ -203,7 +204,9 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
          dev: DistInfo, state: dict[str, Any] | None, progress: bool,
          type_table: NucleiTypeTable | None) -> dict[str, Any]:
     ds = HoVerNetTrainDataset(train_data, cfg.augment, cfg.seed)
-    layout = _agreed_layout(cfg, dev, tuple(ds[0]["image"].shape), state.get("layout") if state else None)
+    recorded = state.get("layout") if state else None
+    # one layout per job: rank 0 measures, every rank uses its answer
+    layout = rank0_choice(lambda: resolve_layout(cfg, dev.device, tuple(ds[0]["image"].shape), recorded), LAYOUTS, dev)
     fmt = memory_format(layout)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = HoVerNet(cfg.model).to(dev.device, memory_format=fmt)
@@ -226,7 +229,7 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
             if phase != cur_phase:  # a fresh Adam per phase, as HoVerNet; DDP re-wrapped for the new trainable set
                 opt, cur_phase = _make_optimizer(model, cfg, phase), phase
                 if saved_opt is not None:
-                    opt.load_state_dict(saved_opt)
+                    load_optimizer_state(opt, saved_opt)
                     saved_opt = None
                 net = DistributedDataParallel(model, device_ids=[dev.device] if dev.device.type == "cuda" else None) \
                     if dev.enabled else model
@@ -248,15 +251,6 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
             logger.close()
     return {"epochs_done": st["epoch"], "best_epoch": st["best_epoch"], "best_dice": st["best_dice"],
             "history": st["history"], "run_dir": str(out), "layout": layout}
-
-
-def _agreed_layout(cfg: HoVerNetConfig, dev: DistInfo, image_shape: tuple[int, ...], recorded: str | None) -> str:
-    """:func:`resolve_layout` on rank 0, the same answer on every rank (one layout per DDP job)."""
-    layout = resolve_layout(cfg, dev.device, image_shape, recorded) if dev.is_main else LAYOUTS[0]
-    if dev.enabled:
-        vote = all_reduce_sum(torch.tensor([float(LAYOUTS.index(layout))], device=dev.device))  # only rank 0 adds its index
-        layout = LAYOUTS[int(vote[0])]
-    return layout
 
 
 def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], record: dict[str, Any], epoch: int,

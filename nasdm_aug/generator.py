@@ -174,6 +174,9 @@ class NASDMGenerator:
         dtype: float32, or bfloat16 for autocast sampling.
         layout: ``"channels_last"`` (default: the faster U-Net forward on the CPUs measured) or
             ``"contiguous"`` (NCHW); the models and every sampled tensor take it.
+        compile: sample through ``torch.compile`` of each network (compiled on first use, once per
+            batch shape; on a CPU it needs a C++ compiler). The samples equal the eager ones up to
+            float rounding; whether it pays depends on the machine (benchmarks/RESULTS.md).
         model_hash: an identifier of the weights, recorded in synthetic stores.
     """
 
@@ -188,6 +191,7 @@ class NASDMGenerator:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         layout: str = "channels_last",
+        compile: bool = False,
         model_hash: str = "",
     ) -> None:
         if dtype not in (torch.float32, torch.bfloat16):
@@ -203,6 +207,8 @@ class NASDMGenerator:
         self.mask_model = None if mask_model is None else mask_model.to(self.device, memory_format=self._format).eval()
         self.mask_config = mask_config
         self.model_hash = model_hash
+        self.compile = bool(compile)
+        self._compiled: dict[str, Any] = {}
         #: objective power of the training data (from the run's data.json); None where not recorded
         self.magnification: float | None = None
         self._diffusion = {"patch": patch_config.diffusion.build()}
@@ -224,6 +230,7 @@ class NASDMGenerator:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         layout: str = "channels_last",
+        compile: bool = False,
     ) -> "NASDMGenerator":
         """Load the models from run (or checkpoint) directories, each rebuilt from its own config.
 
@@ -235,6 +242,7 @@ class NASDMGenerator:
             device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
             dtype: float32 or bfloat16 (autocast).
             layout: ``"channels_last"`` or ``"contiguous"`` (see the class).
+            compile: sample through ``torch.compile`` (see the class).
 
         Raises:
             InputError: a missing or broken run directory, or models of different type tables/sizes.
@@ -259,7 +267,7 @@ class NASDMGenerator:
             check_same_scale(f"mask model {mask_run}", mask_info, f"patch model {patch_run}", patch_info)
             files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
         gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
-                  layout=layout, model_hash=_file_hash(files))
+                  layout=layout, compile=compile, model_hash=_file_hash(files))
         gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
         return gen
 
@@ -285,8 +293,7 @@ class NASDMGenerator:
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampling: SamplerOptions | None,
                 guidance: float, seed: int, sample_offset: int) -> torch.Tensor:
-        model = self.mask_model if kind == "mask" else self.patch_model
-        guided = classifier_free_guidance(model, guidance)
+        guided = classifier_free_guidance(self._network(kind), guidance)
         fmt = self._format
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -295,10 +302,27 @@ class NASDMGenerator:
         if cond.dim() == 4:
             cond = cond.contiguous(memory_format=fmt)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,
-                       seed=seed, sample_offset=sample_offset, device=self.device)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+                x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,
+                           seed=seed, sample_offset=sample_offset, device=self.device)
+        except Exception as exc:
+            if self.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise InputError(f"torch.compile of the {kind} model failed on {self.device} ({first}); "
+                                 "sample without `compile`") from None
+            raise
         return x.float().clamp(-1, 1)
+
+    def _network(self, kind: str) -> Any:
+        """The ``kind`` network as sampling calls it: itself, or its ``torch.compile`` wrapper
+        (which forwards ``null_condition`` and the other attributes to the network)."""
+        model = self.mask_model if kind == "mask" else self.patch_model
+        if not self.compile:
+            return model
+        if kind not in self._compiled:
+            self._compiled[kind] = torch.compile(model)
+        return self._compiled[kind]
 
     def generate_masks(
         self, types: str | Sequence[str] | np.ndarray, n: int, *, sampling: SamplerOptions | None = None,

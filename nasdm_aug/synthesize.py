@@ -64,6 +64,7 @@ class SynthesizeConfig(ConfigBase):
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
     dtype: str = "float32"  # "float32", "bfloat16" (autocast) or "auto" (bfloat16 where it is native)
     layout: str = "channels_last"  # memory layout of the models and samples: "channels_last" or "contiguous"
+    compile: bool = False  # sample through torch.compile of the networks (NASDMGenerator's compile)
 
     def __post_init__(self) -> None:
         given = [s.value for s in Source if getattr(self, s.value)]
@@ -176,7 +177,8 @@ def synthesize(
     jobs = plan_jobs(config)
     mask_run, patch_run = resolve_model_dirs(config.model)
     gen = NASDMGenerator.from_pretrained(mask_run, patch_run, ema=config.ema, device=dist.device,
-                                         dtype=resolve_dtype(config.dtype, dist.device), layout=config.layout)
+                                         dtype=resolve_dtype(config.dtype, dist.device), layout=config.layout,
+                                         compile=config.compile)
     real = _check_fit(config, gen)
     parts = out.with_name(out.name + ".parts")
     masks_sha = file_digest(config.masks) if real is not None else ""
@@ -339,7 +341,7 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
-                  "dtype": str(gen.dtype).replace("torch.", ""), "layout": gen.layout,
+                  "dtype": str(gen.dtype).replace("torch.", ""), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.masks) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),

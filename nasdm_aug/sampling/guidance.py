@@ -11,10 +11,12 @@ import torch
 __all__ = ["classifier_free_guidance"]
 
 
-def classifier_free_guidance(model: Any, scale: float) -> Callable[..., torch.Tensor]:
+def classifier_free_guidance(model: Any, scale: float, batched: bool = True) -> Callable[..., torch.Tensor]:
     """Wrap ``model`` so that eps = eps_null + scale * (eps_cond - eps_null).
 
-    One batched forward of ``[cond; model.null_condition(cond)]`` gives both predictions. Only
+    One batched forward of ``[cond; model.null_condition(cond)]`` gives both predictions (or two
+    forwards with ``batched=False``: the same numbers up to float rounding; the batched one was
+    faster on the CPU measured, benchmarks/RESULTS.md, Synthesis: every combination). Only
     the first C = x.shape[1] output channels (eps) are guided; the remaining channels (the learned
     variance) are the conditional model's, as in NASDM/SDM. Scale 1 calls the conditional model
     alone, so it equals it exactly; scale 0 calls the unconditional one alone.
@@ -23,6 +25,7 @@ def classifier_free_guidance(model: Any, scale: float) -> Callable[..., torch.Te
         model: called as ``model(x, t, cond=cond, **kwargs)``, with a method
             ``null_condition(cond) -> tensor like cond``.
         scale: guidance weight w >= 0 (1 = no guidance).
+        batched: one forward of the doubled batch, else one conditional and one unconditional.
 
     Returns:
         ``model_fn(x, t, cond, **kwargs) -> [N, C or 2C, ...]``. Other tensor kwargs whose first
@@ -45,9 +48,12 @@ def classifier_free_guidance(model: Any, scale: float) -> Callable[..., torch.Te
         if scale == 0.0:
             return model(x, t, cond=null, **kwargs)
         n = x.shape[0]
-        doubled = {k: _repeat2(v, n) for k, v in kwargs.items()}
-        out = model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, null]), **doubled)
-        out_cond, out_null = out[:n], out[n:]
+        if batched:
+            doubled = {k: _repeat2(v, n) for k, v in kwargs.items()}
+            out = model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, null]), **doubled)
+            out_cond, out_null = out[:n], out[n:]
+        else:
+            out_cond, out_null = model(x, t, cond=cond, **kwargs), model(x, t, cond=null, **kwargs)
         c = x.shape[1]
         eps = out_null[:, :c] + scale * (out_cond[:, :c] - out_null[:, :c])
         return torch.cat([eps, out_cond[:, c:]], dim=1)

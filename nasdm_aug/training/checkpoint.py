@@ -48,6 +48,7 @@ __all__ = [
     "resolve_checkpoint",
     "load_weights",
     "load_trainer_state",
+    "load_optimizer_state",
     "safetensors_header",
     "check_weights_fit",
     "read_safetensors",
@@ -270,6 +271,23 @@ def read_torch_state(path: str | os.PathLike, device: str | torch.device = "cpu"
 def load_trainer_state(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read ``trainer_state.pt`` with ``weights_only=True`` (tensors and plain containers only)."""
     return read_torch_state(Path(ckpt_dir) / "trainer_state.pt", device)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, then every per-parameter state tensor laid out as its
+    parameter (channels_last or contiguous).
+
+    Why: a state saved in one memory layout and loaded for parameters in the other keeps its saved
+    strides, and PyTorch's fused Adam/AdamW then pairs the wrong elements (measured: weights off by
+    0.15 after one step at lr 0.1, where the loop implementation is exact). A run may resume in
+    another layout than it was saved in (a run from before layouts were chosen, or one whose
+    layout was given anew).
+    """
+    optimizer.load_state_dict(state)
+    for param, st in optimizer.state.items():
+        for key, value in st.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                st[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def load_data_info(path: str | os.PathLike) -> dict[str, Any]:

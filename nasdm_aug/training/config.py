@@ -13,7 +13,7 @@ from nasdm_aug.diffusion.respace import create_diffusion
 from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
 from nasdm_aug.nets.presets import UNetConfig, get_preset
-from nasdm_aug.types import MODEL_KINDS
+from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
 from .schedule import step_decay_lr
 
@@ -91,7 +91,9 @@ class TrainConfig(ConfigBase):
     flip: bool = True  # random horizontal/vertical flips of x and a spatial condition
     # speed
     bf16: bool = False  # bf16 autocast of the network (the diffusion math stays fp32)
-    channels_last: bool = False  # NHWC memory format for the network
+    # memory layout of the network: "auto" (the faster one on this machine for this model and
+    # batch, measured once and cached: nasdm_aug.hardware.fastest_layout), "channels_last", "contiguous"
+    layout: str = "auto"
     num_workers: int = 0  # DataLoader worker processes per rank
     # bookkeeping
     seed: int = 0  # data order, noise, timesteps, dropout and initial weights
@@ -122,8 +124,19 @@ class TrainConfig(ConfigBase):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise ValueError(f"schedule_sampler {self.schedule_sampler!r} is not one of {sorted(SCHEDULE_SAMPLERS)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; a config written before ``layout`` existed (``channels_last``: true or
+        false) reads as the layout it trained in."""
+        if isinstance(data, dict) and "channels_last" in data and "layout" not in data:
+            data = dict(data)
+            data["layout"] = "channels_last" if data.pop("channels_last") else "contiguous"
+        return super().from_dict(data)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update made at ``step`` (0-based): warm-up, then lr, then lr_after_drop."""
@@ -138,10 +151,9 @@ TRAIN_PRESETS: dict[str, dict] = {
         batch_size=4, steps=2000, lr_drop_step=1500, log_every=25, ckpt_every=250, sample_every=500,
         sample_count=4, sample_steps=20,
         ema_warmup=True,  # a 2,000-step run would otherwise end holding 13% of the initial weights
-        channels_last=True,  # the patch model trains 1.03-1.42x faster per CPU step (benchmarks/RESULTS.md)
     ),
     "paper": dict(
-        batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, bf16=True, channels_last=True,
+        batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, bf16=True,
         num_workers=4, log_every=100, ckpt_every=5000, keep_every=50_000, sample_every=5000, sample_count=8,
         sample_steps=50,
     ),
@@ -153,7 +165,7 @@ TRAIN_PRESETS: dict[str, dict] = {
 # decode to nuclei (16 channels did not); fp32 because bf16 is slower where the CPU has no
 # native bf16; the rates drop 5x near the end (the paper's two rates, 1e-4 then 2e-5).
 _CONSEP_CPU = dict(
-    batch_size=8, ema_warmup=True, channels_last=True, log_every=25, ckpt_every=250, sample_every=1000,
+    batch_size=8, ema_warmup=True, log_every=25, ckpt_every=250, sample_every=1000,
     sample_count=4, sample_steps=20,
 )
 TRAIN_PRESETS["consep-cpu"] = _CONSEP_CPU

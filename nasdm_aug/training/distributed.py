@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier", "process_rank", "pick_device"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "any_rank", "barrier", "process_rank", "pick_device",
+           "rank0_choice"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,19 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def rank0_choice(choose: Callable[[], str], options: Sequence[str], info: DistInfo) -> str:
+    """``choose()`` on rank 0 only, its answer (one of ``options``) returned on every rank.
+
+    For settings every rank must share, such as a memory layout that rank 0 measures.
+    """
+    choice = choose() if info.is_main else options[0]
+    if _active():
+        index = torch.tensor([float(options.index(choice) if info.is_main else 0)], device=info.device)
+        dist.all_reduce(index, op=dist.ReduceOp.SUM)  # the other ranks add 0
+        choice = options[int(index.item())]
+    return choice
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -13,7 +13,7 @@ import torch
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.utils import InputError
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, load_trainer_state
 from .config import TrainConfig
 from .data import NASDMDataset, x_channels
 from .distributed import cleanup_distributed, init_distributed
@@ -146,12 +146,13 @@ def train(
                                  f"({data_info['split_digest']}): resume with that store, or start a new run")
             if data_info["magnification"] is None:  # a store that does not record it keeps the run's
                 data_info["magnification"] = saved_info.get("magnification")
+        ckpt = latest_checkpoint(out) if resume else None
         trainer = Trainer(
             model, diffusion, dataset, config, out, data_info=data_info,
             preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,
             dist=dist, progress=progress,
+            layout=load_trainer_state(ckpt).get("layout") if ckpt is not None else None,  # a run keeps its layout
         )
-        ckpt = latest_checkpoint(out) if resume else None
         if ckpt is not None:
             trainer.load(ckpt)
         if dist.is_main:

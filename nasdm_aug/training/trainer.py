@@ -1,8 +1,9 @@
 """The NASDM trainer (Shrivastava & Fletcher 2023, 4.1; after improved-diffusion's train_util.py):
-AdamW with a step learning-rate drop, EMA, clipping, bf16/channels_last, DDP, exact resume."""
+AdamW with a step learning-rate drop, EMA, clipping, bf16, the faster memory layout, DDP, exact resume."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -14,16 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from nasdm_aug.diffusion.gaussian import GaussianDiffusion
 from nasdm_aug.diffusion.timestep_samplers import ScheduleSampler, create_named_schedule_sampler
 
-from .checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_checkpoint
+from .checkpoint import latest_checkpoint, load_optimizer_state, load_trainer_state, load_weights, save_checkpoint
 from .config import TrainConfig
 from .data import StepIndexSampler, random_flip, step_seed
-from .distributed import DistInfo, all_reduce_sum, any_rank, barrier
+from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
+
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, rank0_choice
 from .ema import EMA
 from .metric_log import MetricLogger
 
@@ -89,6 +92,9 @@ class Trainer:
         preview: ``preview(model, step) -> None`` called on rank 0 every ``sample_every`` steps with the EMA model.
         dist: this process's place in the job (single process on CPU when None).
         progress: show a tqdm bar (rank 0).
+        layout: the memory layout a resumed run was trained in (its ``trainer_state.pt``), used
+            when ``config.layout`` is ``"auto"``; None measures the faster layout
+            (:meth:`measure_layout`).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class Trainer:
         preview: Callable[[nn.Module, int], None] | None = None,
         dist: DistInfo | None = None,
         progress: bool = True,
+        layout: str | None = None,
     ) -> None:
         self.config, self.diffusion, self.dataset = config, diffusion, dataset
         self.out_dir = Path(out_dir)
@@ -113,8 +120,14 @@ class Trainer:
         self.data_info = data_info or {}
         self.preview, self.progress = preview, progress
         self.model = model.to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if config.layout != "auto":
+            layout = config.layout
+        elif layout not in LAYOUTS:  # one layout per job: rank 0 measures, every rank uses its answer
+            layout = rank0_choice(self.measure_layout, LAYOUTS, self.dist)
+        #: the memory layout the network trains in ("channels_last" or "contiguous")
+        self.layout: str = layout
+        self._fmt = memory_format(layout)
+        self.model = self.model.to(memory_format=self._fmt)
         self.ema = EMA(self.model, config.ema_decay, warmup=config.ema_warmup)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -144,6 +157,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "schedule_sampler": _sampler_state(self.schedule_sampler),
+            "layout": self.layout,
         }
 
     def load(self, ckpt_dir: str | os.PathLike) -> None:
@@ -158,7 +172,7 @@ class Trainer:
                 "the data order after the resume differs from an uninterrupted run",
                 stacklevel=2,
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -183,11 +197,47 @@ class Trainer:
             self.after_checkpoint()
         return path
 
+    def measure_layout(self) -> str:
+        """The faster memory layout for this model, batch and machine
+        (:func:`nasdm_aug.hardware.fastest_layout`: measured once, then cached).
+
+        It times full training steps (the hybrid loss, backward, fused AdamW) of a copy of the
+        model on one batch of the dataset, under a forked RNG, so the run itself is unchanged.
+        """
+        cfg, dev = self.config, self.device
+        batch = default_collate([self.dataset[i % len(self.dataset)] for i in range(cfg.batch_size)])
+        x0, cond = batch["x"].to(dev), batch["cond"].to(dev)
+        n = x0.shape[0]
+
+        def make_step(fmt: torch.memory_format) -> Callable[[], None]:
+            model = copy.deepcopy(self.model).to(memory_format=fmt).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=dev.type in ("cpu", "cuda"))
+            gen = torch.Generator().manual_seed(0)
+            x = x0.contiguous(memory_format=fmt)
+            c = cond.contiguous(memory_format=fmt) if cond.dim() == 4 else cond
+            t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen).to(dev)
+            noise = torch.randn(x.shape, generator=gen).to(dev)
+
+            def model_fn(xt: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    return model(xt.contiguous(memory_format=fmt), ts, **kwargs).float()
+
+            def step() -> None:
+                losses = self.diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": c}, noise=noise)
+                opt.zero_grad(set_to_none=True)
+                losses["loss"].mean().backward()
+                opt.step()
+            return step
+
+        key = (f"nasdm {cfg.kind} {cfg.model.to_json(indent=None)} batch={n} x={tuple(x0.shape[1:])} "
+               f"bf16={cfg.bf16} diffusion={cfg.diffusion.to_json(indent=None)}")
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            return fastest_layout(key, make_step, dev)[0]
+
     # -- one step --------------------------------------------------------------------------
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         # Autocast only the network: the diffusion math (KL, log-likelihoods) stays in fp32.
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self._fmt)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             out = self.ddp(x, t, **kwargs)
         return out.float()

@@ -53,6 +53,16 @@ def test_guides_eps_only_with_one_batched_forward(inputs, scale):
     torch.testing.assert_close(out[:, 2:], want_var)
 
 
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_two_forwards_give_the_batched_result(inputs, scale):
+    x, t, cond = inputs
+    model = ToyConditional()
+    shift = torch.arange(3.0).reshape(3, 1, 1, 1)
+    two = classifier_free_guidance(model, scale, batched=False)(x, t, cond=cond, scale_map=shift)
+    assert model.batch_sizes == ([3] if scale == 0 else [3, 3])
+    torch.testing.assert_close(two, classifier_free_guidance(ToyConditional(), scale)(x, t, cond=cond, scale_map=shift))
+
+
 def test_batched_kwargs_are_doubled(inputs):
     x, t, cond = inputs
     model = ToyConditional()

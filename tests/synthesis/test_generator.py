@@ -83,3 +83,60 @@ def test_layouts_sample_the_same_patches(runs, real_store):
     assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05 < np.abs(other - b).mean()
     with pytest.raises(InputError, match="layout must be one of channels_last, contiguous, got 'nhwc'"):
         NASDMGenerator.from_pretrained(*runs, device="cpu", layout="nhwc")
+
+
+def test_compile_wraps_each_network_once_and_samples_the_same(runs, real_store, monkeypatch):
+    """compile=True samples through torch.compile's wrapper of each network, built once, and a
+    backend failure is one line that names the remedy. (torch.compile is replaced by a recording
+    wrapper here: a real compile takes minutes on this CPU; see the slow test below.)"""
+    import torch
+
+    from nasdm_aug.data.store import PatchStore
+
+    class Wrapper(torch.nn.Module):  # forwards attributes as torch.compile's OptimizedModule does
+        def __init__(self, mod):
+            super().__init__()
+            self.mod, self.calls = mod, 0
+
+        def forward(self, *a, **k):
+            self.calls += 1
+            return self.mod(*a, **k)
+
+        def null_condition(self, cond):
+            return self.mod.null_condition(cond)
+
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda mod, **k: made.append(Wrapper(mod)) or made[-1])
+    d = PatchStore(real_store).read(range(3), keys=("inst", "type"))
+    eager = NASDMGenerator.from_pretrained(*runs, device="cpu")
+    comp = NASDMGenerator.from_pretrained(*runs, device="cpu", compile=True)
+    a = eager.generate_patches(d["inst"], d["type"], seed=3, batch_size=2, **OPTS)
+    b = comp.generate_patches(d["inst"], d["type"], seed=3, batch_size=2, **OPTS)
+    assert np.array_equal(a, b) and len(made) == 1 and made[0].calls == 2 * 4  # 2 batches x 4 steps
+    comp.generate_masks("all", 2, **OPTS)
+    assert len(made) == 2 and made[1].mod is comp.mask_model
+
+    class Failed(Exception):
+        pass
+
+    Failed.__module__ = "torch._inductor.exc"
+
+    class Broken(Wrapper):
+        def forward(self, *a, **k):
+            raise Failed("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda mod, **k: Broken(mod))
+    with pytest.raises(InputError, match=r"torch.compile of the patch model failed on cpu \(InvalidCxxCompiler: "
+                                         r"No working C\+\+ compiler found\); sample without `compile`"):
+        NASDMGenerator.from_pretrained(*runs, device="cpu", compile=True).generate_patches(
+            d["inst"][:1], d["type"][:1], **OPTS)
+
+
+@pytest.mark.slow
+def test_real_compile_samples_the_eager_patches(runs, real_store):
+    from nasdm_aug.data.store import PatchStore
+
+    d = PatchStore(real_store).read(range(2), keys=("inst", "type"))
+    a = NASDMGenerator.from_pretrained(*runs, device="cpu").generate_patches(d["inst"], d["type"], **OPTS)
+    b = NASDMGenerator.from_pretrained(*runs, device="cpu", compile=True).generate_patches(d["inst"], d["type"], **OPTS)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2

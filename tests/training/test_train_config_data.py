@@ -29,6 +29,7 @@ ILL = [
     dict(grad_clip=-1.0),
     dict(schedule_sampler="nope"),
     dict(adam_betas=(0.9,)),
+    dict(layout="nhwc"),
     dict(kind="mask"),  # the model config is a patch model
     dict(diffusion=DiffusionSettings(steps=10).replace(steps=10)),  # valid: guards the table itself
 ]
@@ -39,6 +40,22 @@ def test_invalid_configs_raise(change):
     base = get_train_preset("patch", "tiny")
     with pytest.raises(ValueError):
         base.replace(**change)
+
+
+def test_configs_from_before_layout_read_as_the_layout_they_trained_in():
+    from pathlib import Path
+
+    import nasdm_aug
+
+    base = get_train_preset("mask", "tiny").to_dict()
+    assert base["layout"] == "auto"
+    for old, layout in ((True, "channels_last"), (False, "contiguous")):
+        record = {k: v for k, v in base.items() if k != "layout"} | {"channels_last": old}
+        assert TrainConfig.from_dict(record).layout == layout
+    # the embedded models' run records were written with channels_last
+    assets = Path(nasdm_aug.__file__).parent / "assets"
+    assert TrainConfig.load(assets / "toy" / "mask" / "config.json").layout == "contiguous"
+    assert TrainConfig.load(assets / "consep-cpu" / "patch" / "config.json").layout == "channels_last"
 
 
 def test_valid_change_is_accepted():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 from nasdm_aug.training.checkpoint import (
     list_checkpoints,
+    load_optimizer_state,
     load_trainer_state,
     load_weights,
     resolve_checkpoint,
@@ -101,3 +103,36 @@ def test_partial_checkpoint_is_ignored(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no NASDM checkpoint"):
         resolve_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("saved, now", [("channels_last", "contiguous"), ("contiguous", "channels_last")])
+def test_optimizer_state_follows_the_parameters_layout(saved, now):
+    """A fused AdamW state saved in one memory layout and resumed for parameters in the other steps
+    exactly as an optimizer that never changed layout (the raw load_state_dict does not)."""
+    fmt = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    torch.manual_seed(0)
+    w0, g1, g2 = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+
+    def first_step(layout):
+        p = nn.Parameter(w0.clone().contiguous(memory_format=fmt[layout]))
+        opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+        p.grad = g1.clone().contiguous(memory_format=fmt[layout])
+        opt.step()
+        return p, opt
+
+    def second_step(p, opt):  # p is laid out as `now`, and autograd gives gradients in its layout
+        p.grad = g2.clone().contiguous(memory_format=fmt[now])
+        opt.step()
+        return p.detach().clone()
+
+    reference = second_step(*first_step(now))
+    p_saved, opt_saved = first_step(saved)
+    p = nn.Parameter(p_saved.detach().clone().contiguous(memory_format=fmt[now]))
+    raw = torch.optim.AdamW([p], lr=0.1, fused=True)
+    raw.load_state_dict(copy.deepcopy(opt_saved.state_dict()))  # loading shares the tensors, raw's step would move them
+    assert not torch.allclose(second_step(p, raw), reference)  # what the helper is for
+    p = nn.Parameter(p_saved.detach().clone().contiguous(memory_format=fmt[now]))
+    fixed = torch.optim.AdamW([p], lr=0.1, fused=True)
+    load_optimizer_state(fixed, copy.deepcopy(opt_saved.state_dict()))
+    assert fixed.state[p]["exp_avg"].stride() == p.stride()
+    assert torch.allclose(second_step(p, fixed), reference, atol=1e-6)

@@ -50,10 +50,14 @@ def test_resume_after_kill_matches_uninterrupted_run(store_path, tmp_path, monke
         train("mask", store_path, "Train", cfg, killed, progress=False)
     assert [r["step"] for r in read_log(killed)] == [1, 2, 3, 4]
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    # were the layout measured again now, it would come out the other one: the run keeps its own
+    measured = load_trainer_state(latest_checkpoint(straight))["layout"]
+    other = [x for x in ("channels_last", "contiguous") if x != measured][0]
+    monkeypatch.setattr(trainer_mod, "fastest_layout", lambda *a, **k: (other, {}))
     train("mask", store_path, "Train", None, killed, resume=True, progress=False)
 
     (raw_a, ema_a, state_a), (raw_b, ema_b, state_b) = _final(straight), _final(killed)
-    assert state_a["step"] == state_b["step"] == 6
+    assert state_a["step"] == state_b["step"] == 6 and state_a["layout"] == state_b["layout"] == measured
     grid = np.asarray(Image.open(straight / "samples" / "step_00000006.png"))
     assert grid.shape == (2 + 2 * 34, 2 + 2 * 34, 3)  # 2 samples x (real mask | decoded sample)
     for a, b in ((raw_a, raw_b), (ema_a, ema_b)):
@@ -123,7 +127,7 @@ def test_bf16_channels_last_and_loss_aware_sampler_state(store_path, tmp_path):
     from nasdm_aug.nets import build_model
     from nasdm_aug.training.trainer import Trainer
 
-    cfg = small_config("mask", steps=2, bf16=True, channels_last=True, schedule_sampler="loss-second-moment")
+    cfg = small_config("mask", steps=2, bf16=True, layout="channels_last", schedule_sampler="loss-second-moment")
     ds = NASDMDataset(store_path, "mask", "Train")
     trainer = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
     record = trainer.run()

@@ -1,0 +1,310 @@
+"""The prepared GPU check: one command, one table, one JSON file, for a machine with a GPU.
+
+    .venv/bin/python benchmarks/gpu_check.py [--json gpu_check.json] [--device cuda]
+    .venv/bin/python benchmarks/gpu_check.py --smoke      # CPU, tiny sizes: what make test runs
+
+It measures, with randomly initialised networks (speed and memory do not depend on the weights):
+- the ``paper`` patch and mask presets' training step (hybrid loss, backward, fused AdamW, bf16
+  autocast where the device runs bf16 natively): samples/s and peak memory at batch 8, and at the
+  largest batch that fits (doubling from 8 until out of memory or ``--max-batch``);
+- sampling at 50 guided steps (``NASDMGenerator.generate_patches``, DDPM, guidance 2) at batch 32 and
+  at the largest sampling batch that fits (up to ``--max-sample-batch``), eager and with ``compile=True``;
+- mask sampling at 50 guided steps, batch 32 (the first half of a bank made from generated masks);
+- the HoVerNet ``paper`` preset's phase-2 training step at its batch (16);
+- the projected wall time of the paper's S2 bank (8,639 patches: masks then patches, each at the
+  faster measured sampling rate).
+
+Under ``--smoke`` everything runs on the CPU with the ``tiny`` presets at 32 px, a few steps and no
+compile, so the script is exercised by ``make test`` (tests/test_gpu_check.py) and cannot rot; its
+numbers mean nothing. The full run is sized for under 8 minutes on one large GPU: compiling the
+patch U-Net for two batch shapes is most of it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nasdm_aug.hardware import describe_machine, native_bf16  # noqa: E402
+
+S2_PATCHES = 8639  # the paper's S2 bank (NASDM, Table 3)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def largest_batch(try_batch: Callable[[int], Any], start: int, limit: int, device: torch.device) -> int:
+    """The largest batch in start, 2 start, 4 start ... <= limit for which ``try_batch`` runs."""
+    best, batch = 0, start
+    while batch <= limit:
+        _peak_reset(device)
+        try:
+            try_batch(batch)
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            break
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        best, batch = batch, batch * 2
+    return best
+
+
+# -- NASDM training -------------------------------------------------------------------------------
+def nasdm_step(kind: str, preset: str, size: int, n_types: int, batch: int, device: torch.device,
+               bf16: bool) -> Callable[[], None]:
+    """One full training step of the ``kind`` model: hybrid loss, backward, fused AdamW."""
+    from nasdm_aug.nets import build_model
+    from nasdm_aug.training.config import get_train_preset
+
+    cfg = get_train_preset(kind, preset, n_types=n_types, image_size=size)
+    diffusion = cfg.diffusion.build()
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
+    x = torch.randn(batch, cfg.model.in_channels, size, size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if kind == "patch":
+        cond = torch.rand(batch, cfg.model.cond_channels, size, size, device=device)
+        cond = cond.contiguous(memory_format=torch.channels_last)
+    else:
+        cond = (torch.rand(batch, n_types, device=device) > 0.5).float()
+    t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
+
+    def model_fn(xt: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(xt.contiguous(memory_format=torch.channels_last), ts, **kwargs).float()
+
+    def step() -> None:
+        losses = diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": cond})
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].mean().backward()
+        opt.step()
+    return step
+
+
+def measure_training(kind: str, args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
+    def run(batch: int, repeats: int) -> dict[str, Any]:
+        _peak_reset(device)
+        seconds = _timed(nasdm_step(kind, args.preset, args.size, args.n_types, batch, device, bf16), device,
+                         warmup=1, repeats=repeats)
+        return {"batch": batch, "samples_per_s": batch / seconds, "peak_gib": _peak_gib(device)}
+
+    out = {"at_8": run(args.train_batch, args.repeats)}
+    biggest = largest_batch(lambda b: nasdm_step(kind, args.preset, args.size, args.n_types, b, device, bf16)(),
+                            args.train_batch, args.max_batch, device)
+    out["largest"] = run(biggest, args.repeats) if biggest > args.train_batch else out["at_8"]
+    return out
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+def _generator(args: argparse.Namespace, device: torch.device, bf16: bool, compile: bool):
+    from nasdm_aug.generator import NASDMGenerator
+    from nasdm_aug.nets import build_model
+    from nasdm_aug.training.config import get_train_preset
+    from nasdm_aug.types import LIZARD
+
+    torch.manual_seed(0)
+    configs = {k: get_train_preset(k, args.preset, n_types=LIZARD.n_types, image_size=args.size) for k in ("mask", "patch")}
+    models = {k: build_model(c.model) for k, c in configs.items()}
+    return NASDMGenerator(models["patch"], configs["patch"], LIZARD, models["mask"], configs["mask"], device=device,
+                          dtype=torch.bfloat16 if bf16 else torch.float32, layout="channels_last", compile=compile)
+
+
+def _disk_masks(n: int, size: int, n_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """n masks of about 12 disk nuclei each, random types: what the patch model is conditioned on."""
+    rng = np.random.default_rng(0)
+    inst = np.zeros((n, size, size), np.int32)
+    typ = np.zeros((n, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        for k in range(1, 13):
+            cy, cx, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(3, max(4, size // 16)))]
+            disk = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (inst[i] == 0)
+            inst[i][disk], typ[i][disk] = k, rng.integers(1, n_types + 1)
+    return inst, typ
+
+
+def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
+    from nasdm_aug.sampling import SamplerOptions
+
+    opts = SamplerOptions("ddpm", steps=args.sample_steps)
+    out: dict[str, Any] = {}
+    eager = _generator(args, device, bf16, compile=False)
+    n_types = eager.type_table.n_types
+
+    def patches(gen, batch: int) -> float:
+        inst, typ = _disk_masks(batch, args.size, n_types)
+        gen.generate_patches(inst, typ, sampling=SamplerOptions("ddpm", steps=1), guidance=2.0, batch_size=batch)
+        _sync(device)  # the first call compiles (compile=True) and warms up; it is not timed
+        t0 = time.perf_counter()
+        gen.generate_patches(inst, typ, sampling=opts, guidance=2.0, batch_size=batch)
+        _sync(device)
+        return batch / (time.perf_counter() - t0)
+
+    biggest = largest_batch(lambda b: eager.generate_patches(*_disk_masks(b, args.size, n_types),
+                                                             sampling=SamplerOptions("ddpm", steps=1), guidance=2.0,
+                                                             batch_size=b),
+                            args.sample_batch, args.max_sample_batch, device)
+    batches = sorted({args.sample_batch, max(biggest, args.sample_batch)})
+    for b in batches:
+        out[f"patch_eager_b{b}"] = patches(eager, b)
+    if args.compile:
+        comp = _generator(args, device, bf16, compile=True)
+        for b in batches:
+            out[f"patch_compiled_b{b}"] = patches(comp, b)
+    _sync(device)
+    t0 = time.perf_counter()
+    eager.generate_masks("random", args.sample_batch, sampling=opts, guidance=2.0, batch_size=args.sample_batch)
+    _sync(device)
+    out[f"mask_eager_b{args.sample_batch}"] = args.sample_batch / (time.perf_counter() - t0)
+    out["largest_sampling_batch"] = biggest
+    return out
+
+
+# -- HoVerNet -------------------------------------------------------------------------------------
+def measure_hovernet(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
+    from hovernet.config import get_hovernet_preset
+    from hovernet.losses import HoVerNetLoss
+    from hovernet.model import HoVerNet
+    from hovernet.trainer import _make_optimizer
+
+    cfg = get_hovernet_preset(args.hovernet_preset)
+    cfg = cfg.replace(model=cfg.model.replace(n_types=6))
+    b, s = cfg.batch_size if not args.smoke else 2, args.size
+    torch.manual_seed(0)
+    model = HoVerNet(cfg.model).to(device, memory_format=torch.channels_last).train()
+    opt = _make_optimizer(model, cfg, phase=2)
+    loss_fn = HoVerNetLoss(cfg.loss).to(device)
+    x = torch.rand(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
+    target = {"np": torch.randint(0, 2, (b, s, s), device=device), "hv": torch.rand(b, 2, s, s, device=device) * 2 - 1,
+              "nc": torch.randint(0, 7, (b, s, s), device=device)}
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model(x)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(pred, target)["loss"].backward()
+        opt.step()
+
+    _peak_reset(device)
+    seconds = _timed(step, device, warmup=1, repeats=args.repeats)
+    return {"batch": b, "patches_per_s": b / seconds, "peak_gib": _peak_gib(device)}
+
+
+def _fmt_mem(g: float | None) -> str:
+    return "-" if g is None else f"{g:.1f} GiB"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None, help="cuda (default when there is one), cuda:1, or cpu")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny presets at 32 px, few steps, no compile")
+    ap.add_argument("--json", default="gpu_check.json", help="where the results go")
+    ap.add_argument("--max-batch", type=int, default=1024, help="largest training batch tried when searching")
+    ap.add_argument("--max-sample-batch", type=int, default=256,
+                    help="largest sampling batch tried (bounds the time of the 50-step runs at that batch)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled sampling rows")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.compile = args.device or "cpu", False
+        args.preset, args.hovernet_preset, args.size, args.repeats = "tiny", "tiny", 32, 1
+        args.train_batch, args.sample_batch, args.sample_steps = 2, 2, 2
+        args.max_batch, args.max_sample_batch = min(args.max_batch, 4), min(args.max_sample_batch, 4)
+    else:
+        if args.device is None:
+            if not torch.cuda.is_available():
+                sys.exit("gpu_check: no CUDA device here; run with --smoke for the CPU check, or --device cpu")
+            args.device = "cuda"
+        args.preset, args.hovernet_preset, args.size, args.repeats = "paper", "paper", 128, 5
+        args.train_batch, args.sample_batch, args.sample_steps = 8, 32, 50
+    args.n_types = 6  # Lizard's
+    device = torch.device(args.device)
+    bf16 = native_bf16(device)
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {"machine": describe_machine(), "device": str(device), "bf16": bf16, "smoke": args.smoke,
+                           "preset": args.preset, "patch_size": args.size}
+    res["train_patch"] = measure_training("patch", args, device, bf16)
+    res["train_mask"] = measure_training("mask", args, device, bf16)
+    res["sampling"] = measure_sampling(args, device, bf16)
+    res["hovernet"] = measure_hovernet(args, device, bf16)
+    samp = res["sampling"]
+    patch_rate = max(v for k, v in samp.items() if k.startswith("patch_"))
+    mask_rate = samp[f"mask_eager_b{args.sample_batch}"]
+    res["s2_bank_projected_hours"] = S2_PATCHES * (1 / mask_rate + 1 / patch_rate) / 3600
+    res["seconds"] = time.perf_counter() - t_start
+
+    print(f"machine: {res['machine']}; device {device}; {'bf16' if bf16 else 'fp32'}; preset {args.preset}, "
+          f"{args.size} px{' (SMOKE: numbers mean nothing)' if args.smoke else ''}")
+    print("| what | batch | rate | peak memory |")
+    print("|---|---|---|---|")
+    for kind in ("patch", "mask"):
+        for key in ("at_8", "largest"):
+            r = res[f"train_{kind}"][key]
+            print(f"| {kind} model training step | {r['batch']} | {r['samples_per_s']:.1f} samples/s | "
+                  f"{_fmt_mem(r['peak_gib'])} |")
+    for key, rate in samp.items():
+        if key.startswith(("patch_", "mask_")):
+            kind, mode, b = key.split("_")
+            print(f"| {kind} sampling, {args.sample_steps} guided steps, {mode} | {b[1:]} | {rate:.2f} patches/s | - |")
+    h = res["hovernet"]
+    print(f"| HoVerNet {args.hovernet_preset} phase-2 step | {h['batch']} | {h['patches_per_s']:.1f} patches/s | "
+          f"{_fmt_mem(h['peak_gib'])} |")
+    print(f"| S2 bank ({S2_PATCHES} patches), projected | - | {res['s2_bank_projected_hours']:.2f} h | - |")
+    print(f"({res['seconds']:.0f} s in all)")
+    with contextlib.suppress(OSError):
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(args.json) + ".partial")
+    tmp.write_text(json.dumps(res, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+    tmp.replace(args.json)
+    return res
+
+
+if __name__ == "__main__":
+    main()

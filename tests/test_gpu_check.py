@@ -1,0 +1,55 @@
+"""benchmarks/gpu_check.py, the prepared GPU check, runs end to end on the CPU under --smoke."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
+    out = tmp_path / "sub" / "gpu_check.json"
+    res = gpu_check.main(["--smoke", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert res["smoke"] and res["device"] == "cpu" and res["preset"] == "tiny"
+    for kind in ("patch", "mask"):
+        a, b = res[f"train_{kind}"]["at_8"], res[f"train_{kind}"]["largest"]
+        assert a["batch"] == 2 and b["batch"] == 4 and a["samples_per_s"] > 0 and b["samples_per_s"] > 0
+    assert set(res["sampling"]) == {"patch_eager_b2", "patch_eager_b4", "mask_eager_b2", "largest_sampling_batch"}
+    assert res["hovernet"]["patches_per_s"] > 0
+    # the projection is the two sampling stages at their rates
+    rate = max(res["sampling"]["patch_eager_b2"], res["sampling"]["patch_eager_b4"])
+    expected = gpu_check.S2_PATCHES * (1 / res["sampling"]["mask_eager_b2"] + 1 / rate) / 3600
+    assert res["s2_bank_projected_hours"] == pytest.approx(expected)
+    table = capsys.readouterr().out
+    assert "SMOKE: numbers mean nothing" in table and table.count("\n| ") == 10 and "S2 bank (8639 patches)" in table
+
+
+def test_largest_batch_stops_at_the_first_out_of_memory():
+    tried = []
+
+    def fits_below_64(b):
+        tried.append(b)
+        if b >= 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert gpu_check.largest_batch(fits_below_64, 8, 1024, torch.device("cpu")) == 32 and tried == [8, 16, 32, 64]
+    assert gpu_check.largest_batch(lambda b: None, 8, 20, torch.device("cpu")) == 16
+
+    def other_error(b):
+        raise RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        gpu_check.largest_batch(other_error, 8, 64, torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_without_a_gpu_the_full_check_says_so():
+    with pytest.raises(SystemExit, match="no CUDA device here; run with --smoke"):
+        gpu_check.main([])
