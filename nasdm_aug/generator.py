@@ -7,6 +7,7 @@ both (the paper's NASDM++). Every sample is seeded by (seed, its index), never b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -302,8 +303,12 @@ class NASDMGenerator:
         if cond.dim() == 4:
             cond = cond.contiguous(memory_format=fmt)
         shape = (cond.shape[0], channels, self.patch_size, self.patch_size)
+        model = self.mask_model if kind == "mask" else self.patch_model
+        # the condition is the same at every step: its SPADE maps are computed once per batch
+        # (not under compile, whose traced graph would guard on the kept tensors)
+        reuse = contextlib.nullcontext() if self.compile else model.reuse_condition()
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            with reuse, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
                 x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,
                            seed=seed, sample_offset=sample_offset, device=self.device)
         except Exception as exc:

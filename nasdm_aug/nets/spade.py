@@ -19,18 +19,38 @@ class ConditionPyramid:
     were 18% of a bf16 CPU training step in our profile). The pyramid makes each size once, in the
     network's compute dtype (the autocast dtype where autocast is on) and memory format.
 
+    With ``keep_modulation_bytes`` > 0 it also keeps each SPADE norm's modulation maps (gamma and
+    beta, a function of the condition and the weights only), up to that many bytes in all, so a
+    pyramid reused across the steps of a sampling run computes them once instead of once per step
+    (``DiffusionUNet.reuse_condition``).
+
     Args:
         cond: the full-size condition [N, K, H, W].
         dtype: dtype of the resized copies (default ``cond.dtype``).
         memory_format: ``torch.contiguous_format`` or ``torch.channels_last``.
+        keep_modulation_bytes: budget for kept modulation maps (0: keep none).
     """
 
     def __init__(self, cond: torch.Tensor, dtype: torch.dtype | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format, keep_modulation_bytes: int = 0) -> None:
         self.full = cond
         self.dtype = dtype or cond.dtype
         self.memory_format = memory_format
         self._sizes: dict[tuple[int, int], torch.Tensor] = {}
+        self._budget = int(keep_modulation_bytes)
+        self._modulation: dict[int, torch.Tensor] = {}
+
+    def modulation(self, norm: "SPADEGroupNorm", size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """``norm``'s [gamma, beta] maps at ``size``, kept for the next call while the budget lasts."""
+        kept = self._modulation.get(id(norm))
+        if kept is not None:
+            return kept
+        gb = norm.gamma_beta(norm.shared(self.at(size)))
+        nbytes = gb.numel() * gb.element_size()
+        if nbytes <= self._budget and not gb.requires_grad:
+            self._modulation[id(norm)] = gb
+            self._budget -= nbytes
+        return gb
 
     def at(self, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """The condition at spatial ``size`` (H, W)."""
@@ -94,7 +114,7 @@ class SPADEGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | ConditionPyramid) -> torch.Tensor:
         """Normalise ``x`` [N, C, H, W] and modulate it by ``cond`` [N, K, H', W'] (any H', W') or a pyramid."""
         if isinstance(cond, ConditionPyramid):
-            cond = cond.at(x.shape[-2:])
-        elif cond.shape[-2:] != x.shape[-2:]:
+            return _Modulate.apply(self.norm(x), cond.modulation(self, x.shape[-2:]))
+        if cond.shape[-2:] != x.shape[-2:]:
             cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
         return _Modulate.apply(self.norm(x), self.gamma_beta(self.shared(cond)))

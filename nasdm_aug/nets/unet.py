@@ -6,6 +6,9 @@ MaskUNet: a linear map of the type-presence vector added to the time embedding (
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -77,13 +80,42 @@ class DiffusionUNet(nn.Module):
             GroupNorm(config.norm_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
         )
 
+    @contextlib.contextmanager
+    def reuse_condition(self, max_bytes: int = 2 << 30) -> Iterator[None]:
+        """Inside, a forward without gradients given the same condition tensor as an earlier one
+        (the same object, unchanged) reuses that call's resized condition and SPADE modulation maps.
+
+        The maps depend on the condition and the weights only, not on x or t, so a sampling run,
+        which passes one condition at every step, computes them once instead of once per step. The
+        kept maps take at most ``max_bytes`` (beyond it they are computed anew each call); they are
+        dropped on exit, so weights changed after the block are never paired with stale maps. Do
+        not change the weights inside it.
+        """
+        before, self._kept_conditions, self._kept_budget = getattr(self, "_kept_conditions", None), [], int(max_bytes)
+        try:
+            yield
+        finally:
+            self._kept_conditions = before
+
+    def _pyramid(self, spatial: torch.Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> ConditionPyramid:
+        kept = getattr(self, "_kept_conditions", None)
+        if kept is None or torch.is_grad_enabled():
+            return ConditionPyramid(spatial, dtype, fmt)
+        for cond, version, pyramid in kept:  # a few at most: guidance passes one or two conditions
+            if cond is spatial and version == spatial._version and (pyramid.dtype, pyramid.memory_format) == (dtype, fmt):
+                return pyramid
+        # holding the tensor keeps its memory from being reused by another with the same address
+        pyramid = ConditionPyramid(spatial, dtype, fmt, keep_modulation_bytes=self._kept_budget // 2)
+        kept[:] = kept[-1:] + [(spatial, spatial._version, pyramid)]
+        return pyramid
+
     def _unet(self, x: torch.Tensor, emb: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor:
         """Run the backbone. x [N, C_in, H, W]; emb [N, 4 * base]; spatial [N, K, H, W] or None."""
         if spatial is not None:
             dev = x.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
             fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-            spatial = ConditionPyramid(spatial, dtype, fmt)
+            spatial = self._pyramid(spatial, dtype, fmt)
         hs = []
         h = x
         for block in self.input_blocks:

@@ -41,16 +41,26 @@ def classifier_free_guidance(model: Any, scale: float, batched: bool = True) -> 
     if not callable(getattr(model, "null_condition", None)):
         raise TypeError(f"{type(model).__name__} has no null_condition(cond); classifier-free guidance needs one")
 
+    last: list[Any] = []  # (cond, its version, null, [cond; null]) of the previous call
+
+    def conditions(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # a sampler passes one condition at every step: the same null and doubled tensors each
+        # time let the network recognise the condition it has seen (DiffusionUNet.reuse_condition)
+        if not (last and last[0] is cond and last[1] == cond._version):
+            null = model.null_condition(cond)
+            last[:] = [cond, cond._version, null, torch.cat([cond, null]) if batched else None]
+        return last[2], last[3]
+
     def model_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if scale == 1.0:
             return model(x, t, cond=cond, **kwargs)
-        null = model.null_condition(cond)
+        null, both = conditions(cond)
         if scale == 0.0:
             return model(x, t, cond=null, **kwargs)
         n = x.shape[0]
         if batched:
             doubled = {k: _repeat2(v, n) for k, v in kwargs.items()}
-            out = model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, null]), **doubled)
+            out = model(torch.cat([x, x]), torch.cat([t, t]), cond=both, **doubled)
             out_cond, out_null = out[:n], out[n:]
         else:
             out_cond, out_null = model(x, t, cond=cond, **kwargs), model(x, t, cond=null, **kwargs)

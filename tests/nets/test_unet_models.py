@@ -245,3 +245,51 @@ def test_config_json_round_trip(tmp_path):
 def test_unknown_preset_lists_names():
     with pytest.raises(KeyError, match="paper, tiny"):
         get_preset("patch", "huge")
+
+
+def _gamma_beta_calls(model: torch.nn.Module) -> list:
+    calls: list = []
+    for m in model.modules():
+        if isinstance(m, SPADEGroupNorm):
+            m.gamma_beta.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_reuse_condition_computes_spade_maps_once_per_condition():
+    """Inside reuse_condition a no-grad forward given the condition it saw before skips the SPADE
+    convolutions and returns exactly the output of a fresh forward; a changed condition, a forward
+    with gradients, a zero budget and the exit all stop the reuse."""
+    config = _small("patch")
+    model = _unzero(build_model(config)).eval()
+    calls = _gamma_beta_calls(model)
+    x, t, cond = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), _cond(config, 2, 32)
+    x2, t2 = x * 0.5, torch.tensor([10, 20])  # another step of the same sampling run
+    with torch.no_grad():
+        fresh, fresh2 = model(x, t, cond=cond), model(x2, t2, cond=cond)
+        per_call = len(calls) // 2
+        calls.clear()
+        assert per_call > 0
+        with model.reuse_condition():
+            first = model(x, t, cond=cond)
+            again = model(x2, t2, cond=cond)
+            assert len(calls) == per_call  # the second step took the kept maps
+            assert torch.equal(first, fresh) and torch.equal(again, fresh2)
+            cond[:, -1] = 0.0  # edited in place: its maps must be made again
+            changed = model(x, t, cond=cond)
+            assert len(calls) == 2 * per_call
+            other = cond.clone()
+            model(x, t, cond=other)
+            assert len(calls) == 3 * per_call
+        model(x, t, cond=cond)
+        assert len(calls) == 4 * per_call  # outside the block nothing is kept
+        assert torch.equal(changed, model(x, t, cond=cond)) and not torch.equal(changed, fresh)
+        with model.reuse_condition(max_bytes=0):
+            model(x, t, cond=cond)
+            model(x, t, cond=cond)
+        assert len(calls) == 7 * per_call
+    with model.reuse_condition():  # with gradients the maps are made every time, and trained
+        model(x, t, cond=cond)
+        out = model(x, t, cond=cond)
+        assert len(calls) == 9 * per_call
+        out.sum().backward()
+        assert all(m.gamma_beta.weight.grad is not None for m in model.modules() if isinstance(m, SPADEGroupNorm))

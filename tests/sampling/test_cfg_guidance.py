@@ -17,12 +17,14 @@ class ToyConditional:
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.conds: list[torch.Tensor] = []
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         return torch.full_like(cond, -0.25)
 
     def __call__(self, x, t, cond, scale_map=None):
         self.batch_sizes.append(x.shape[0])
+        self.conds.append(cond)
         eps = 0.5 * x + cond + (0 if scale_map is None else scale_map)
         return torch.cat([eps, torch.tanh(cond).expand_as(x) - 0.1], dim=1)
 
@@ -61,6 +63,21 @@ def test_two_forwards_give_the_batched_result(inputs, scale):
     two = classifier_free_guidance(model, scale, batched=False)(x, t, cond=cond, scale_map=shift)
     assert model.batch_sizes == ([3] if scale == 0 else [3, 3])
     torch.testing.assert_close(two, classifier_free_guidance(ToyConditional(), scale)(x, t, cond=cond, scale_map=shift))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_one_condition_reaches_the_model_as_the_same_tensors_every_step(inputs, batched):
+    """What lets the network keep its SPADE maps across steps (DiffusionUNet.reuse_condition)."""
+    x, t, cond = inputs
+    model = ToyConditional()
+    fn = classifier_free_guidance(model, 2.0, batched=batched)
+    a, b = fn(x, t, cond=cond), fn(x * 2, t, cond=cond)
+    n = len(model.conds) // 2
+    assert n == (1 if batched else 2) and all(p is q for p, q in zip(model.conds[:n], model.conds[n:]))
+    cond.add_(1.0)  # changed in place: new null and doubled tensors
+    c = fn(x, t, cond=cond)
+    assert model.conds[-1] is not model.conds[n - 1] and not torch.equal(a, c)  # the null (or [cond; null]) is new
+    torch.testing.assert_close(b, classifier_free_guidance(ToyConditional(), 2.0)(x * 2, t, cond=cond - 1.0))
 
 
 def test_batched_kwargs_are_doubled(inputs):
