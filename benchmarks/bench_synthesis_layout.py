@@ -12,7 +12,8 @@ float32 NCHW runs with different seeds (what any change of noise moves). bf16 ru
 --bf16: where it is emulated (no AVX512-BF16 / AMX) it is slow, and its speed there says nothing
 about a machine that runs it natively. --compile adds torch.compile rows for each dtype in
 channels_last (compiled before timing, once per batch shape: minutes each on a CPU). GFLOP/s counts
-the network's forward FLOPs (torch.utils.flop_counter), two per guided step, over the sampling time.
+the FLOPs the network executes (torch.utils.flop_counter), two forwards per guided step, over the
+sampling time; eager sampling computes the SPADE maps once per batch, so its later steps count less.
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ def _run(gen: NASDMGenerator, masks, batch: int, steps: int, seed: int = 0) -> t
     return time.perf_counter() - start, out
 
 
-def _forward_flops(gen: NASDMGenerator, masks) -> float:
-    """FLOPs of one patch-model forward for one sample."""
+def _forward_flops(gen: NASDMGenerator, masks, reuse: bool) -> float:
+    """FLOPs one patch-model forward executes for one sample: a whole forward, or (``reuse``) a
+    later step of a sampling run, whose SPADE maps were kept from the first (eager sampling)."""
     cond = patch_condition_torch(torch.from_numpy(masks[0][:1].astype(np.int64)),
                                  torch.from_numpy(masks[1][:1].astype(np.int64)), gen.type_table.n_types)
     x = torch.randn(1, 3, gen.patch_size, gen.patch_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        gen.patch_model(x, torch.tensor([10]), cond=cond)
+    with torch.no_grad(), gen.patch_model.reuse_condition():
+        if reuse:
+            gen.patch_model(x, torch.tensor([10]), cond=cond)
+        with FlopCounterMode(display=False) as fc:
+            gen.patch_model(x, torch.tensor([10]), cond=cond if reuse else cond.clone())
     return float(fc.get_total_flops())
 
 
@@ -100,7 +105,10 @@ def main() -> None:
     ref = gens[ref_key]
     batches = [int(b) for b in args.batches.split(",")]
     masks = ref.generate_masks("all", max(batches), sampling=SamplerOptions(steps=10), seed=0)  # any valid masks do
-    flops_per_patch = 2 * args.steps * _forward_flops(ref, masks)  # guided: two forwards per step
+    # guided: two forwards per step; eager sampling makes the SPADE maps at its first step only,
+    # compiled sampling at every step
+    full, later = _forward_flops(ref, masks, reuse=False), _forward_flops(ref, masks, reuse=True)
+    flops_per_patch = {False: 2 * (full + (args.steps - 1) * later), True: 2 * args.steps * full}
     ceilings = {dt: _conv_ceiling(32, "bf16" if dt == torch.bfloat16 else "fp32", 5) for dt in dtypes}
     for key, gen in gens.items():  # compile outside the timing (once per batch shape)
         if key[2]:
@@ -125,14 +133,16 @@ def main() -> None:
         spread = float(np.abs(other_seed.astype(np.float64) - base_img).mean())
         for key in gens:
             sec = statistics.median(times[key])
-            gflops = batch / sec * flops_per_patch / 1e9
+            gflops = batch / sec * flops_per_patch[key[2]] / 1e9
             rows.append({"batch": batch, "layout": key[0], "dtype": str(key[1]).replace("torch.", ""),
                          "compile": key[2], "patches_per_s": batch / sec, "speedup": base / sec, "gflops": gflops,
                          "ceiling_gflops": ceilings[key[1]],
                          "mean_abs_diff": float(np.abs(outs[key].astype(np.float64) - base_img).mean()),
                          "seed_spread": spread, "repeats": len(times[key])})
     print(f"conv ceiling (3x3 64->64, 32 px): " + ", ".join(f"{str(d).replace('torch.', '')} {c:.1f} GFLOP/s"
-                                                        for d, c in ceilings.items()))
+                                                        for d, c in ceilings.items())
+          + f"; network GFLOP per patch: {flops_per_patch[False] / 1e9:.1f} eager (SPADE maps kept), "
+          f"{flops_per_patch[True] / 1e9:.1f} compiled")
     print("| batch | layout | dtype | compile | patches/s | vs fp32 NCHW eager | GFLOP/s (% of ceiling) "
           "| mean abs diff (same seeds) | other seed |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -146,7 +156,8 @@ def main() -> None:
           f"patch, two forwards {passes['two forwards'] * 1e3:.0f} ms ({passes['two forwards'] / passes['batched']:.2f}x)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine, "threads": args.threads, "steps": args.steps, "ceilings":
+            json.dump({"machine": machine, "threads": args.threads, "steps": args.steps,
+                       "gflop_per_patch": {str(k): v / 1e9 for k, v in flops_per_patch.items()}, "ceilings":
                        {str(d): c for d, c in ceilings.items()}, "rows": rows, "guidance_passes": passes}, fh, indent=2)
 
 

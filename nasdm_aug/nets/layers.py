@@ -107,14 +107,18 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Args: x [N, C, H, W]; emb [N, E]; cond [N, K, H', W'] for SPADE blocks. Returns [N, C_out, H*, W*]."""
-        h = F.silu(self.norm1(x, cond))
+        # without autograd (sampling) every intermediate below is a fresh tensor no one else
+        # holds, so the element-wise steps write in place: fewer passes and allocations
+        inplace = not torch.is_grad_enabled()
+        h = F.silu(self.norm1(x, cond), inplace=inplace)
         # resample after the first norm, as improved-diffusion does, so both paths see the new size
         h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
         scale, shift = self.emb_proj(F.silu(emb))[..., None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h, cond), 1 + scale)  # time scale-shift, fused
-        h = self.conv2(self.drop(F.silu(h)))
-        return self.skip(x) + h
+        h = self.norm2(h, cond)
+        h = torch.addcmul(shift, h, 1 + scale, out=h) if inplace else torch.addcmul(shift, h, 1 + scale)  # time scale-shift
+        h = self.conv2(self.drop(F.silu(h, inplace=inplace)))
+        return h.add_(self.skip(x)) if inplace else self.skip(x) + h
 
 
 class AttentionBlock(nn.Module):

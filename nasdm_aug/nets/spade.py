@@ -19,8 +19,8 @@ class ConditionPyramid:
     were 18% of a bf16 CPU training step in our profile). The pyramid makes each size once, in the
     network's compute dtype (the autocast dtype where autocast is on) and memory format.
 
-    With ``keep_modulation_bytes`` > 0 it also keeps each SPADE norm's modulation maps (gamma and
-    beta, a function of the condition and the weights only), up to that many bytes in all, so a
+    With ``keep_modulation_bytes`` > 0 it also keeps each SPADE norm's modulation maps (1 + gamma
+    and beta, a function of the condition and the weights only), up to that many bytes in all, so a
     pyramid reused across the steps of a sampling run computes them once instead of once per step
     (``DiffusionUNet.reuse_condition``).
 
@@ -38,19 +38,7 @@ class ConditionPyramid:
         self.memory_format = memory_format
         self._sizes: dict[tuple[int, int], torch.Tensor] = {}
         self._budget = int(keep_modulation_bytes)
-        self._modulation: dict[int, torch.Tensor] = {}
-
-    def modulation(self, norm: "SPADEGroupNorm", size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """``norm``'s [gamma, beta] maps at ``size``, kept for the next call while the budget lasts."""
-        kept = self._modulation.get(id(norm))
-        if kept is not None:
-            return kept
-        gb = norm.gamma_beta(norm.shared(self.at(size)))
-        nbytes = gb.numel() * gb.element_size()
-        if nbytes <= self._budget and not gb.requires_grad:
-            self._modulation[id(norm)] = gb
-            self._budget -= nbytes
-        return gb
+        self._modulation: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def at(self, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """The condition at spatial ``size`` (H, W)."""
@@ -59,6 +47,20 @@ class ConditionPyramid:
             c = self.full if tuple(self.full.shape[-2:]) == size else F.interpolate(self.full, size=size, mode="nearest")
             self._sizes[size] = c.to(self.dtype).contiguous(memory_format=self.memory_format)
         return self._sizes[size]
+
+    def scale_shift(self, norm: "SPADEGroupNorm", size: tuple[int, int] | torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """``norm``'s modulation at ``size`` as (1 + gamma, beta), without gradients; kept for the
+        next call while the budget lasts."""
+        kept = self._modulation.get(id(norm))
+        if kept is not None:
+            return kept
+        gamma, beta = norm.gamma_beta(norm.shared(self.at(size))).chunk(2, dim=1)
+        pair = (1 + gamma, beta)
+        nbytes = sum(t.numel() * t.element_size() for t in pair)
+        if nbytes <= self._budget:
+            self._modulation[id(norm)] = pair
+            self._budget -= nbytes
+        return pair
 
 
 class _Modulate(torch.autograd.Function):
@@ -113,8 +115,21 @@ class SPADEGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | ConditionPyramid) -> torch.Tensor:
         """Normalise ``x`` [N, C, H, W] and modulate it by ``cond`` [N, K, H', W'] (any H', W') or a pyramid."""
-        if isinstance(cond, ConditionPyramid):
-            return _Modulate.apply(self.norm(x), cond.modulation(self, x.shape[-2:]))
-        if cond.shape[-2:] != x.shape[-2:]:
-            cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
-        return _Modulate.apply(self.norm(x), self.gamma_beta(self.shared(cond)))
+        if not torch.is_grad_enabled():
+            # sampling: the modulation may be kept across steps, and the fresh normalised tensor
+            # is modulated in place (one pass, no allocation; the same arithmetic as _Modulate)
+            if isinstance(cond, ConditionPyramid):
+                scale, beta = cond.scale_shift(self, x.shape[-2:])
+            else:
+                gamma, beta = self.gamma_beta(self.shared(_resized(cond, x))).chunk(2, dim=1)
+                scale = 1 + gamma
+            normed = self.norm(x)
+            return torch.addcmul(beta, normed, scale, out=normed)
+        c = cond.at(x.shape[-2:]) if isinstance(cond, ConditionPyramid) else _resized(cond, x)
+        return _Modulate.apply(self.norm(x), self.gamma_beta(self.shared(c)))
+
+
+def _resized(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if cond.shape[-2:] != x.shape[-2:]:
+        return F.interpolate(cond, size=x.shape[-2:], mode="nearest")
+    return cond

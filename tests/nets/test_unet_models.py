@@ -293,3 +293,16 @@ def test_reuse_condition_computes_spade_maps_once_per_condition():
         assert len(calls) == 9 * per_call
         out.sum().backward()
         assert all(m.gamma_beta.weight.grad is not None for m in model.modules() if isinstance(m, SPADEGroupNorm))
+
+
+@pytest.mark.parametrize("kind", ["patch", "mask"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_no_grad_forward_equals_the_autograd_forward_bit_for_bit(kind, fmt):
+    """Without autograd the blocks modulate and activate in place; the numbers must not move."""
+    config = _small(kind)
+    model = _unzero(build_model(config)).eval().to(memory_format=fmt)
+    x = torch.randn(2, config.in_channels, 32, 32).contiguous(memory_format=fmt)
+    t, cond = torch.tensor([3, 700]), _cond(config, 2, 32)
+    with torch.no_grad():
+        fast = model(x, t, cond=cond)
+    assert torch.equal(fast, model(x, t, cond=cond).detach())
