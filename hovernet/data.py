@@ -80,7 +80,7 @@ def _plain_tensors() -> Iterator[None]:
     """MONAI transforms return plain tensors inside (MONAI's ``set_track_meta(False)``, restored after).
 
     The training items need no metadata or inverse record: without them a 64-px item's flips,
-    rotations and jitter took 2.2 ms instead of 8.3 (benchmarks/RESULTS.md, HoVerNet training).
+    rotations and jitter took 2.0 ms instead of 8.3 (benchmarks/RESULTS.md, HoVerNet training).
     """
     before = get_track_meta()
     set_track_meta(False)

@@ -177,7 +177,9 @@ class NASDMGenerator:
             ``"contiguous"`` (NCHW); the models and every sampled tensor take it.
         compile: sample through ``torch.compile`` of each network (compiled on first use, once per
             batch shape; on a CPU it needs a C++ compiler). The samples equal the eager ones up to
-            float rounding; whether it pays depends on the machine (benchmarks/RESULTS.md).
+            float rounding. Eager sampling computes the SPADE maps once per batch
+            (``DiffusionUNet.reuse_condition``); compiled sampling recomputes them at every step,
+            and was the slower of the two on the CPU measured (benchmarks/RESULTS.md).
         model_hash: an identifier of the weights, recorded in synthetic stores.
     """
 

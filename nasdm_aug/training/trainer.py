@@ -20,12 +20,11 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.diffusion.gaussian import GaussianDiffusion
 from nasdm_aug.diffusion.timestep_samplers import ScheduleSampler, create_named_schedule_sampler
+from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
 
 from .checkpoint import latest_checkpoint, load_optimizer_state, load_trainer_state, load_weights, save_checkpoint
 from .config import TrainConfig
 from .data import StepIndexSampler, random_flip, step_seed
-from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
-
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, rank0_choice
 from .ema import EMA
 from .metric_log import MetricLogger
