@@ -3,6 +3,7 @@ from fixed conditions with a fast sampler, masks shown in the type table's colou
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -113,8 +114,10 @@ class SamplePreview:
     def __call__(self, model: nn.Module, step: int) -> Path:
         """Sample with ``model`` (on its own device) and write the grid for ``step``."""
         device = next(model.parameters()).device
-        x = sample(model, tuple(self.x_real.shape), {"cond": self.cond.to(device)}, diffusion=self.diffusion,
-                   options=self.options, seed=self.seed, device=device)
+        reuse = model.reuse_condition() if hasattr(model, "reuse_condition") else contextlib.nullcontext()
+        with reuse:  # one condition for the whole run: its SPADE maps are made once
+            x = sample(model, tuple(self.x_real.shape), {"cond": self.cond.to(device)}, diffusion=self.diffusion,
+                       options=self.options, seed=self.seed, device=device)
         if self.kind == "patch":
             cols = [render_condition(self.cond, self.table), render_images(self.x_real), render_images(x)]
         else:

@@ -25,12 +25,13 @@ __all__ = ["train", "resolve_run_config", "check_model_fits"]
 
 
 def resolve_run_config(out_dir: str | os.PathLike, config: TrainConfig | None, resume: bool, steps: int | None = None) -> TrainConfig:
-    """The config a run uses: on resume the run's own ``config.json`` (only ``steps`` may change).
+    """The config a run uses: on resume the run's own ``config.json`` (only ``steps`` and ``layout`` may
+    change).
 
     Raises:
         InputError: nothing to resume, no config given, or a config that differs from the run's.
     """
-    config = resumed_config(out_dir, config, TrainConfig, resume, may_change=("steps",))
+    config = resumed_config(out_dir, config, TrainConfig, resume, may_change=("steps", "layout"))
     return config.replace(steps=steps) if steps is not None else config
 
 

@@ -139,3 +139,20 @@ def test_bf16_channels_last_and_loss_aware_sampler_state(store_path, tmp_path):
     fresh.load(latest_checkpoint(tmp_path))
     assert fresh.step == 2 and np.array_equal(fresh.schedule_sampler._loss_history, trainer.schedule_sampler._loss_history)
     assert all(torch.equal(a, b) for a, b in zip(fresh.ema.module.parameters(), trainer.ema.module.parameters()))
+
+
+def test_resume_in_another_layout_continues_the_same_run(store_path, tmp_path):
+    """A layout given anew on resume is taken (it is a speed setting); the optimizer state follows
+    the parameters into it, so the run ends where the uninterrupted one does, up to rounding."""
+    cfg = small_config("mask", layout="channels_last")
+    straight, switched = tmp_path / "straight", tmp_path / "switched"
+    train("mask", store_path, "Train", cfg, straight, progress=False)
+    train("mask", store_path, "Train", cfg.replace(steps=3), switched, progress=False)
+    train("mask", store_path, "Train", cfg.replace(layout="contiguous"), switched, resume=True, progress=False)
+    (raw_a, _, state_a), (raw_b, _, state_b) = _final(straight), _final(switched)
+    assert state_b["step"] == 6 and state_a["layout"] == "channels_last" and state_b["layout"] == "contiguous"
+    assert json.loads((switched / "config.json").read_text())["layout"] == "contiguous"
+    # AdamW moves each weight by about lr a step: a state paired with the wrong elements would
+    # leave whole steps of difference, rounding leaves a small fraction of one
+    lr = cfg.lr
+    assert all(torch.allclose(raw_a[k], raw_b[k], rtol=0, atol=lr) for k in raw_a)
