@@ -1,7 +1,9 @@
-"""What this machine runs natively, checked at run time: whether bfloat16 is a native type here
-(a GPU that supports it, or a CPU with AVX512-BF16 or AMX), and a one-line description of the
+"""What this machine runs well, checked at run time: whether bfloat16 is a native type here (a GPU
+that supports it, or a CPU with AVX512-BF16 or AMX), which memory layout trains a given model
+faster here (measured once and cached: :func:`fastest_layout`), and a one-line description of the
 machine for benchmark records. The machines this project runs on differ: on an AVX2-only CPU a
-bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated.
+bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated,
+and channels_last, faster on the AVX512 box, trained slower there.
 """
 
 from __future__ import annotations
