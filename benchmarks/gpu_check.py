@@ -211,31 +211,16 @@ def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool)
 # -- HoVerNet -------------------------------------------------------------------------------------
 def measure_hovernet(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
     from hovernet.config import get_hovernet_preset
-    from hovernet.losses import HoVerNetLoss
-    from hovernet.model import HoVerNet
-    from hovernet.trainer import _make_optimizer
+    from hovernet.trainer import timing_step
 
     cfg = get_hovernet_preset(args.hovernet_preset)
-    cfg = cfg.replace(model=cfg.model.replace(n_types=6))
-    b, s = cfg.batch_size if not args.smoke else 2, args.size
+    cfg = cfg.replace(model=cfg.model.replace(n_types=6), precision="bf16" if bf16 else "fp32",
+                      batch_size=2 if args.smoke else cfg.batch_size)
     torch.manual_seed(0)
-    model = HoVerNet(cfg.model).to(device, memory_format=torch.channels_last).train()
-    opt = _make_optimizer(model, cfg, phase=2)
-    loss_fn = HoVerNetLoss(cfg.loss).to(device)
-    x = torch.rand(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
-    target = {"np": torch.randint(0, 2, (b, s, s), device=device), "hv": torch.rand(b, 2, s, s, device=device) * 2 - 1,
-              "nc": torch.randint(0, 7, (b, s, s), device=device)}
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model(x)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(pred, target)["loss"].backward()
-        opt.step()
-
+    step = timing_step(cfg, device, (3, args.size, args.size), torch.channels_last)
     _peak_reset(device)
     seconds = _timed(step, device, warmup=1, repeats=args.repeats)
-    return {"batch": b, "patches_per_s": b / seconds, "peak_gib": _peak_gib(device)}
+    return {"batch": cfg.batch_size, "patches_per_s": cfg.batch_size / seconds, "peak_gib": _peak_gib(device)}
 
 
 def _fmt_mem(g: float | None) -> str:

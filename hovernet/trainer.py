@@ -22,7 +22,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -46,7 +46,7 @@ from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, write_text_atomic
 
-__all__ = ["train_hovernet", "lr_at", "resolve_layout"]
+__all__ = ["train_hovernet", "lr_at", "resolve_layout", "timing_step"]
 
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
 
@@ -78,44 +78,48 @@ def _make_optimizer(model: HoVerNet, cfg: HoVerNetConfig, phase: int) -> torch.o
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def timing_step(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[int, ...],
+                fmt: torch.memory_format = torch.contiguous_format) -> Callable[[], None]:
+    """A phase-2 training step of a fresh model (no encoder weights: the speed does not depend on
+    them) on a random batch of ``cfg.batch_size`` images [3, H, W] in layout ``fmt``, for timing."""
+    b, (c, h, w) = cfg.batch_size, image_shape
+    model = HoVerNet(cfg.model.replace(encoder_weights=None)).to(device, memory_format=fmt).train()
+    opt = _make_optimizer(model, cfg, phase=2)
+    loss_fn = HoVerNetLoss(cfg.loss).to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(b, c, h, w, generator=gen).to(device).contiguous(memory_format=fmt)
+    target = {"np": torch.randint(0, 2, (b, h, w), generator=gen).to(device),
+              "hv": (torch.rand(b, 2, h, w, generator=gen) * 2 - 1).to(device),
+              "nc": torch.randint(0, cfg.model.n_types + 1, (b, h, w), generator=gen).to(device)}
+    autocast = cfg.precision == "bf16"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = model(x)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(pred, target)["loss"].backward()
+        opt.step()
+    return step
+
+
 def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[int, ...],
                    recorded: str | None = None) -> str:
     """The memory layout a run trains in: ``cfg.layout``, or for ``"auto"`` the one the run was
     started with (``recorded``), else the faster of the two for a phase-2 step of this model and
     batch on this machine (:func:`nasdm_aug.hardware.fastest_layout`, measured once and cached).
 
-    The measurement builds its own model, optimizer and random batch of ``image_shape`` [3, H, W],
-    under a forked RNG: the run's weights and data order are the same whichever layout wins.
+    The measurement times :func:`timing_step` under a forked RNG: the run's weights and data order
+    are the same whichever layout wins.
     """
     if cfg.layout != "auto":
         return cfg.layout
     if recorded in LAYOUTS:
         return recorded  # type: ignore[return-value]
-    b, (c, h, w) = cfg.batch_size, image_shape
-    autocast = cfg.precision == "bf16"
-    model_cfg = cfg.model.replace(encoder_weights=None)  # the speed does not depend on the weights
-
-    def make_step(fmt: torch.memory_format):
-        model = HoVerNet(model_cfg).to(device, memory_format=fmt).train()
-        opt = _make_optimizer(model, cfg, phase=2)
-        loss_fn = HoVerNetLoss(cfg.loss).to(device)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.rand(b, c, h, w, generator=gen).to(device).contiguous(memory_format=fmt)
-        target = {"np": torch.randint(0, 2, (b, h, w), generator=gen).to(device),
-                  "hv": (torch.rand(b, 2, h, w, generator=gen) * 2 - 1).to(device),
-                  "nc": torch.randint(0, cfg.model.n_types + 1, (b, h, w), generator=gen).to(device)}
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = model(x)
-            opt.zero_grad(set_to_none=True)
-            loss_fn(pred, target)["loss"].backward()
-            opt.step()
-        return step
-
-    key = f"hovernet {model_cfg.to_json(indent=None)} batch={b} image={c}x{h}x{w} precision={cfg.precision}"
+    c, h, w = image_shape
+    key = (f"hovernet {cfg.model.replace(encoder_weights=None).to_json(indent=None)} batch={cfg.batch_size} "
+           f"image={c}x{h}x{w} precision={cfg.precision}")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return fastest_layout(key, make_step, device)[0]
+        return fastest_layout(key, lambda fmt: timing_step(cfg, device, image_shape, fmt), device)[0]
 
 
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: HoVerNetLoss,
