@@ -99,34 +99,20 @@ def largest_batch(try_batch: Callable[[int], Any], start: int, limit: int, devic
 # -- NASDM training -------------------------------------------------------------------------------
 def nasdm_step(kind: str, preset: str, size: int, n_types: int, batch: int, device: torch.device,
                bf16: bool) -> Callable[[], None]:
-    """One full training step of the ``kind`` model: hybrid loss, backward, fused AdamW."""
+    """One full training step of the ``kind`` model (the trainer's ``timing_step``) on a random batch."""
     from nasdm_aug.nets import build_model
     from nasdm_aug.training.config import get_train_preset
+    from nasdm_aug.training.trainer import timing_step
 
     cfg = get_train_preset(kind, preset, n_types=n_types, image_size=size)
-    diffusion = cfg.diffusion.build()
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
+    model = build_model(cfg.model).to(device)
     x = torch.randn(batch, cfg.model.in_channels, size, size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
     if kind == "patch":
         cond = torch.rand(batch, cfg.model.cond_channels, size, size, device=device)
-        cond = cond.contiguous(memory_format=torch.channels_last)
     else:
         cond = (torch.rand(batch, n_types, device=device) > 0.5).float()
-    t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
-
-    def model_fn(xt: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(xt.contiguous(memory_format=torch.channels_last), ts, **kwargs).float()
-
-    def step() -> None:
-        losses = diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": cond})
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].mean().backward()
-        opt.step()
-    return step
+    return timing_step(model, cfg.diffusion.build(), x, cond, torch.channels_last, bf16=bf16, lr=cfg.lr)
 
 
 def measure_training(kind: str, args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, rank0_choi
 from .ema import EMA
 from .metric_log import MetricLogger
 
-__all__ = ["Trainer", "NonFiniteLossError", "TERMS"]
+__all__ = ["Trainer", "NonFiniteLossError", "TERMS", "timing_step"]
 
 TERMS = ("loss", "mse", "vb")
 
@@ -71,6 +71,33 @@ class _LossStats:
                     out[f"{term}_q{q}"] = float(sums[i, q] / counts[q])
         out["grad_norm"] = vals[-1] / max(self.steps, 1) / n_world
         return out
+
+
+def timing_step(model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor, cond: torch.Tensor,
+                fmt: torch.memory_format = torch.contiguous_format, bf16: bool = False,
+                lr: float = 1e-4) -> Callable[[], None]:
+    """One full training step of ``model`` (the hybrid loss, backward, fused AdamW) on the batch
+    ``x``, ``cond`` in layout ``fmt``, for timing; fixed timesteps and noise. The model is trained
+    as it is: pass a copy."""
+    dev = x.device
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=dev.type in ("cpu", "cuda"))
+    gen = torch.Generator().manual_seed(0)
+    x = x.contiguous(memory_format=fmt)
+    c = cond.contiguous(memory_format=fmt) if cond.dim() == 4 else cond
+    t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), generator=gen).to(dev)
+    noise = torch.randn(x.shape, generator=gen).to(dev)
+
+    def model_fn(xt: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(xt.contiguous(memory_format=fmt), ts, **kwargs).float()
+
+    def step() -> None:
+        losses = diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": c}, noise=noise)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].mean().backward()
+        opt.step()
+    return step
 
 
 class Trainer:
@@ -200,35 +227,17 @@ class Trainer:
         """The faster memory layout for this model, batch and machine
         (:func:`nasdm_aug.hardware.fastest_layout`: measured once, then cached).
 
-        It times full training steps (the hybrid loss, backward, fused AdamW) of a copy of the
-        model on one batch of the dataset, under a forked RNG, so the run itself is unchanged.
+        It times :func:`timing_step` on a copy of the model and one batch of the dataset, under a
+        forked RNG, so the run itself is unchanged.
         """
         cfg, dev = self.config, self.device
         batch = default_collate([self.dataset[i % len(self.dataset)] for i in range(cfg.batch_size)])
         x0, cond = batch["x"].to(dev), batch["cond"].to(dev)
-        n = x0.shape[0]
 
         def make_step(fmt: torch.memory_format) -> Callable[[], None]:
-            model = copy.deepcopy(self.model).to(memory_format=fmt).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=dev.type in ("cpu", "cuda"))
-            gen = torch.Generator().manual_seed(0)
-            x = x0.contiguous(memory_format=fmt)
-            c = cond.contiguous(memory_format=fmt) if cond.dim() == 4 else cond
-            t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen).to(dev)
-            noise = torch.randn(x.shape, generator=gen).to(dev)
+            return timing_step(copy.deepcopy(self.model), self.diffusion, x0, cond, fmt, bf16=cfg.bf16, lr=cfg.lr)
 
-            def model_fn(xt: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    return model(xt.contiguous(memory_format=fmt), ts, **kwargs).float()
-
-            def step() -> None:
-                losses = self.diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": c}, noise=noise)
-                opt.zero_grad(set_to_none=True)
-                losses["loss"].mean().backward()
-                opt.step()
-            return step
-
-        key = (f"nasdm {cfg.kind} {cfg.model.to_json(indent=None)} batch={n} x={tuple(x0.shape[1:])} "
+        key = (f"nasdm {cfg.kind} {cfg.model.to_json(indent=None)} batch={x0.shape[0]} x={tuple(x0.shape[1:])} "
                f"bf16={cfg.bf16} diffusion={cfg.diffusion.to_json(indent=None)}")
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             return fastest_layout(key, make_step, dev)[0]
