@@ -126,9 +126,9 @@ def _open_markers(marker: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
 
 
 def _argmax0(a: np.ndarray) -> np.ndarray:
-    """``a.argmax(0)`` of [C, ...], first channel on ties, by one pass per channel: numpy's
-    argmax along the slow axis copies the array and takes about twice as long on these maps."""
-    best, idx = a[0].copy(), np.zeros(a.shape[1:], np.int64)
+    """``a.argmax(0)`` of [C, K], first channel on ties, by one pass per channel: numpy's argmax
+    over the slow axis (or the short fast one) takes about twice as long."""
+    best, idx = a[0].copy(), np.zeros(a.shape[1:], np.intp)
     for c in range(1, a.shape[0]):
         np.putmask(idx, a[c] > best, c)
         np.maximum(best, a[c], out=best)
@@ -136,21 +136,27 @@ def _argmax0(a: np.ndarray) -> np.ndarray:
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
-    """Min-max normalise each patch of [N, H, W] to [0, 1] (all zero where a patch is constant)."""
+    """Min-max normalise each patch of [N, H, W] to [0, 1] as ``cv2.normalize(NORM_MINMAX)`` does,
+    ``a * scale - lo * scale``, in ``a``'s dtype; all zero where a patch is constant."""
     lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
     span = hi - lo
-    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1), 0).astype(a.dtype, copy=False)
+    scale = np.divide(1, span, out=np.zeros_like(span), where=span > 0)
+    out = a * scale
+    out -= lo * scale
+    return out
 
 
 def _remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Label the 4-connected components of each patch of [N, H, W] (ids unique over the stack, in
     raster order) and drop those under ``min_size`` pixels."""
-    lab, _ = ndi.label(mask, structure=_CROSS)
-    if min_size > 0 and lab.max():
-        sizes = np.bincount(lab.ravel())
-        small = sizes < min_size
-        small[0] = False
-        lab[small[lab]] = 0
+    lab = np.empty(mask.shape, np.intp)  # the index dtype: bincount and take need no copy
+    n = ndi.label(mask, structure=_CROSS, output=lab)
+    if min_size > 0 and n:
+        small = np.bincount(lab.ravel(), minlength=n + 1) < min_size
+        if small[1:].any():
+            lut = np.arange(n + 1)
+            lut[small] = 0
+            lab = np.take(lut, lab)
     return lab
 
 
@@ -158,13 +164,14 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``binary_fill_holes`` of each patch of [N, H, W] by labelling the background once
     (4-connected, as scipy's default): a background component that touches no patch edge is a hole.
     ~10x faster than scipy's dilations."""
-    lab, n = ndi.label(~mask, structure=_CROSS)
+    lab = np.empty(mask.shape, np.intp)
+    n = ndi.label(~mask, structure=_CROSS, output=lab)
     if n == 0:
         return mask
     hole = np.ones(n + 1, bool)
     hole[0] = False
     hole[np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])] = False
-    return mask | hole[lab]
+    return mask | np.take(hole, lab)
 
 
 @functools.lru_cache(maxsize=32)
@@ -184,22 +191,28 @@ def _filter_matrix(n: int, kernel_size: int, derivative: bool) -> np.ndarray:
             else:
                 j = 0
             m[i, j] += w
+    m = m.astype(np.float32)
     m.flags.writeable = False
     return m
 
 
 def _energy(mask: np.ndarray, hv: np.ndarray, kernel_size: int) -> np.ndarray:
-    """:func:`instance_energy` of a stack: mask [N, H, W], hv [N, 2, H, W]."""
+    """:func:`instance_energy` of a stack: mask [N, H, W] (bool or 0 / 1), hv [N, 2, H, W]."""
     h, v = _minmax(hv[:, 0].astype(np.float32)), _minmax(hv[:, 1].astype(np.float32))
     n_y, n_x = h.shape[1:]
     # d/dx of h and d/dy of v, each smoothed across; reflect-101 borders (torch's reflect padding,
     # used by MONAI, and OpenCV's default). Filtering as products with banded matrices: the
-    # 21-tap kernels at 40x make scipy's correlate1d the slowest step, BLAS does it in a fraction,
-    # in float64 as OpenCV's CV_64F Sobel output.
-    gh = _filter_matrix(n_y, kernel_size, False) @ h.astype(np.float64) @ _filter_matrix(n_x, kernel_size, True).T
-    gv = _filter_matrix(n_y, kernel_size, True) @ v.astype(np.float64) @ _filter_matrix(n_x, kernel_size, False).T
-    energy = np.maximum(1.0 - _minmax(gh), 1.0 - _minmax(gv))
-    return np.clip(energy - (1.0 - mask), 0.0, None).astype(np.float32)
+    # 21-tap kernels at 40x make scipy's correlate1d the slowest step, BLAS does it in a fraction.
+    # float32 products, not OpenCV's CV_64F: the result is normalised to float32 next, and float64
+    # took twice as long for the same instances (benchmarks/bench_postprocess.py checks them).
+    gh = _filter_matrix(n_y, kernel_size, False) @ h @ _filter_matrix(n_x, kernel_size, True).T
+    gv = _filter_matrix(n_y, kernel_size, True) @ v @ _filter_matrix(n_x, kernel_size, False).T
+    # as hover_net: 1 - normalize(..., CV_32F) of each, the larger of the two; then minus
+    # (1 - mask) clipped at 0, which is the energy on the mask and 0 off it (energy <= 1)
+    energy = np.subtract(1, _minmax(gh), out=gh)
+    np.maximum(energy, np.subtract(1, _minmax(gv), out=gv), out=energy)
+    energy *= mask
+    return energy
 
 
 def instance_energy(mask: np.ndarray, hv: np.ndarray, kernel_size: int = 5) -> np.ndarray:
@@ -257,8 +270,9 @@ def instances_from_np_hv_batch(np_prob: np.ndarray, hv: np.ndarray, cfg: Postpro
     mask = blobs > 0
     if not mask.any():
         return np.zeros(np_prob.shape, np.int32)
-    energy = _energy(mask.astype(np.float32), hv, cfg.sobel_kernel_size)
-    dist = -_smooth((1.0 - energy) * mask, cfg)
+    energy = _energy(mask, hv, cfg.sobel_kernel_size)
+    # -smooth((1 - energy) * mask), with energy 0 off the mask: the blur is linear
+    dist = _smooth(np.subtract(energy, mask, dtype=np.float32), cfg)
     marker = _fill_holes(mask & (energy < cfg.marker_threshold))
     marker = _open_markers(marker, cfg)
     markers = _remove_small(marker, cfg.min_object_size)
@@ -277,35 +291,58 @@ def _watershed(dist: np.ndarray, markers: np.ndarray, comps: np.ndarray, connect
 
     A component of the mask that holds one marker label is that label everywhere the flood can
     reach, which is the whole component; one without a marker stays 0. Only components with two
-    or more labels are flooded, in one call on the patches that have them (cropped to their joint
-    bounding box), with a neighbourhood that never leaves a patch. The flood never crosses between
-    components and its priority queue orders pixels by (value, age) with ages in raster order, so
-    the result is pixel for pixel the per-patch full-image one (checked in the tests), at a
-    fraction of the cost, since most nuclei are alone in their blob.
+    or more labels are flooded: their bounding boxes, masked to the component, are stacked into
+    one strip with an empty row between them, and flooded in one call. The flood never crosses
+    between components (nor the empty rows), and its priority queue orders pixels by (value, age)
+    with ages in raster order, which a crop keeps; so the result is pixel for pixel the per-patch
+    full-image one (checked in the tests), at a fraction of the cost, since most nuclei are alone
+    in their blob and the rest of a patch is background.
     """
-    markers = np.where(comps > 0, markers, 0)  # watershed ignores markers outside its mask
+    out = np.zeros(comps.shape, markers.dtype)
+    # the marker pixels inside the mask (watershed ignores the others), as flat indices
+    on = np.flatnonzero((markers > 0) & (comps > 0))
+    if on.size == 0:
+        return out
+    on_comp, on_label = np.take(comps, on), np.take(markers, on)
     n_comp = int(comps.max())
-    on = markers > 0
-    # distinct (component, marker label) pairs
-    pairs = np.unique(comps[on].astype(np.int64) * (int(markers.max()) + 1) + markers[on])
-    pair_comp, pair_label = np.divmod(pairs, int(markers.max()) + 1)
+    base = int(on_label.max()) + 1
+    pairs = np.unique(on_comp.astype(np.int64) * base + on_label)  # distinct (component, label) pairs
+    pair_comp, pair_label = np.divmod(pairs, base)
     n_labels = np.bincount(pair_comp, minlength=n_comp + 1)
     lut = np.zeros(n_comp + 1, markers.dtype)
     single = n_labels[pair_comp] == 1
     lut[pair_comp[single]] = pair_label[single]
-    out = lut[comps]
-    multi = n_labels >= 2
-    multi[0] = False
-    if multi.any():
-        flood = multi[comps]
-        patches = np.nonzero(flood.any((1, 2)))[0]
-        rows, cols = np.nonzero(flood.any((0, 2)))[0], np.nonzero(flood.any((0, 1)))[0]
-        box = np.s_[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-        sub = flood[patches][:, box[0], box[1]]
-        footprint = (_CROSS if connectivity == 1 else _SQUARE).astype(np.uint8)
-        ws = watershed(dist[patches][:, box[0], box[1]], markers=np.where(sub, markers[patches][:, box[0], box[1]], 0),
-                       mask=sub, connectivity=footprint)
-        out[patches, box[0], box[1]] = np.where(sub, ws, out[patches][:, box[0], box[1]])
+    np.take(lut, comps, out=out)
+    multi = np.nonzero(n_labels >= 2)[0]
+    if multi.size == 0:
+        return out
+    patch_of = np.zeros(n_comp + 1, np.intp)
+    patch_of[on_comp] = on // comps[0].size  # a marker pixel of a component names its patch
+    crops = []
+    for c in multi:  # a few per batch: cheaper than find_objects over the whole stack
+        p = int(patch_of[c])
+        sel = comps[p] == c
+        rows, cols = np.flatnonzero(sel.any(1)), np.flatnonzero(sel.any(0))
+        r, q = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        crops.append((p, r, q, sel[r, q]))
+    height = sum(sel.shape[0] + 1 for *_, sel in crops)
+    width = max(sel.shape[1] for *_, sel in crops)
+    img = np.zeros((height, width), np.float64)
+    seeds = np.zeros((height, width), markers.dtype)
+    keep = np.zeros((height, width), bool)
+    y = 0
+    for p, r, q, sel in crops:
+        h, w = sel.shape
+        img[y: y + h, :w] = dist[p, r, q]
+        keep[y: y + h, :w] = sel
+        seeds[y: y + h, :w] = np.where(sel, markers[p, r, q], 0)
+        y += h + 1
+    ws = watershed(img, markers=seeds, mask=keep, connectivity=connectivity)
+    y = 0
+    for p, r, q, sel in crops:
+        h, w = sel.shape
+        out[p, r, q][sel] = ws[y: y + h, :w][sel]
+        y += h + 1
     return out
 
 
@@ -369,17 +406,26 @@ def assign_types_batch(inst: np.ndarray, nc_prob: np.ndarray, vote: str = "types
         raise ValueError(f"vote must be 'types' or 'argmax', got {vote!r}")
     if inst.ndim != 3 or nc_prob.ndim != 4 or nc_prob.shape[0] != inst.shape[0] or nc_prob.shape[2:] != inst.shape[1:]:
         raise ValueError(f"expected inst [N, H, W] and nc [N, C, H, W], got {inst.shape} and {nc_prob.shape}")
-    chan = np.moveaxis(nc_prob, 1, 0)
-    pixel_type = _argmax0(chan) if vote == "argmax" else _argmax0(chan[1:]) + 1
+    n, c = nc_prob.shape[:2]
+    flat = inst.reshape(n, -1)
+    out = np.zeros(inst.shape, np.uint8)
+    fg = np.flatnonzero(flat)  # only nuclei pixels vote (a tenth of a patch, typically)
+    if fg.size == 0:
+        return out
+    patch = fg // flat.shape[1]
+    size = flat.shape[1]
+    # [C, pixels]: the scores of the nuclei pixels, channel by channel (flat indices into nc)
+    scores = np.take(nc_prob.reshape(-1), (fg + patch * ((c - 1) * size))[None] + (np.arange(c) * size)[:, None])
+    pixel_type = _argmax0(scores) if vote == "argmax" else _argmax0(scores[1:]) + 1
     # ids made unique over the batch, so one vote covers every nucleus of every patch;
     # the vote never lets background win when a nucleus has a typed pixel (hover_net's runner-up)
-    offset = np.concatenate([[0], np.cumsum(inst.reshape(len(inst), -1).max(1, initial=0))[:-1]]).astype(np.int64)
-    gid = np.where(inst > 0, inst + offset[:, None, None], 0)
-    w = inst.shape[-1]  # the patches stacked as one tall map: ids are unique, so nothing merges
-    ids, types = instance_type_votes(gid.reshape(-1, w), pixel_type.reshape(-1, w))
+    offset = np.concatenate([[0], np.cumsum(flat.max(1))[:-1]]).astype(np.int64)
+    gid = flat.ravel()[fg] + offset[patch]
+    ids, types = instance_type_votes(gid[None], pixel_type[None])
     lut = np.zeros(int(gid.max()) + 1, np.uint8)
     lut[ids] = types
-    return lut[gid]
+    out.reshape(-1)[fg] = lut[gid]
+    return out
 
 
 def postprocess(outputs: dict[str, torch.Tensor], cfg: PostprocessConfig | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -161,6 +161,27 @@ def test_argmax0_equals_numpy_including_ties():
     np.testing.assert_array_equal(_argmax0(a), a.argmax(0))
 
 
+def test_batched_type_vote_equals_a_plain_majority_including_ties():
+    """Per pixel the first best channel (numpy's argmax), per nucleus the most frequent type,
+    lower id on ties; "argmax" counts only typed pixels unless there are none (hover_net's
+    runner-up), "types" never lets background compete."""
+    rng = np.random.default_rng(6)
+    inst = rng.integers(0, 4, (3, 9, 11)).astype(np.int32)  # ids 1..3 in each patch, scattered
+    inst[1] = 0  # a patch without nuclei
+    nc = rng.integers(0, 3, (3, 5, 9, 11)).astype(np.float32)  # many ties between channels
+    for vote in ("argmax", "types"):
+        got = assign_types_batch(inst, nc, vote)
+        for b in range(3):
+            typ = nc[b].argmax(0) if vote == "argmax" else nc[b, 1:].argmax(0) + 1
+            want = np.zeros(inst[b].shape, np.uint8)
+            for i in range(1, inst[b].max() + 1):
+                counts = np.bincount(typ[inst[b] == i], minlength=5)
+                counts[0] = 0  # background only wins when no pixel is typed
+                want[inst[b] == i] = counts.argmax()
+            np.testing.assert_array_equal(got[b], want, err_msg=f"{vote}, patch {b}")
+            np.testing.assert_array_equal(assign_types(inst[b], nc[b], vote), want)
+
+
 def test_batch_postprocess_uses_the_config_vote():
     import torch
 
