@@ -2,7 +2,7 @@
 ``process()`` (benchmarks/hovernet_reference.py), on the same inputs, in one process.
 
     .venv/bin/python benchmarks/bench_postprocess.py [--patches 48] [--rounds 5]
-        [--batch 8]
+        [--batch 8] [--base COMMIT]
         [--model HOVERNET_RUN --store STORE.h5 --split Test] [--json out.json]
 
 Inputs: (1) "soft": soft np / hv maps made from real CoNSeP instance maps (128-px crops of
@@ -12,7 +12,9 @@ For each: patches/s (best of ``--rounds`` interleaved passes, one thread) of hov
 ``process()`` with and without its contour / centroid bookkeeping and of our presets, patch by
 patch and in batches of ``--batch`` (as ``postprocess()`` runs them; checked identical); the
 agreement of our ``hovernet`` preset with it (pooled PQ, identical patches, identical types);
-and PQ against ground truth of every variant.
+and PQ against ground truth of every variant. ``--base COMMIT`` adds that commit's
+``hovernet/postprocess.py`` (read with ``git show``) to the race, batched, with its speed ratio to
+this checkout's and whether the two give the same maps.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -82,19 +86,35 @@ def model_inputs(model_dir: str, store: str, split: str, n: int) -> list[dict[st
     return out
 
 
-def race(items: list[dict[str, np.ndarray]], rounds: int, batch: int) -> dict[str, float]:
+def load_base(commit: str) -> types.ModuleType:
+    """``hovernet/postprocess.py`` as it was at ``commit``, as a module of its own (it imports the
+    rest of ``hovernet`` from this checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{commit}:hovernet/postprocess.py"], cwd=root, capture_output=True,
+                         text=True)
+    if src.returncode:
+        sys.exit(f"Error: --base {commit}: {src.stderr.strip()}")
+    mod = types.ModuleType(f"postprocess_{commit}")
+    exec(compile(src.stdout, f"{commit}:hovernet/postprocess.py", "exec"), mod.__dict__)
+    return mod
+
+
+def race(items: list[dict[str, np.ndarray]], rounds: int, batch: int,
+         base: tuple[str, types.ModuleType] | None = None) -> dict[str, float]:
     presets = {"hovernet": PostprocessConfig.hovernet(), "default": PostprocessConfig(), "monai": PostprocessConfig.monai()}
 
     def ours(cfg):
         return lambda it: (lambda inst: (inst, assign_types(inst, it["nc"], cfg.type_vote)))(
             instances_from_np_hv(it["prob"], it["hv"], cfg))
 
-    def ours_batched(cfg):
+    def ours_batched(cfg, mod=None):
         """What ``postprocess()`` (and so ``hovernet evaluate``) does: one pass per batch."""
+        inst_fn = mod.instances_from_np_hv_batch if mod else instances_from_np_hv_batch
+        type_fn = mod.assign_types_batch if mod else assign_types_batch
+
         def run(chunk):
-            inst = instances_from_np_hv_batch(np.stack([it["prob"] for it in chunk]), np.stack([it["hv"] for it in chunk]),
-                                              cfg)
-            typ = assign_types_batch(inst, np.stack([it["nc"] for it in chunk]), cfg.type_vote)
+            inst = inst_fn(np.stack([it["prob"] for it in chunk]), np.stack([it["hv"] for it in chunk]), cfg)
+            typ = type_fn(inst, np.stack([it["nc"] for it in chunk]), cfg.type_vote)
             return list(zip(inst, typ))
         return run
 
@@ -107,6 +127,8 @@ def race(items: list[dict[str, np.ndarray]], rounds: int, batch: int) -> dict[st
     fns = {"hover_net_process": theirs(True), "hover_net_no_contours": theirs(False),
            **{f"ours_{k}": ours(c) for k, c in presets.items()}}
     batched = {f"ours_{k}_batch{batch}": ours_batched(c) for k, c in presets.items()}
+    if base:
+        batched[f"base_hovernet_batch{batch}"] = ours_batched(presets["hovernet"], base[1])
     for fn in fns.values():  # warm caches and imports
         fn(items[0])
     for fn in batched.values():
@@ -126,6 +148,13 @@ def race(items: list[dict[str, np.ndarray]], rounds: int, batch: int) -> dict[st
         for (a, ta), (b, tb) in zip(results[f"ours_{k}"], results[f"ours_{k}_batch{batch}"]):
             assert np.array_equal(a, b) and np.array_equal(ta, tb), f"batched {k} differs from per patch"
     out = {f"{k}_per_s": len(items) / v for k, v in best.items()}
+    if base:
+        out["base"] = base[0]
+        out["speedup_batched_vs_base"] = best[f"base_hovernet_batch{batch}"] / best[f"ours_hovernet_batch{batch}"]
+        out["speedup_base_batched_vs_no_contours"] = best["hover_net_no_contours"] / best[f"base_hovernet_batch{batch}"]
+        out["same_maps_as_base"] = all(
+            np.array_equal(a, b) and np.array_equal(ta, tb)
+            for (a, ta), (b, tb) in zip(results[f"base_hovernet_batch{batch}"], results[f"ours_hovernet_batch{batch}"]))
     for name, k in (("", "ours_hovernet"), ("_batched", f"ours_hovernet_batch{batch}")):
         out[f"speedup{name}_vs_process"] = best["hover_net_process"] / best[k]
         out[f"speedup{name}_vs_no_contours"] = best["hover_net_no_contours"] / best[k]
@@ -162,16 +191,20 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="PatchStore for --model")
     ap.add_argument("--split", default="Test")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--base", default=None, metavar="COMMIT",
+                    help="also race this commit's hovernet/postprocess.py (the hovernet preset, batched)")
     args = ap.parse_args()
+    base = (args.base, load_base(args.base)) if args.base else None
     torch.set_num_threads(1)
     res: dict = {"machine": machine()}
     print(json.dumps(res["machine"]), flush=True)
-    res["soft"] = race(soft_inputs(args.patches), args.rounds, args.batch)
+    res["soft"] = race(soft_inputs(args.patches), args.rounds, args.batch, base)
     print("soft", json.dumps(res["soft"], indent=1), flush=True)
     if args.model:
         if not args.store:
             sys.exit("Error: --model needs --store")
-        res["model"] = race(model_inputs(args.model, args.store, args.split, args.patches), args.rounds, args.batch)
+        res["model"] = race(model_inputs(args.model, args.store, args.split, args.patches), args.rounds, args.batch,
+                            base)
         print("model", json.dumps(res["model"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
