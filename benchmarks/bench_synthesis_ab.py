@@ -3,9 +3,10 @@ same patches in its own process, the two alternating, so both see the same machi
 
     git worktree add /tmp/base <commit>
     OMP_NUM_THREADS=1 python benchmarks/bench_synthesis_ab.py --base-tree /tmp/base \\
-        [--base-layout contiguous] [--batches 1,8,32] [--steps 20] [--repeats 3]
+        [--base-layout contiguous] [--batches 1,8,32] [--steps 20] [--repeats 3] [--model toy]
 
-The embedded toy models (64 px), ancestral DDPM, guidance 1.5, patches for fixed generated masks
+The embedded toy models (64 px; ``--model consep-cpu`` for the real-tissue ones, which both
+commits must ship), ancestral DDPM, guidance 1.5, patches for fixed generated masks
 (made by this checkout, handed to both sides). Each side loads its own ``nasdm_aug`` (checked),
 warms up on one batch and times ``generate_patches``; the median repeat is reported with the mean
 absolute pixel difference between the two sides' patches (same seeds).
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, sys, time
-tree, layout, batch, steps, masks, out = sys.argv[1:7]
+tree, layout, batch, steps, masks, out, model = sys.argv[1:8]
 sys.path.insert(0, tree)
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -37,7 +38,7 @@ assert nasdm_aug.__file__.startswith(tree), nasdm_aug.__file__
 from nasdm_aug.generator import NASDMGenerator
 from nasdm_aug.sampling import SamplerOptions
 kw = {} if layout == "default" else {"layout": layout}
-gen = NASDMGenerator.from_pretrained("toy", device="cpu", **kw)
+gen = NASDMGenerator.from_pretrained(model, device="cpu", **kw)
 m = np.load(masks)
 inst, typ, batch = m["inst"][: int(batch)], m["type"][: int(batch)], int(batch)
 opts = SamplerOptions(steps=int(steps))
@@ -50,9 +51,9 @@ print(json.dumps({"seconds": sec, "layout": getattr(gen, "layout", "contiguous")
 """
 
 
-def _side(tree: str, layout: str, batch: int, steps: int, masks: str, out: str) -> dict:
+def _side(tree: str, layout: str, batch: int, steps: int, masks: str, out: str, model: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    res = subprocess.run([sys.executable, "-c", _CHILD, tree, layout, str(batch), str(steps), masks, out],
+    res = subprocess.run([sys.executable, "-c", _CHILD, tree, layout, str(batch), str(steps), masks, out, model],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="toy", help="the shipped model both sides sample with")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -77,11 +79,11 @@ def main() -> None:
     this_commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip()
     print(f"machine: {describe_machine()}; threads {os.environ.get('OMP_NUM_THREADS', '1')} per side; "
-          f"{args.steps} steps, guidance 1.5; base {base_commit} ({args.base_layout}), this {this_commit} (default)")
+          f"model {args.model}, {args.steps} steps, guidance 1.5; base {base_commit} ({args.base_layout}), this {this_commit} (default)")
     batches = [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         masks = os.path.join(tmp, "masks.npz")
-        inst, typ = NASDMGenerator.from_pretrained("toy", device="cpu").generate_masks(
+        inst, typ = NASDMGenerator.from_pretrained(args.model, device="cpu").generate_masks(
             "all", max(batches), sampling=SamplerOptions(steps=10), seed=0)
         np.savez(masks, inst=inst, type=typ)
         rows = []
@@ -89,7 +91,7 @@ def main() -> None:
             times: dict[str, list[float]] = {"base": [], "this": []}
             for _ in range(args.repeats):
                 for side, tree, layout in (("base", args.base_tree, args.base_layout), ("this", str(HERE), "default")):
-                    r = _side(tree, layout, batch, args.steps, masks, os.path.join(tmp, f"{side}.npy"))
+                    r = _side(tree, layout, batch, args.steps, masks, os.path.join(tmp, f"{side}.npy"), args.model)
                     times[side].append(r["seconds"])
             diff = float(np.abs(np.load(os.path.join(tmp, "base.npy")).astype(float)
                                 - np.load(os.path.join(tmp, "this.npy")).astype(float)).mean())
@@ -102,7 +104,7 @@ def main() -> None:
         print(f"| {r['batch']} | {r['base_patches_per_s']:.3f} | {r['this_patches_per_s']:.3f} | {r['speedup']:.2f}x | "
               f"{r['mean_abs_diff']:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": describe_machine(), "base": base_commit, "this": this_commit,
+        Path(args.json).write_text(json.dumps({"machine": describe_machine(), "model": args.model, "base": base_commit, "this": this_commit,
                                                "steps": args.steps, "rows": rows}, indent=1))
 
 
