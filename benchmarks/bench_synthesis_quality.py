@@ -9,7 +9,8 @@ scored as a user scores one.
 
 Every bank is made by ``nasdm-aug synthesize`` and scored by ``nasdm-aug evaluate`` against the
 real patches of ``--masks:--split`` (with ``--segmenter``: the instance-level fidelity criteria
-too), the commands printed as they run; reruns reuse finished banks (``--resume``) and reports.
+too), the commands printed as they run; reruns reuse finished banks (``--resume``: refused if
+made otherwise) and the reports made from the same bank, real split and segmenter.
 Reported per bank: FID, KID, the fidelity criteria of the synthetic patches, and the mean absolute
 pixel difference (0-255) to the float32 NCHW bank of seed 0. The question for each change is
 whether it moves these numbers by more than other seeds do (float32 NCHW, seeds 1 and 2): the
@@ -64,6 +65,19 @@ def images(bank: Path) -> np.ndarray:
         return st.read(np.arange(len(st)), keys=("image",))["image"].astype(np.int16)
 
 
+def _evaluated(ev: Path, real: str, split: str, bank: Path, segmenter: str | None) -> bool:
+    """A finished report of ``evaluate`` made with these inputs (else it is made again)."""
+    try:
+        cfg = json.loads((ev / "config.json").read_text())
+        (ev / "metrics.json").stat()
+    except (OSError, ValueError):
+        return False
+    same = (Path(cfg.get("real", "")).resolve() == Path(real).resolve() and cfg.get("real_split") == split
+            and Path(cfg.get("synthetic", "")).resolve() == bank.resolve())
+    return same and (Path(cfg["segmenter"]).resolve() if cfg.get("segmenter") else None) == (
+        Path(segmenter).resolve() if segmenter else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="consep-cpu", help="a shipped model name, or the mask and patch run folders comma-separated")
@@ -99,7 +113,7 @@ def main() -> None:
         reused = bank.exists()  # then synthesize --resume only checks it
         wall = run(cmd, work / f"{name}.synth.log")
         ev = work / f"eval-{name}"
-        if not (ev / "metrics.json").exists():
+        if not _evaluated(ev, args.masks, args.split, bank, args.segmenter):
             cmd = [nasdm, "evaluate", "--real", f"{args.masks}:{args.split}", "--synthetic", str(bank),
                    "--out", str(ev), "--overwrite", "--seed", "0"]
             if args.segmenter:
