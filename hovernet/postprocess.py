@@ -337,11 +337,8 @@ def _watershed(dist: np.ndarray, markers: np.ndarray, comps: np.ndarray, connect
     img = np.zeros(keep.shape, np.float64)
     img[at] = dist.reshape(n * h, w)[rows]
     seeded = seeds > 0
-    inner = seeded.copy()
-    pad = np.pad(seeded | ~keep, 1, constant_values=True)
-    shifts = [(0, 1), (2, 1), (1, 0), (1, 2)] + ([(0, 0), (0, 2), (2, 0), (2, 2)] if connectivity == 2 else [])
-    for dy, dx in shifts:
-        inner &= pad[dy: dy + keep.shape[0], dx: dx + w]
+    # marker pixels whose every neighbour is a marker pixel or off the mask (or off the strip)
+    inner = seeded & _morph_rows(seeded | ~keep, (_CROSS if connectivity == 1 else _SQUARE)[1], True)
     ws = watershed(img, markers=np.where(inner, 0, seeds), mask=keep & ~inner, connectivity=connectivity)
     np.copyto(ws, seeds, where=inner)
     flat_out = out.reshape(n * h, w)
