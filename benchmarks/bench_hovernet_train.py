@@ -2,14 +2,16 @@
 (MONAI MetaTensors through the augmentation and the loss's Sobel gradients, NCHW), in one process.
 
     .venv/bin/python benchmarks/bench_hovernet_train.py --store consep.h5 --split R2 [--batches 12]
-        [--rounds 3] [--preset tiny] [--json out.json]
+        [--rounds 3] [--preset tiny] [--bf16] [--json out.json]
 
 Each variant runs ``--batches`` batches of the augmented store (data loading in the main process,
 as ``num_workers=0``) through full training steps, phase 1 (encoder frozen) and phase 2 (all
 layers), rounds interleaved; the median round is reported. Data time (augmentation + targets +
 collation) and step time are timed apart. Achieved GFLOP/s counts the forward and backward FLOPs
 of a phase-2 step (torch.utils.flop_counter) over the step time; the conv ceiling is a 3x3 conv
-64->64 at 32 px in the same run (benchmarks/bench_nets.py).
+64->64 at 32 px in the same run (benchmarks/bench_nets.py). ``--bf16`` adds both layouts under bf16
+autocast (the trainer's ``precision="bf16"``: network in bf16, losses in float32), against the bf16
+conv ceiling; only meaningful where bf16 is native (the machine line says).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class MetaTensorSobelLoss(HoVerNetLoss):
 def run_variant(name: str, base, cfg, batches: int, seed: int) -> dict[str, float]:
     """Patches/s, data and step seconds per batch of one variant, phase 1 and phase 2."""
     before = name == "before"
-    fmt = torch.channels_last if name.endswith("channels_last") else torch.contiguous_format
+    fmt = torch.channels_last if "channels_last" in name else torch.contiguous_format
+    bf16 = name.endswith("bf16")
     ds = HoVerNetTrainDataset(base, augment=True, seed=seed)
     loss_fn = MetaTensorSobelLoss(cfg.loss) if before else HoVerNetLoss(cfg.loss)
     torch.manual_seed(0)
@@ -80,7 +83,9 @@ def run_variant(name: str, base, cfg, batches: int, seed: int) -> dict[str, floa
                 batch = next(it)
                 t1 = time.perf_counter()
                 x = batch["image"].contiguous(memory_format=fmt)
-                terms = loss_fn(model(x), batch)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    pred = model(x)
+                terms = loss_fn(pred, batch)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true", help="also time both layouts under bf16 autocast")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,31 +133,39 @@ def main() -> None:
     print(f"machine: {describe_machine()}; threads {args.threads}; {args.store}:{args.split} ({len(base)} patches, "
           f"{shape[1]} px), preset {args.preset}, batch {cfg.batch_size}")
     variants = ["before", "now contiguous", "now channels_last"]
+    if args.bf16:
+        variants += ["now contiguous bf16", "now channels_last bf16"]
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    ceilings = []
+    ceilings, ceilings_bf16 = [], []
     for r in range(args.rounds):
         ceilings.append(_conv_ceiling(32, "fp32", 5))
+        if args.bf16:
+            ceilings_bf16.append(_conv_ceiling(32, "bf16", 5))
         for v in variants:
             runs[v].append(run_variant(v, base, cfg, args.batches, seed=r))
     med = {v: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for v, rs in runs.items()}
     flops = step_flops(cfg, shape)
     ceiling = statistics.median(ceilings)
+    ceiling_bf16 = statistics.median(ceilings_bf16) if ceilings_bf16 else None
     ref = med["before"]
-    print(f"\nconv ceiling (3x3 64->64, 32 px, fp32): {ceiling:.1f} GFLOP/s; phase-2 step: "
-          f"{flops / 1e9:.2f} GFLOP fwd+bwd per batch of {cfg.batch_size}")
+    print(f"\nconv ceiling (3x3 64->64, 32 px): fp32 {ceiling:.1f} GFLOP/s"
+          + (f", bf16 {ceiling_bf16:.1f} GFLOP/s" if ceiling_bf16 else "")
+          + f"; phase-2 step: {flops / 1e9:.2f} GFLOP fwd+bwd per batch of {cfg.batch_size}")
     print("| variant | phase 1 patches/s | phase 2 patches/s | data ms/patch | step ms/patch (phase 2) "
           "| phase-2 step GFLOP/s (% of ceiling) | phase 2 vs before |")
     print("|---|---|---|---|---|---|---|")
     for v in variants:
         m = med[v]
         gflops = flops / cfg.batch_size / (m["phase2_step_ms_per_patch"] / 1e3) / 1e9
+        ceil = ceiling_bf16 if v.endswith("bf16") else ceiling
         print(f"| {v} | {m['phase1_patches_per_s']:.1f} | {m['phase2_patches_per_s']:.1f} | "
               f"{m['phase2_data_ms_per_patch']:.2f} | {m['phase2_step_ms_per_patch']:.1f} | "
-              f"{gflops:.1f} ({100 * gflops / ceiling:.0f}%) | "
+              f"{gflops:.1f} ({100 * gflops / ceil:.0f}%) | "
               f"{m['phase2_patches_per_s'] / ref['phase2_patches_per_s']:.2f}x |")
         m["phase2_step_gflops"] = gflops
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": describe_machine(), "ceiling_gflops": ceiling,
+                                               "ceiling_bf16_gflops": ceiling_bf16,
                                                "step_gflop": flops / 1e9, "median": med, "runs": runs}, indent=1))
 
 

@@ -4,6 +4,7 @@ same patches in its own process, the two alternating, so both see the same machi
     git worktree add /tmp/base <commit>
     OMP_NUM_THREADS=1 python benchmarks/bench_synthesis_ab.py --base-tree /tmp/base \\
         [--base-layout contiguous] [--batches 1,8,32] [--steps 20] [--repeats 3] [--model toy]
+        [--dtype float32|bfloat16]
 
 The embedded toy models (64 px; ``--model consep-cpu`` for the real-tissue ones, which both
 commits must ship), ancestral DDPM, guidance 1.5, patches for fixed generated masks
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, sys, time
-tree, layout, batch, steps, masks, out, model = sys.argv[1:8]
+tree, layout, batch, steps, masks, out, model, dtype = sys.argv[1:9]
 sys.path.insert(0, tree)
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -38,6 +39,8 @@ assert nasdm_aug.__file__.startswith(tree), nasdm_aug.__file__
 from nasdm_aug.generator import NASDMGenerator
 from nasdm_aug.sampling import SamplerOptions
 kw = {} if layout == "default" else {"layout": layout}
+if dtype != "float32":
+    kw["dtype"] = getattr(torch, dtype)
 gen = NASDMGenerator.from_pretrained(model, device="cpu", **kw)
 m = np.load(masks)
 inst, typ, batch = m["inst"][: int(batch)], m["type"][: int(batch)], int(batch)
@@ -51,9 +54,9 @@ print(json.dumps({"seconds": sec, "layout": getattr(gen, "layout", "contiguous")
 """
 
 
-def _side(tree: str, layout: str, batch: int, steps: int, masks: str, out: str, model: str) -> dict:
+def _side(tree: str, layout: str, batch: int, steps: int, masks: str, out: str, model: str, dtype: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    res = subprocess.run([sys.executable, "-c", _CHILD, tree, layout, str(batch), str(steps), masks, out, model],
+    res = subprocess.run([sys.executable, "-c", _CHILD, tree, layout, str(batch), str(steps), masks, out, model, dtype],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -67,6 +70,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="toy", help="the shipped model both sides sample with")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="this side's sampling dtype (the base side samples in float32); bfloat16 is only "
+                         "meaningful where it is native (the machine line says)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -79,7 +85,8 @@ def main() -> None:
     this_commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip()
     print(f"machine: {describe_machine()}; threads {os.environ.get('OMP_NUM_THREADS', '1')} per side; "
-          f"model {args.model}, {args.steps} steps, guidance 1.5; base {base_commit} ({args.base_layout}), this {this_commit} (default)")
+          f"model {args.model}, {args.steps} steps, guidance 1.5; base {base_commit} ({args.base_layout}, float32), "
+          f"this {this_commit} (default layout, {args.dtype})")
     batches = [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         masks = os.path.join(tmp, "masks.npz")
@@ -90,8 +97,9 @@ def main() -> None:
         for batch in batches:
             times: dict[str, list[float]] = {"base": [], "this": []}
             for _ in range(args.repeats):
-                for side, tree, layout in (("base", args.base_tree, args.base_layout), ("this", str(HERE), "default")):
-                    r = _side(tree, layout, batch, args.steps, masks, os.path.join(tmp, f"{side}.npy"), args.model)
+                for side, tree, layout, dtype in (("base", args.base_tree, args.base_layout, "float32"),
+                                                  ("this", str(HERE), "default", args.dtype)):
+                    r = _side(tree, layout, batch, args.steps, masks, os.path.join(tmp, f"{side}.npy"), args.model, dtype)
                     times[side].append(r["seconds"])
             diff = float(np.abs(np.load(os.path.join(tmp, "base.npy")).astype(float)
                                 - np.load(os.path.join(tmp, "this.npy")).astype(float)).mean())
@@ -105,6 +113,7 @@ def main() -> None:
               f"{r['mean_abs_diff']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": describe_machine(), "model": args.model, "base": base_commit, "this": this_commit,
+                                               "this_dtype": args.dtype,
                                                "steps": args.steps, "rows": rows}, indent=1))
 
 
