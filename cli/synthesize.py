@@ -53,7 +53,8 @@ from nasdm_aug.utils import InputError
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="Sampling precision (default float32; auto: bfloat16 where this machine runs it natively).")
+              help="Sampling precision (default auto: bfloat16 where this machine runs it natively, a GPU with bf16 "
+                   "or a CPU with AVX512-BF16 / AMX; else float32).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Memory layout of the models and samples (default channels_last).")
 @click.option("--compile/--no-compile", "compile_", default=None,
@@ -101,7 +102,7 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
     if resume and Path(out).exists() and not overwrite:
         from nasdm_aug.synthesize import finished_bank_problem
 
-        problem = finished_bank_problem(out, config)
+        problem = finished_bank_problem(out, config, device)
         if problem:
             raise InputError(f"{out}: {problem}; pass --overwrite to replace it")
         click.echo(f"{out} is complete; nothing to do")

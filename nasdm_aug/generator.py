@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
-from nasdm_aug.hardware import LAYOUTS, memory_format
+from nasdm_aug.hardware import DTYPES, LAYOUTS, memory_format, resolve_dtype
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
@@ -172,7 +172,11 @@ class NASDMGenerator:
         type_table: the nuclei types both models were trained on.
         mask_model: the mask U-Net and its config (None: only ``generate_patches`` works).
         device: where the models run (None or "auto": this rank's GPU when there is one, else the CPU).
-        dtype: float32, or bfloat16 for autocast sampling.
+        dtype: ``torch.float32``, ``torch.bfloat16`` (autocast sampling), or a name in
+            ``hardware.DTYPES``; ``"auto"`` (default) is bfloat16 where this device runs it natively
+            (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
+            resolved one. bf16 moved the patches by about one grey level on average, and FID, KID
+            and the fidelity criteria by less than a change of seed does (benchmarks/RESULTS.md).
         layout: ``"channels_last"`` (default: the faster U-Net forward on the CPUs measured) or
             ``"contiguous"`` (NCHW); the models and every sampled tensor take it.
         compile: sample through ``torch.compile`` of each network (compiled on first use, once per
@@ -192,18 +196,21 @@ class NASDMGenerator:
         mask_config: TrainConfig | None = None,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "auto",
         layout: str = "channels_last",
         compile: bool = False,
         model_hash: str = "",
     ) -> None:
-        if dtype not in (torch.float32, torch.bfloat16):
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        elif dtype not in (torch.float32, torch.bfloat16):
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
         if layout not in LAYOUTS:
             raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.layout, self._format = layout, memory_format(layout)
         self.device = pick_device(device)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
         self.type_table = type_table
         self.patch_model = patch_model.to(self.device, memory_format=self._format).eval()
         self.patch_config = patch_config
@@ -231,7 +238,7 @@ class NASDMGenerator:
         *,
         ema: bool = True,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "auto",
         layout: str = "channels_last",
         compile: bool = False,
     ) -> "NASDMGenerator":
@@ -243,7 +250,7 @@ class NASDMGenerator:
             patch_run: the patch model's run directory.
             ema: load EMA weights (default) rather than the raw ones.
             device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
-            dtype: float32 or bfloat16 (autocast).
+            dtype: float32, bfloat16 (autocast) or ``"auto"`` (default; see the class).
             layout: ``"channels_last"`` or ``"contiguous"`` (see the class).
             compile: sample through ``torch.compile`` (see the class).
 

@@ -245,7 +245,7 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
             opts["guidance"] = config.guidance
         synth = SynthesizeConfig(**opts)
         if path.is_file():
-            problem = finished_bank_problem(path, synth)
+            problem = finished_bank_problem(path, synth, config.device)
             if problem is None:
                 banks[name] = PatchStore(path)
                 continue

@@ -62,7 +62,7 @@ class SynthesizeConfig(ConfigBase):
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
-    dtype: str = "float32"  # "float32", "bfloat16" (autocast) or "auto" (bfloat16 where it is native)
+    dtype: str = "auto"  # "auto" (bfloat16 where it is native, else float32), "float32" or "bfloat16" (autocast)
     layout: str = "channels_last"  # memory layout of the models and samples: "channels_last" or "contiguous"
     compile: bool = False  # sample through torch.compile of the networks (NASDMGenerator's compile)
 
@@ -183,7 +183,7 @@ def synthesize(
     parts = out.with_name(out.name + ".parts")
     masks_sha = file_digest(config.masks) if real is not None else ""
     if dist.is_main:
-        _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha)
+        _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha, _dtype_name(gen.dtype))
     barrier()
     chunks = [(s, min(len(jobs), s + config.batch_size)) for s in range(0, len(jobs), config.batch_size)]
     done_before = sum(_part(parts, c).is_file() for c in range(len(chunks)))
@@ -233,6 +233,8 @@ def _as_current(recorded: Any) -> Any:
         return recorded
     if "layout" not in recorded:  # made before the layout was a choice: in NCHW
         recorded = {**recorded, "layout": "contiguous"}
+    if "dtype" not in recorded:  # made before the dtype was a choice: in float32
+        recorded = {**recorded, "dtype": "float32"}
     try:
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):
@@ -251,10 +253,18 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str) -> None:
-    """Keep the parts of an interrupted run only if it used the same arguments, weights and masks."""
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str,
+                   dtype: str) -> None:
+    """Keep the parts of an interrupted run only if it used the same arguments, weights, masks and
+    sampling dtype. The record keeps the dtype ``config.dtype`` resolved to (``dtype``), not
+    ``"auto"``, which can mean another dtype on another machine: one bank is sampled in one dtype."""
     record_path = parts / "config.json"
-    record = {"config": json.loads(config.to_json()), "model_hash": model_hash, "masks_sha256": masks_sha}
+    record = {"config": {**json.loads(config.to_json()), "dtype": dtype}, "model_hash": model_hash,
+              "masks_sha256": masks_sha}
     if parts.is_dir() and record_path.is_file():
         try:
             old = json.loads(record_path.read_text())
@@ -272,7 +282,13 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
             elif old.get("masks_sha256") != masks_sha:
                 why = f"from a mask store of other contents (hash {old.get('masks_sha256')}, now {masks_sha})"
             else:
-                why = f"with other arguments ({', '.join(_changed_keys(old['config'], record['config']))})"
+                changed = _changed_keys(old["config"], record["config"])
+                if changed == ["dtype"]:
+                    made = old["config"].get("dtype")
+                    raise InputError(f"{parts} holds an interrupted run sampled in {made}, but dtype {config.dtype!r} "
+                                     f"means {dtype} on this machine; rerun with `dtype` {made} to finish it, or "
+                                     "pass `overwrite` to discard it")
+                why = f"with other arguments ({', '.join(changed)})"
             raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass `overwrite` "
                              "to discard it")
     if parts.exists():
@@ -281,11 +297,13 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
     write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
 
 
-def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | None:
+def finished_bank_problem(out: str | Path, config: SynthesizeConfig, device: str | None = None) -> str | None:
     """Why ``out`` is not the finished bank ``config`` makes (None when it is).
 
     A finished bank is a readable synthetic PatchStore made with the same arguments, by models
-    with the same weights, holding every planned patch.
+    with the same weights, holding every planned patch. A bank made with ``dtype="auto"`` counts
+    for ``"auto"`` wherever it was made; one made with an explicit dtype counts for ``"auto"``
+    where ``"auto"`` means that dtype on ``device`` (as ``synthesize`` picks it).
     """
     from nasdm_aug.generator import model_weights_hash
 
@@ -298,6 +316,11 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig) -> str | No
         if bank.origin != "synthetic":
             return f"a {bank.origin} store, not a synthetic bank"
         want, have = json.loads(config.to_json()), _as_current(bank.config)
+        if config.dtype == "auto" and isinstance(have, dict) and have.get("dtype") in ("float32", "bfloat16"):
+            from nasdm_aug.training.distributed import pick_device
+
+            if have["dtype"] == _dtype_name(resolve_dtype("auto", pick_device(device))):
+                want = {**want, "dtype": have["dtype"]}
         if have != want:
             return f"made with other arguments ({', '.join(_changed_keys(have, want))})"
         mask_run, patch_run = resolve_model_dirs(config.model)
@@ -341,7 +364,7 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
-                  "dtype": str(gen.dtype).replace("torch.", ""), "layout": gen.layout, "compile": gen.compile,
+                  "dtype": _dtype_name(gen.dtype), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.masks) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),

@@ -66,14 +66,15 @@ def test_generator_errors(gen, runs, tmp_path):
 
 def test_layouts_sample_the_same_patches(runs, real_store):
     """channels_last (the default) and NCHW differ only in float rounding: the same seeds give the
-    same patches up to a grey level here and there, and the models really are laid out as asked."""
+    same patches up to a grey level here and there, and the models really are laid out as asked.
+    In float32: in bf16 the random test weights, which push pixels to 0 or 255, flip a few."""
     import torch
 
     from nasdm_aug.data.store import PatchStore
 
     d = PatchStore(real_store).read(range(4), keys=("inst", "type"))
-    cl = NASDMGenerator.from_pretrained(*runs, device="cpu")
-    nchw = NASDMGenerator.from_pretrained(*runs, device="cpu", layout="contiguous")
+    cl = NASDMGenerator.from_pretrained(*runs, device="cpu", dtype=torch.float32)
+    nchw = NASDMGenerator.from_pretrained(*runs, device="cpu", layout="contiguous", dtype="float32")
     conv = lambda g: next(p for p in g.patch_model.parameters() if p.dim() == 4)  # noqa: E731
     assert cl.layout == "channels_last" and conv(cl).is_contiguous(memory_format=torch.channels_last)
     assert not conv(cl).is_contiguous() and conv(nchw).is_contiguous()
@@ -83,6 +84,23 @@ def test_layouts_sample_the_same_patches(runs, real_store):
     assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05 < np.abs(other - b).mean()
     with pytest.raises(InputError, match="layout must be one of channels_last, contiguous, got 'nhwc'"):
         NASDMGenerator.from_pretrained(*runs, device="cpu", layout="nhwc")
+
+
+def test_dtype_auto_is_bf16_only_where_it_is_native(runs, monkeypatch):
+    import torch
+
+    import nasdm_aug.hardware as hw
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(hw, "native_bf16", lambda device, native=native: native)
+        assert NASDMGenerator.from_pretrained(*runs, device="cpu").dtype == want  # the default is "auto"
+        assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="auto").dtype == want
+        assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32").dtype == torch.float32
+        assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16, auto, got 'fp16'"):
+        NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="fp16")
+    with pytest.raises(InputError, match="dtype must be float32 or bfloat16, got torch.float16"):
+        NASDMGenerator.from_pretrained(*runs, device="cpu", dtype=torch.float16)
 
 
 def test_compile_wraps_each_network_once_and_samples_the_same(runs, real_store, monkeypatch):

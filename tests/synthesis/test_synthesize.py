@@ -178,6 +178,47 @@ def test_interrupted_parts_of_other_weights_are_not_mixed_in(runs, real_store, t
     assert len(PatchStore(out)) == len(PatchStore(real_store).indices("R2")) and not parts.exists()
 
 
+def test_dtype_auto_resumes_in_the_dtype_the_parts_were_sampled_in(runs, real_store, tmp_path, monkeypatch):
+    """"auto" is bfloat16 on one machine and float32 on another: parts sampled in one are not
+    finished in the other (one line says how to finish them), and an explicit dtype equal to the
+    parts' finishes them without sampling them again."""
+    import nasdm_aug.hardware as hw
+    import nasdm_aug.synthesize as syn
+    from nasdm_aug.utils import InputError
+
+    out = tmp_path / "bank.h5"
+    cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
+    assert cfg.dtype == "auto"
+    monkeypatch.setattr(hw, "native_bf16", lambda device: True)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # every chunk sampled, killed before the merge
+        m.setattr(syn, "_merge", killed)
+        with pytest.raises(KeyboardInterrupt):
+            synthesize(cfg, out, device="cpu", progress=False)
+    parts = Path(str(out) + ".parts")
+    assert json.loads((parts / "config.json").read_text())["config"]["dtype"] == "bfloat16"
+    monkeypatch.setattr(hw, "native_bf16", lambda device: False)
+    with pytest.raises(InputError, match=r"\.parts holds an interrupted run sampled in bfloat16, but dtype 'auto' "
+                                         r"means float32 on this machine; rerun with `dtype` bfloat16"):
+        synthesize(cfg, out, device="cpu", progress=False)
+    sampled = []
+    real_chunk = syn._make_chunk
+    monkeypatch.setattr(syn, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
+    synthesize(cfg.replace(dtype="bfloat16"), out, device="cpu", progress=False)
+    bank = PatchStore(out)
+    assert not sampled and bank.attrs["provenance"]["dtype"] == "bfloat16" and not parts.exists()
+    # a finished bank made in float32 counts for "auto" only where "auto" means float32
+    f32 = tmp_path / "f32.h5"
+    synthesize(cfg.replace(dtype="float32"), f32, device="cpu", progress=False)
+    assert syn.finished_bank_problem(f32, cfg, "cpu") is None
+    monkeypatch.setattr(hw, "native_bf16", lambda device: True)
+    assert syn.finished_bank_problem(f32, cfg, "cpu") == "made with other arguments (dtype)"
+    assert syn.finished_bank_problem(f32, cfg.replace(dtype="float32"), "cpu") is None
+
+
 def test_wrong_patch_size_and_dry_run(runs, tmp_path):
     from nasdm_aug.data.store_writer import PatchStoreWriter
     from nasdm_aug.types import LIZARD
@@ -275,6 +316,10 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "layout"})
     assert finished_bank_problem(old, cfg) == "made with other arguments (layout)"
     assert finished_bank_problem(old, cfg.replace(layout="contiguous")) is None
+    with h5py.File(old, "r+") as f:  # no dtype recorded: made before it was a choice, in float32
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "dtype"})
+    assert finished_bank_problem(old, cfg.replace(dtype="float32")) is None
+    assert finished_bank_problem(old, cfg.replace(dtype="bfloat16")) == "made with other arguments (dtype)"
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
