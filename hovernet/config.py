@@ -133,7 +133,7 @@ class HoVerNetConfig(ConfigBase):
     num_workers: int = 0  # DataLoader workers
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPUs
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; pays only where bf16 is native (GPU, AVX512-BF16/AMX)
     # memory layout of the network in training: "auto" (the faster one here, measured once per
     # machine and model: nasdm_aug.hardware.fastest_layout), "channels_last" or "contiguous"
     layout: str = "auto"
