@@ -125,7 +125,11 @@ def bench_size() -> None:
 
 # ---------------------------------------------------------------- speed
 def _monai_twin(cfg):
-    from monai.networks.nets import SPADEDiffusionModelUNet  # needs einops for its attention blocks
+    try:
+        import einops  # noqa: F401  MONAI imports it lazily, deep inside the first attention block
+    except ImportError:
+        raise SystemExit("bench_nets.py --part speed needs einops for MONAI's SPADE U-Net: .venv/bin/pip install -e '.[bench]'")
+    from monai.networks.nets import SPADEDiffusionModelUNet
 
     sizes = [cfg.image_size >> i for i in range(len(cfg.channel_mults))]
     return SPADEDiffusionModelUNet(
