@@ -18,7 +18,8 @@ def hovernet() -> None:
 
 
 def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
-                    device: str | None, workers: int | None, encoder_weights: str | None, layout: str | None = None):
+                    device: str | None, workers: int | None, encoder_weights: str | None, layout: str | None = None,
+                    precision: str | None = None):
     from hovernet.config import HoVerNetConfig, get_hovernet_preset
 
     cfg = HoVerNetConfig.load(config) if config else get_hovernet_preset(preset)
@@ -27,7 +28,7 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
         # both phases get N epochs and decay after half, the paper's 25 of 50
         changes.update(phase1_epochs=epochs, phase2_epochs=epochs, lr_decay_epoch=max(1, epochs // 2))
     for key, value in (("batch_size", batch_size), ("seed", seed), ("device", device), ("num_workers", workers),
-                       ("layout", layout)):
+                       ("layout", layout), ("precision", precision)):
         if value is not None:
             changes[key] = value
     if encoder_weights is not None:
@@ -55,19 +56,25 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
 @click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
               help="memory layout of the network; auto (the config's default): the faster one here, timed once "
                    "per machine and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+              help="bf16 autocast of the network (losses in fp32); auto: bf16 where this machine runs it natively "
+                   "(a GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32, decided at the start and kept on "
+                   "resume. Default: the preset's (fp32)")
 # -- run control
 @click.option("--resume", is_flag=True, help="continue the run in --out")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: str | None, epochs: int | None,
           batch_size: int | None, encoder_weights: str | None, seed: int | None, device: str | None,
-          workers: int | None, layout: str | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
+          workers: int | None, layout: str | None, precision: str | None, resume: bool, overwrite: bool,
+          dry_run: bool) -> None:
     """Train HoVerNet with the paper's two-phase recipe (use torchrun for several processes)."""
     from hovernet.data import store_dataset
     from nasdm_aug.data.store import parse_store_arg
     from hovernet.trainer import train_hovernet
 
-    cfg = _resolve_config(preset, config, epochs, batch_size, seed, device, workers, encoder_weights, layout)
+    cfg = _resolve_config(preset, config, epochs, batch_size, seed, device, workers, encoder_weights, layout,
+                          precision)
     if dry_run:
         click.echo(cfg.to_json())
         return
@@ -80,7 +87,7 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
                             data_desc=f"train={train_arg} val={val_arg}",
                             resume=resume, overwrite=overwrite)
     click.echo(f"trained {result['epochs_done']} epochs; best epoch {result['best_epoch']} "
-               f"(val Dice {result['best_dice']:.4f}) in the {result['layout']} layout; run in {out}")
+               f"(val Dice {result['best_dice']:.4f}) in the {result['layout']} layout, {result['precision']}; run in {out}")
 
 
 @hovernet.command("evaluate")

@@ -133,7 +133,10 @@ class HoVerNetConfig(ConfigBase):
     num_workers: int = 0  # DataLoader workers
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; pays only where bf16 is native (GPU, AVX512-BF16/AMX)
+    # bf16 autocast of the network (the losses stay fp32); it pays only where bf16 is native (GPU,
+    # AVX512-BF16/AMX). "auto": bf16 there, fp32 elsewhere, decided when a run starts and recorded
+    # in its config.json, so a resumed run keeps the precision it started in
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # memory layout of the network in training: "auto" (the faster one here, measured once per
     # machine and model: nasdm_aug.hardware.fastest_layout), "channels_last" or "contiguous"
     layout: str = "auto"
@@ -147,8 +150,8 @@ class HoVerNetConfig(ConfigBase):
         if self.batch_size < 1 or self.val_every < 1 or self.num_workers < 0:
             raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required, got {self.batch_size}, "
                              f"{self.val_every}, {self.num_workers}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.layout not in LAYOUT_CHOICES:
             raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
 

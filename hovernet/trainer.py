@@ -34,7 +34,7 @@ from hovernet.data import HoVerNetTrainDataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
-from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
+from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format, native_bf16
 from nasdm_aug.training.checkpoint import (latest_checkpoint, load_optimizer_state, prune_checkpoints, read_safetensors,
                                            read_torch_state, write_checkpoint)
 from nasdm_aug.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
@@ -46,7 +46,7 @@ from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, write_text_atomic
 
-__all__ = ["train_hovernet", "lr_at", "resolve_layout", "timing_step"]
+__all__ = ["train_hovernet", "lr_at", "resolve_layout", "resolve_precision", "timing_step"]
 
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
 
@@ -91,7 +91,7 @@ def timing_step(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[in
     target = {"np": torch.randint(0, 2, (b, h, w), generator=gen).to(device),
               "hv": (torch.rand(b, 2, h, w, generator=gen) * 2 - 1).to(device),
               "nc": torch.randint(0, cfg.model.n_types + 1, (b, h, w), generator=gen).to(device)}
-    autocast = cfg.precision == "bf16"
+    autocast = resolve_precision(cfg, device).precision == "bf16"
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -100,6 +100,26 @@ def timing_step(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[in
         loss_fn(pred, target)["loss"].backward()
         opt.step()
     return step
+
+
+def resolve_precision(cfg: HoVerNetConfig, device: torch.device, recorded: str | None = None) -> HoVerNetConfig:
+    """``cfg`` with ``precision="auto"`` made concrete: the precision the run was started in
+    (``recorded``), else ``"bf16"`` where bf16 is native on ``device``
+    (:func:`nasdm_aug.hardware.native_bf16`) and ``"fp32"`` elsewhere. Other precisions stay."""
+    if cfg.precision != "auto":
+        return cfg
+    if recorded in ("fp32", "bf16"):
+        return cfg.replace(precision=recorded)
+    return cfg.replace(precision="bf16" if native_bf16(device) else "fp32")
+
+
+def _recorded_precision(out: Path, resume: bool) -> str | None:
+    """The precision in the config.json of the run being resumed, if it has a readable one (a
+    broken file is reported by :func:`resumed_config`)."""
+    try:
+        return HoVerNetConfig.load(out / "config.json").precision if resume else None
+    except Exception:
+        return None
 
 
 def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[int, ...],
@@ -115,6 +135,7 @@ def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple
         return cfg.layout
     if recorded in LAYOUTS:
         return recorded  # type: ignore[return-value]
+    cfg = resolve_precision(cfg, device)
     c, h, w = image_shape
     key = (f"hovernet {cfg.model.replace(encoder_weights=None).to_json(indent=None)} batch={cfg.batch_size} "
            f"image={c}x{h}x{w} precision={cfg.precision}")
@@ -172,8 +193,9 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
         progress: tqdm bars.
 
     Returns:
-        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history``, ``run_dir`` and
-        ``layout`` (the memory layout it trained in, see :func:`resolve_layout`). Validation and
+        dict with ``epochs_done``, ``best_epoch``, ``best_dice``, ``history``, ``run_dir``,
+        ``layout`` (the memory layout it trained in, see :func:`resolve_layout`) and ``precision``
+        (``"fp32"`` or ``"bf16"``, see :func:`resolve_precision`). Validation and
         best tracking happen on rank 0; other ranks return ``best_epoch`` -1.
 
     Raises:
@@ -187,6 +209,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
             "magnification": magnification, "data": data_desc, "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
     out = Path(out_dir)
     try:
+        cfg = resolve_precision(cfg, dev.device, _recorded_precision(out, resume))
         cfg = resumed_config(out, cfg, HoVerNetConfig, resume, may_change=("layout",))
         prepare_run_dir(out, resume, overwrite, dev.is_main, _UNIT)
         state = _resume_state(out) if resume else None
@@ -255,7 +278,8 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
         if logger is not None:
             logger.close()
     return {"epochs_done": st["epoch"], "best_epoch": st["best_epoch"], "best_dice": st["best_dice"],
-            "history": st["history"], "run_dir": str(out), "layout": layout}
+            "history": st["history"], "run_dir": str(out), "layout": layout,
+            "precision": cfg.precision}
 
 
 def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], record: dict[str, Any], epoch: int,

@@ -273,10 +273,15 @@ def test_cli_train_evaluate_predict(store, tmp_path):
     r = CliRunner().invoke(cli, ["hovernet", "train", "--train", str(store), "--out", str(tmp_path / "run"),
                                  "--config", str(cfg_path), "--dry-run"])
     assert r.exit_code == 0 and json.loads(r.output)["phase2_epochs"] == 0
+    assert json.loads(r.output)["precision"] == "fp32"
+    r = CliRunner().invoke(cli, ["hovernet", "train", "--train", str(store), "--out", str(tmp_path / "run"),
+                                 "--config", str(cfg_path), "--precision", "auto", "--dry-run"])
+    assert r.exit_code == 0 and json.loads(r.output)["precision"] == "auto"
     run = tmp_path / "run"
     r = CliRunner().invoke(cli, ["hovernet", "train", "--train", f"{store}:Train", "--val", f"{store}:Test",
                                  "--out", str(run), "--config", str(cfg_path)])
     assert r.exit_code == 0, r.output
+    assert "in the " in r.output and ", fp32; run in" in r.output
     assert json.loads((run / "data.json").read_text())["patch_size"] == 64
     r = CliRunner().invoke(cli, ["hovernet", "evaluate", "--model", str(run), "--data", f"{store}:Test",
                                  "--out", str(tmp_path / "ev"), "--overlays", "2"])
@@ -328,3 +333,45 @@ def test_training_layout_is_measured_cached_or_given(tmp_path, monkeypatch):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # two layouts, two summation orders
     with pytest.raises(ValueError, match="layout must be one of auto, channels_last, contiguous, got 'nhwc'"):
         cfg.replace(layout="nhwc")
+
+
+def test_precision_auto_is_bf16_only_where_native_and_kept_on_resume(tmp_path, monkeypatch):
+    """"auto" trains in bf16 only where bf16 is native, records the precision it chose, and a run
+    resumed with "auto" on a machine where it means the other precision keeps its own; an explicit
+    other precision is refused as a changed config."""
+    import hovernet.trainer as trainer
+
+    cpu, cfg = torch.device("cpu"), _cfg(phase1_epochs=0, phase2_epochs=2, augment=False, layout="contiguous",
+                                         precision="auto")
+    for native, chosen in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(trainer, "native_bf16", lambda device, native=native: native)
+        assert trainer.resolve_precision(cfg, cpu).precision == chosen
+        assert trainer.resolve_precision(cfg, cpu, recorded="bf16").precision == "bf16"
+        assert trainer.resolve_precision(cfg.replace(precision="fp32"), cpu).precision == "fp32"
+    seen = []
+    train_epoch, end_epoch = trainer._train_epoch, trainer._end_epoch
+
+    def recording(net, loader, opt, loss_fn, dev, run_cfg, *args):
+        seen.append(run_cfg.precision)
+        return train_epoch(net, loader, opt, loss_fn, dev, run_cfg, *args)
+
+    def killed_after_first_checkpoint(*args, **kwargs):
+        end_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_epoch", recording)
+    monkeypatch.setattr(trainer, "_end_epoch", killed_after_first_checkpoint)
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: True)
+    items, out = _items(2), tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_hovernet(items, out, cfg, type_table=CONSEP, progress=False)
+    assert seen == ["bf16"] and trainer.HoVerNetConfig.load(out / "config.json").precision == "bf16"
+    monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)  # auto now means fp32 here
+    with pytest.raises(InputError, match=r"differs from the run's in \['precision'\]"):
+        trainer.train_hovernet(items, out, cfg.replace(precision="fp32"), type_table=CONSEP, resume=True,
+                               progress=False)
+    rest = trainer.train_hovernet(items, out, cfg, type_table=CONSEP, resume=True, progress=False)
+    assert rest["precision"] == "bf16" and rest["epochs_done"] == 2 and seen == ["bf16", "bf16"]
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto, got 'fp16'"):
+        cfg.replace(precision="fp16")
