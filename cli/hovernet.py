@@ -86,8 +86,10 @@ def train(train_arg: str, val_arg: str | None, out: str, preset: str, config: st
                             patch_size=store.patch_size, magnification=store.magnification,
                             data_desc=f"train={train_arg} val={val_arg}",
                             resume=resume, overwrite=overwrite)
-    click.echo(f"trained {result['epochs_done']} epochs; best epoch {result['best_epoch']} "
-               f"(val Dice {result['best_dice']:.4f}) in the {result['layout']} layout, {result['precision']}; run in {out}")
+    kept = (f"best epoch {result['best_epoch']} (val Dice {result['best_dice']:.4f})" if val_ds is not None
+            else "kept the last epoch (no --val)")
+    click.echo(f"trained {result['epochs_done']} epochs; {kept} in the {result['layout']} layout, "
+               f"{result['precision']}; run in {out}")
 
 
 @hovernet.command("evaluate")

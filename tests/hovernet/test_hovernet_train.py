@@ -281,7 +281,10 @@ def test_cli_train_evaluate_predict(store, tmp_path):
     r = CliRunner().invoke(cli, ["hovernet", "train", "--train", f"{store}:Train", "--val", f"{store}:Test",
                                  "--out", str(run), "--config", str(cfg_path)])
     assert r.exit_code == 0, r.output
-    assert "in the " in r.output and ", fp32; run in" in r.output
+    assert "best epoch 1 (val Dice 0." in r.output and ", fp32; run in" in r.output
+    r = CliRunner().invoke(cli, ["hovernet", "train", "--train", f"{store}:Train", "--out", str(tmp_path / "noval"),
+                                 "--config", str(cfg_path)])
+    assert r.exit_code == 0 and "trained 1 epochs; kept the last epoch (no --val) in the" in r.output, r.output
     assert json.loads((run / "data.json").read_text())["patch_size"] == 64
     r = CliRunner().invoke(cli, ["hovernet", "evaluate", "--model", str(run), "--data", f"{store}:Test",
                                  "--out", str(tmp_path / "ev"), "--overlays", "2"])
