@@ -1,6 +1,7 @@
 """Networks benchmark: mask round trip, model sizes, and PatchUNet against MONAI's SPADE U-Net.
 
-Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|profile|all] [--size 64] [--threads 1]``.
+Run: ``.venv/bin/python benchmarks/bench_nets.py [--part masks|size|speed|profile|all] [--size 64] [--threads 1]
+[--dtypes fp32,bf16]``.
 Prints markdown tables for benchmarks/RESULTS.md; ``--part masks`` also writes benchmarks/mask_roundtrip.png.
 """
 
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hovernet.metrics import compute_pq
 from nasdm_aug.data.masks import decode_mask, encode_mask
 from nasdm_aug.data.toy import generate_toy_tile
+from nasdm_aug.hardware import describe_machine
 from nasdm_aug.nets import build_model, get_preset
 
 HERE = Path(__file__).resolve().parent
@@ -183,7 +185,7 @@ def _conv_ceiling(size: int, dtype: str, repeats: int) -> float:
     return best
 
 
-def bench_speed(size: int, repeats: int) -> None:
+def bench_speed(size: int, repeats: int, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> None:
     """Both nets in both memory layouts (NCHW, channels_last), interleaved; ratios against MONAI's best layout."""
     cfg = get_preset("patch", "tiny", image_size=size, attention_resolutions=(size // 4,))
     torch.manual_seed(0)
@@ -193,8 +195,9 @@ def bench_speed(size: int, repeats: int) -> None:
         flops = _flops(lambda: models["ours"].eval()(x, t, c))
         flops_monai = _flops(lambda: models["monai"](x, t, seg=c))
     models["ours"].train()  # training mode, as the trainer runs it (condition dropout on)
-    ceiling = {d: _conv_ceiling(size, d, repeats) for d in ("fp32", "bf16")}
-    print(f"3x3-conv ceiling (64->64, {size} px, batch 8, best layout): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 {ceiling['bf16']:.1f} GFLOP/s")
+    ceiling = {d: _conv_ceiling(size, d, repeats) for d in dtypes}
+    print(f"3x3-conv ceiling (64->64, {size} px, batch 8, best layout): "
+          + ", ".join(f"{d} {ceiling[d]:.1f} GFLOP/s" for d in dtypes))
     print(f"forward GFLOP/sample: PatchUNet {flops / 1e9:.2f}, MONAI SPADEDiffusionModelUNet {flops_monai / 1e9:.2f}")
     print("ms/sample, median of the interleaved repeats; NHWC = channels_last model and input")
     print("| mode | dtype | batch | ours NCHW | ours NHWC | MONAI NCHW | MONAI NHWC | MONAI best / ours best | ours best GFLOP/s | % of conv ceiling |")
@@ -205,7 +208,7 @@ def bench_speed(size: int, repeats: int) -> None:
             x, t = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
             cond = torch.rand(batch, cfg.cond_channels, size, size)
             fns = {}
-            for dtype in ("fp32", "bf16"):
+            for dtype in dtypes:
                 for layout, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
                     for name, model in models.items():
                         m = copy.deepcopy(model).to(memory_format=fmt)  # .to() converts in place
@@ -213,15 +216,16 @@ def bench_speed(size: int, repeats: int) -> None:
                         fns[(dtype, name, layout)] = _step_fn(m, opt, x.contiguous(memory_format=fmt), t,
                                                               cond.contiguous(memory_format=fmt), mode, dtype)
             times = {k: [] for k in fns}
-            # interleave all eight variants (both dtypes too), so drifts of the shared CPU's speed hit
+            # interleave all variants (both dtypes too), so drifts of the shared CPU's speed hit
             # every ratio's numerator and denominator alike
             for _ in range(repeats):
                 for k, fn in fns.items():
                     times[k].append(_time(fn, 1) / batch)
             med = {k: statistics.median(v) for k, v in times.items()}
-            ours = {d: min(med[(d, "ours", "NCHW")], med[(d, "ours", "NHWC")]) for d in ("fp32", "bf16")}
-            speedup[(mode, batch)] = ours["fp32"] / ours["bf16"]
-            for dtype in ("fp32", "bf16"):
+            ours = {d: min(med[(d, "ours", "NCHW")], med[(d, "ours", "NHWC")]) for d in dtypes}
+            if len(dtypes) == 2:
+                speedup[(mode, batch)] = ours["fp32"] / ours["bf16"]
+            for dtype in dtypes:
                 theirs = min(med[(dtype, "monai", "NCHW")], med[(dtype, "monai", "NHWC")])
                 gfs = flops * (1 if mode == "fwd" else 3) / ours[dtype] / 1e9  # backward ~ 2x forward
                 cells = " | ".join(f"{med[(dtype, *k)] * 1e3:.1f}"
@@ -229,35 +233,84 @@ def bench_speed(size: int, repeats: int) -> None:
                 rows[(mode, dtype, batch)] = (f"| {mode} | {dtype} | {batch} | {cells} | {theirs / ours[dtype]:.2f} | "
                                               f"{gfs:.1f} | {100 * gfs / ceiling[dtype]:.0f}% |")
     for mode in ("fwd", "fwd+bwd+step"):
-        for dtype in ("fp32", "bf16"):
+        for dtype in dtypes:
             for batch in (4, 8):
                 print(rows[(mode, dtype, batch)])
-    print("bf16 autocast speed-up over fp32, ours, best layout of each: " + ", ".join(
-        f"{mode} batch {b}: {speedup[(mode, b)]:.2f}x" for mode in ("fwd", "fwd+bwd+step") for b in (4, 8)))
+    if speedup:
+        print("bf16 autocast speed-up over fp32, ours, best layout of each: " + ", ".join(
+            f"{mode} batch {b}: {speedup[(mode, b)]:.2f}x" for mode in ("fwd", "fwd+bwd+step") for b in (4, 8)))
 
 
-def bench_profile(size: int, batch: int = 8, steps: int = 3) -> None:
-    """Share of each op in PatchUNet training steps, fp32 and bf16, channels_last (torch.profiler)."""
+# op name -> category for the side-by-side profile; the first matching fragment wins
+_CATEGORIES = (
+    ("convolution", ("conv", "mkldnn_convolution")),
+    ("group norm", ("group_norm", "GroupNorm")),
+    ("attention", ("attention", "softmax", "bmm", "baddbmm", "addmm", "matmul", "linear", "mm")),
+    ("optimizer", ("adam", "Adam", "_foreach")),
+    ("copies and layout", ("copy_", "clone", "contiguous", "cat", "to_copy", "empty_strided", "as_strided",
+                           "upsample", "pad", "index")),
+    ("elementwise", ("add", "mul", "silu", "sigmoid", "relu", "threshold", "div", "sub", "neg", "pow", "square",
+                     "mean", "sum", "fill", "where", "exp", "Modulate", "addcmul", "zero")),
+)
+
+
+def _category(name: str) -> str:
+    for cat, frags in _CATEGORIES:
+        if any(f in name for f in frags):
+            return cat
+    return "other"
+
+
+def bench_profile(size: int, batch: int = 8, steps: int = 3, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> None:
+    """Where a training step's time goes, PatchUNet and MONAI's SPADE U-Net side by side, both layouts.
+
+    torch.profiler self CPU times, summed per op category, ms per step; then each network's top ops
+    in its faster layout. The profiler's own overhead inflates small ops alike for both networks."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = get_preset("patch", "tiny", image_size=size, attention_resolutions=(size // 4,))
     torch.manual_seed(0)
-    model = build_model(cfg).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-4, fused=True)
-    fmt = torch.channels_last
-    x, t = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt), torch.randint(0, 1000, (batch,))
-    cond = torch.rand(batch, cfg.cond_channels, size, size).contiguous(memory_format=fmt)
-    for dtype in ("fp32", "bf16"):
-        step = _step_fn(model, opt, x, t, cond, "fwd+bwd+step", dtype)
-        step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
+    nets = {"ours": build_model(cfg).train(), "monai": _monai_twin(cfg)}
+    x, t = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+    cond = torch.rand(batch, cfg.cond_channels, size, size)
+    for dtype in dtypes:
+        cols, tops = {}, {}
+        for layout, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+            for name, net in nets.items():
+                m = copy.deepcopy(net).to(memory_format=fmt)
+                opt = torch.optim.AdamW(m.parameters(), 1e-4, fused=True)
+                step = _step_fn(m, opt, x.contiguous(memory_format=fmt), t, cond.contiguous(memory_format=fmt),
+                                "fwd+bwd+step", dtype)
                 step()
-        events = prof.key_averages()
-        total = sum(e.self_cpu_time_total for e in events)
-        print(f"{dtype}, batch {batch}, channels_last: {total / steps / 1e3:.1f} ms per step (profiler self times); top ops by self time")
-        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
-            print(f"  {e.key[:60]:60s} {100 * e.self_cpu_time_total / total:5.1f}%")
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                wall = (time.perf_counter() - t0) / steps
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(steps):
+                        step()
+                per = {}
+                events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+                for e in events:
+                    per[_category(e.key)] = per.get(_category(e.key), 0.0) + e.self_cpu_time_total / steps / 1e3
+                cols[(name, layout)] = (wall * 1e3, per)
+                tops[(name, layout)] = sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]
+        keys = list(cols)
+        print(f"\n{dtype}, batch {batch}, {size} px: ms per training step (wall, unprofiled), then profiler self "
+              "times by op category")
+        print("| | " + " | ".join(f"{n} {lay}" for n, lay in keys) + " |")
+        print("|---|" + "---|" * len(keys))
+        print("| wall | " + " | ".join(f"{cols[k][0]:.1f}" for k in keys) + " |")
+        cats = [c for c, _ in _CATEGORIES] + ["other"]
+        for c in cats:
+            print(f"| {c} | " + " | ".join(f"{cols[k][1].get(c, 0.0):.1f}" for k in keys) + " |")
+        print("| profiled total | " + " | ".join(f"{sum(cols[k][1].values()):.1f}" for k in keys) + " |")
+        for name in nets:
+            best = min(("NCHW", "NHWC"), key=lambda lay: cols[(name, lay)][0])
+            total = sum(cols[(name, best)][1].values()) * steps * 1e3
+            print(f"{name} {best} ({dtype}), top ops by self time:")
+            for e in tops[(name, best)]:
+                print(f"  {e.key[:60]:60s} {100 * e.self_cpu_time_total / total:5.1f}%  ({e.count // steps} calls/step)")
 
 
 def main() -> None:
@@ -267,17 +320,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the dev box is 2 shared cores)")
     parser.add_argument("--min-size", type=int, default=10, help="decode_mask min_size for the round trip")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="comma-separated, of fp32 and bf16, for the speed and profile parts (bf16 is slow "
+                             "where it is emulated)")
     args = parser.parse_args()
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    if not dtypes or any(d not in ("fp32", "bf16") for d in dtypes):
+        parser.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes!r}")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"machine: {describe_machine()}; {args.threads} thread(s)")
     if args.part in ("masks", "all"):
         bench_masks(args.min_size)
     if args.part in ("size", "all"):
         bench_size()
     if args.part in ("speed", "all"):
-        bench_speed(args.size, args.repeats)
+        bench_speed(args.size, args.repeats, dtypes)
     if args.part == "profile":
-        bench_profile(args.size)
+        bench_profile(args.size, dtypes=dtypes)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,27 @@ import nasdm_aug.hardware as hw
                                            ({"amx_bf16", "amx_tile"}, True), (set(), False)])
 def test_auto_dtype_is_bf16_only_where_native(monkeypatch, flags, native):
     monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset(flags))
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(var, raising=False)
     assert hw.native_bf16("cpu") is native
     assert hw.resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
     assert hw.resolve_dtype("float32", "cpu") == torch.float32 and hw.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     assert ("bf16 native" if native else "bf16 emulated") in hw.describe_machine()
+
+
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                         ("AVX512_CORE_AMX", True), ("ALL", True), ("nonsense", True), ("", True)])
+def test_a_onednn_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch, cap, native):
+    # an AVX512-BF16 CPU whose oneDNN is capped: its bf16 convolutions then run emulated
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hw.native_bf16("cpu") is native
+    assert hw.resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert (f"oneDNN ISA capped at {cap.upper()}" in hw.describe_machine()) is bool(cap)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # the older name oneDNN still reads
+    assert hw.native_bf16("cpu") is native
 
 
 def test_names_are_checked():
@@ -34,7 +51,9 @@ def test_this_machines_flags_are_read():
     flags = hw.cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags on this machine")
-    assert hw.native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & flags)
+    capped = hw.onednn_isa_cap() in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                     "AVX512_CORE_VNNI")
+    assert hw.native_bf16("cpu") == (bool({"avx512_bf16", "amx_bf16"} & flags) and not capped)
 
 
 def _steps(seconds: dict, calls: list):
