@@ -2,8 +2,9 @@
 that supports it, or a CPU with AVX512-BF16 or AMX), which memory layout trains a given model
 faster here (measured once and cached: :func:`fastest_layout`), and a one-line description of the
 machine for benchmark records. The machines this project runs on differ: on an AVX2-only CPU a
-bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated,
-and channels_last, faster on the AVX512 box, trained slower there.
+bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated
+(which includes a CPU whose oneDNN is capped below its bf16 ISA by ``ONEDNN_MAX_CPU_ISA``), and
+channels_last, faster on the AVX512 box, trained slower there.
 """
 
 from __future__ import annotations
