@@ -8,15 +8,20 @@ It measures, with randomly initialised networks (speed and memory do not depend 
   autocast where the device runs bf16 natively): samples/s and peak memory at batch 8, and at the
   largest batch that fits (doubling from 8 until out of memory or ``--max-batch``);
 - sampling at 50 guided steps (``NASDMGenerator.generate_patches``, DDPM, guidance 2) at batch 32 and
-  at the largest sampling batch that fits (up to ``--max-sample-batch``), eager and with ``compile=True``;
+  at the largest sampling batch that fits (up to ``--max-sample-batch``), eager;
 - mask sampling at 50 guided steps, batch 32 (the first half of a bank made from generated masks);
 - the HoVerNet ``paper`` preset's phase-2 training step at its batch (16);
+- last, patch sampling through ``torch.compile`` at the same batches as eager (``--no-compile`` skips it);
 - the projected wall time of the paper's S2 bank (8,639 patches: masks then patches, each at the
   faster measured sampling rate).
 
+Each section runs on its own: one that fails is recorded as one line (``"error"``) and the others
+still run, and the JSON is rewritten after each, so a run stopped at a time limit keeps what it
+measured. ``benchmarks/gpu_check_offline.sh`` runs it on a GPU node without a package index.
+
 Under ``--smoke`` everything runs on the CPU with the ``tiny`` presets at 32 px, a few steps and no
-compile, so the script is exercised by ``make test`` (tests/test_gpu_check.py) and cannot rot; its
-numbers mean nothing. The full run is sized for under 8 minutes on one large GPU: compiling the
+compile (``--smoke --compile`` keeps it), so the script is exercised by ``make test``
+(tests/test_gpu_check.py) and cannot rot; its numbers mean nothing. The full run is sized for under 8 minutes on one large GPU: compiling the
 patch U-Net for two batch shapes is most of it.
 """
 
@@ -157,41 +162,49 @@ def _disk_masks(n: int, size: int, n_types: int) -> tuple[np.ndarray, np.ndarray
     return inst, typ
 
 
-def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
+def _patch_rate(gen, batch: int, args: argparse.Namespace, device: torch.device) -> float:
+    """Patches/s of ``gen`` at ``batch`` and 50 (``args.sample_steps``) guided DDPM steps."""
     from nasdm_aug.sampling import SamplerOptions
 
-    opts = SamplerOptions("ddpm", steps=args.sample_steps)
+    inst, typ = _disk_masks(batch, args.size, gen.type_table.n_types)
+    gen.generate_patches(inst, typ, sampling=SamplerOptions("ddpm", steps=1), guidance=2.0, batch_size=batch)
+    _sync(device)  # the first call compiles (compile=True) and warms up; it is not timed
+    t0 = time.perf_counter()
+    gen.generate_patches(inst, typ, sampling=SamplerOptions("ddpm", steps=args.sample_steps), guidance=2.0,
+                         batch_size=batch)
+    _sync(device)
+    return batch / (time.perf_counter() - t0)
+
+
+def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
+    """Eager patch sampling at ``args.sample_batch`` and at the largest batch that fits, and mask sampling."""
+    from nasdm_aug.sampling import SamplerOptions
+
     out: dict[str, Any] = {}
     eager = _generator(args, device, bf16, compile=False)
     n_types = eager.type_table.n_types
-
-    def patches(gen, batch: int) -> float:
-        inst, typ = _disk_masks(batch, args.size, n_types)
-        gen.generate_patches(inst, typ, sampling=SamplerOptions("ddpm", steps=1), guidance=2.0, batch_size=batch)
-        _sync(device)  # the first call compiles (compile=True) and warms up; it is not timed
-        t0 = time.perf_counter()
-        gen.generate_patches(inst, typ, sampling=opts, guidance=2.0, batch_size=batch)
-        _sync(device)
-        return batch / (time.perf_counter() - t0)
-
     biggest = largest_batch(lambda b: eager.generate_patches(*_disk_masks(b, args.size, n_types),
                                                              sampling=SamplerOptions("ddpm", steps=1), guidance=2.0,
                                                              batch_size=b),
                             args.sample_batch, args.max_sample_batch, device)
-    batches = sorted({args.sample_batch, max(biggest, args.sample_batch)})
-    for b in batches:
-        out[f"patch_eager_b{b}"] = patches(eager, b)
-    if args.compile:
-        comp = _generator(args, device, bf16, compile=True)
-        for b in batches:
-            out[f"patch_compiled_b{b}"] = patches(comp, b)
+    for b in sorted({args.sample_batch, max(biggest, args.sample_batch)}):
+        out[f"patch_eager_b{b}"] = _patch_rate(eager, b, args, device)
     _sync(device)
     t0 = time.perf_counter()
-    eager.generate_masks("random", args.sample_batch, sampling=opts, guidance=2.0, batch_size=args.sample_batch)
+    eager.generate_masks("random", args.sample_batch, sampling=SamplerOptions("ddpm", steps=args.sample_steps),
+                         guidance=2.0, batch_size=args.sample_batch)
     _sync(device)
     out[f"mask_eager_b{args.sample_batch}"] = args.sample_batch / (time.perf_counter() - t0)
     out["largest_sampling_batch"] = biggest
     return out
+
+
+def measure_sampling_compiled(args: argparse.Namespace, device: torch.device, bf16: bool,
+                              batches: list[int]) -> dict[str, Any]:
+    """Patch sampling through ``torch.compile`` at the eager section's batches. It runs last: compiling
+    is the slowest part of the check, and a run stopped at a time limit loses only these rows."""
+    comp = _generator(args, device, bf16, compile=True)
+    return {f"patch_compiled_b{b}": _patch_rate(comp, b, args, device) for b in batches}
 
 
 # -- HoVerNet -------------------------------------------------------------------------------------
@@ -213,6 +226,56 @@ def _fmt_mem(g: float | None) -> str:
     return "-" if g is None else f"{g:.1f} GiB"
 
 
+def _error_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _write_json(res: dict[str, Any], path: str | os.PathLike) -> None:
+    """Atomically (re)write the results so far: a run killed at its time limit keeps what it measured."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".partial")
+    tmp.write_text(json.dumps(res, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+    tmp.replace(path)
+
+
+def _print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"machine: {res['machine']}; device {res['device']}; {'bf16' if res['bf16'] else 'fp32'}; preset "
+          f"{args.preset}, {args.size} px{' (SMOKE: numbers mean nothing)' if args.smoke else ''}")
+    print("| what | batch | rate | peak memory |")
+    print("|---|---|---|---|")
+    for kind in ("patch", "mask"):
+        sec = res.get(f"train_{kind}", {})
+        if "error" in sec:
+            print(f"| {kind} model training step | - | failed: {sec['error']} | - |")
+        for key in ("at_8", "largest"):
+            if key in sec:
+                r = sec[key]
+                print(f"| {kind} model training step | {r['batch']} | {r['samples_per_s']:.1f} samples/s | "
+                      f"{_fmt_mem(r['peak_gib'])} |")
+    for sec, what in (("sampling", "sampling"), ("sampling_compiled", "patch sampling, compiled")):
+        samp = res.get(sec, {})
+        if "error" in samp:
+            print(f"| {what} | - | failed: {samp['error']} | - |")
+        for key, rate in samp.items():
+            if key.startswith(("patch_", "mask_")):
+                kind, mode, b = key.split("_")
+                print(f"| {kind} sampling, {args.sample_steps} guided steps, {mode} | {b[1:]} | {rate:.2f} patches/s "
+                      "| - |")
+    h = res.get("hovernet", {})
+    if "error" in h:
+        print(f"| HoVerNet {args.hovernet_preset} phase-2 step | - | failed: {h['error']} | - |")
+    elif h:
+        print(f"| HoVerNet {args.hovernet_preset} phase-2 step | {h['batch']} | {h['patches_per_s']:.1f} patches/s | "
+              f"{_fmt_mem(h['peak_gib'])} |")
+    hours = res.get("s2_bank_projected_hours")
+    print(f"| S2 bank ({S2_PATCHES} patches), projected | - | "
+          f"{'-' if hours is None else f'{hours:.2f} h'} | - |")
+    print(f"({res['seconds']:.0f} s in all)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None, help="cuda (default when there is one), cuda:1, or cpu")
@@ -222,9 +285,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-sample-batch", type=int, default=256,
                     help="largest sampling batch tried (bounds the time of the 50-step runs at that batch)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled sampling rows")
+    ap.add_argument("--compile", dest="smoke_compile", action="store_true",
+                    help="with --smoke: keep the compiled sampling rows (about a minute of compiling on a CPU)")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.device, args.compile = args.device or "cpu", False
+        args.device, args.compile = args.device or "cpu", args.smoke_compile
         args.preset, args.hovernet_preset, args.size, args.repeats = "tiny", "tiny", 32, 1
         args.train_batch, args.sample_batch, args.sample_steps = 2, 2, 2
         args.max_batch, args.max_sample_batch = min(args.max_batch, 4), min(args.max_sample_batch, 4)
@@ -241,39 +306,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     res: dict[str, Any] = {"machine": describe_machine(), "device": str(device), "bf16": bf16, "smoke": args.smoke,
                            "preset": args.preset, "patch_size": args.size}
-    res["train_patch"] = measure_training("patch", args, device, bf16)
-    res["train_mask"] = measure_training("mask", args, device, bf16)
-    res["sampling"] = measure_sampling(args, device, bf16)
-    res["hovernet"] = measure_hovernet(args, device, bf16)
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "train_patch": lambda: measure_training("patch", args, device, bf16),
+        "train_mask": lambda: measure_training("mask", args, device, bf16),
+        "sampling": lambda: measure_sampling(args, device, bf16),
+        "hovernet": lambda: measure_hovernet(args, device, bf16),
+    }
+    if args.compile:
+        sections["sampling_compiled"] = lambda: measure_sampling_compiled(
+            args, device, bf16, sorted({args.sample_batch, max(res["sampling"].get("largest_sampling_batch", 0),
+                                                               args.sample_batch)}))
+    for name, measure in sections.items():
+        # each section on its own: one that fails (a kernel missing on this GPU, a package missing
+        # on this machine) is recorded in one line, and the others still run
+        try:
+            res[name] = measure()
+        except Exception as exc:
+            res[name] = {"error": _error_line(exc)}
+            print(f"gpu_check: {name} failed: {res[name]['error']}", file=sys.stderr)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        res["seconds"] = time.perf_counter() - t_start
+        _write_json(res, args.json)
     samp = res["sampling"]
-    patch_rate = max(v for k, v in samp.items() if k.startswith("patch_"))
-    mask_rate = samp[f"mask_eager_b{args.sample_batch}"]
-    res["s2_bank_projected_hours"] = S2_PATCHES * (1 / mask_rate + 1 / patch_rate) / 3600
+    patch_rates = [v for sec in ("sampling", "sampling_compiled") for k, v in res.get(sec, {}).items()
+                   if k.startswith("patch_")]
+    mask_rate = samp.get(f"mask_eager_b{args.sample_batch}")
+    res["s2_bank_projected_hours"] = (S2_PATCHES * (1 / mask_rate + 1 / max(patch_rates)) / 3600
+                                      if patch_rates and mask_rate else None)
     res["seconds"] = time.perf_counter() - t_start
-
-    print(f"machine: {res['machine']}; device {device}; {'bf16' if bf16 else 'fp32'}; preset {args.preset}, "
-          f"{args.size} px{' (SMOKE: numbers mean nothing)' if args.smoke else ''}")
-    print("| what | batch | rate | peak memory |")
-    print("|---|---|---|---|")
-    for kind in ("patch", "mask"):
-        for key in ("at_8", "largest"):
-            r = res[f"train_{kind}"][key]
-            print(f"| {kind} model training step | {r['batch']} | {r['samples_per_s']:.1f} samples/s | "
-                  f"{_fmt_mem(r['peak_gib'])} |")
-    for key, rate in samp.items():
-        if key.startswith(("patch_", "mask_")):
-            kind, mode, b = key.split("_")
-            print(f"| {kind} sampling, {args.sample_steps} guided steps, {mode} | {b[1:]} | {rate:.2f} patches/s | - |")
-    h = res["hovernet"]
-    print(f"| HoVerNet {args.hovernet_preset} phase-2 step | {h['batch']} | {h['patches_per_s']:.1f} patches/s | "
-          f"{_fmt_mem(h['peak_gib'])} |")
-    print(f"| S2 bank ({S2_PATCHES} patches), projected | - | {res['s2_bank_projected_hours']:.2f} h | - |")
-    print(f"({res['seconds']:.0f} s in all)")
-    with contextlib.suppress(OSError):
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(args.json) + ".partial")
-    tmp.write_text(json.dumps(res, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
-    tmp.replace(args.json)
+    _print_table(res, args)
+    _write_json(res, args.json)
     return res
 
 

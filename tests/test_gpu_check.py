@@ -19,6 +19,7 @@ def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
     res = gpu_check.main(["--smoke", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["smoke"] and res["device"] == "cpu" and res["preset"] == "tiny"
+    assert not [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     for kind in ("patch", "mask"):
         a, b = res[f"train_{kind}"]["at_8"], res[f"train_{kind}"]["largest"]
         assert a["batch"] == 2 and b["batch"] == 4 and a["samples_per_s"] > 0 and b["samples_per_s"] > 0
@@ -30,6 +31,33 @@ def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
     assert res["s2_bank_projected_hours"] == pytest.approx(expected)
     table = capsys.readouterr().out
     assert "SMOKE: numbers mean nothing" in table and table.count("\n| ") == 10 and "S2 bank (8639 patches)" in table
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    written = []
+    real_write = gpu_check._write_json
+
+    def write(res, path):  # the file is rewritten after every section, so a killed run keeps its numbers
+        written.append(sorted(k for k in res if k.startswith(("train_", "sampling", "hovernet"))))
+        real_write(res, path)
+
+    def no_sampling(args, device, bf16):
+        raise RuntimeError("no kernel image is available for execution on the device\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(gpu_check, "_write_json", write)
+    monkeypatch.setattr(gpu_check, "measure_sampling", no_sampling)
+    out = tmp_path / "gpu_check.json"
+    res = gpu_check.main(["--smoke", "--json", str(out)])
+    assert res["sampling"] == {"error": "RuntimeError: no kernel image is available for execution on the device"}
+    assert res["train_patch"]["at_8"]["samples_per_s"] > 0 and res["hovernet"]["patches_per_s"] > 0
+    assert res["s2_bank_projected_hours"] is None
+    assert json.loads(out.read_text())["sampling"] == res["sampling"]
+    assert written[:4] == [["train_patch"], ["train_mask", "train_patch"], ["sampling", "train_mask", "train_patch"],
+                           ["hovernet", "sampling", "train_mask", "train_patch"]]
+    captured = capsys.readouterr()
+    assert "| sampling | - | failed: RuntimeError: no kernel image" in captured.out
+    assert "| S2 bank (8639 patches), projected | - | - | - |" in captured.out
+    assert "gpu_check: sampling failed: RuntimeError" in captured.err
 
 
 def test_largest_batch_stops_at_the_first_out_of_memory():
