@@ -32,6 +32,7 @@ run)
     out=${OUT:-.}
     mkdir -p "$out"
     site=$(mktemp -d /tmp/nasdm-site.XXXXXX)
+    trap 'rm -rf "$site"' EXIT
     for whl in "$wheels"/*.whl; do
         [ -e "$whl" ] || continue
         mod=$(basename "$whl" | cut -d- -f1)  # monai, segmentation_models_pytorch: the module name
