@@ -94,7 +94,8 @@ def _forward_flops(gen: NASDMGenerator, masks, reuse: bool) -> float:
 
 
 def _guidance_passes(gen: NASDMGenerator, masks, batch: int, steps: int, repeats: int) -> dict[str, float]:
-    """Seconds per patch of guided sampling as one batched forward and as two forwards."""
+    """Seconds per patch of guided sampling as one batched forward and as two forwards, sampled as the
+    generator samples: the SPADE maps kept across steps (``reuse_condition``), in its dtype."""
     cond = patch_condition_torch(torch.from_numpy(masks[0][:batch].astype(np.int64)),
                                  torch.from_numpy(masks[1][:batch].astype(np.int64)), gen.type_table.n_types)
     cond = cond.contiguous(memory_format=torch.channels_last)
@@ -107,8 +108,10 @@ def _guidance_passes(gen: NASDMGenerator, masks, batch: int, steps: int, repeats
             def model_fn(x, t, cond):
                 return guided(x.contiguous(memory_format=torch.channels_last), t, cond=cond)
             t0 = time.perf_counter()
-            sample(model_fn, (batch, 3, gen.patch_size, gen.patch_size), {"cond": cond}, diffusion=diffusion,
-                   options=SamplerOptions(steps=steps), seed=0, device=torch.device("cpu"))
+            with gen.patch_model.reuse_condition(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                   enabled=gen.dtype == torch.bfloat16):
+                sample(model_fn, (batch, 3, gen.patch_size, gen.patch_size), {"cond": cond}, diffusion=diffusion,
+                       options=SamplerOptions(steps=steps), seed=0, device=torch.device("cpu"))
             times[name].append((time.perf_counter() - t0) / batch)
     return {k: statistics.median(v) for k, v in times.items()}
 
