@@ -64,8 +64,8 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 arithmetic is native on ``device`` (not emulated).
 
     On a CPU: AVX512-BF16 or AMX in its flags, and oneDNN not capped (:func:`onednn_isa_cap`) below
-    AVX512_CORE_BF16, the ISA its bf16 kernels need. A cap this function does not know counts as
-    no cap, as oneDNN ignores a value it cannot parse."""
+    AVX512_CORE_BF16, the ISA its bf16 kernels need. A value not in oneDNN 3's list of ISA names
+    is taken as no cap."""
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
