@@ -58,8 +58,8 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
                    "per machine and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
               help="bf16 autocast of the network (losses in fp32); auto: bf16 where this machine runs it natively "
-                   "(a GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32, decided at the start and kept on "
-                   "resume. Default: the preset's (auto)")
+                   "(an Ampere or later GPU, a CPU with AVX512-BF16 or AMX), else fp32, decided at the start and "
+                   "kept on resume. Default: the preset's (auto)")
 # -- run control
 @click.option("--resume", is_flag=True, help="continue the run in --out")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")

@@ -53,8 +53,8 @@ from nasdm_aug.utils import InputError
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Run seed; patch i is seeded by (seed, i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward and per chunk.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="Sampling precision (default auto: bfloat16 where this machine runs it natively, a GPU with bf16 "
-                   "or a CPU with AVX512-BF16 / AMX; else float32).")
+              help="Sampling precision (default auto: bfloat16 where this machine runs it natively, an Ampere or "
+                   "later GPU or a CPU with AVX512-BF16 / AMX; else float32).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Memory layout of the models and samples (default channels_last).")
 @click.option("--compile/--no-compile", "compile_", default=None,

@@ -133,7 +133,7 @@ class HoVerNetConfig(ConfigBase):
     num_workers: int = 0  # DataLoader workers
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    # bf16 autocast of the network (the losses stay fp32); it pays only where bf16 is native (GPU,
+    # bf16 autocast of the network (the losses stay fp32); it pays only where bf16 is native (Ampere+ GPU,
     # AVX512-BF16/AMX). "auto": bf16 there, fp32 elsewhere, decided when a run starts and recorded
     # in its config.json, so a resumed run keeps the precision it started in
     precision: Literal["fp32", "bf16", "auto"] = "fp32"

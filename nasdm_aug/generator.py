@@ -174,7 +174,7 @@ class NASDMGenerator:
         device: where the models run (None or "auto": this rank's GPU when there is one, else the CPU).
         dtype: ``torch.float32``, ``torch.bfloat16`` (autocast sampling), or a name in
             ``hardware.DTYPES``; ``"auto"`` (default) is bfloat16 where this device runs it natively
-            (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
+            (an Ampere or later GPU, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
             resolved one. bf16 moved the patches by about one grey level on average, and FID, KID
             and the fidelity criteria by less than a change of seed does (benchmarks/RESULTS.md).
         layout: ``"channels_last"`` (default: the faster U-Net forward on the CPUs measured) or

@@ -1,5 +1,5 @@
-"""What this machine runs well, checked at run time: whether bfloat16 is a native type here (a GPU
-that supports it, or a CPU with AVX512-BF16 or AMX), which memory layout trains a given model
+"""What this machine runs well, checked at run time: whether bfloat16 is a native type here (an
+Ampere or later GPU, or a CPU with AVX512-BF16 or AMX), which memory layout trains a given model
 faster here (measured once and cached: :func:`fastest_layout`), and a one-line description of the
 machine for benchmark records. The machines this project runs on differ: on an AVX2-only CPU a
 bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated
@@ -63,12 +63,22 @@ def onednn_isa_cap() -> str | None:
 def native_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 arithmetic is native on ``device`` (not emulated).
 
+    On a CUDA GPU: compute capability 8.0 or later (Ampere on), which excludes a T4 or V100.
+
     On a CPU: AVX512-BF16 or AMX in its flags, and oneDNN not capped (:func:`onednn_isa_cap`) below
     AVX512_CORE_BF16, the ISA its bf16 kernels need. A value not in oneDNN 3's list of ISA names
     is taken as no cap."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:  # ROCm: as torch.cuda.is_bf16_supported, every architecture
+            return True
+        # Ampere (compute capability 8) and later have bf16 tensor cores. Not
+        # torch.cuda.is_bf16_supported(): by default it also says yes where bf16 is only emulated
+        # (a T4 or V100), and it asks about the current device, not this one.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).major >= 8
     if device.type == "cpu":
         cap = onednn_isa_cap()
         if cap in _ONEDNN_ISAS and _ONEDNN_ISAS.index(cap) < _ONEDNN_BF16_ISA:

@@ -38,6 +38,25 @@ def test_a_onednn_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch, cap, nativ
     assert hw.native_bf16("cpu") is native
 
 
+@pytest.mark.parametrize("majors, device, native", [({0: 7}, "cuda", False), ({0: 8}, "cuda", True),
+                                                    ({0: 9}, "cuda:0", True), ({0: 8, 1: 7}, "cuda:1", False),
+                                                    ({0: 7, 1: 9}, "cuda:1", True)])
+def test_bf16_on_a_gpu_is_native_from_ampere_on(monkeypatch, majors, device, native):
+    # a T4 or V100 (7.x) runs bf16 emulated, which torch.cuda.is_bf16_supported() counts by default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"major": majors[i]})())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert hw.native_bf16(device) is native
+    assert hw.resolve_dtype("auto", device) == (torch.bfloat16 if native else torch.float32)
+
+
+def test_bf16_without_cuda_is_not_native_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hw.native_bf16("cuda") is False and hw.native_bf16("mps") is False
+
+
 def test_names_are_checked():
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, auto, got 'fp16'"):
         hw.resolve_dtype("fp16", "cpu")
