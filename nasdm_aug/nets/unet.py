@@ -112,8 +112,7 @@ class DiffusionUNet(nn.Module):
     def _unet(self, x: torch.Tensor, emb: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor:
         """Run the backbone. x [N, C_in, H, W]; emb [N, 4 * base]; spatial [N, K, H, W] or None."""
         if spatial is not None:
-            dev = x.device.type
-            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            dtype = _compute_dtype(x)
             fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
             spatial = self._pyramid(spatial, dtype, fmt)
         hs = []
@@ -206,3 +205,15 @@ class MaskUNet(DiffusionUNet):
 def build_model(config: UNetConfig) -> DiffusionUNet:
     """Build the model a config describes: PatchUNet for kind "patch", MaskUNet for kind "mask"."""
     return PatchUNet(config) if config.kind == "patch" else MaskUNet(config)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the convolutions on ``x`` run in: the autocast dtype where autocast is on for its
+    device type, else ``x.dtype``. A device type autocast does not know (``meta``, used to count
+    parameters and FLOPs without memory) has no autocast, and torch raises when asked about it."""
+    dev = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(dev)
+    except RuntimeError:
+        return x.dtype
+    return torch.get_autocast_dtype(dev) if enabled else x.dtype

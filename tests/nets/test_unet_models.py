@@ -67,6 +67,23 @@ def test_paper_preset_size(kind, in_ch, out_ch, params):
     assert (model.config.in_channels, model.config.out_channels) == (in_ch, out_ch)
 
 
+@pytest.mark.parametrize("kind, out_ch, flops", [("patch", 6, 1_830_131_859_456), ("mask", 18, 1_230_429_511_680)])
+def test_paper_preset_runs_on_the_meta_device(kind, out_ch, flops):
+    # the meta device counts FLOPs with no memory or time (benchmarks/bench_nets.py --part size);
+    # autocast does not know that device type, and asking it raised inside the forward
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = get_preset(kind, "paper")
+    with torch.device("meta"):
+        model = build_model(config).eval()
+        s = config.image_size
+        cond = torch.randn(2, config.cond_channels, s, s) if kind == "patch" else torch.rand(2, config.n_types)
+        with FlopCounterMode(display=False) as counter:
+            y = model(torch.randn(2, config.in_channels, s, s), torch.zeros(2), cond)
+    assert y.shape == (2, out_ch, s, s) and y.device.type == "meta"
+    assert counter.get_total_flops() == flops  # 915 / 615 GFLOP a sample
+
+
 @pytest.mark.slow
 def test_paper_patch_forward_batch1():
     config = get_preset("patch", "paper")
