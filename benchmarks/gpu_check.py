@@ -21,8 +21,8 @@ measured. ``benchmarks/gpu_check_offline.sh`` runs it on a GPU node without a pa
 
 Under ``--smoke`` everything runs on the CPU with the ``tiny`` presets at 32 px, a few steps and no
 compile (``--smoke --compile`` keeps it), so the script is exercised by ``make test``
-(tests/test_gpu_check.py) and cannot rot; its numbers mean nothing. The full run is sized for under 8 minutes on one large GPU: compiling the
-patch U-Net for two batch shapes is most of it.
+(tests/test_gpu_check.py) and cannot rot; its numbers mean nothing. The full run is sized for
+under 8 minutes on one large GPU: compiling the patch U-Net for two batch shapes is most of it.
 """
 
 from __future__ import annotations
