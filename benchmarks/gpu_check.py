@@ -176,6 +176,11 @@ def _patch_rate(gen, batch: int, args: argparse.Namespace, device: torch.device)
     return batch / (time.perf_counter() - t0)
 
 
+def _sampling_batches(args: argparse.Namespace, largest: int) -> list[int]:
+    """The batches sampling is timed at, eager and compiled: ``args.sample_batch`` and the largest that fits."""
+    return sorted({args.sample_batch, max(largest, args.sample_batch)})
+
+
 def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
     """Eager patch sampling at ``args.sample_batch`` and at the largest batch that fits, and mask sampling."""
     from nasdm_aug.sampling import SamplerOptions
@@ -187,7 +192,7 @@ def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool)
                                                              sampling=SamplerOptions("ddpm", steps=1), guidance=2.0,
                                                              batch_size=b),
                             args.sample_batch, args.max_sample_batch, device)
-    for b in sorted({args.sample_batch, max(biggest, args.sample_batch)}):
+    for b in _sampling_batches(args, biggest):
         out[f"patch_eager_b{b}"] = _patch_rate(eager, b, args, device)
     _sync(device)
     t0 = time.perf_counter()
@@ -314,8 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.compile:
         sections["sampling_compiled"] = lambda: measure_sampling_compiled(
-            args, device, bf16, sorted({args.sample_batch, max(res["sampling"].get("largest_sampling_batch", 0),
-                                                               args.sample_batch)}))
+            args, device, bf16, _sampling_batches(args, res["sampling"].get("largest_sampling_batch", 0)))
     for name, measure in sections.items():
         # each section on its own: one that fails (a kernel missing on this GPU, a package missing
         # on this machine) is recorded in one line, and the others still run
