@@ -7,13 +7,16 @@ from pathlib import Path
 
 import click
 
+from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS
+from nasdm_aug.nets.presets import INPUT_CONDITIONS
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
 __all__ = ["train_command"]
 
 
 def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None,
-             seed: int | None, layout: str | None = None):
+             seed: int | None, layout: str | None = None, loss_weighting: str | None = None,
+             input_condition: str | None = None):
     from nasdm_aug.training.config import TrainConfig, get_train_preset
     from nasdm_aug.training.run import resolve_run_config
     from nasdm_aug.utils import InputError
@@ -36,6 +39,13 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
         config = config.replace(seed=seed)  # before resolving, so a resume cannot change it silently
     if layout is not None:
         config = config.replace(layout=layout)
+    if loss_weighting is not None:
+        config = config.replace(diffusion=config.diffusion.replace(loss_weighting=loss_weighting))
+    if input_condition is not None:
+        if config.kind != "patch" and input_condition != "none":
+            raise InputError(f"--input-condition {input_condition} is for the patch model; the mask model's "
+                             "condition is a type-presence vector")
+        config = config.replace(model=config.model.replace(input_condition=input_condition))
     return resolve_run_config(out, config, resume, steps)
 
 
@@ -54,6 +64,14 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 @click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
               help="Override the memory layout; auto (the presets'): the faster one here, timed once per machine "
                    "and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug).")
+@click.option("--loss-weighting", type=click.Choice(LOSS_WEIGHTINGS), default=None,
+              help="Override the MSE term's per-timestep weight. none: the paper's L_simple. Departures from the "
+                   "paper: min-snr (Min-SNR-gamma, gamma 5: min(SNR, 5) / SNR) and p2 (1 / (1 + SNR)); the bound "
+                   "term that trains the variance stays unweighted.")
+@click.option("--input-condition", type=click.Choice(INPUT_CONDITIONS), default=None,
+              help="Override where the patch model's condition enters. none: SPADE in the middle and decoder "
+                   "(the paper's). mask (a departure from the paper): the type channels and instance-edge map "
+                   "also concatenated to the noisy image at the input.")
 # -- run
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR", help="Run directory.")
 @click.option("--device", default="auto", metavar="DEV", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -70,6 +88,8 @@ def train_command(
     steps: int | None,
     seed: int | None,
     layout: str | None,
+    loss_weighting: str | None,
+    input_condition: str | None,
     out: Path,
     device: str,
     resume: bool,
@@ -89,7 +109,8 @@ def train_command(
             raise InputError(f"{out}: nothing to resume (no run there); drop --resume to start a new run")
         if latest_checkpoint(out) is None:
             click.echo(f"{out}: no checkpoint yet; the run starts again from step 0 with its config.json", err=True)
-    config = _resolve(kind, store, preset, config_path, out, resume, steps, seed, layout)
+    config = _resolve(kind, store, preset, config_path, out, resume, steps, seed, layout, loss_weighting,
+                      input_condition)
     if dry_run:
         click.echo(config.to_json())
         return

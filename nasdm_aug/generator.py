@@ -24,6 +24,7 @@ from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample,
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.training.distributed import pick_device
+from nasdm_aug.training.data import x_to_image
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError
 
@@ -412,7 +413,7 @@ class NASDMGenerator:
             )
             x = self._sample("patch", cond, 3, sampling=sampling, guidance=guidance, seed=seed,
                              sample_offset=sample_offset + start)
-            img = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            img = x_to_image(x)
             out[start:stop] = img.cpu().numpy()
         return out[0] if single else out
 

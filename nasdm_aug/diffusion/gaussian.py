@@ -13,7 +13,11 @@ import torch
 
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
-__all__ = ["ModelMeanType", "ModelVarType", "LossType", "GaussianDiffusion", "extract_into_tensor"]
+__all__ = ["ModelMeanType", "ModelVarType", "LossType", "LOSS_WEIGHTINGS", "GaussianDiffusion", "extract_into_tensor"]
+
+#: Per-timestep weights of the MSE term: "none" (L_simple, the paper's), "min-snr" (Hang et al.
+#: 2023, Min-SNR-gamma), "p2" (Choi et al. 2022, perception-prioritized weighting).
+LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min-snr", "p2")
 
 ModelFn = Callable[..., torch.Tensor]
 
@@ -78,6 +82,11 @@ class GaussianDiffusion:
             output of 2C channels (mean part then variance part).
         loss_type: the training objective.
         vb_weight: lambda of the hybrid loss L_simple + lambda * L_vlb (eq. 16 of improved DDPM).
+        loss_weighting: per-timestep weight of the MSE term (one of ``LOSS_WEIGHTINGS``); the
+            variational-bound term that trains the variance is never weighted.
+        snr_gamma: gamma of Min-SNR-gamma (the weight of an eps-predicting model is
+            min(SNR_t, gamma) / SNR_t; of an x_0-predicting one min(SNR_t, gamma)).
+        p2_gamma, p2_k: P2 weighting's 1 / (k + SNR_t) ** gamma (for eps prediction).
 
     Timesteps are 0-based: ``t = 0`` is the first noising step, ``t = T - 1`` the last.
     """
@@ -89,6 +98,10 @@ class GaussianDiffusion:
         model_var_type: ModelVarType | str = ModelVarType.LEARNED_RANGE,
         loss_type: LossType | str = LossType.HYBRID,
         vb_weight: float = 0.001,
+        loss_weighting: str = "none",
+        snr_gamma: float = 5.0,
+        p2_gamma: float = 1.0,
+        p2_k: float = 1.0,
     ) -> None:
         self.model_mean_type = _as_enum(model_mean_type, ModelMeanType)
         self.model_var_type = _as_enum(model_var_type, ModelVarType)
@@ -98,6 +111,13 @@ class GaussianDiffusion:
         if not (vb_weight >= 0 and math.isfinite(vb_weight)):
             raise ValueError(f"vb_weight must be a finite number >= 0, got {vb_weight!r}")
         self.vb_weight = float(vb_weight)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}")
+        for name, value in (("snr_gamma", snr_gamma), ("p2_gamma", p2_gamma), ("p2_k", p2_k)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        self.loss_weighting = loss_weighting
+        self.snr_gamma, self.p2_gamma, self.p2_k = float(snr_gamma), float(p2_gamma), float(p2_k)
         betas = np.asarray(torch.as_tensor(betas).cpu(), dtype=np.float64)
         if betas.ndim != 1 or len(betas) == 0 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError(f"betas must be a non-empty 1-D array in (0, 1], got shape {betas.shape}, range [{betas.min(initial=0):.3g}, {betas.max(initial=0):.3g}]")
@@ -125,6 +145,21 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        self.mse_weights = self._mse_weights()
+
+    def _mse_weights(self) -> np.ndarray:
+        """The weight of the MSE term at each timestep, float64 [T]."""
+        snr = self.snr
+        eps = self.model_mean_type is ModelMeanType.EPSILON
+        if self.loss_weighting == "min-snr":
+            # the eps loss is the x_0 loss times 1 / SNR, so min(SNR, gamma) on x_0 is min(SNR, gamma) / SNR on eps
+            clipped = np.minimum(snr, self.snr_gamma)
+            return clipped / snr if eps else clipped
+        if self.loss_weighting == "p2":
+            w = 1.0 / (self.p2_k + snr) ** self.p2_gamma
+            return w if eps else w * snr  # the x_0 loss carries the factor SNR the eps loss lacks
+        return np.ones_like(snr)
 
     # ---- forward process -------------------------------------------------------------------
 
@@ -307,7 +342,8 @@ class GaussianDiffusion:
         ``vb`` is the single term L_t in bits/dim (decoder NLL at t = 0), computed with the
         mean output detached (the stop-gradient of eq. 16), so it trains only the variance.
 
-        HYBRID returns ``loss = mse + vb_weight * T * vb``. Why the factor T: the paper's L_vlb is
+        HYBRID returns ``loss = w_t * mse + vb_weight * T * vb``, with ``w_t`` the loss weighting's
+        weight (1 for ``"none"``; ``mse`` itself is returned unweighted, so logs stay comparable). Why the factor T: the paper's L_vlb is
         the sum over t of L_t, and with t uniform its unbiased one-sample estimate is T * L_t, so
         lambda * L_vlb = lambda * T * L_t. improved-diffusion writes ``vb *= T / 1000`` (its
         RESCALED_MSE, the default for learned sigmas) and adds vb; that is exactly lambda = 0.001
@@ -339,11 +375,12 @@ class GaussianDiffusion:
             vb = torch.zeros(x_start.shape[0], device=x_start.device, dtype=x_start.dtype)
         target = noise if self.model_mean_type is ModelMeanType.EPSILON else x_start
         mse = mean_flat((target - mean_out) ** 2)
+        weighted = mse if self.loss_weighting == "none" else mse * extract_into_tensor(self.mse_weights, t, 1)
         scale = float(self.num_timesteps)
         if self.loss_type is LossType.KL:
             loss = scale * vb
         elif self.loss_type is LossType.HYBRID:
-            loss = mse + self.vb_weight * scale * vb
+            loss = weighted + self.vb_weight * scale * vb
         else:
-            loss = mse
+            loss = weighted
         return {"mse": mse, "vb": vb, "loss": loss}

@@ -149,6 +149,10 @@ def _init_kwargs(diffusion: GaussianDiffusion) -> dict[str, Any]:
         "model_var_type": diffusion.model_var_type,
         "loss_type": diffusion.loss_type,
         "vb_weight": diffusion.vb_weight,
+        "loss_weighting": diffusion.loss_weighting,
+        "snr_gamma": diffusion.snr_gamma,
+        "p2_gamma": diffusion.p2_gamma,
+        "p2_k": diffusion.p2_k,
     }
 
 
@@ -190,6 +194,10 @@ def create_diffusion(
     timestep_respacing: str | Sequence[int] = "",
     mean_type: ModelMeanType | str = ModelMeanType.EPSILON,
     vb_weight: float = 0.001,
+    loss_weighting: str = "none",
+    snr_gamma: float = 5.0,
+    p2_gamma: float = 1.0,
+    p2_k: float = 1.0,
 ) -> SpacedDiffusion:
     """Build the process: a named schedule of ``steps`` steps, optionally respaced.
 
@@ -204,6 +212,8 @@ def create_diffusion(
         timestep_respacing: ``""`` for all steps, else as in ``space_timesteps``.
         mean_type: a ``ModelMeanType`` or its value string.
         vb_weight: lambda of the hybrid loss.
+        loss_weighting, snr_gamma, p2_gamma, p2_k: the MSE term's per-timestep weight
+            (``GaussianDiffusion``).
 
     Returns:
         A ``SpacedDiffusion`` (with all steps kept when ``timestep_respacing`` is empty).
@@ -211,5 +221,6 @@ def create_diffusion(
     betas = get_named_beta_schedule(schedule, steps)
     use = space_timesteps(steps, timestep_respacing) if timestep_respacing else range(steps)
     return SpacedDiffusion(
-        use, betas, model_mean_type=mean_type, model_var_type=var_type, loss_type=loss_type, vb_weight=vb_weight
+        use, betas, model_mean_type=mean_type, model_var_type=var_type, loss_type=loss_type, vb_weight=vb_weight,
+        loss_weighting=loss_weighting, snr_gamma=snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k,
     )

@@ -9,7 +9,12 @@ from typing import Any, Literal
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.masks import mask_channels
 
-__all__ = ["UNetConfig", "PRESETS", "get_preset", "fit_to_size"]
+__all__ = ["UNetConfig", "PRESETS", "INPUT_CONDITIONS", "get_preset", "fit_to_size"]
+
+#: Where the patch condition enters besides the SPADE norms of the middle and decoder: "none" (SDM /
+#: NASDM: the encoder never sees the layout) or "mask" (its type channels and instance-edge map also
+#: concatenated to the noisy image at the input, a departure from the paper).
+INPUT_CONDITIONS: tuple[str, ...] = ("none", "mask")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,12 @@ class UNetConfig(ConfigBase):
     cond_drop_prob: float = 0.2  # training-time probability of the null condition (CFG)
     norm_groups: int = 8  # GroupNorm groups; divides every level's width
     spade_hidden: int = 32  # hidden width of each SPADE conv net (patch only)
+    input_condition: str = "none"  # patch only: one of INPUT_CONDITIONS
+
+    @property
+    def input_cond_channels(self) -> int:
+        """Condition channels concatenated to x at the first convolution (0 without input conditioning)."""
+        return self.cond_channels if self.input_condition == "mask" else 0
 
     def __post_init__(self) -> None:
         self._check_scalars()
@@ -44,6 +55,11 @@ class UNetConfig(ConfigBase):
         missing = sorted(set(self.attention_resolutions) - reachable)
         if missing:
             raise ValueError(f"attention_resolutions {missing} are not feature sizes of this U-Net: {sorted(reachable)}")
+        if self.input_condition not in INPUT_CONDITIONS:
+            raise ValueError(f"input_condition {self.input_condition!r} is not one of {list(INPUT_CONDITIONS)}")
+        if self.kind == "mask" and self.input_condition != "none":
+            raise ValueError(f"input_condition {self.input_condition!r} needs a spatial condition: the mask model takes "
+                             "a type-presence vector, so it has only 'none'")
         if self.kind == "mask" and self.in_channels != mask_channels(self.n_types):
             raise ValueError(
                 f"mask model in_channels must be mask_channels({self.n_types}) = {mask_channels(self.n_types)}, "

@@ -48,7 +48,8 @@ class DiffusionUNet(nn.Module):
 
         # 1. encoder: plain resblocks (SDM keeps SPADE out of the encoder), resblock downsampling
         ch = base * config.channel_mults[0]
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
+        first_in = config.in_channels + config.input_cond_channels
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(first_in, ch, 3, padding=1))])
         skips, ds = [ch], 1
         for level, mult in enumerate(config.channel_mults):
             for _ in range(config.num_res_blocks):
@@ -111,12 +112,14 @@ class DiffusionUNet(nn.Module):
 
     def _unet(self, x: torch.Tensor, emb: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor:
         """Run the backbone. x [N, C_in, H, W]; emb [N, 4 * base]; spatial [N, K, H, W] or None."""
-        if spatial is not None:
-            dtype = _compute_dtype(x)
-            fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-            spatial = self._pyramid(spatial, dtype, fmt)
-        hs = []
         h = x
+        if spatial is not None:
+            fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+            if self.config.input_cond_channels:
+                # the encoder sees the layout too; the same (possibly dropped) condition as SPADE's
+                h = torch.cat([x, spatial.to(x.dtype)], dim=1).contiguous(memory_format=fmt)
+            spatial = self._pyramid(spatial, _compute_dtype(x), fmt)
+        hs = []
         for block in self.input_blocks:
             h = block(h, emb)
             hs.append(h)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasdm_aug.config import ConfigBase
-from nasdm_aug.diffusion.gaussian import LossType, ModelMeanType, ModelVarType
+from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, LossType, ModelMeanType, ModelVarType
 from nasdm_aug.diffusion.respace import create_diffusion
 from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
@@ -35,6 +35,13 @@ class DiffusionSettings(ConfigBase):
     loss_type: str = "hybrid"  # L_simple + vb_weight * L_vlb
     mean_type: str = "epsilon"  # the model predicts the noise
     vb_weight: float = 0.001  # lambda of the hybrid loss
+    # per-timestep weight of the MSE term; "none" is the paper's L_simple. Departures from the
+    # paper, for faster convergence: "min-snr" (Hang et al. 2023, min(SNR, snr_gamma) / SNR) and
+    # "p2" (Choi et al. 2022, 1 / (p2_k + SNR) ** p2_gamma). The variance's bound term stays unweighted.
+    loss_weighting: str = "none"
+    snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -49,6 +56,12 @@ class DiffusionSettings(ConfigBase):
                 raise ValueError(f"diffusion {name} {value!r} is not one of {_values(enum_cls)}")
         if not (self.vb_weight >= 0 and math.isfinite(self.vb_weight)):
             raise ValueError(f"vb_weight must be finite and >= 0, got {self.vb_weight}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"diffusion loss_weighting {self.loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}")
+        for name in ("snr_gamma", "p2_gamma", "p2_k"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"diffusion {name} must be a finite number > 0, got {value}")
 
     @property
     def learns_sigma(self) -> bool:
@@ -64,6 +77,10 @@ class DiffusionSettings(ConfigBase):
             loss_type=self.loss_type,
             mean_type=self.mean_type,
             vb_weight=self.vb_weight,
+            loss_weighting=self.loss_weighting,
+            snr_gamma=self.snr_gamma,
+            p2_gamma=self.p2_gamma,
+            p2_k=self.p2_k,
         )
 
 

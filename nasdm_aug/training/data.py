@@ -23,6 +23,8 @@ __all__ = [
     "step_seed",
     "random_flip",
     "x_channels",
+    "image_to_x",
+    "x_to_image",
 ]
 
 ModelKind = Literal["mask", "patch"]
@@ -33,6 +35,17 @@ def x_channels(kind: str, n_types: int) -> int:
     """Channels C of the generated tensor x: 3 for the patch model, the mask representation's for the mask model."""
     _check_kind(kind)
     return 3 if kind == "patch" else mask_channels(n_types)
+
+
+def image_to_x(image: np.ndarray) -> np.ndarray:
+    """A uint8 RGB patch [H, W, 3] as the patch model's x: float32 [3, H, W], 0 -> -1 and 255 -> 1."""
+    return np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+
+
+def x_to_image(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`image_to_x` for a batch: x [N, 3, H, W] -> uint8 [N, H, W, 3] (rounded,
+    clipped), so every uint8 value comes back as itself."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _check_kind(kind: str) -> None:
@@ -81,7 +94,7 @@ class NASDMDataset(Dataset):
         item = self.store.read([int(self.indices[i])])
         inst, type_map = item["inst"][0], item["type"][0]
         if self.kind == "patch":
-            x = item["image"][0].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+            x = image_to_x(item["image"][0])
             cond = patch_condition(inst, type_map, self.n_types)
         else:
             x = encode_mask(inst, type_map, self.n_types)

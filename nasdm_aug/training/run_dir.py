@@ -72,6 +72,21 @@ def restore_replaced(out: str | os.PathLike, unit: str = "step") -> None:
         os.replace(replaced_dir(out), out)
 
 
+_MISSING = object()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts as one level with dotted keys (``diffusion.loss_weighting``), so a
+    refused resume names the field that differs, not only its section."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def resumed_config(out: str | os.PathLike, config: C | None, cls: type[C], resume: bool,
                    may_change: Sequence[str] = ()) -> C:
     """The config a run uses: on resume the run's own ``config.json``, where only the fields in
@@ -87,8 +102,8 @@ def resumed_config(out: str | os.PathLike, config: C | None, cls: type[C], resum
         if config is None:
             return saved
         keep = {k: getattr(config, k) for k in may_change}
-        mine, theirs = config.to_dict(), saved.replace(**keep).to_dict()  # type: ignore[attr-defined]
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        mine, theirs = _flat(config.to_dict()), _flat(saved.replace(**keep).to_dict())  # type: ignore[attr-defined]
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k, _MISSING) != theirs.get(k, _MISSING))
         if diff:
             allowed = f"; only {', '.join(f'`{k}`' for k in may_change)} may change" if may_change else ""
             raise InputError(f"{saved_path}: resuming with a config that differs from the run's in {diff}{allowed}")
