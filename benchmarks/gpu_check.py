@@ -11,7 +11,9 @@ It measures, with randomly initialised networks (speed and memory do not depend 
   at the largest sampling batch that fits (up to ``--max-sample-batch``), eager;
 - mask sampling at 50 guided steps, batch 32 (the first half of a bank made from generated masks);
 - the HoVerNet ``paper`` preset's phase-2 training step at its batch (16);
-- last, patch sampling through ``torch.compile`` at the same batches as eager (``--no-compile`` skips it);
+- last, patch sampling through ``torch.compile`` at the same batches as eager (``--no-compile`` skips it),
+  and whether the compiled networks sample the eager patches (same weights, masks and seeds) up to
+  rounding: ``compiled_matches_eager``, with the largest and mean grey-level difference;
 - the projected wall time of the paper's S2 bank (8,639 patches: masks then patches, each at the
   faster measured sampling rate).
 
@@ -208,8 +210,20 @@ def measure_sampling_compiled(args: argparse.Namespace, device: torch.device, bf
                               batches: list[int]) -> dict[str, Any]:
     """Patch sampling through ``torch.compile`` at the eager section's batches. It runs last: compiling
     is the slowest part of the check, and a run stopped at a time limit loses only these rows."""
+    from nasdm_aug.sampling import SamplerOptions
+
     comp = _generator(args, device, bf16, compile=True)
-    return {f"patch_compiled_b{b}": _patch_rate(comp, b, args, device) for b in batches}
+    out: dict[str, Any] = {f"patch_compiled_b{b}": _patch_rate(comp, b, args, device) for b in batches}
+    # the compiled networks must sample the eager patches (same weights, masks and seeds) up to rounding
+    eager = _generator(args, device, bf16, compile=False)
+    masks = _disk_masks(2, args.size, eager.type_table.n_types)
+    opts = dict(sampling=SamplerOptions("ddpm", steps=min(args.sample_steps, 10)), guidance=2.0, seed=1)
+    a = eager.generate_patches(*masks, **opts).astype(np.int16)
+    b = comp.generate_patches(*masks, **opts).astype(np.int16)
+    diff = np.abs(a - b)
+    out.update(compiled_vs_eager_max_abs=int(diff.max()), compiled_vs_eager_mean_abs=float(diff.mean()),
+               compiled_matches_eager=bool(diff.mean() <= 1.0))  # grey levels: rounding moves a few pixels by 1-2
+    return out
 
 
 # -- HoVerNet -------------------------------------------------------------------------------------
@@ -269,6 +283,10 @@ def _print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
                 kind, mode, b = key.split("_")
                 print(f"| {kind} sampling, {args.sample_steps} guided steps, {mode} | {b[1:]} | {rate:.2f} patches/s "
                       "| - |")
+    comp = res.get("sampling_compiled", {})
+    if "compiled_matches_eager" in comp:
+        print(f"| compiled patches against eager ones (same seeds) | 2 | max {comp['compiled_vs_eager_max_abs']}, mean "
+              f"{comp['compiled_vs_eager_mean_abs']:.3f} grey levels: {'same' if comp['compiled_matches_eager'] else 'DIFFERENT'} | - |")
     h = res.get("hovernet", {})
     if "error" in h:
         print(f"| HoVerNet {args.hovernet_preset} phase-2 step | - | failed: {h['error']} | - |")

@@ -81,3 +81,35 @@ def test_largest_batch_stops_at_the_first_out_of_memory():
 def test_without_a_gpu_the_full_check_says_so():
     with pytest.raises(SystemExit, match="no CUDA device here; run with --smoke"):
         gpu_check.main([])
+
+
+def test_compiled_sampling_is_checked_against_eager(tmp_path, capsys, monkeypatch):
+    """The compiled section compares its patches with eager ones: a compiled network that computes
+    something else is reported as DIFFERENT. (torch.compile is replaced by a wrapper that shifts the
+    network's output; the real compile runs in the slow test below and in the GPU check.)"""
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, mod):
+            super().__init__()
+            self.mod = mod
+
+        def forward(self, *a, **k):
+            return self.mod(*a, **k) + 0.5
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.mod, name)
+
+    monkeypatch.setattr(torch, "compile", lambda mod, **k: Shifted(mod))
+    res = gpu_check.main(["--smoke", "--compile", "--json", str(tmp_path / "g.json")])
+    comp = res["sampling_compiled"]
+    assert comp["compiled_matches_eager"] is False and comp["compiled_vs_eager_mean_abs"] > 1.0
+    assert "grey levels: DIFFERENT" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_compile_samples_the_eager_patches(tmp_path):
+    res = gpu_check.main(["--smoke", "--compile", "--json", str(tmp_path / "g.json")])
+    assert res["sampling_compiled"]["compiled_matches_eager"] is True, res["sampling_compiled"]

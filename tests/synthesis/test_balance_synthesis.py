@@ -20,7 +20,14 @@ def _args(runs, out, *extra):
             "--sampler", "ddim", "--steps", "3", "--batch-size", "3", "--seed", "2", "--device", "cpu", *extra]
 
 
-def test_balance_for_makes_the_planned_combinations(runs, real_store, tmp_path):
+def test_balance_for_makes_the_planned_combinations(runs, real_store, tmp_path, monkeypatch):
+    import torch
+
+    from nasdm_aug.nets.unet import MaskUNet
+
+    seen = []  # every condition the mask model is given, so the expectation does not come from it
+    forward = MaskUNet.forward
+    monkeypatch.setattr(MaskUNet, "forward", lambda self, x, t, cond: seen.append(cond.clone()) or forward(self, x, t, cond))
     out = tmp_path / "bal.h5"
     plan = plan_balance_synthesis(PatchStore(real_store), "Train", "uniform", 1.0)
     dry = CliRunner().invoke(cli, _args(runs, out, "--balance-for", f"{real_store}:Train", "--target", "uniform",
@@ -35,6 +42,9 @@ def test_balance_for_makes_the_planned_combinations(runs, real_store, tmp_path):
     assert set(bank.meta("parent")) == {-1}
     assert bank.attrs["balance_plan"] == json.loads(json.dumps(plan.record))
     assert tuple(bank.config["combinations"]) == plan.combinations
+    # the mask model was asked, batch by batch (3 sampler steps each), for the plan's presence vectors
+    asked = torch.cat([c[(c != MaskUNet.NULL_VALUE).any(dim=1)] for c in seen[::3]])
+    np.testing.assert_array_equal(asked.numpy(), combination_presence(plan.combinations, LIZARD))
     # patch i's mask is the mask model's sample for its own combination's presence vector at index i
     gen = NASDMGenerator.from_pretrained(*runs, device="cpu")
     start = 0
