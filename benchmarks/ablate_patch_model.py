@@ -22,8 +22,11 @@ A smaller budget reruns the whole ablation quickly (``--budget-min 5``). Steps:
    **nuclei contrast** (mean grey level of that background minus that of nuclei pixels).
 
 Each ``--sampling`` value is ``SAMPLER:STEPS:GUIDANCE``; the first scores every variant, the others
-score the last variant named (the sampling sweep of the chosen model). Reruns reuse finished runs,
-banks (``synthesize --resume``) and reports made from the same inputs.
+score the last variant named, or ``--sweep LABEL`` (the sampling sweep of the chosen model).
+``--score-runs LABEL=PATH,...`` scores other patch runs or checkpoint folders the same way: a
+longer run of a variant and its kept checkpoints (quality against budget), or the shipped model
+(``nasdm_aug/assets/consep-cpu/patch``). Reruns reuse finished runs, banks (``synthesize
+--resume``) and reports made from the same inputs.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "input-cond": {"model.input_condition": "mask"},
     "min-snr+input-cond": {"diffusion.loss_weighting": "min-snr", "model.input_condition": "mask"},
     "p2+input-cond": {"diffusion.loss_weighting": "p2", "model.input_condition": "mask"},
+    "x0+min-snr+input-cond": {"diffusion.mean_type": "start_x", "diffusion.loss_weighting": "min-snr",
+                              "model.input_condition": "mask"},
+    "v+min-snr+input-cond": {"diffusion.mean_type": "v", "diffusion.loss_weighting": "min-snr",
+                             "model.input_condition": "mask"},
     "min-snr+input-cond+lr4e-4": {"diffusion.loss_weighting": "min-snr", "model.input_condition": "mask",
                                   "lr": 4e-4, "lr_after_drop": 8e-5},
     "min-snr+input-cond+w16": {"diffusion.loss_weighting": "min-snr", "model.input_condition": "mask",
@@ -185,6 +192,13 @@ def main() -> None:
     ap.add_argument("--sampling", default="ddpm:50:1.5", help="SAMPLER:STEPS:GUIDANCE[,...]")
     ap.add_argument("--fractions", default="", help="also score these fractions of the budget (e.g. 0.25,0.5) "
                                                      "for the last variant")
+    ap.add_argument("--score-runs", default="", help="LABEL=PATH,... also score these patch runs or checkpoint "
+                                                     "folders (e.g. a longer run of a variant, the shipped "
+                                                     "nasdm_aug/assets/consep-cpu/patch) the same way")
+    ap.add_argument("--sweep", default="", help="the variant or --score-runs label the other --sampling values "
+                                                "score (default: the last variant)")
+    ap.add_argument("--sheet", default="", help="BANK,BANK,...: write DIR/sheet.png, mask | each bank's patch | "
+                                                "real parent for 12 masks (bank names as in DIR/banks, no .h5)")
     ap.add_argument("--skip-train", action="store_true", help="score what is trained")
     ap.add_argument("--skip-score", action="store_true", help="train only")
     ap.add_argument("--json", default=None)
@@ -294,10 +308,21 @@ def main() -> None:
     for name in names:
         tag = f"{name}@{first[0]}{first[1]}g{first[2]}"
         out["variants"][name]["scores"] = {tag: score(tag, work / "runs" / name, *first)}
-    last = names[-1]
+    extra: dict[str, Path] = {}
+    for spec in [x for x in args.score_runs.split(",") if x]:
+        label, _, path = spec.partition("=")
+        if not path or not Path(path).exists():
+            sys.exit(f"Error: --score-runs {spec!r} is not LABEL=PATH of an existing run or checkpoint folder")
+        extra[label] = Path(path)
+        tag = f"{label}@{first[0]}{first[1]}g{first[2]}"
+        out.setdefault("extra", {})[label] = {"path": path, "scores": {tag: score(tag, Path(path), *first)}}
+    last = args.sweep or names[-1]
     for spec in samplings[1:]:
         tag = f"{last}@{spec[0]}{spec[1]}g{spec[2]}"
-        out["variants"][last]["scores"][tag] = score(tag, work / "runs" / last, *spec)
+        if last in extra:
+            out["extra"][last]["scores"][tag] = score(tag, extra[last], *spec)
+        else:
+            out["variants"][last]["scores"][tag] = score(tag, work / "runs" / last, *spec)
     for frac in [float(f) for f in args.fractions.split(",") if f]:
         step = int(round(frac * configs[last].steps / max(1, configs[last].steps // 4))) * max(1, configs[last].steps // 4)
         ckpt = work / "runs" / last / "checkpoints" / f"step_{step:08d}"
@@ -306,9 +331,34 @@ def main() -> None:
             continue
         tag = f"{last}@{frac:g}budget@{first[0]}{first[1]}g{first[2]}"
         out["variants"][last]["scores"][tag] = score(tag, ckpt, *first)
+    if args.sheet:
+        write_sheet(args.store, work, [b for b in args.sheet.split(",") if b], work / "sheet.png")
     print(table(out))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
+
+
+def write_sheet(store: str, work: Path, banks: list[str], path: Path, n: int = 12) -> None:
+    """Mask | each bank's synthetic patch | the real parent, one row per mask (the banks' first n)."""
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.viz import colour_mask, contact_sheet
+
+    stores = [PatchStore(work / "banks" / f"{b}.h5") for b in banks]
+    first = stores[0]
+    parents = first.meta("parent")[:n]
+    with PatchStore(store) as real:
+        table = real.type_table
+        rows = []
+        for i, parent in enumerate(parents):
+            r = real.read([int(parent)])
+            row = [colour_mask(r["inst"][0], r["type"][0], table)]
+            for st in stores:
+                if int(st.meta("parent")[i]) != int(parent):
+                    sys.exit(f"Error: {st.path} patch {i} was made from another mask than {first.path}'s")
+                row.append(st.read([i], keys=("image",))["image"][0])
+            rows.append(row + [r["image"][0]])
+    contact_sheet(rows, path, column_titles=["mask", *(b.split("@")[0] for b in banks), "real parent"], scale=2)
+    print(f"sheet: {path}", flush=True)
 
 
 def table(out: dict) -> str:
@@ -324,6 +374,11 @@ def table(out: dict) -> str:
                          f"{r['fid_ratio']:.2f} | {r['kid_ratio']:.2f} | {r.get('is', float('nan')):.2f} | "
                          f"{r.get('fidelity_ratio', float('nan')):.2f} | {r['speckle_ratio']:.2f} | "
                          f"{r['nuclei_contrast']:.1f} |")
+    for label, v in out.get("extra", {}).items():
+        for tag, r in v["scores"].items():
+            lines.append(f"| {tag} ({v['path']}) | - | - | - | {r['fid_ratio']:.2f} | {r['kid_ratio']:.2f} | "
+                         f"{r.get('is', float('nan')):.2f} | {r.get('fidelity_ratio', float('nan')):.2f} | "
+                         f"{r['speckle_ratio']:.2f} | {r['nuclei_contrast']:.1f} |")
     lines.append(f"real parents: nuclei contrast {out['real']['nuclei_contrast']:.1f}")
     return "\n".join(lines)
 

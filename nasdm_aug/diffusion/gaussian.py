@@ -27,6 +27,7 @@ class ModelMeanType(enum.Enum):
 
     EPSILON = "epsilon"  # the noise eps (Ho et al. 2020)
     START_X = "start_x"  # x_0 directly
+    V = "v"  # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)
 
 
 class ModelVarType(enum.Enum):
@@ -85,8 +86,10 @@ class GaussianDiffusion:
         loss_weighting: per-timestep weight of the MSE term (one of ``LOSS_WEIGHTINGS``); the
             variational-bound term that trains the variance is never weighted.
         snr_gamma: gamma of Min-SNR-gamma (the weight of an eps-predicting model is
-            min(SNR_t, gamma) / SNR_t; of an x_0-predicting one min(SNR_t, gamma)).
-        p2_gamma, p2_k: P2 weighting's 1 / (k + SNR_t) ** gamma (for eps prediction).
+            min(SNR_t, gamma) / SNR_t; of an x_0-predicting one min(SNR_t, gamma); of a
+            v-predicting one min(SNR_t, gamma) / (SNR_t + 1)).
+        p2_gamma, p2_k: P2 weighting's 1 / (k + SNR_t) ** gamma on the eps loss (the same
+            weighting carried to x_0 and v targets).
 
     Timesteps are 0-based: ``t = 0`` is the first noising step, ``t = T - 1`` the last.
     """
@@ -151,14 +154,14 @@ class GaussianDiffusion:
     def _mse_weights(self) -> np.ndarray:
         """The weight of the MSE term at each timestep, float64 [T]."""
         snr = self.snr
-        eps = self.model_mean_type is ModelMeanType.EPSILON
-        if self.loss_weighting == "min-snr":
-            # the eps loss is the x_0 loss times 1 / SNR, so min(SNR, gamma) on x_0 is min(SNR, gamma) / SNR on eps
-            clipped = np.minimum(snr, self.snr_gamma)
-            return clipped / snr if eps else clipped
-        if self.loss_weighting == "p2":
-            w = 1.0 / (self.p2_k + snr) ** self.p2_gamma
-            return w if eps else w * snr  # the x_0 loss carries the factor SNR the eps loss lacks
+        # Each weighting is defined on one target and carried to the others by how their errors
+        # relate: ||eps error||^2 = SNR ||x_0 error||^2 and ||v error||^2 = (SNR + 1) ||x_0 error||^2.
+        per_x0 = {ModelMeanType.EPSILON: 1.0 / snr, ModelMeanType.START_X: np.ones_like(snr),
+                  ModelMeanType.V: 1.0 / (snr + 1.0)}[self.model_mean_type]
+        if self.loss_weighting == "min-snr":  # min(SNR, gamma) on the x_0 loss
+            return np.minimum(snr, self.snr_gamma) * per_x0
+        if self.loss_weighting == "p2":  # 1 / (k + SNR) ** gamma on the eps loss
+            return snr / (self.p2_k + snr) ** self.p2_gamma * per_x0
         return np.ones_like(snr)
 
     # ---- forward process -------------------------------------------------------------------
@@ -222,6 +225,18 @@ class GaussianDiffusion:
             - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, nd) * eps
         )
 
+    def predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        nd = x_t.ndim
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, nd) * x_t
+                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, nd) * v)
+
+    def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, the V model's regression target."""
+        nd = x_start.ndim
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, nd) * noise
+                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, nd) * x_start)
+
     def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
         """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
         nd = x_t.ndim
@@ -282,6 +297,8 @@ class GaussianDiffusion:
         log_variance = self._model_log_variance(var_values, x, t)
         if self.model_mean_type is ModelMeanType.EPSILON:
             pred_xstart = self.predict_xstart_from_eps(x, t, mean_out)
+        elif self.model_mean_type is ModelMeanType.V:
+            pred_xstart = self.predict_xstart_from_v(x, t, mean_out)
         else:
             pred_xstart = mean_out
         if clip_denoised:
@@ -338,7 +355,7 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """Per-sample training losses for one sampled timestep per sample.
 
-        ``mse`` is L_simple = mean over dims of ||eps - eps_theta||^2 (or of x_0 for START_X).
+        ``mse`` is L_simple = mean over dims of ||eps - eps_theta||^2 (of x_0 for START_X, of v for V).
         ``vb`` is the single term L_t in bits/dim (decoder NLL at t = 0), computed with the
         mean output detached (the stop-gradient of eq. 16), so it trains only the variance.
 
@@ -373,7 +390,12 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(lambda *_a, **_k: frozen, x_start, x_t, t, clip_denoised=False)["output"]
         else:
             vb = torch.zeros(x_start.shape[0], device=x_start.device, dtype=x_start.dtype)
-        target = noise if self.model_mean_type is ModelMeanType.EPSILON else x_start
+        if self.model_mean_type is ModelMeanType.EPSILON:
+            target = noise
+        elif self.model_mean_type is ModelMeanType.V:
+            target = self.v_target(x_start, t, noise)
+        else:
+            target = x_start
         mse = mean_flat((target - mean_out) ** 2)
         weighted = mse if self.loss_weighting == "none" else mse * extract_into_tensor(self.mse_weights, t, 1)
         scale = float(self.num_timesteps)

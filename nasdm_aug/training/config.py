@@ -33,7 +33,10 @@ class DiffusionSettings(ConfigBase):
     schedule: str = "linear"  # beta schedule: "linear" (paper) or "cosine"
     var_type: str = "learned_range"  # improved DDPM's learned interpolation of the variance
     loss_type: str = "hybrid"  # L_simple + vb_weight * L_vlb
-    mean_type: str = "epsilon"  # the model predicts the noise
+    # what the model predicts: "epsilon" (the noise; the paper's), "start_x" (x_0) or "v"
+    # (Salimans & Ho 2022); x_0 and v keep the implied x_0 sane at high noise, where an eps error
+    # is amplified by 1 / sqrt(SNR)
+    mean_type: str = "epsilon"
     vb_weight: float = 0.001  # lambda of the hybrid loss
     # per-timestep weight of the MSE term; "none" is the paper's L_simple. Departures from the
     # paper, for faster convergence: "min-snr" (Hang et al. 2023, min(SNR, snr_gamma) / SNR) and

@@ -27,7 +27,7 @@ def test_min_snr_weights_are_the_closed_form():
     # high noise (SNR <= gamma): weight exactly 1; low noise: gamma / SNR, far below 1 at t = 0
     high = snr <= 5.0
     assert high.any() and (~high).any()
-    np.testing.assert_array_equal(d.mse_weights[high], 1.0)
+    np.testing.assert_allclose(d.mse_weights[high], 1.0, rtol=1e-12)
     assert d.mse_weights[0] == pytest.approx(5.0 / snr[0]) and d.mse_weights[0] < 1e-3
     # x_0 prediction takes min(SNR, gamma) itself
     d0 = create_diffusion(loss_weighting="min-snr", mean_type="start_x", snr_gamma=2.0)
@@ -71,3 +71,30 @@ def test_bad_weighting_names_the_valid_ones():
         create_diffusion(loss_weighting="snr")
     with pytest.raises(ValueError, match="snr_gamma must be a finite number > 0, got 0"):
         DiffusionSettings(snr_gamma=0.0)
+
+
+def test_v_prediction_round_trips_and_its_weights():
+    d = create_diffusion(mean_type="v", loss_weighting="min-snr", snr_gamma=5.0)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([0, 100, 500, 999])
+    xt = d.q_sample(x0, t, noise)
+    v = d.v_target(x0, t, noise)
+    # the exact v gives back x_0 and eps
+    torch.testing.assert_close(d.predict_xstart_from_v(xt, t, v), x0, rtol=1e-4, atol=1e-4)
+    out = d.p_mean_variance(lambda x, ts: torch.cat([v, torch.zeros_like(v)], 1), xt, t, clip_denoised=False)
+    torch.testing.assert_close(out["pred_xstart"], x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["eps"][1:], noise[1:], rtol=1e-3, atol=1e-3)
+    # v = sqrt(abar) eps - sqrt(1 - abar) x_0 at one point, by hand
+    ab = d.alphas_cumprod[500]
+    torch.testing.assert_close(v[2], (np.sqrt(ab) * noise[2] - np.sqrt(1 - ab) * x0[2]).float())
+    # a perfect v model has zero MSE; Min-SNR on v is min(SNR, gamma) / (SNR + 1)
+    losses = d.training_losses(lambda x, ts: torch.cat([v, torch.zeros_like(v)], 1), x0, t, noise=noise)
+    assert losses["mse"].abs().max() < 1e-10
+    np.testing.assert_allclose(d.mse_weights, np.minimum(d.snr, 5.0) / (d.snr + 1.0), rtol=1e-12)
+    # the weights are one x_0-loss weighting expressed per target: eps and x_0 agree with v
+    for mean_type, per_x0 in (("epsilon", 1.0 / d.snr), ("start_x", np.ones_like(d.snr))):
+        other = create_diffusion(mean_type=mean_type, loss_weighting="min-snr", snr_gamma=5.0)
+        np.testing.assert_allclose(other.mse_weights / per_x0, d.mse_weights * (d.snr + 1.0), rtol=1e-10)
+    assert DiffusionSettings(mean_type="v").build().model_mean_type.value == "v"
