@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS
+from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, ModelMeanType
 from nasdm_aug.nets.presets import INPUT_CONDITIONS
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
@@ -16,7 +16,7 @@ __all__ = ["train_command"]
 
 def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None,
              seed: int | None, layout: str | None = None, loss_weighting: str | None = None,
-             input_condition: str | None = None):
+             input_condition: str | None = None, mean_type: str | None = None):
     from nasdm_aug.training.config import TrainConfig, get_train_preset
     from nasdm_aug.training.run import resolve_run_config
     from nasdm_aug.utils import InputError
@@ -41,6 +41,8 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
         config = config.replace(layout=layout)
     if loss_weighting is not None:
         config = config.replace(diffusion=config.diffusion.replace(loss_weighting=loss_weighting))
+    if mean_type is not None:
+        config = config.replace(diffusion=config.diffusion.replace(mean_type=mean_type))
     if input_condition is not None:
         if config.kind != "patch" and input_condition != "none":
             raise InputError(f"--input-condition {input_condition} is for the patch model; the mask model's "
@@ -68,6 +70,10 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
               help="Override the MSE term's per-timestep weight. none: the paper's L_simple. Departures from the "
                    "paper: min-snr (Min-SNR-gamma, gamma 5: min(SNR, 5) / SNR) and p2 (1 / (1 + SNR)); the bound "
                    "term that trains the variance stays unweighted.")
+@click.option("--mean-type", type=click.Choice([m.value for m in ModelMeanType]), default=None,
+              help="Override what the network predicts. epsilon: the noise (the paper's). Departures from the "
+                   "paper: start_x (x_0) and v (sqrt(abar) eps - sqrt(1 - abar) x_0), which keep the implied x_0 "
+                   "sane at high noise, where an eps error is amplified by 1 / sqrt(SNR).")
 @click.option("--input-condition", type=click.Choice(INPUT_CONDITIONS), default=None,
               help="Override where the patch model's condition enters. none: SPADE in the middle and decoder "
                    "(the paper's). mask (a departure from the paper): the type channels and instance-edge map "
@@ -90,6 +96,7 @@ def train_command(
     layout: str | None,
     loss_weighting: str | None,
     input_condition: str | None,
+    mean_type: str | None,
     out: Path,
     device: str,
     resume: bool,
@@ -110,7 +117,7 @@ def train_command(
         if latest_checkpoint(out) is None:
             click.echo(f"{out}: no checkpoint yet; the run starts again from step 0 with its config.json", err=True)
     config = _resolve(kind, store, preset, config_path, out, resume, steps, seed, layout, loss_weighting,
-                      input_condition)
+                      input_condition, mean_type)
     if dry_run:
         click.echo(config.to_json())
         return

@@ -131,3 +131,21 @@ def test_resume_with_no_run_is_refused(tmp_path, capsys):
                             "--out", str(out), "--resume", "--steps", "1", "--no-progress")
         assert code == 2 and err.strip() == f"Error: {out}: nothing to resume (no run there); drop --resume to start a new run"
     assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "absent").exists()
+
+
+def test_departures_from_the_paper_are_options_off_by_default(tmp_path, capsys):
+    store = _small_store(tmp_path / "s64.h5", 64)
+    base = ["train", "patch", "--store", str(store), "--preset", "consep-cpu", "--out", str(tmp_path / "run"), "--dry-run"]
+    code, out, err = _run(capsys, *base)
+    cfg = json.loads(out)
+    assert (cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]) == (
+        "none", "epsilon", "none")
+    code, out, err = _run(capsys, *base, "--loss-weighting", "min-snr", "--mean-type", "v", "--input-condition", "mask")
+    assert code == 0, err
+    cfg = json.loads(out)
+    assert (cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]) == (
+        "min-snr", "v", "mask")
+    code, out, err = _run(capsys, "train", "mask", *base[2:], "--input-condition", "mask")
+    assert code != 0 and "Error: --input-condition mask is for the patch model" in err and "Traceback" not in err
+    code, out, err = _run(capsys, *base, "--loss-weighting", "snr")
+    assert code == 2 and "'snr' is not one of 'none', 'min-snr', 'p2'" in err
