@@ -357,7 +357,9 @@ def write_sheet(store: str, work: Path, banks: list[str], path: Path, n: int = 1
                     sys.exit(f"Error: {st.path} patch {i} was made from another mask than {first.path}'s")
                 row.append(st.read([i], keys=("image",))["image"][0])
             rows.append(row + [r["image"][0]])
-    contact_sheet(rows, path, column_titles=["mask", *(b.split("@")[0] for b in banks), "real parent"], scale=2)
+    names = [b.split("@")[0] for b in banks]
+    titles = [b.replace("@", " @") if names.count(n) > 1 else n for b, n in zip(banks, names)]
+    contact_sheet(rows, path, column_titles=["mask", *titles, "real parent"], scale=2)
     print(f"sheet: {path}", flush=True)
 
 

@@ -55,7 +55,7 @@ def test_configs_from_before_layout_read_as_the_layout_they_trained_in():
     # the embedded models' run records were written with channels_last
     assets = Path(nasdm_aug.__file__).parent / "assets"
     assert TrainConfig.load(assets / "toy" / "mask" / "config.json").layout == "contiguous"
-    assert TrainConfig.load(assets / "consep-cpu" / "patch" / "config.json").layout == "channels_last"
+    assert TrainConfig.load(assets / "consep-cpu" / "mask" / "config.json").layout == "channels_last"
 
 
 def test_valid_change_is_accepted():
