@@ -117,10 +117,14 @@ def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path):
 
     cfg = get_train_preset("patch", "consep-cpu", n_types=4, image_size=64)
     cfg.save(tmp_path / "config.json")
-    changed = cfg.replace(diffusion=cfg.diffusion.replace(loss_weighting="min-snr"))
+    assert (cfg.diffusion.loss_weighting, cfg.model.input_condition) == ("min-snr", "mask")
+    changed = cfg.replace(diffusion=cfg.diffusion.replace(loss_weighting="p2"))
     with pytest.raises(InputError, match=r"differs from the run's in \['diffusion.loss_weighting'\]"):
         resolve_run_config(tmp_path, changed, resume=True)
-    changed = cfg.replace(model=cfg.model.replace(input_condition="mask"))
+    changed = cfg.replace(diffusion=cfg.diffusion.replace(mean_type="v"))
+    with pytest.raises(InputError, match=r"differs from the run's in \['diffusion.mean_type'\]"):
+        resolve_run_config(tmp_path, changed, resume=True)
+    changed = cfg.replace(model=cfg.model.replace(input_condition="none"))
     with pytest.raises(InputError, match=r"differs from the run's in \['model.input_condition'\]"):
         resolve_run_config(tmp_path, changed, resume=True)
     assert resolve_run_config(tmp_path, cfg.replace(steps=7), resume=True).steps == 7

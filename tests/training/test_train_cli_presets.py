@@ -133,18 +133,32 @@ def test_resume_with_no_run_is_refused(tmp_path, capsys):
     assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "absent").exists()
 
 
-def test_departures_from_the_paper_are_options_off_by_default(tmp_path, capsys):
+def _departures(cfg):
+    return cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]
+
+
+@pytest.mark.parametrize("kind", ["mask", "patch"])
+def test_departures_from_the_paper_are_off_in_the_paper_presets(tmp_path, capsys, kind):
     store = _small_store(tmp_path / "s64.h5", 64)
-    base = ["train", "patch", "--store", str(store), "--preset", "consep-cpu", "--out", str(tmp_path / "run"), "--dry-run"]
-    code, out, err = _run(capsys, *base)
-    cfg = json.loads(out)
-    assert (cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]) == (
-        "none", "epsilon", "none")
+    for preset in ("tiny", "paper"):
+        code, out, err = _run(capsys, "train", kind, "--store", str(store), "--preset", preset, "--out",
+                              str(tmp_path / "run"), "--dry-run")
+        assert code == 0, err
+        assert _departures(json.loads(out)) == ("none", "epsilon", "none")
+    code, out, err = _run(capsys, "train", kind, "--store", str(store), "--preset", "consep-cpu", "--out",
+                          str(tmp_path / "run"), "--dry-run")
+    # the CPU recipe's patch model predicts x_0 with Min-SNR weighting and the mask at its input
+    want = ("min-snr", "start_x", "mask") if kind == "patch" else ("none", "epsilon", "none")
+    assert _departures(json.loads(out)) == want
+
+
+def test_departures_from_the_paper_are_options(tmp_path, capsys):
+    store = _small_store(tmp_path / "s64.h5", 64)
+    base = ["train", "patch", "--store", str(store), "--preset", "tiny", "--out", str(tmp_path / "run"), "--dry-run"]
     code, out, err = _run(capsys, *base, "--loss-weighting", "min-snr", "--mean-type", "v", "--input-condition", "mask")
     assert code == 0, err
     cfg = json.loads(out)
-    assert (cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]) == (
-        "min-snr", "v", "mask")
+    assert _departures(cfg) == ("min-snr", "v", "mask")
     code, out, err = _run(capsys, "train", "mask", *base[2:], "--input-condition", "mask")
     assert code != 0 and "Error: --input-condition mask is for the patch model" in err and "Traceback" not in err
     code, out, err = _run(capsys, *base, "--loss-weighting", "snr")
