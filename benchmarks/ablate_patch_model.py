@@ -199,6 +199,8 @@ def main() -> None:
                                                 "score (default: the last variant)")
     ap.add_argument("--sheet", default="", help="BANK,BANK,...: write DIR/sheet.png, mask | each bank's patch | "
                                                 "real parent for 12 masks (bank names as in DIR/banks, no .h5)")
+    ap.add_argument("--curve", default="", help="VARIANT: plot its scores against the fraction of its budget into "
+                                                "DIR/curve.png, from --score-runs labelled VARIANT-FRACTION")
     ap.add_argument("--skip-train", action="store_true", help="score what is trained")
     ap.add_argument("--skip-score", action="store_true", help="train only")
     ap.add_argument("--json", default=None)
@@ -331,11 +333,43 @@ def main() -> None:
             continue
         tag = f"{last}@{frac:g}budget@{first[0]}{first[1]}g{first[2]}"
         out["variants"][last]["scores"][tag] = score(tag, ckpt, *first)
+    if args.curve:
+        write_curve(out, args.curve, f"{first[0]}{first[1]}g{first[2]}", work / "curve.png")
     if args.sheet:
         write_sheet(args.store, work, [b for b in args.sheet.split(",") if b], work / "sheet.png")
     print(table(out))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
+
+
+def write_curve(out: dict[str, Any], variant: str, sampling: str, path: Path) -> None:
+    """FID and KID ratios of ``variant`` against the fraction of its budget (its --score-runs
+    checkpoints labelled ``VARIANT-FRACTION``, and the variant itself at 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = {1.0: out["variants"][variant]["scores"][f"{variant}@{sampling}"]}
+    for label, v in out.get("extra", {}).items():
+        head, _, frac = label.rpartition("-")
+        if head == variant:
+            points[float(frac)] = v["scores"][f"{label}@{sampling}"]
+    fr = sorted(points)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, target in zip(axes, ("fid_ratio", "kid_ratio"), (1.5, 3.0)):
+        ax.plot(fr, [points[f][key] for f in fr], "o-", label=variant)
+        ax.axhline(target, ls="--", c="grey", label=f"target {target:g}")
+        ax.set_xlabel(f"fraction of the budget ({out['variants'][variant]['steps']} steps)")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_xticks(fr)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{out['num']} {out['split']} masks, {sampling}; fractions below 1 are mid-run EMA checkpoints",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"curve: {path}", flush=True)
 
 
 def write_sheet(store: str, work: Path, banks: list[str], path: Path, n: int = 12) -> None:
