@@ -59,7 +59,8 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 # -- config
 @click.option("--preset", type=click.Choice(["tiny", "paper", "consep-cpu"]), default="tiny",
               help="Named config (ignored with --config); its depth and attention follow the store's patch size. "
-                   "consep-cpu: the real-tissue recipe for CoNSeP at 20x in 64-px patches on a CPU.")
+                   "consep-cpu: the real-tissue recipe for CoNSeP at 20x in 64-px patches on a CPU (its patch model "
+                   "departs from the paper: --mean-type start_x --loss-weighting min-snr --input-condition mask).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the seed.")
@@ -68,8 +69,9 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
                    "and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug).")
 @click.option("--loss-weighting", type=click.Choice(LOSS_WEIGHTINGS), default=None,
               help="Override the MSE term's per-timestep weight. none: the paper's L_simple. Departures from the "
-                   "paper: min-snr (Min-SNR-gamma, gamma 5: min(SNR, 5) / SNR) and p2 (1 / (1 + SNR)); the bound "
-                   "term that trains the variance stays unweighted.")
+                   "paper: min-snr (Min-SNR-gamma, gamma 5: min(SNR, 5) on the x_0 loss, min(SNR, 5) / SNR on the eps "
+                   "loss) and p2 (1 / (1 + SNR) on the eps loss); the bound term that trains the variance stays "
+                   "unweighted.")
 @click.option("--mean-type", type=click.Choice([m.value for m in ModelMeanType]), default=None,
               help="Override what the network predicts. epsilon: the noise (the paper's). Departures from the "
                    "paper: start_x (x_0) and v (sqrt(abar) eps - sqrt(1 - abar) x_0), which keep the implied x_0 "
