@@ -78,7 +78,10 @@ def variant_config(store: str, overrides: dict[str, Any], steps: int):
     top: dict[str, Any] = {}
     for key, value in overrides.items():
         head, _, field = key.partition(".")
-        (nested[head].__setitem__(field, value) if field else top.__setitem__(key, value))
+        if field:
+            nested[head][field] = value
+        else:
+            top[key] = value
     quarter = max(1, steps // 4)
     return cfg.replace(
         model=cfg.model.replace(**nested["model"]), diffusion=cfg.diffusion.replace(**nested["diffusion"]),
@@ -113,7 +116,8 @@ def seconds_per_step(cfg, store: str, repeats: int = 8, warmup: int = 3) -> floa
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     print("$", " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+    with open(log, "a") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_all(procs: list[tuple[str, subprocess.Popen, Path]]) -> None:
@@ -259,9 +263,7 @@ def main() -> None:
                 cmd = [nasdm, "train", "patch", "--store", args.store, "--config", str(cfg_path), "--out", str(run_dir),
                        "--device", "cpu", "--no-progress", *resume]
                 log = work / f"{name}.train.log"
-                t0 = time.time()
                 running.append((name, run(cmd, log, one_thread_env()), log))
-                out["variants"][name]["train_started"] = t0
             time.sleep(5)
             for item in list(running):
                 if item[1].poll() is not None:

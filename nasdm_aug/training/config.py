@@ -39,8 +39,9 @@ class DiffusionSettings(ConfigBase):
     mean_type: str = "epsilon"
     vb_weight: float = 0.001  # lambda of the hybrid loss
     # per-timestep weight of the MSE term; "none" is the paper's L_simple. Departures from the
-    # paper, for faster convergence: "min-snr" (Hang et al. 2023, min(SNR, snr_gamma) / SNR) and
-    # "p2" (Choi et al. 2022, 1 / (p2_k + SNR) ** p2_gamma). The variance's bound term stays unweighted.
+    # paper, for faster convergence: "min-snr" (Hang et al. 2023, min(SNR, snr_gamma) on the x_0
+    # loss) and "p2" (Choi et al. 2022, 1 / (p2_k + SNR) ** p2_gamma on the eps loss), each carried
+    # to the model's target. The variance's bound term stays unweighted.
     loss_weighting: str = "none"
     snr_gamma: float = 5.0
     p2_gamma: float = 1.0

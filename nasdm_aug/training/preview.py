@@ -20,13 +20,14 @@ from nasdm_aug.sampling import SamplerOptions, sample
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import atomic_output
 
+from .data import x_to_image
+
 __all__ = ["render_images", "render_masks", "render_condition", "save_grid", "SamplePreview"]
 
 
 def render_images(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3]."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return x_to_image(x.detach().float().cpu()).numpy()
 
 
 def _colour_maps(inst: np.ndarray, type_map: np.ndarray, table: NucleiTypeTable) -> np.ndarray:
