@@ -367,12 +367,36 @@ class NASDMGenerator:
         type_maps = np.zeros_like(insts, dtype=np.uint8)
         for start in tqdm(range(0, n, batch_size), desc="masks", disable=not progress, leave=False):
             stop = min(n, start + batch_size)
-            cond = torch.from_numpy(presence[start:stop]).to(self.device)
-            rep = self._sample("mask", cond, mask_channels(k), sampling=sampling, guidance=guidance,
-                               seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset + start)
+            rep = self.sample_mask_representations(presence[start:stop], sampling=sampling, guidance=guidance,
+                                                   seed=seed, sample_offset=sample_offset + start)
             for j, r in enumerate(rep.cpu().numpy()):
                 insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size)
         return insts, type_maps
+
+    def sample_mask_representations(
+        self, presence: np.ndarray, *, sampling: SamplerOptions | None = None, guidance: float = DEFAULT_GUIDANCE,
+        seed: int = 0, sample_offset: int = 0,
+    ) -> torch.Tensor:
+        """One batch of the mask model's raw output, before :func:`decode_mask`.
+
+        Sample ``i`` of the batch is sample ``sample_offset + i`` of the ``seed`` stream, the same
+        one :meth:`generate_masks` draws, so the raw output of any mask it made can be looked at again.
+
+        Args:
+            presence: float [B, n_types] type-presence vectors (:func:`resolve_types`).
+
+        Returns:
+            float32 [B, mask_channels(n_types), H, W] in [-1, 1], on the generator's device.
+        """
+        if self.mask_model is None:
+            raise InputError("this generator has no mask model; load one with from_pretrained(mask_run, patch_run)")
+        k = self.type_table.n_types
+        presence = np.asarray(presence, np.float32)
+        if presence.ndim != 2 or presence.shape[1] != k:
+            raise InputError(f"presence vectors must be [B, {k}], got shape {presence.shape}")
+        cond = torch.from_numpy(presence).to(self.device)
+        return self._sample("mask", cond, mask_channels(k), sampling=sampling, guidance=guidance,
+                            seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset)
 
     def generate_patches(
         self, inst: np.ndarray, type_map: np.ndarray, *, sampling: SamplerOptions | None = None,
