@@ -6,7 +6,8 @@
 It measures, with randomly initialised networks (speed and memory do not depend on the weights):
 - the ``paper`` patch and mask presets' training step (hybrid loss, backward, fused AdamW, bf16
   autocast where the device runs bf16 natively): samples/s and peak memory at batch 8, and at the
-  largest batch that fits (doubling from 8 until out of memory or ``--max-batch``);
+  largest batch that runs (doubling from 8 until ``--max-batch`` or the first error, out of memory
+  or any other, recorded as ``largest_stopped_by``);
 - sampling at 50 guided steps (``NASDMGenerator.generate_patches``, DDPM, guidance 2) at batch 32 and
   at the largest sampling batch that fits (up to ``--max-sample-batch``), eager;
 - mask sampling at 50 guided steps, batch 32 (the first half of a bank made from generated masks);
@@ -47,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nasdm_aug.hardware import describe_machine, native_bf16  # noqa: E402
+from nasdm_aug.hardware import describe_machine, memory_format, native_bf16, resolve_sampling_layout  # noqa: E402
 
 S2_PATCHES = 8639  # the paper's S2 bank (NASDM, Table 3)
 
@@ -67,10 +68,6 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
     """Median seconds of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
@@ -85,22 +82,29 @@ def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: in
     return float(np.median(times))
 
 
-def largest_batch(try_batch: Callable[[int], Any], start: int, limit: int, device: torch.device) -> int:
-    """The largest batch in start, 2 start, 4 start ... <= limit for which ``try_batch`` runs."""
-    best, batch = 0, start
-    while batch <= limit:
+def largest_batch(try_batch: Callable[[int], Any], start: int, limit: int,
+                  device: torch.device) -> tuple[int, str | None]:
+    """The largest batch in start, 2 start, 4 start ... <= limit for which ``try_batch`` runs, and
+    what stopped the search (``"batch B: Type: first line of the error"``; None when it reached ``limit``).
+
+    Any error at a batch ends the doubling, not only out of memory: a huge batch can also fail as
+    an unsupported kernel configuration or 32-bit indexing overflow, and the batches below it still
+    count. When ``start`` itself fails, the search halves down to 1 (0: none ran)."""
+    best, batch, stopped = 0, start, None
+    while 1 <= batch <= limit:
         _peak_reset(device)
         try:
             try_batch(batch)
-        except RuntimeError as exc:
-            if not _is_oom(exc):
-                raise
-            break
+        except Exception as exc:
+            # nothing at or above a failed batch is tried again; below start, halve until one runs
+            stopped, limit = f"batch {batch}: {_error_line(exc)}", batch - 1
+            batch = batch // 2 if best == 0 else limit + 1
+        else:
+            best, batch = batch, batch * 2
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        best, batch = batch, batch * 2
-    return best
+    return best, stopped
 
 
 # -- NASDM training -------------------------------------------------------------------------------
@@ -119,7 +123,10 @@ def nasdm_step(kind: str, preset: str, size: int, n_types: int, batch: int, devi
         cond = torch.rand(batch, cfg.model.cond_channels, size, size, device=device)
     else:
         cond = (torch.rand(batch, n_types, device=device) > 0.5).float()
-    return timing_step(model, cfg.diffusion.build(), x, cond, torch.channels_last, bf16=bf16, lr=cfg.lr)
+    # the layout sampling's "auto" takes on this device (NCHW on CUDA, whose group norm works in NCHW):
+    # the trainers' "auto" would time both layouts on two more copies of the paper model
+    fmt = memory_format(resolve_sampling_layout("auto", device))
+    return timing_step(model, cfg.diffusion.build(), x, cond, fmt, bf16=bf16, lr=cfg.lr)
 
 
 def measure_training(kind: str, args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
@@ -130,8 +137,10 @@ def measure_training(kind: str, args: argparse.Namespace, device: torch.device, 
         return {"batch": batch, "samples_per_s": batch / seconds, "peak_gib": _peak_gib(device)}
 
     out = {"at_8": run(args.train_batch, args.repeats)}
-    biggest = largest_batch(lambda b: nasdm_step(kind, args.preset, args.size, args.n_types, b, device, bf16)(),
-                            args.train_batch, args.max_batch, device)
+    biggest, stopped = largest_batch(lambda b: nasdm_step(kind, args.preset, args.size, args.n_types, b, device, bf16)(),
+                                     args.train_batch, args.max_batch, device)
+    if stopped is not None:
+        out["largest_stopped_by"] = stopped
     out["largest"] = run(biggest, args.repeats) if biggest > args.train_batch else out["at_8"]
     return out
 
@@ -147,7 +156,7 @@ def _generator(args: argparse.Namespace, device: torch.device, bf16: bool, compi
     configs = {k: get_train_preset(k, args.preset, n_types=LIZARD.n_types, image_size=args.size) for k in ("mask", "patch")}
     models = {k: build_model(c.model) for k, c in configs.items()}
     return NASDMGenerator(models["patch"], configs["patch"], LIZARD, models["mask"], configs["mask"], device=device,
-                          dtype=torch.bfloat16 if bf16 else torch.float32, layout="channels_last", compile=compile)
+                          dtype=torch.bfloat16 if bf16 else torch.float32, layout="auto", compile=compile)
 
 
 def _disk_masks(n: int, size: int, n_types: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,10 +199,12 @@ def measure_sampling(args: argparse.Namespace, device: torch.device, bf16: bool)
     out: dict[str, Any] = {}
     eager = _generator(args, device, bf16, compile=False)
     n_types = eager.type_table.n_types
-    biggest = largest_batch(lambda b: eager.generate_patches(*_disk_masks(b, args.size, n_types),
-                                                             sampling=SamplerOptions("ddpm", steps=1), guidance=2.0,
-                                                             batch_size=b),
-                            args.sample_batch, args.max_sample_batch, device)
+    biggest, stopped = largest_batch(lambda b: eager.generate_patches(*_disk_masks(b, args.size, n_types),
+                                                                      sampling=SamplerOptions("ddpm", steps=1),
+                                                                      guidance=2.0, batch_size=b),
+                                     args.sample_batch, args.max_sample_batch, device)
+    if stopped is not None:
+        out["largest_sampling_batch_stopped_by"] = stopped
     for b in _sampling_batches(args, biggest):
         out[f"patch_eager_b{b}"] = _patch_rate(eager, b, args, device)
     _sync(device)

@@ -52,7 +52,8 @@ def _resolve_config(preset: str, config: str | None, epochs: int | None, batch_s
 @click.option("--encoder-weights", default=None, metavar="none|imagenet|FILE", help="encoder initialisation")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="DataLoader workers (default: none on a CPU, on CUDA min(8, CPUs per rank))")
 @click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
               help="memory layout of the network; auto (the config's default): the faster one here, timed once "
                    "per machine and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nasdm_aug.hardware import DTYPES, LAYOUTS
+from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES
 from nasdm_aug.sampling.samplers import SAMPLERS
 from nasdm_aug.utils import InputError
 
@@ -55,8 +55,9 @@ from nasdm_aug.utils import InputError
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Sampling precision (default auto: bfloat16 where this machine runs it natively, an Ampere or "
                    "later GPU or a CPU with AVX512-BF16 / AMX; else float32).")
-@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
-              help="Memory layout of the models and samples (default channels_last).")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
+              help="Memory layout of the models and samples (default auto: contiguous on a CUDA GPU, whose group "
+                   "norm works in NCHW; channels_last elsewhere, the faster on the CPU measured).")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Sample through torch.compile of the networks: a one-off compile per batch shape (on a CPU it "
                    "needs a C++ compiler); same patches up to float rounding (default off).")

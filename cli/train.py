@@ -9,6 +9,7 @@ import click
 
 from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, ModelMeanType
 from nasdm_aug.nets.presets import INPUT_CONDITIONS
+from nasdm_aug.training.config import PRECISIONS
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
 __all__ = ["train_command"]
@@ -16,7 +17,7 @@ __all__ = ["train_command"]
 
 def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out: Path, resume: bool, steps: int | None,
              seed: int | None, layout: str | None = None, loss_weighting: str | None = None,
-             input_condition: str | None = None, mean_type: str | None = None):
+             input_condition: str | None = None, mean_type: str | None = None, precision: str | None = None):
     from nasdm_aug.training.config import TrainConfig, get_train_preset
     from nasdm_aug.training.run import resolve_run_config
     from nasdm_aug.utils import InputError
@@ -39,6 +40,8 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
         config = config.replace(seed=seed)  # before resolving, so a resume cannot change it silently
     if layout is not None:
         config = config.replace(layout=layout)
+    if precision is not None:
+        config = config.replace(precision=precision)
     if loss_weighting is not None:
         config = config.replace(diffusion=config.diffusion.replace(loss_weighting=loss_weighting))
     if mean_type is not None:
@@ -67,6 +70,10 @@ def _resolve(kind: str, store: Path, preset: str, config_path: Path | None, out:
 @click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
               help="Override the memory layout; auto (the presets'): the faster one here, timed once per machine "
                    "and model and cached (NASDM_AUG_CACHE, else ~/.cache/nasdm-aug).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Override the precision: bf16 autocast of the network (the diffusion math stays fp32). auto (the "
+                   "paper preset's): bf16 where this machine runs it natively (an Ampere or later GPU, a CPU with "
+                   "AVX512-BF16 or AMX), else fp32, decided at the start and kept on resume. The other presets: fp32.")
 @click.option("--loss-weighting", type=click.Choice(LOSS_WEIGHTINGS), default=None,
               help="Override the MSE term's per-timestep weight. none: the paper's L_simple. Departures from the "
                    "paper: min-snr (Min-SNR-gamma, gamma 5: min(SNR, 5) on the x_0 loss, min(SNR, 5) / SNR on the eps "
@@ -96,6 +103,7 @@ def train_command(
     steps: int | None,
     seed: int | None,
     layout: str | None,
+    precision: str | None,
     loss_weighting: str | None,
     input_condition: str | None,
     mean_type: str | None,
@@ -119,7 +127,7 @@ def train_command(
         if latest_checkpoint(out) is None:
             click.echo(f"{out}: no checkpoint yet; the run starts again from step 0 with its config.json", err=True)
     config = _resolve(kind, store, preset, config_path, out, resume, steps, seed, layout, loss_weighting,
-                      input_condition, mean_type)
+                      input_condition, mean_type, precision)
     if dry_run:
         click.echo(config.to_json())
         return

@@ -130,7 +130,9 @@ class HoVerNetConfig(ConfigBase):
     batch_size: int = 16
     val_every: int = 2  # validate every k epochs (and after the last); best by val Dice
     augment: bool = True  # flips, 90-degree rotations, colour jitter
-    num_workers: int = 0  # DataLoader workers
+    # DataLoader workers; None: none on a CPU, on CUDA min(8, CPUs per rank on the machine)
+    # (hovernet.trainer.resolve_workers). Older runs recorded 0 and may change it on resume
+    num_workers: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     # bf16 autocast of the network (the losses stay fp32); it pays only where bf16 is native (Ampere+ GPU,
@@ -147,7 +149,7 @@ class HoVerNetConfig(ConfigBase):
         if self.lr <= 0 or self.lr_decayed <= 0 or self.lr_decay_epoch < 0:
             raise ValueError(f"lr, lr_decayed > 0 and lr_decay_epoch >= 0 required, got {self.lr}, {self.lr_decayed}, "
                              f"{self.lr_decay_epoch}")
-        if self.batch_size < 1 or self.val_every < 1 or self.num_workers < 0:
+        if self.batch_size < 1 or self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required, got {self.batch_size}, "
                              f"{self.val_every}, {self.num_workers}")
         if self.precision not in ("fp32", "bf16", "auto"):

@@ -37,8 +37,8 @@ from hovernet.model import HoVerNet
 from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format, native_bf16
 from nasdm_aug.training.checkpoint import (latest_checkpoint, load_optimizer_state, prune_checkpoints, read_safetensors,
                                            read_torch_state, write_checkpoint)
-from nasdm_aug.training.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
-                                           rank0_choice)
+from nasdm_aug.training.distributed import (DistInfo, all_reduce_sum, any_rank, cleanup_distributed, collective_errors,
+                                           init_distributed, rank0_choice)
 from nasdm_aug.training.metric_log import MetricLogger
 from nasdm_aug.training.run_dir import (drop_replaced, prepare_run_dir, restore_replaced, resumed_config,
                                         write_run_record)
@@ -46,9 +46,13 @@ from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, write_text_atomic
 
-__all__ = ["train_hovernet", "lr_at", "resolve_layout", "resolve_precision", "timing_step"]
+__all__ = ["train_hovernet", "lr_at", "resolve_layout", "resolve_precision", "resolve_workers", "timing_step"]
 
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
+# training steps between the checks for a non-finite loss: each check waits for the device and
+# all ranks, so once a step would slow the GPU; a bad step wastes at most this many more
+_CHECK_EVERY = 50
+_MAX_AUTO_WORKERS = 8
 
 
 def lr_at(cfg: HoVerNetConfig, epoch: int) -> tuple[int, float]:
@@ -143,33 +147,67 @@ def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple
         return fastest_layout(key, lambda fmt: timing_step(cfg, device, image_shape, fmt), device)[0]
 
 
+def resolve_workers(num_workers: int | None, device: torch.device, local_world_size: int | None = None) -> int:
+    """DataLoader workers of a run: ``num_workers`` when set, else none on a CPU (workers would
+    take the cores the step computes on) and on CUDA ``min(8, CPUs / ranks on this machine)``, at
+    least 1, so augmentation and targets are made while the GPU computes.
+
+    Args:
+        num_workers: the config's value (None: choose).
+        device: the device the run trains on.
+        local_world_size: ranks on this machine; default torchrun's ``LOCAL_WORLD_SIZE``, else 1.
+    """
+    if num_workers is not None:
+        return num_workers
+    if device.type != "cuda":
+        return 0
+    local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(_MAX_AUTO_WORKERS, cpus // max(1, local)))
+
+
+def _non_finite(epoch: int) -> InputError:
+    return InputError(f"non-finite HoVerNet loss in epoch {epoch + 1}; lower the learning rate or check the data")
+
+
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: HoVerNetLoss,
                  dev: DistInfo, cfg: HoVerNetConfig, epoch: int, progress: bool, fmt: torch.memory_format) -> dict[str, float]:
-    """One pass over the loader; returns loss terms averaged over all samples of all ranks."""
+    """One pass over the loader; returns loss terms averaged over all samples of all ranks.
+
+    The sums stay on the device (reading a loss on the host waits for the GPU): the host reads
+    them every ``_CHECK_EVERY`` steps and once at the end. A non-finite loss on any rank stops
+    every rank with the same :class:`InputError` at the next check.
+    """
     net.train()
-    sums: dict[str, torch.Tensor] = {}
-    n_seen = torch.zeros(1, dtype=torch.float64)
+    keys: list[str] = []
+    sums = torch.zeros(0, dtype=torch.float64, device=dev.device)  # per loss term: sum of term x batch size
+    n_seen = 0
     autocast = torch.autocast(dev.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and dev.is_main), leave=False)
-    for batch in bar:
+    for step, batch in enumerate(bar, 1):
         batch = {k: v.to(dev.device, non_blocking=True) for k, v in batch.items()}
         batch["image"] = batch["image"].contiguous(memory_format=fmt)
         with autocast:
             pred = net(batch["image"])
         terms = loss_fn(pred, batch)
-        if not torch.isfinite(terms["loss"]):
-            raise InputError(f"non-finite HoVerNet loss at epoch {epoch + 1}; lower the learning rate or check the data")
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
         n = batch["image"].shape[0]
-        for k, v in terms.items():
-            sums[k] = sums.get(k, torch.zeros(1, dtype=torch.float64)) + float(v.detach()) * n
+        if not keys:
+            keys = sorted(terms)
+            sums = torch.zeros(len(keys), dtype=torch.float64, device=dev.device)
+        sums += torch.stack([terms[k].detach().reshape(()) for k in keys]).double() * n
         n_seen += n
-        bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
-    keys = sorted(sums)
-    packed = all_reduce_sum(torch.cat([sums[k] for k in keys] + [n_seen]))
-    return {k: float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
+        if step % _CHECK_EVERY == 0:
+            if any_rank(~torch.isfinite(sums).all()):
+                raise _non_finite(epoch)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(sums[keys.index('loss')]) / n_seen:.3f}")
+    packed = all_reduce_sum(torch.cat([sums, sums.new_tensor([n_seen])])).tolist()
+    if not all(math.isfinite(v) for v in packed):  # reduced: every rank sees the same values
+        raise _non_finite(epoch)
+    return {k: packed[i] / packed[-1] for i, k in enumerate(keys)}
 
 
 def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNetConfig, *,
@@ -210,7 +248,8 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
     out = Path(out_dir)
     try:
         cfg = resolve_precision(cfg, dev.device, _recorded_precision(out, resume))
-        cfg = resumed_config(out, cfg, HoVerNetConfig, resume, may_change=("layout",))
+        # the loader's workers change no item (augmentation is seeded per item): they may change
+        cfg = resumed_config(out, cfg, HoVerNetConfig, resume, may_change=("layout", "num_workers"))
         prepare_run_dir(out, resume, overwrite, dev.is_main, _UNIT)
         state = _resume_state(out) if resume else None
         if dev.is_main:
@@ -244,8 +283,9 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
         st.update({k: state[k] for k in st if k in state})
         st["layout"] = layout
     sampler = DistributedSampler(ds, num_replicas=dev.world_size, rank=dev.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=dev.device.type == "cuda")
+    # not persistent_workers: each epoch's workers must get the dataset after set_epoch
+    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=resolve_workers(cfg.num_workers, dev.device), pin_memory=dev.device.type == "cuda")
     loss_fn = HoVerNetLoss(cfg.loss).to(dev.device)
     opt, net, cur_phase = None, model, 0
     logger = MetricLogger(out, resume_step=st["epoch"], key="epoch") if dev.is_main else None
@@ -269,10 +309,12 @@ def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNet
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "lr": lr,
                                       **_train_epoch(net, loader, opt, loss_fn, dev, cfg, epoch, progress, fmt)}  # type: ignore[arg-type]
             record["patches_per_s"] = len(ds) / (time.perf_counter() - t0)
-            if dev.is_main:
-                _end_epoch(model, opt, st, record, epoch, cfg, val_data, out, info, type_table, progress,
-                           logger)  # type: ignore[arg-type]
-            barrier()
+            # validation and the checkpoint run on rank 0 while the others wait: an error there
+            # stops them all with its message (and leaving the block is the barrier)
+            with collective_errors():
+                if dev.is_main:
+                    _end_epoch(model, opt, st, record, epoch, cfg, val_data, out, info, type_table, progress,
+                               logger)  # type: ignore[arg-type]
             st["epoch"] = epoch + 1
     finally:
         if logger is not None:

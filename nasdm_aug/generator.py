@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
-from nasdm_aug.hardware import DTYPES, LAYOUTS, memory_format, resolve_dtype
+from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, memory_format, resolve_dtype, resolve_sampling_layout
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
@@ -178,8 +178,11 @@ class NASDMGenerator:
             (an Ampere or later GPU, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
             resolved one. bf16 moved the patches by about one grey level on average, and FID, KID
             and the fidelity criteria by less than a change of seed does (benchmarks/RESULTS.md).
-        layout: ``"channels_last"`` (default: the faster U-Net forward on the CPUs measured) or
-            ``"contiguous"`` (NCHW); the models and every sampled tensor take it.
+        layout: ``"auto"`` (default), ``"channels_last"`` or ``"contiguous"`` (NCHW); the models and
+            every sampled tensor take it. ``"auto"`` is contiguous on a CUDA GPU, whose group norm
+            works in NCHW, and channels_last elsewhere, the faster sampling layout on the CPU
+            measured (:func:`~nasdm_aug.hardware.resolve_sampling_layout`). ``self.layout`` is the
+            resolved one. The layouts give the same samples up to float rounding.
         compile: sample through ``torch.compile`` of each network (compiled on first use, once per
             batch shape; on a CPU it needs a C++ compiler). The samples equal the eager ones up to
             float rounding. Eager sampling computes the SPADE maps once per batch
@@ -198,7 +201,7 @@ class NASDMGenerator:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str = "auto",
-        layout: str = "channels_last",
+        layout: str = "auto",
         compile: bool = False,
         model_hash: str = "",
     ) -> None:
@@ -207,10 +210,11 @@ class NASDMGenerator:
                 raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         elif dtype not in (torch.float32, torch.bfloat16):
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
-        if layout not in LAYOUTS:
-            raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        self.layout, self._format = layout, memory_format(layout)
+        if layout not in LAYOUT_CHOICES:
+            raise InputError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
         self.device = pick_device(device)
+        self.layout = resolve_sampling_layout(layout, self.device)
+        self._format = memory_format(self.layout)
         self.dtype = resolve_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
         self.type_table = type_table
         self.patch_model = patch_model.to(self.device, memory_format=self._format).eval()
@@ -240,7 +244,7 @@ class NASDMGenerator:
         ema: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str = "auto",
-        layout: str = "channels_last",
+        layout: str = "auto",
         compile: bool = False,
     ) -> "NASDMGenerator":
         """Load the models from run (or checkpoint) directories, each rebuilt from its own config.
@@ -252,7 +256,8 @@ class NASDMGenerator:
             ema: load EMA weights (default) rather than the raw ones.
             device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
             dtype: float32, bfloat16 (autocast) or ``"auto"`` (default; see the class).
-            layout: ``"channels_last"`` or ``"contiguous"`` (see the class).
+            layout: ``"auto"`` (default: contiguous on a CUDA GPU, channels_last elsewhere),
+                ``"channels_last"`` or ``"contiguous"`` (see the class).
             compile: sample through ``torch.compile`` (see the class).
 
         Raises:

@@ -10,13 +10,15 @@ channels_last, faster on the AVX512 box, trained slower there.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -24,7 +26,7 @@ from nasdm_aug.types import LAYOUT_CHOICES, LAYOUTS
 from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["DTYPES", "LAYOUTS", "LAYOUT_CHOICES", "cpu_flags", "onednn_isa_cap", "native_bf16", "resolve_dtype",
-           "memory_format", "describe_machine", "layout_cache_path", "fastest_layout"]
+           "memory_format", "resolve_sampling_layout", "describe_machine", "layout_cache_path", "fastest_layout"]
 
 DTYPES = ("float32", "bfloat16", "auto")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -111,6 +113,28 @@ def memory_format(layout: str) -> torch.memory_format:
     return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 
+def resolve_sampling_layout(name: str, device: torch.device | str) -> str:
+    """The memory layout sampling runs in: ``"channels_last"`` / ``"contiguous"`` as asked;
+    ``"auto"``: contiguous (NCHW) on a CUDA GPU, channels_last on any other device (a CPU).
+
+    Why this rule: PyTorch's group norm keeps channels_last only on a CPU; on CUDA it copies its
+    input to NCHW (``group_norm`` in ATen), so a channels_last U-Net, which norms before nearly
+    every convolution, pays a layout copy at each norm there. On the AVX512 CPU measured,
+    channels_last sampled 1.25-1.52x faster than NCHW with the same patches (benchmarks/RESULTS.md,
+    "Synthesis: channels_last and bf16"). Why not timed like the trainers' ``fastest_layout``: that
+    times throwaway copies of a training step, not sampling, and a fixed rule needs no second copy
+    of the models and gives every rank of a job the same answer.
+
+    Raises:
+        ValueError: a name not in ``LAYOUT_CHOICES``.
+    """
+    if name not in LAYOUT_CHOICES:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {name!r}")
+    if name != "auto":
+        return name
+    return "contiguous" if torch.device(device).type == "cuda" else "channels_last"
+
+
 def describe_machine() -> str:
     """``<CPU model> (<torch CPU capability>[, oneDNN ISA capped at <ISA>], bf16 native|emulated), torch
     <version>[, <GPU>]``. A cap changes which kernels run, so it is part of the description (and so
@@ -155,25 +179,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _error_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable[[], object]],
                    device: torch.device | str = "cpu", repeats: int = 3) -> tuple[str, dict[str, float]]:
-    """The faster memory layout for a training step, measured here once and cached.
+    """The faster memory layout for a training step on ``device``, measured there once and cached,
+    one layout at a time.
 
     ``make_step(memory_format)`` builds a throwaway copy of the step (model, optimizer and a batch
-    in that layout) and returns a function that runs one step. Each layout runs one warm-up step,
-    then ``repeats`` timed steps interleaved with the other's; the lower median wins. The result is
-    cached in :func:`layout_cache_path` under ``key`` and this machine's description, CPU threads
-    and device, so a later run of the same model on the same machine reuses it without timing.
-
-    Args:
-        key: what the step depends on besides the machine (model config, batch shape, dtype).
-        make_step: see above.
-        device: where the step runs.
-        repeats: timed steps per layout.
+    in that layout) and returns a function that runs one step. The result is cached in
+    :func:`layout_cache_path` under ``key`` and this machine's description, CPU threads and device,
+    so a later run of the same model on the same machine reuses it without timing. Each
+    layout's throwaway step is built, run once untimed, timed ``repeats`` times and dropped (with
+    its model copy, gradients and optimizer state, and the CUDA cache emptied) before the next is
+    built: at most one copy lives beside the training model, where two copies of the 500M-parameter
+    ``paper`` model with their AdamW state would take about 16 GB. A layout that runs out of memory
+    is skipped and channels_last is chosen; one warning says so, and the cache entry keeps why
+    (``"out_of_memory"``: {layout: error}).
 
     Returns:
-        (layout name in ``LAYOUTS``, {layout: median seconds per step}); the medians are the cached
-        ones when the cache answered.
+        (layout name in ``LAYOUTS``, {layout: median seconds per step} of the layouts that ran).
     """
     device = torch.device(device)
     full_key = f"{describe_machine()} | threads={torch.get_num_threads()} | {device} | {key}"
@@ -182,20 +214,41 @@ def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable
     hit = cache.get(full_key)
     if isinstance(hit, dict) and hit.get("layout") in LAYOUTS and isinstance(hit.get("seconds"), dict):
         return hit["layout"], dict(hit["seconds"])
-    steps = {name: make_step(memory_format(name)) for name in LAYOUTS}
-    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-    for name, step in steps.items():  # warm-up: allocator, oneDNN primitive caches
-        step()
-    _sync(device)
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
+    seconds: dict[str, float] = {}
+    out_of_memory: dict[str, str] = {}
+    for name in LAYOUTS:
+        step = None
+        try:
+            step = make_step(memory_format(name))
+            step()  # warm-up: allocator, cuDNN / oneDNN algorithm choice
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    seconds = {name: statistics.median(ts) for name, ts in times.items()}
-    best = min(LAYOUTS, key=lambda n: seconds[n])
-    cache[full_key] = {"layout": best, "seconds": seconds}
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            seconds[name] = statistics.median(times)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not _is_oom(exc):
+                raise
+            # kept as a line: the exception's traceback would keep the failed step's tensors alive
+            out_of_memory[name] = _error_line(exc)
+        finally:
+            del step
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if out_of_memory:
+        best = "channels_last"
+        warnings.warn(f"layout timing on {device}: {'; '.join(f'{k} ran out of memory ({v})' for k, v in out_of_memory.items())}"
+                      "; training in channels_last", stacklevel=2)
+    else:
+        best = min(seconds, key=seconds.__getitem__)
+    entry: dict[str, Any] = {"layout": best, "seconds": seconds}
+    if out_of_memory:
+        entry["out_of_memory"] = out_of_memory
+    cache[full_key] = entry
     try:  # a cache that cannot be written costs a new measurement next time, nothing else
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")

@@ -25,10 +25,10 @@ from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
-from nasdm_aug.hardware import DTYPES, LAYOUTS, resolve_dtype
+from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, LAYOUTS, resolve_dtype, resolve_sampling_layout
 from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import SamplerOptions, sample_seed
-from nasdm_aug.training.distributed import barrier, cleanup_distributed, init_distributed
+from nasdm_aug.training.distributed import cleanup_distributed, collective_errors, init_distributed
 from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
 from nasdm_aug.viz import colour_mask, contact_sheet
 
@@ -63,7 +63,9 @@ class SynthesizeConfig(ConfigBase):
     ema: bool = True  # sample with the EMA weights
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
     dtype: str = "auto"  # "auto" (bfloat16 where it is native, else float32), "float32" or "bfloat16" (autocast)
-    layout: str = "channels_last"  # memory layout of the models and samples: "channels_last" or "contiguous"
+    # memory layout of the models and samples: "auto" (contiguous on a CUDA GPU, channels_last
+    # elsewhere: hardware.resolve_sampling_layout), "channels_last" or "contiguous"
+    layout: str = "auto"
     compile: bool = False  # sample through torch.compile of the networks (NASDMGenerator's compile)
 
     def __post_init__(self) -> None:
@@ -92,8 +94,8 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
 
     @property
     def source(self) -> Source:
@@ -172,8 +174,11 @@ def synthesize(
     """
     out = Path(out)
     dist = init_distributed(device)
-    if dist.is_main:
-        check_writable(out, overwrite)
+    # work that one rank does, or can fail in alone, runs in collective_errors: its error stops
+    # every rank with its message instead of leaving the others waiting at the next collective
+    with collective_errors():
+        if dist.is_main:
+            check_writable(out, overwrite)
     jobs = plan_jobs(config)
     mask_run, patch_run = resolve_model_dirs(config.model)
     gen = NASDMGenerator.from_pretrained(mask_run, patch_run, ema=config.ema, device=dist.device,
@@ -182,23 +187,24 @@ def synthesize(
     real = _check_fit(config, gen)
     parts = out.with_name(out.name + ".parts")
     masks_sha = file_digest(config.masks) if real is not None else ""
-    if dist.is_main:
-        _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha, _dtype_name(gen.dtype))
-    barrier()
+    with collective_errors():
+        if dist.is_main:
+            _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha, _dtype_name(gen.dtype), gen.layout)
     chunks = [(s, min(len(jobs), s + config.batch_size)) for s in range(0, len(jobs), config.batch_size)]
     done_before = sum(_part(parts, c).is_file() for c in range(len(chunks)))
     mine = [c for c in range(dist.rank, len(chunks), dist.world_size) if not _part(parts, c).is_file()]
-    for c in tqdm(mine, desc=f"synthesize (rank {dist.rank})", disable=not progress, unit="chunk"):
-        _make_chunk(gen, config, real, jobs, chunks[c], _part(parts, c))
-    barrier()
+    with collective_errors():
+        for c in tqdm(mine, desc=f"synthesize (rank {dist.rank})", disable=not progress, unit="chunk"):
+            _make_chunk(gen, config, real, jobs, chunks[c], _part(parts, c))
     result = {"out": str(out), "n_patches": int(len(jobs)), "n_chunks": len(chunks),
               "chunks_done_before": int(done_before), "model_hash": gen.model_hash}
-    if dist.is_main:
-        _merge(parts, len(chunks), out, config, gen, real, overwrite, attrs)
-        shutil.rmtree(parts)
-        if preview:
-            result["preview"] = str(write_preview(out, preview, real))
-    barrier()
+    # the others wait for rank 0's merge (NASDM_AUG_DIST_TIMEOUT_MIN covers a large bank)
+    with collective_errors():
+        if dist.is_main:
+            _merge(parts, len(chunks), out, config, gen, real, overwrite, attrs)
+            shutil.rmtree(parts)
+            if preview:
+                result["preview"] = str(write_preview(out, preview, real))
     cleanup_distributed()
     return result
 
@@ -258,13 +264,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model_hash: str, masks_sha: str,
-                   dtype: str) -> None:
-    """Keep the parts of an interrupted run only if it used the same arguments, weights, masks and
-    sampling dtype. The record keeps the dtype ``config.dtype`` resolved to (``dtype``), not
-    ``"auto"``, which can mean another dtype on another machine: one bank is sampled in one dtype."""
+                   dtype: str, layout: str) -> None:
+    """Keep the parts of an interrupted run only if it used the same arguments, weights, masks,
+    sampling dtype and layout. The record keeps the dtype and layout ``config`` resolved to
+    (``dtype``, ``layout``), not ``"auto"``, which can mean another one on another machine: one
+    bank is sampled in one dtype and one layout. So parts recorded with an explicit layout (such as
+    ``"channels_last"``, the default before ``"auto"``) resume under that layout, and under
+    ``"auto"`` wherever it means that layout."""
     record_path = parts / "config.json"
-    record = {"config": {**json.loads(config.to_json()), "dtype": dtype}, "model_hash": model_hash,
-              "masks_sha256": masks_sha}
+    record = {"config": {**json.loads(config.to_json()), "dtype": dtype, "layout": layout},
+              "model_hash": model_hash, "masks_sha256": masks_sha}
     if parts.is_dir() and record_path.is_file():
         try:
             old = json.loads(record_path.read_text())
@@ -288,6 +297,11 @@ def _prepare_parts(parts: Path, config: SynthesizeConfig, overwrite: bool, model
                     raise InputError(f"{parts} holds an interrupted run sampled in {made}, but dtype {config.dtype!r} "
                                      f"means {dtype} on this machine; rerun with `dtype` {made} to finish it, or "
                                      "pass `overwrite` to discard it")
+                if changed == ["layout"] and config.layout == "auto":
+                    made = old["config"].get("layout")
+                    raise InputError(f"{parts} holds an interrupted run sampled in layout {made}, but layout 'auto' "
+                                     f"means {layout} on this device; rerun with `layout` {made} "
+                                     "to finish it, or pass `overwrite` to discard it")
                 why = f"with other arguments ({', '.join(changed)})"
             raise InputError(f"{parts} holds an interrupted run made {why}; rerun with those, or pass `overwrite` "
                              "to discard it")
@@ -303,7 +317,9 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig, device: str
     A finished bank is a readable synthetic PatchStore made with the same arguments, by models
     with the same weights, holding every planned patch. A bank made with ``dtype="auto"`` counts
     for ``"auto"`` wherever it was made; one made with an explicit dtype counts for ``"auto"``
-    where ``"auto"`` means that dtype on ``device`` (as ``synthesize`` picks it).
+    where ``"auto"`` means that dtype on ``device`` (as ``synthesize`` picks it). The same holds
+    for the layout: a bank made in ``"channels_last"``, the default before ``"auto"``, counts for
+    ``"auto"`` on a CPU.
     """
     from nasdm_aug.generator import model_weights_hash
 
@@ -321,6 +337,11 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig, device: str
 
             if have["dtype"] == _dtype_name(resolve_dtype("auto", pick_device(device))):
                 want = {**want, "dtype": have["dtype"]}
+        if config.layout == "auto" and isinstance(have, dict) and have.get("layout") in LAYOUTS:
+            from nasdm_aug.training.distributed import pick_device
+
+            if have["layout"] == resolve_sampling_layout("auto", pick_device(device)):
+                want = {**want, "layout": have["layout"]}
         if have != want:
             return f"made with other arguments ({', '.join(_changed_keys(have, want))})"
         mask_run, patch_run = resolve_model_dirs(config.model)

@@ -68,13 +68,9 @@ def test_largest_batch_stops_at_the_first_out_of_memory():
         if b >= 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    assert gpu_check.largest_batch(fits_below_64, 8, 1024, torch.device("cpu")) == 32 and tried == [8, 16, 32, 64]
-    assert gpu_check.largest_batch(lambda b: None, 8, 20, torch.device("cpu")) == 16
-
-    def other_error(b):
-        raise RuntimeError("shape mismatch")
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        gpu_check.largest_batch(other_error, 8, 64, torch.device("cpu"))
+    best, stopped = gpu_check.largest_batch(fits_below_64, 8, 1024, torch.device("cpu"))
+    assert best == 32 and tried == [8, 16, 32, 64] and stopped.startswith("batch 64: OutOfMemoryError: CUDA out")
+    assert gpu_check.largest_batch(lambda b: None, 8, 20, torch.device("cpu")) == (16, None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
@@ -113,3 +109,37 @@ def test_compiled_sampling_is_checked_against_eager(tmp_path, capsys, monkeypatc
 def test_real_compile_samples_the_eager_patches(tmp_path):
     res = gpu_check.main(["--smoke", "--compile", "--json", str(tmp_path / "g.json")])
     assert res["sampling_compiled"]["compiled_matches_eager"] is True, res["sampling_compiled"]
+
+
+def test_largest_batch_backs_off_on_any_error_and_records_it():
+    """A huge batch can fail otherwise than out of memory (a kernel configuration, 32-bit indexing):
+    the batches below it still count, and what stopped the search is kept."""
+    tried = []
+
+    def fails_from_64(b):
+        tried.append(b)
+        if b >= 64:
+            raise RuntimeError("CUDA error: invalid configuration argument\nCUDA kernel errors might be ...")
+
+    best, stopped = gpu_check.largest_batch(fails_from_64, 8, 1024, torch.device("cpu"))
+    assert best == 32 and tried == [8, 16, 32, 64]
+    assert stopped == "batch 64: RuntimeError: CUDA error: invalid configuration argument"
+    # the start batch itself fails: halve below it until one runs
+    tried.clear()
+    best, stopped = gpu_check.largest_batch(lambda b: fails_from_64(b * 8), 16, 64, torch.device("cpu"))
+    assert best == 4 and tried == [128, 64, 32] and stopped.startswith("batch 8: RuntimeError: CUDA error")
+
+
+def test_a_section_keeps_the_largest_batch_that_ran_and_why_it_stopped(tmp_path, monkeypatch):
+    real_step = gpu_check.nasdm_step
+
+    def step(kind, preset, size, n_types, batch, device, bf16):
+        if batch > 2:
+            raise ValueError("batch too large for this kernel")
+        return real_step(kind, preset, size, n_types, batch, device, bf16)
+
+    monkeypatch.setattr(gpu_check, "nasdm_step", step)
+    res = gpu_check.main(["--smoke", "--no-compile", "--json", str(tmp_path / "g.json")])
+    sec = res["train_patch"]
+    assert "error" not in sec and sec["largest"]["batch"] == 2 and sec["at_8"]["batch"] == 2
+    assert sec["largest_stopped_by"] == "batch 4: ValueError: batch too large for this kernel"

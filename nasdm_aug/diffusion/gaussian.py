@@ -126,7 +126,34 @@ class GaussianDiffusion:
             raise ValueError(f"betas must be a non-empty 1-D array in (0, 1], got shape {betas.shape}, range [{betas.min(initial=0):.3g}, {betas.max(initial=0):.3g}]")
         self.betas = betas
         self.num_timesteps = len(betas)
+        # (attribute name, device) -> (the numpy array it was made from, its tensor on that device)
+        self._device_schedules: dict[tuple[str, torch.device], tuple[Any, torch.Tensor]] = {}
         self._precompute(betas)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device copies are a cache: a pickled or copied process rebuilds them where it runs.
+        return {**self.__dict__, "_device_schedules": {}}
+
+    def schedule_tensor(self, name: str, device: torch.device | str) -> torch.Tensor:
+        """The per-timestep array ``getattr(self, name)`` as a tensor on ``device``, made once per
+        device and reused. The values are the array's own (float64 for the schedule arrays), so
+        ``extract_into_tensor`` of it gives exactly what it gives of the numpy array.
+
+        Why: turning the numpy array into a CUDA tensor at every call was a blocking host-to-device
+        copy, a dozen per training or sampling step. An attribute given a new array gets a new
+        tensor (the cache remembers which array it copied).
+        """
+        device = torch.device(device)
+        arr = getattr(self, name)
+        hit = self._device_schedules.get((name, device))
+        if hit is None or hit[0] is not arr:
+            hit = (arr, torch.as_tensor(arr, device=device))
+            self._device_schedules[(name, device)] = hit
+        return hit[1]
+
+    def _extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        """``extract_into_tensor`` of the schedule array ``name`` through its cached device tensor."""
+        return extract_into_tensor(self.schedule_tensor(name, t.device), t, ndim)
 
     @property
     def learns_sigma(self) -> bool:
@@ -134,9 +161,13 @@ class GaussianDiffusion:
         return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
 
     def _precompute(self, betas: np.ndarray) -> None:
-        # All in float64 numpy; cast per call, so small differences do not accumulate.
+        # All in float64 numpy; gathered in float64 and cast per call (on a cached device copy:
+        # schedule_tensor), so small differences do not accumulate.
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.log_betas = np.log(betas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
@@ -148,6 +179,10 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        # FIXED_LARGE's log variance: beta~_1 at t = 0, as improved-diffusion does, so the decoder is
+        # not too wide.
+        self.fixed_large_log_variance = (np.log(np.append(self.posterior_variance[1], betas[1:]))
+                                         if len(betas) > 1 else np.log(betas))
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         self.mse_weights = self._mse_weights()
 
@@ -168,9 +203,9 @@ class GaussianDiffusion:
 
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) (eq. 4 of Ho et al.); x_start [N, ...], t [N]."""
-        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.ndim).expand_as(x_start)
-        log_variance = extract_into_tensor(np.log(1.0 - self.alphas_cumprod), t, x_start.ndim).expand_as(x_start)
+        mean = self._extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
+        variance = self._extract("one_minus_alphas_cumprod", t, x_start.ndim).expand_as(x_start)
+        log_variance = self._extract("log_one_minus_alphas_cumprod", t, x_start.ndim).expand_as(x_start)
         return mean, variance, log_variance
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,8 +223,8 @@ class GaussianDiffusion:
         if noise.shape != x_start.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_start shape {tuple(x_start.shape)}")
         return (
-            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+            self._extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start.ndim) * noise
         )
 
     def q_posterior_mean_variance(
@@ -208,11 +243,11 @@ class GaussianDiffusion:
             raise ValueError(f"x_start shape {tuple(x_start.shape)} differs from x_t shape {tuple(x_t.shape)}")
         nd = x_t.ndim
         mean = (
-            extract_into_tensor(self.posterior_mean_coef1, t, nd) * x_start
-            + extract_into_tensor(self.posterior_mean_coef2, t, nd) * x_t
+            self._extract("posterior_mean_coef1", t, nd) * x_start
+            + self._extract("posterior_mean_coef2", t, nd) * x_t
         )
-        variance = extract_into_tensor(self.posterior_variance, t, nd).expand_as(x_t)
-        log_variance = extract_into_tensor(self.posterior_log_variance_clipped, t, nd).expand_as(x_t)
+        variance = self._extract("posterior_variance", t, nd).expand_as(x_t)
+        log_variance = self._extract("posterior_log_variance_clipped", t, nd).expand_as(x_t)
         return mean, variance, log_variance
 
     # ---- reverse process -------------------------------------------------------------------
@@ -221,27 +256,27 @@ class GaussianDiffusion:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
         nd = x_t.ndim
         return (
-            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, nd) * x_t
-            - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, nd) * eps
+            self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, nd) * eps
         )
 
     def predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
         nd = x_t.ndim
-        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, nd) * x_t
-                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, nd) * v)
+        return (self._extract("sqrt_alphas_cumprod", t, nd) * x_t
+                - self._extract("sqrt_one_minus_alphas_cumprod", t, nd) * v)
 
     def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, the V model's regression target."""
         nd = x_start.ndim
-        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, nd) * noise
-                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, nd) * x_start)
+        return (self._extract("sqrt_alphas_cumprod", t, nd) * noise
+                - self._extract("sqrt_one_minus_alphas_cumprod", t, nd) * x_start)
 
     def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
         """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
         nd = x_t.ndim
-        return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, nd) * x_t - pred_xstart) / (
-            extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, nd)
+        return (self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - pred_xstart) / (
+            self._extract("sqrt_recipm1_alphas_cumprod", t, nd)
         )
 
     def _model_log_variance(self, var_values: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -250,15 +285,13 @@ class GaussianDiffusion:
             return var_values
         if self.model_var_type is ModelVarType.LEARNED_RANGE:
             # Eq. 15: interpolate in log space between beta~_t (v = -1) and beta_t (v = +1).
-            min_log = extract_into_tensor(self.posterior_log_variance_clipped, t, nd)
-            max_log = extract_into_tensor(np.log(self.betas), t, nd)
+            min_log = self._extract("posterior_log_variance_clipped", t, nd)
+            max_log = self._extract("log_betas", t, nd)
             frac = (var_values + 1) / 2
             return frac * max_log + (1 - frac) * min_log
         if self.model_var_type is ModelVarType.FIXED_LARGE:
-            # Use beta~_1 at t = 0, as improved-diffusion does, so the decoder is not too wide.
-            log_var = np.log(np.append(self.posterior_variance[1], self.betas[1:])) if self.num_timesteps > 1 else np.log(self.betas)
-            return extract_into_tensor(log_var, t, nd).expand_as(x)
-        return extract_into_tensor(self.posterior_log_variance_clipped, t, nd).expand_as(x)
+            return self._extract("fixed_large_log_variance", t, nd).expand_as(x)
+        return self._extract("posterior_log_variance_clipped", t, nd).expand_as(x)
 
     def _split_output(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = x.shape[1]
@@ -397,7 +430,7 @@ class GaussianDiffusion:
         else:
             target = x_start
         mse = mean_flat((target - mean_out) ** 2)
-        weighted = mse if self.loss_weighting == "none" else mse * extract_into_tensor(self.mse_weights, t, 1)
+        weighted = mse if self.loss_weighting == "none" else mse * self._extract("mse_weights", t, 1)
         scale = float(self.num_timesteps)
         if self.loss_type is LossType.KL:
             loss = scale * vb

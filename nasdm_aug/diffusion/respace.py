@@ -3,7 +3,8 @@ Nichol & Dhariwal 2021, section 4), modelled on improved-diffusion's respace.py.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import functools
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -96,14 +97,18 @@ def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> set[int]:
 
 
 class _WrappedModel:
-    """Calls the model with the original timesteps, so trained weights are reused unchanged."""
+    """Calls the model with the original timesteps, so trained weights are reused unchanged.
 
-    def __init__(self, model: Any, timestep_map: torch.Tensor) -> None:
+    ``timestep_map(device)`` gives the map of kept to original timesteps on that device; the
+    spaced process hands its cached one, so a step copies nothing to the device.
+    """
+
+    def __init__(self, model: Any, timestep_map: Callable[[torch.device], torch.Tensor]) -> None:
         self.model = model
         self.timestep_map = timestep_map
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self.model(x, self.timestep_map.to(t.device)[t], **kwargs)
+        return self.model(x, self.timestep_map(t.device)[t], **kwargs)
 
 
 class SpacedDiffusion(GaussianDiffusion):
@@ -134,7 +139,9 @@ class SpacedDiffusion(GaussianDiffusion):
         super().__init__(np.asarray(new_betas), **kwargs)
 
     def _wrap(self, model: Any) -> Any:
-        return model if isinstance(model, _WrappedModel) else _WrappedModel(model, self.timestep_map)
+        if isinstance(model, _WrappedModel):
+            return model
+        return _WrappedModel(model, functools.partial(self.schedule_tensor, "timestep_map"))
 
     def p_mean_variance(self, model, *args, **kwargs):  # noqa: D102 - see GaussianDiffusion
         return super().p_mean_variance(self._wrap(model), *args, **kwargs)

@@ -159,13 +159,26 @@ def cluster_probabilities(features: np.ndarray, reference: np.ndarray, n_cluster
     return np.eye(k)[d2.argmin(1)]
 
 
+def _device_key(device: torch.device | str) -> str:
+    """What of the device changes Inception features: its type, and on CUDA whether matmuls and
+    convolutions may run in TF32 (10-bit mantissas), so features cached on one device are never
+    compared with another's."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return (f"cuda matmul_tf32={torch.backends.cuda.matmul.allow_tf32} "
+            f"cudnn_tf32={torch.backends.cudnn.allow_tf32}")
+
+
 def feature_cache_path(store_path: str | os.PathLike, split: str | None, indices: np.ndarray,
-                       digest: str) -> Path:
-    """Cache file beside a store, keyed by its path, mtime, size, split, patch indices and extractor."""
+                       digest: str, device: torch.device | str = "cpu") -> Path:
+    """Cache file beside a store, keyed by its path, mtime, size, split, patch indices, extractor
+    and the device the features are computed on (its type and, on CUDA, the TF32 settings)."""
     path = Path(store_path).resolve()
     st = path.stat()
     key = json.dumps([str(path), st.st_mtime_ns, st.st_size, split or "",
-                      hashlib.sha1(np.ascontiguousarray(indices, np.int64).tobytes()).hexdigest(), digest])
+                      hashlib.sha1(np.ascontiguousarray(indices, np.int64).tobytes()).hexdigest(), digest,
+                      _device_key(device)])
     return path.with_name(f"{path.name}.features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz")
 
 
@@ -188,7 +201,7 @@ def store_features(store, indices: np.ndarray, extractor: InceptionExtractor, sp
         dict with ``features`` [N, D] and ``probs`` [N, K] or None.
     """
     indices = np.asarray(indices, np.int64)
-    path = feature_cache_path(store.path, split, indices, extractor.digest) if cache else None
+    path = feature_cache_path(store.path, split, indices, extractor.digest, extractor.device) if cache else None
     if path is not None and path.is_file():
         with np.load(path) as z:
             return {"features": z["features"], "probs": z["probs"] if "probs" in z else None}

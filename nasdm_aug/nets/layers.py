@@ -141,7 +141,12 @@ class AttentionBlock(nn.Module):
         """Args: x [N, C, H, W]. Returns [N, C, H, W]."""
         n, c, hgt, wid = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, hgt * wid)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [N, heads, HW, d]
+        # One copy to [3, N, heads, HW, d] makes q, k and v each contiguous in either memory layout.
+        # Why: in NCHW the transposed views had a last-dim stride of HW, and CUDA's fused attention
+        # kernels (flash, memory-efficient, cuDNN) need stride 1 there, so every call fell back to
+        # the unfused math path, which writes the whole [HW, HW] attention matrix; the copy is of q,
+        # k and v only.
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)  # each [N, heads, HW, d]
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(n, c, hgt, wid)
         return x + self.proj(out)

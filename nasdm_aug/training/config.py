@@ -7,18 +7,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, LossType, ModelMeanType, ModelVarType
 from nasdm_aug.diffusion.respace import create_diffusion
 from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
+from nasdm_aug.hardware import resolve_dtype
 from nasdm_aug.nets.presets import UNetConfig, get_preset
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 
 from .schedule import step_decay_lr
 
-__all__ = ["DiffusionSettings", "TrainConfig", "TRAIN_PRESETS", "get_train_preset"]
+__all__ = ["DiffusionSettings", "TrainConfig", "PRECISIONS", "TRAIN_PRESETS", "get_train_preset"]
 
+# the vocabulary of HoVerNetConfig.precision: "auto" is bf16 where it is native, else fp32
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _values(enum_cls: type) -> list[str]:
@@ -111,7 +116,10 @@ class TrainConfig(ConfigBase):
     schedule_sampler: str = "uniform"  # timestep sampler: "uniform" or "loss-second-moment"
     flip: bool = True  # random horizontal/vertical flips of x and a spatial condition
     # speed
-    bf16: bool = False  # bf16 autocast of the network (the diffusion math stays fp32)
+    # bf16 autocast of the network (the diffusion math stays fp32): "fp32", "bf16", or "auto" (bf16
+    # only where it is native, an Ampere or later GPU or a CPU with AVX512-BF16 or AMX: emulated bf16
+    # is slower than fp32). "auto" is decided when the run starts and kept on resume (trainer_state.pt).
+    precision: str = "fp32"
     # memory layout of the network: "auto" (the faster one on this machine for this model and
     # batch, measured once and cached: nasdm_aug.hardware.fastest_layout), "channels_last", "contiguous"
     layout: str = "auto"
@@ -147,17 +155,33 @@ class TrainConfig(ConfigBase):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.layout not in LAYOUT_CHOICES:
             raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise ValueError(f"schedule_sampler {self.schedule_sampler!r} is not one of {sorted(SCHEDULE_SAMPLERS)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; a config written before ``layout`` existed (``channels_last``: true or
-        false) reads as the layout it trained in."""
+        false) reads as the layout it trained in, and one written before ``precision`` existed
+        (``bf16``: true or false) as the precision it trained in."""
         if isinstance(data, dict) and "channels_last" in data and "layout" not in data:
             data = dict(data)
             data["layout"] = "channels_last" if data.pop("channels_last") else "contiguous"
+        if isinstance(data, dict) and "bf16" in data and "precision" not in data:
+            data = dict(data)
+            data["precision"] = "bf16" if data.pop("bf16") else "fp32"
         return super().from_dict(data)
+
+    def resolved_precision(self, device: torch.device | str, recorded: str | None = None) -> str:
+        """``"fp32"`` or ``"bf16"``: ``precision`` as given; for ``"auto"`` the precision the run
+        started in (``recorded``), else bf16 where it is native on ``device``
+        (:func:`nasdm_aug.hardware.resolve_dtype`, as HoVerNet's and the generator's ``auto``)."""
+        if self.precision != "auto":
+            return self.precision
+        if recorded in ("fp32", "bf16"):
+            return recorded
+        return "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "fp32"
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update made at ``step`` (0-based): warm-up, then lr, then lr_after_drop."""
@@ -174,7 +198,7 @@ TRAIN_PRESETS: dict[str, dict] = {
         ema_warmup=True,  # a 2,000-step run would otherwise end holding 13% of the initial weights
     ),
     "paper": dict(
-        batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, bf16=True,
+        batch_size=16, steps=150_000, lr_drop_step=100_000, warmup_steps=0, precision="auto",
         num_workers=4, log_every=100, ckpt_every=5000, keep_every=50_000, sample_every=5000, sample_count=8,
         sample_steps=50,
     ),

@@ -16,7 +16,7 @@ from typing import Any, Sequence, TypeVar
 from nasdm_aug.utils import InputError, write_text_atomic
 
 from .checkpoint import latest_checkpoint
-from .distributed import barrier
+from .distributed import barrier, collective_errors
 
 __all__ = ["replaced_dir", "prepare_run_dir", "drop_replaced", "restore_replaced", "resumed_config", "write_run_record"]
 
@@ -37,24 +37,26 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, overwrite: bool, is_ma
     otherwise.
 
     Raises:
-        InputError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        InputError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given (on every
+            rank: an error of rank 0 here stops all of them, see
+            :func:`~nasdm_aug.training.distributed.collective_errors`).
     """
     out = Path(out)
     barrier()  # every rank has looked at the folder before rank 0 changes it
-    if is_main:
-        busy = out.exists() and any(out.iterdir())
-        if busy and not resume:
-            if not overwrite:
-                raise InputError(f"{out} already holds a run; pass `resume` to continue it or `overwrite` to replace it")
-            old = replaced_dir(out)
-            if old.exists() and latest_checkpoint(out, unit) is None:
-                shutil.rmtree(out)  # an earlier overwrite died before its first checkpoint: the old run waits in old
-            else:
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(out, old)
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
+    with collective_errors():  # leaving it is the barrier after rank 0's changes
+        if is_main:
+            busy = out.exists() and any(out.iterdir())
+            if busy and not resume:
+                if not overwrite:
+                    raise InputError(f"{out} already holds a run; pass `resume` to continue it or `overwrite` to replace it")
+                old = replaced_dir(out)
+                if old.exists() and latest_checkpoint(out, unit) is None:
+                    shutil.rmtree(out)  # an earlier overwrite died before its first checkpoint: the old run waits in old
+                else:
+                    if old.exists():
+                        shutil.rmtree(old)
+                    os.replace(out, old)
+            out.mkdir(parents=True, exist_ok=True)
 
 
 def drop_replaced(out: str | os.PathLike) -> None:

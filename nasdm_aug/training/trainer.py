@@ -25,7 +25,7 @@ from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
 from .checkpoint import latest_checkpoint, load_optimizer_state, load_trainer_state, load_weights, save_checkpoint
 from .config import TrainConfig
 from .data import StepIndexSampler, random_flip, step_seed
-from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, rank0_choice
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, collective_errors, rank0_choice
 from .ema import EMA
 from .metric_log import MetricLogger
 
@@ -121,6 +121,10 @@ class Trainer:
         layout: the memory layout a resumed run was trained in (its ``trainer_state.pt``), used
             when ``config.layout`` is ``"auto"``; None measures the faster layout
             (:meth:`measure_layout`).
+
+    ``config.precision`` ``"auto"`` becomes ``"bf16"`` where bf16 is native on the device and
+    ``"fp32"`` elsewhere (:meth:`TrainConfig.resolved_precision`); the answer is saved in
+    ``trainer_state.pt``, and :meth:`load` keeps it, so a resumed run trains on in its precision.
     """
 
     def __init__(
@@ -146,6 +150,8 @@ class Trainer:
         self.data_info = data_info or {}
         self.preview, self.progress = preview, progress
         self.model = model.to(self.device)
+        #: "fp32" or "bf16": the precision the network trains in (autocast; the diffusion math stays fp32)
+        self.precision: str = config.resolved_precision(self.device)
         if config.layout != "auto":
             layout = config.layout
         elif layout not in LAYOUTS:  # one layout per job: rank 0 measures, every rank uses its answer
@@ -174,8 +180,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Trainer state for ``trainer_state.pt``: tensors and plain containers only."""
         rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # this rank's own GPU: a resume may see fewer GPUs, or none
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "format": 1,
             "step": self.step,
@@ -184,10 +190,17 @@ class Trainer:
             "rng": rng,
             "schedule_sampler": _sampler_state(self.schedule_sampler),
             "layout": self.layout,
+            "precision": self.precision,
         }
 
     def load(self, ckpt_dir: str | os.PathLike) -> None:
-        """Restore weights, EMA, optimizer, step and RNG states from a checkpoint directory."""
+        """Restore weights, EMA, optimizer, step, precision and RNG states from a checkpoint directory.
+
+        A CUDA RNG state that does not fit this machine (saved on a GPU and resumed on the CPU, or
+        a checkpoint from before one state was saved per run, with one per visible GPU) is restored
+        as far as it fits, and one warning says what was not. Training is unaffected: every step
+        reseeds the global and CUDA generators (:meth:`train_step`).
+        """
         self.model.load_state_dict(load_weights(ckpt_dir, ema=False, device=self.device))
         self.ema.load_state_dict(load_weights(ckpt_dir, ema=True, device=self.device))
         state = load_trainer_state(ckpt_dir)
@@ -200,9 +213,12 @@ class Trainer:
             )
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = int(state["step"])
+        self.precision = self.config.resolved_precision(self.device, state.get("precision"))
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        not_restored = _restore_cuda_rng(state["rng"].get("cuda"), self.device)
+        if not_restored and self.dist.is_main:  # one line for the job, not one per rank
+            warnings.warn(f"{ckpt_dir}: {not_restored}; training is unaffected: every step reseeds its generators",
+                          stacklevel=2)
         _load_sampler_state(self.schedule_sampler, state.get("schedule_sampler", {}))
 
     def save(self) -> Path | None:
@@ -224,8 +240,9 @@ class Trainer:
         return path
 
     def measure_layout(self) -> str:
-        """The faster memory layout for this model, batch and machine
-        (:func:`nasdm_aug.hardware.fastest_layout`: measured once, then cached).
+        """The faster memory layout for this model, batch and machine (:func:`nasdm_aug.hardware.fastest_layout`:
+        measured once on this trainer's device, one layout at a time, then cached; channels_last
+        where a layout runs out of memory).
 
         It times :func:`timing_step` on a copy of the model and one batch of the dataset, under a
         forked RNG, so the run itself is unchanged.
@@ -234,11 +251,14 @@ class Trainer:
         batch = default_collate([self.dataset[i % len(self.dataset)] for i in range(cfg.batch_size)])
         x0, cond = batch["x"].to(dev), batch["cond"].to(dev)
 
+        bf16 = self.precision == "bf16"
+
         def make_step(fmt: torch.memory_format) -> Callable[[], None]:
-            return timing_step(copy.deepcopy(self.model), self.diffusion, x0, cond, fmt, bf16=cfg.bf16, lr=cfg.lr)
+            # called once per layout, each copy dropped before the next is made (fastest_layout)
+            return timing_step(copy.deepcopy(self.model), self.diffusion, x0, cond, fmt, bf16=bf16, lr=cfg.lr)
 
         key = (f"nasdm {cfg.kind} {cfg.model.to_json(indent=None)} batch={x0.shape[0]} x={tuple(x0.shape[1:])} "
-               f"bf16={cfg.bf16} diffusion={cfg.diffusion.to_json(indent=None)}")
+               f"bf16={bf16} diffusion={cfg.diffusion.to_json(indent=None)}")
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             return fastest_layout(key, make_step, dev)[0]
 
@@ -246,7 +266,7 @@ class Trainer:
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         # Autocast only the network: the diffusion math (KL, log-likelihoods) stays in fp32.
         x = x.contiguous(memory_format=self._fmt)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.ddp(x, t, **kwargs)
         return out.float()
 
@@ -330,10 +350,16 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     last = self._log(stats, bar, time.perf_counter() - t0, self.step - step0)
                     stats, t0, step0 = _LossStats(self.diffusion.num_timesteps, self.device), time.perf_counter(), self.step
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                    self.save()
-                if main and self.preview is not None and cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
-                    self.preview(self.ema.module, self.step)
+                save = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                show = self.preview is not None and cfg.sample_every > 0 and self.step % cfg.sample_every == 0
+                if save or show:
+                    # rank 0 writes alone: a full disk or a failing preview must stop every rank
+                    # with its message, not leave the others waiting in the next collective
+                    with collective_errors():
+                        if save:
+                            self.save()
+                        if main and show:
+                            self.preview(self.ema.module, self.step)
         finally:
             bar.close()
             if self.logger is not None:
@@ -358,6 +384,30 @@ class Trainer:
         assert self.logger is not None
         self.logger.write(record)
         return record
+
+
+def _restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> str | None:
+    """Put a checkpoint's CUDA RNG state back on ``device`` where it fits; returns what could not be
+    restored exactly (None when all was). ``saved`` is the saving rank's own GPU state, or, in
+    checkpoints written before that, a list with the state of every GPU the saving process saw."""
+    if saved is None:
+        return None
+    states = [saved] if isinstance(saved, torch.Tensor) else list(saved)
+    if not states:
+        return None
+    if device.type != "cuda":
+        return f"{len(states)} saved CUDA RNG state(s) not restored (resumed on {device.type})"
+    if isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved, device)
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= len(states):
+        return f"none of the {len(states)} saved per-GPU CUDA RNG states is for cuda:{index}; not restored"
+    torch.cuda.set_rng_state(states[index], device)
+    if len(states) == 1:
+        return None
+    return (f"restored the CUDA RNG state of cuda:{index} only, of {len(states)} saved per-GPU states "
+            f"({torch.cuda.device_count()} GPU(s) visible now)")
 
 
 def _sampler_state(sampler: ScheduleSampler) -> dict[str, torch.Tensor]:

@@ -69,12 +69,15 @@ def test_two_gloo_ranks_end_identical(store_path, tmp_path):
     assert records[-1]["epoch"] == 3 * 2 * WORLD / 4
 
 
-def test_one_meaning_of_device():
+def test_one_meaning_of_device(monkeypatch):
     from nasdm_aug.training.distributed import pick_device
 
     gpu = torch.cuda.is_available()
     for auto in (None, "auto"):
         assert pick_device(auto, local_rank=0) == (torch.device("cuda", 0) if gpu else torch.device("cpu"))
     assert pick_device("cpu") == torch.device("cpu")
+    # a machine with 4 GPUs (a GPU this machine lacks is refused: tests/test_devices.py)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)  # this rank's GPU
     assert pick_device("cuda:3", local_rank=1) == torch.device("cuda", 3)

@@ -127,7 +127,7 @@ def test_bf16_channels_last_and_loss_aware_sampler_state(store_path, tmp_path):
     from nasdm_aug.nets import build_model
     from nasdm_aug.training.trainer import Trainer
 
-    cfg = small_config("mask", steps=2, bf16=True, layout="channels_last", schedule_sampler="loss-second-moment")
+    cfg = small_config("mask", steps=2, precision="bf16", layout="channels_last", schedule_sampler="loss-second-moment")
     ds = NASDMDataset(store_path, "mask", "Train")
     trainer = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
     record = trainer.run()
