@@ -194,3 +194,35 @@ def test_local_pq_known_answer():
     pred[6:, :2] = 3  # a false positive
     want = (15 / 16 + 1) / (2 + 0.5)
     assert abs(_local_pq(gt, pred) - want) < 1e-12 and abs(_pq(gt, pred) - want) < 1e-12
+
+
+def _faint_edge_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two touching disks of one type whose edge channel is lost, as a generated mask often has it."""
+    inst, typ = _touching_disks()
+    keep = np.isin(inst, [1, 2])
+    inst, typ = np.where(keep, inst, 0), np.where(keep, typ, 0).astype(np.uint8)
+    rep = encode_mask(inst, typ, 3)
+    rep[4] = -1.0  # n_types + 1: the touching edge
+    return inst, typ, rep
+
+
+def test_marker_threshold_parts_touching_nuclei_whose_edge_is_lost():
+    inst, _, rep = _faint_edge_pair()
+    assert decode_mask(rep, 3)[0].max() == 1  # edge markers alone: one merged blob
+    parted, parted_type = decode_mask(rep, 3, marker_threshold=0.5)
+    assert parted.max() == 2 and _pq(inst, parted) >= 0.9
+    assert set(np.unique(parted_type[parted > 0])) == {1}
+
+
+def test_marker_threshold_zero_is_the_edge_decoder():
+    inst, typ = _touching_disks()
+    rep = encode_mask(inst, typ, 3) + 0.3 * np.random.default_rng(0).standard_normal((6, 64, 64)).astype(np.float32)
+    for a, b in zip(decode_mask(rep, 3), decode_mask(rep, 3, marker_threshold=0.0)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2.0])
+def test_marker_threshold_out_of_range_raises(bad):
+    inst, typ = _touching_disks()
+    with pytest.raises(ValueError, match="marker_threshold must lie in"):
+        decode_mask(encode_mask(inst, typ, 3), 3, marker_threshold=bad)

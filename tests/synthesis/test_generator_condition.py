@@ -115,3 +115,22 @@ def test_pixel_scaling_is_exact_both_ways(fresh, masks, monkeypatch, tmp_path):
     monkeypatch.setattr(fresh, "_sample", lambda *a, **k: torch.from_numpy(x)[None].repeat(a[1].shape[0], 1, 1, 1))
     out = fresh.generate_patches(masks["inst"][:2], masks["type"][:2], **OPTS)
     np.testing.assert_array_equal(out, np.stack([image, image]))
+
+
+def test_raw_mask_representations_are_what_generate_masks_decodes(runs):
+    from nasdm_aug.data.masks import decode_mask, mask_channels
+    from nasdm_aug.utils import InputError
+
+    gen = NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32")
+    insts, types = gen.generate_masks("epithelial", 6, seed=3, **OPTS)
+    presence = resolve_types("epithelial", 6, gen.type_table)
+    k = gen.type_table.n_types
+    # the second batch of generate_masks (samples 4 and 5), drawn again from its offset
+    rep = gen.sample_mask_representations(presence[4:], sampling=OPTS["sampling"], seed=3, sample_offset=4)
+    assert rep.shape == (2, mask_channels(k), gen.patch_size, gen.patch_size) and rep.abs().max() <= 1
+    for j, r in enumerate(rep):
+        inst, typ = decode_mask(r, k)
+        np.testing.assert_array_equal(inst, insts[4 + j])
+        np.testing.assert_array_equal(typ, types[4 + j])
+    with pytest.raises(InputError, match=rf"presence vectors must be \[B, {k}\]"):
+        gen.sample_mask_representations(presence[:, :2])
