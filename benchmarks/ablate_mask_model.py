@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--sheet", type=Path)
+    ap.add_argument("--sheet-rows", default="", help="RUN@SAMPLING@tTHRESHOLD,... the sheet's columns (default: "
+                    "every run at the first sampling and the last threshold)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,9 @@ def main() -> None:
     sub = pick[: min(len(pick), 64)]
     for th in thresholds:
         out["round_trip_pq"][str(th)] = round_trip_pq(real["inst"][sub], real["type"][sub], n_types, th)
+    # the floor: the requested patches' own real masks against the whole split (128 draws of it)
+    out["rows"]["real masks of the requests"] = score(real["inst"][pick], real["type"][pick], presence, real_stats,
+                                                      names, n_types)
     decoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for label, run in runs.items():
         for spec in args.sampling.split(","):
@@ -169,11 +174,16 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     if args.sheet:
-        write_sheet(args.sheet, real, pick, decoded, runs, args.sampling.split(",")[0], thresholds[-1], table)
+        first = args.sampling.split(",")[0]
+        rows = args.sheet_rows.split(",") if args.sheet_rows else [f"{lab}@{first}@t{thresholds[-1]:g}" for lab in runs]
+        missing = [r for r in rows if r not in decoded]
+        if missing:
+            sys.exit(f"Error: --sheet-rows {', '.join(missing)} not scored; scored: {', '.join(decoded)}")
+        write_sheet(args.sheet, real, pick, decoded, rows, table)
 
 
-def write_sheet(path: Path, real: dict[str, np.ndarray], pick: np.ndarray, decoded: dict, runs: dict,
-                spec: str, th: float, table: Any) -> None:
+def write_sheet(path: Path, real: dict[str, np.ndarray], pick: np.ndarray, decoded: dict, rows: list[str],
+                table: Any) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,19 +191,18 @@ def write_sheet(path: Path, real: dict[str, np.ndarray], pick: np.ndarray, decod
 
     from nasdm_aug.viz import colour_mask
 
-    cols = ["real (types asked)"] + list(runs)
+    cols = ["real (types asked)"] + rows
     n = min(8, len(pick))
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 1.9 * n), squeeze=False)
     for i in range(n):
         panels = [colour_mask(real["inst"][pick[i]], real["type"][pick[i]], table)]
-        panels += [colour_mask(decoded[f"{lab}@{spec}@t{th:g}"][0][i], decoded[f"{lab}@{spec}@t{th:g}"][1][i], table)
-                   for lab in runs]
+        panels += [colour_mask(decoded[r][0][i], decoded[r][1][i], table) for r in rows]
         for j, p in enumerate(panels):
             axes[i, j].imshow(p, interpolation="nearest")
             axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
             if i == 0:
-                axes[0, j].set_title(cols[j], fontsize=7)
-    fig.suptitle(f"masks: {spec}, marker threshold {th:g}", fontsize=8)
+                axes[0, j].set_title(cols[j].replace("@", "\n", 1), fontsize=7)
+    fig.suptitle("generated masks for the types of the real patch on the left (same seeds per row)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -26,6 +26,10 @@ from nasdm_aug.utils import InputError
 @click.option("--num", type=int, default=None, metavar="N", help="Generated masks: number of patches.")
 @click.option("--combination", "combinations", multiple=True, metavar="NAME+NAME:N",
               help="Generated masks: N patches holding exactly these types (repeat the option).")
+@click.option("--marker-threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Generated masks: a nucleus marker per peak of the distance channel above this, as well as per "
+                   "edge-bounded core, so touching nuclei whose generated edge is faint come apart (default 0.5; "
+                   "0: edge markers alone).")
 # -- rare-type balancing
 @click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
               help="Generated masks of the type combinations that move this real split (default Train) "
@@ -65,7 +69,7 @@ from nasdm_aug.utils import InputError
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
-def synthesize(models, masks, split, indices, types, num, combinations, balance_for, target, ratio, out, overwrite,
+def synthesize(models, masks, split, indices, types, num, combinations, marker_threshold, balance_for, target, ratio, out, overwrite,
                resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, compile_, device, config_path,
                dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
@@ -73,7 +77,8 @@ def synthesize(models, masks, split, indices, types, num, combinations, balance_
 
     base = SynthesizeConfig.load(config_path).to_dict() if config_path else {"types": "all", "num": 1}
     given = {"masks": masks, "split": split, "types": types, "num": num, "guidance": guidance, "seed": seed,
-             "batch_size": batch_size, "dtype": dtype, "layout": layout, "compile": compile_}
+             "batch_size": batch_size, "dtype": dtype, "layout": layout, "compile": compile_,
+             "marker_threshold": marker_threshold}
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations

@@ -24,7 +24,7 @@ from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
-from nasdm_aug.generator import DEFAULT_GUIDANCE, NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, LAYOUTS, resolve_dtype, resolve_sampling_layout
 from nasdm_aug.mixing.balance import parse_combination, split_combination
 from nasdm_aug.sampling import SamplerOptions, sample_seed
@@ -62,6 +62,8 @@ class SynthesizeConfig(ConfigBase):
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
+    # generated masks: decode_mask's distance-peak markers (generator.DEFAULT_MARKER_THRESHOLD says why)
+    marker_threshold: float = DEFAULT_MARKER_THRESHOLD
     dtype: str = "auto"  # "auto" (bfloat16 where it is native, else float32), "float32" or "bfloat16" (autocast)
     # memory layout of the models and samples: "auto" (contiguous on a CUDA GPU, channels_last
     # elsewhere: hardware.resolve_sampling_layout), "channels_last" or "contiguous"
@@ -92,6 +94,8 @@ class SynthesizeConfig(ConfigBase):
             )
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if not 0 <= self.marker_threshold < 1:
+            raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.layout not in LAYOUT_CHOICES:
@@ -241,6 +245,9 @@ def _as_current(recorded: Any) -> Any:
         recorded = {**recorded, "layout": "contiguous"}
     if "dtype" not in recorded:  # made before the dtype was a choice: in float32
         recorded = {**recorded, "dtype": "float32"}
+    if "marker_threshold" not in recorded:  # generated masks were decoded with edge markers alone;
+        # a bank of real masks decodes none, so the threshold is whatever today's default is
+        recorded = {**recorded, "marker_threshold": DEFAULT_MARKER_THRESHOLD if recorded.get("masks") else 0.0}
     try:
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):
@@ -368,7 +375,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
     if real is None:
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
-        inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, **opts)
+        inst, type_map = gen.generate_masks(types, n, min_size=config.min_size,
+                                            marker_threshold=config.marker_threshold, **opts)
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))

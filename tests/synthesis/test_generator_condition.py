@@ -119,6 +119,7 @@ def test_pixel_scaling_is_exact_both_ways(fresh, masks, monkeypatch, tmp_path):
 
 def test_raw_mask_representations_are_what_generate_masks_decodes(runs):
     from nasdm_aug.data.masks import decode_mask, mask_channels
+    from nasdm_aug.generator import DEFAULT_MARKER_THRESHOLD
     from nasdm_aug.utils import InputError
 
     gen = NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32")
@@ -129,7 +130,7 @@ def test_raw_mask_representations_are_what_generate_masks_decodes(runs):
     rep = gen.sample_mask_representations(presence[4:], sampling=OPTS["sampling"], seed=3, sample_offset=4)
     assert rep.shape == (2, mask_channels(k), gen.patch_size, gen.patch_size) and rep.abs().max() <= 1
     for j, r in enumerate(rep):
-        inst, typ = decode_mask(r, k)
+        inst, typ = decode_mask(r, k, marker_threshold=DEFAULT_MARKER_THRESHOLD)
         np.testing.assert_array_equal(inst, insts[4 + j])
         np.testing.assert_array_equal(typ, types[4 + j])
     with pytest.raises(InputError, match=rf"presence vectors must be \[B, {k}\]"):

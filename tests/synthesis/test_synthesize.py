@@ -320,6 +320,39 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "dtype"})
     assert finished_bank_problem(old, cfg.replace(dtype="float32")) is None
     assert finished_bank_problem(old, cfg.replace(dtype="bfloat16")) == "made with other arguments (dtype)"
+    with h5py.File(old, "r+") as f:  # no marker threshold recorded: a bank of real masks decodes none
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "marker_threshold"})
+    assert finished_bank_problem(old, cfg) is None
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
+
+
+def test_generated_masks_recorded_before_the_marker_threshold_were_decoded_with_edge_markers():
+    from nasdm_aug.synthesize import _as_current
+
+    recorded = json.loads(SynthesizeConfig(types="epithelial", num=2).to_json())
+    assert recorded["marker_threshold"] == 0.5  # today's default
+    del recorded["marker_threshold"]
+    assert _as_current(recorded)["marker_threshold"] == 0.0
+
+
+def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
+    from nasdm_aug.data import masks as masks_mod
+    from nasdm_aug import generator as g
+
+    seen = []
+
+    def recording(rep, n_types, min_size=10, marker_threshold=0.0):
+        seen.append(marker_threshold)
+        return masks_mod.decode_mask(rep, n_types, min_size, marker_threshold)
+
+    monkeypatch.setattr(g, "decode_mask", recording)
+    for extra, want in (([], 0.5), (["--marker-threshold", "0.3"], 0.3), (["--marker-threshold", "0"], 0.0)):
+        seen.clear()
+        res = CliRunner().invoke(cli, [*_args(runs, tmp_path / f"b{want}.h5", "--types", "all", "--num", "2"), *extra])
+        assert res.exit_code == 0, res.output
+        assert seen == [want, want]
+    bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
+                                   "--marker-threshold", "1"])
+    assert bad.exit_code == 2 and "--marker-threshold" in bad.output
