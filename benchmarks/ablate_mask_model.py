@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdm_aug.data.masks import decode_mask, encode_mask, type_presence  # noqa: E402
 from nasdm_aug.data.store import PatchStore  # noqa: E402
-from nasdm_aug.generator import NASDMGenerator, named_model_dir  # noqa: E402
+from nasdm_aug.generator import NASDMGenerator, model_weights_hash, named_model_dir  # noqa: E402
 from nasdm_aug.hardware import describe_machine  # noqa: E402
 from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present  # noqa: E402
 from nasdm_aug.sampling import SamplerOptions  # noqa: E402
@@ -57,16 +57,10 @@ def parse_sampling(spec: str) -> tuple[SamplerOptions, float]:
         sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE (e.g. ddpm:50:1.5): {exc}")
 
 
-def weights_hash(run: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(run.glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def sample_reps(run: Path, presence: np.ndarray, spec: str, work: Path, batch: int, seed: int) -> np.ndarray:
     """The raw mask representations for ``presence``, cached in ``work`` by weights, sampling and requests."""
-    key = hashlib.sha256(f"{weights_hash(run)}|{spec}|{seed}|{presence.tobytes().hex()}".encode()).hexdigest()[:16]
+    # the EMA weights the generator loads (a run folder's latest checkpoint, or the folder itself)
+    key = hashlib.sha256(f"{model_weights_hash(run, None)}|{spec}|{seed}|{presence.tobytes().hex()}".encode()).hexdigest()[:16]
     cache = work / f"reps-{key}.npz"
     if cache.exists():
         return np.load(cache)["reps"]

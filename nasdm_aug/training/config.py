@@ -216,7 +216,9 @@ _CONSEP_CPU = dict(
 TRAIN_PRESETS["consep-cpu"] = _CONSEP_CPU
 _PER_KIND: dict[str, dict[str, dict]] = {
     "consep-cpu": {
-        "mask": dict(steps=3500, lr=3e-4, lr_drop_step=3000, lr_after_drop=6e-5),
+        # about 70 minutes of one core (benchmarks/RESULTS.md, "Mask-model ablation"); the rate
+        # drops at 2,450 because the run was ablated at 2,800 steps and then resumed to 5,000
+        "mask": dict(steps=5000, lr=3e-4, lr_drop_step=2450, lr_after_drop=6e-5),
         # 20 minutes of one core (benchmarks/RESULTS.md, "Patch-model ablation"), rate drop at 90%
         "patch": dict(steps=846, lr=2e-4, lr_drop_step=761, lr_after_drop=4e-5),
     },
@@ -226,8 +228,13 @@ _PER_KIND: dict[str, dict[str, dict]] = {
 # a CPU allows (an eps error is amplified by 1 / sqrt(SNR) there), and sampling keeps those blotches;
 # predicting x_0 with Min-SNR-5 weighting drew smooth tissue with nuclei on their masks in a third
 # of the old recipe's steps. The mask at the input came with the pair it was ablated in.
+# The mask model takes the same pair: at an equal budget, the eps model's masks merged whole
+# epithelial regions (area distance to real nuclei 88 px) and drew types not asked for (precision
+# 0.82); predicting x_0 with Min-SNR-5 gave nuclei of real sizes (area distance 5-6 px, at the
+# sampling floor) and precision 0.95.
 _PER_KIND_DIFFUSION: dict[str, dict[str, dict]] = {
-    "consep-cpu": {"patch": dict(mean_type="start_x", loss_weighting="min-snr")},
+    "consep-cpu": {"patch": dict(mean_type="start_x", loss_weighting="min-snr"),
+                   "mask": dict(mean_type="start_x", loss_weighting="min-snr")},
 }
 _PER_KIND_MODEL: dict[str, dict[str, dict]] = {
     "consep-cpu": {"patch": dict(input_condition="mask")},

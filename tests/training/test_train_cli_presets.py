@@ -82,7 +82,8 @@ def test_consep_cpu_keeps_its_training_settings_at_128(store128, tmp_path, capsy
     code, out, _ = _run(capsys, "train", "mask", "--store", str(store128), "--preset", "consep-cpu",
                         "--out", str(tmp_path / "run"), "--dry-run")  # fmt: skip
     cfg = json.loads(out)
-    assert code == 0 and (cfg["steps"], cfg["lr"], cfg["batch_size"]) == (3500, 3e-4, 8)
+    assert code == 0 and (cfg["steps"], cfg["lr"], cfg["batch_size"]) == (5000, 3e-4, 8)
+    assert (cfg["lr_drop_step"], cfg["lr_after_drop"]) == (2450, 6e-5)
 
 
 @pytest.mark.parametrize("kind, preset, size, bottom", [
@@ -147,8 +148,8 @@ def test_departures_from_the_paper_are_off_in_the_paper_presets(tmp_path, capsys
         assert _departures(json.loads(out)) == ("none", "epsilon", "none")
     code, out, err = _run(capsys, "train", kind, "--store", str(store), "--preset", "consep-cpu", "--out",
                           str(tmp_path / "run"), "--dry-run")
-    # the CPU recipe's patch model predicts x_0 with Min-SNR weighting and the mask at its input
-    want = ("min-snr", "start_x", "mask") if kind == "patch" else ("none", "epsilon", "none")
+    # the CPU recipe's models predict x_0 with Min-SNR weighting, the patch model with the mask at its input
+    want = ("min-snr", "start_x", "mask") if kind == "patch" else ("min-snr", "start_x", "none")
     assert _departures(json.loads(out)) == want
 
 

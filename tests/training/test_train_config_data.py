@@ -52,10 +52,11 @@ def test_configs_from_before_layout_read_as_the_layout_they_trained_in():
     for old, layout in ((True, "channels_last"), (False, "contiguous")):
         record = {k: v for k, v in base.items() if k != "layout"} | {"channels_last": old}
         assert TrainConfig.from_dict(record).layout == layout
-    # the embedded models' run records were written with channels_last
+    # the embedded toy models' run records were written with channels_last (false) and bf16 (false)
     assets = Path(nasdm_aug.__file__).parent / "assets"
-    assert TrainConfig.load(assets / "toy" / "mask" / "config.json").layout == "contiguous"
-    assert TrainConfig.load(assets / "consep-cpu" / "mask" / "config.json").layout == "channels_last"
+    for kind in ("mask", "patch"):
+        old = TrainConfig.load(assets / "toy" / kind / "config.json")
+        assert (old.layout, old.precision) == ("contiguous", "fp32")
 
 
 def test_valid_change_is_accepted():
