@@ -36,6 +36,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core box two OpenMP threads spin-wait, and
+    small convolutions run up to 10x slower. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_global_rng() -> None:
     """Every test starts from the same global torch and numpy RNG state, so an unseeded draw in a

@@ -24,12 +24,7 @@ from nasdm_aug.utils import InputError
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(8, 8, 8, 8, 8), dense_units=0, growth=4, n_types=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _items(n: int) -> list[dict]:

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cli.main import cli, main
@@ -21,12 +20,7 @@ from nasdm_aug.utils import InputError
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 8, 8, 8, 8), dense_units=0, growth=4, n_types=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from nasdm_aug.utils import InputError
 SMALL = ModelConfig(encoder="resnet18", decoder_channels=(16, 8, 8, 8, 8), dense_units=0, growth=4, n_types=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared 2-core box spin-wait and run convolutions ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _patch(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

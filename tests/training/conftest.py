@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from _trainer_helpers import StandInNet, write_store
 
 
@@ -21,9 +20,5 @@ def stand_in() -> type[StandInNet]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: one intra-op thread avoids OpenMP contention (10x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny tensors: every training test runs on one intra-op thread (tests/conftest.py says why)."""
