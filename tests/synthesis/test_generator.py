@@ -155,6 +155,11 @@ def test_real_compile_samples_the_eager_patches(runs, real_store):
     from nasdm_aug.data.store import PatchStore
 
     d = PatchStore(real_store).read(range(2), keys=("inst", "type"))
-    a = NASDMGenerator.from_pretrained(*runs, device="cpu").generate_patches(d["inst"], d["type"], **OPTS)
-    b = NASDMGenerator.from_pretrained(*runs, device="cpu", compile=True).generate_patches(d["inst"], d["type"], **OPTS)
+    # float32: under bf16 autocast, compiled and eager kernels round differently, and these random,
+    # saturating test networks turn such rounding into whole-pixel flips (up to 237 grey levels
+    # on a CPU with native bf16), which says nothing about the compile itself
+    a = NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32").generate_patches(d["inst"], d["type"],
+                                                                                             **OPTS)
+    b = NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32", compile=True).generate_patches(
+        d["inst"], d["type"], **OPTS)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
