@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nasdm_aug.hardware import describe_machine, memory_format, native_bf16, resolve_sampling_layout  # noqa: E402
+from nasdm_aug.hardware import describe_machine, median_seconds, memory_format, native_bf16, resolve_sampling_layout  # noqa: E402
 
 S2_PATCHES = 8639  # the paper's S2 bank (NASDM, Table 3)
 
@@ -66,20 +66,6 @@ def _peak_reset(device: torch.device) -> None:
 
 def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def largest_batch(try_batch: Callable[[int], Any], start: int, limit: int,
@@ -132,7 +118,7 @@ def nasdm_step(kind: str, preset: str, size: int, n_types: int, batch: int, devi
 def measure_training(kind: str, args: argparse.Namespace, device: torch.device, bf16: bool) -> dict[str, Any]:
     def run(batch: int, repeats: int) -> dict[str, Any]:
         _peak_reset(device)
-        seconds = _timed(nasdm_step(kind, args.preset, args.size, args.n_types, batch, device, bf16), device,
+        seconds = median_seconds(nasdm_step(kind, args.preset, args.size, args.n_types, batch, device, bf16), device,
                          warmup=1, repeats=repeats)
         return {"batch": batch, "samples_per_s": batch / seconds, "peak_gib": _peak_gib(device)}
 
@@ -248,7 +234,7 @@ def measure_hovernet(args: argparse.Namespace, device: torch.device, bf16: bool)
     torch.manual_seed(0)
     step = timing_step(cfg, device, (3, args.size, args.size), torch.channels_last)
     _peak_reset(device)
-    seconds = _timed(step, device, warmup=1, repeats=args.repeats)
+    seconds = median_seconds(step, device, warmup=1, repeats=args.repeats)
     return {"batch": cfg.batch_size, "patches_per_s": cfg.batch_size / seconds, "peak_gib": _peak_gib(device)}
 
 

@@ -26,7 +26,7 @@ from nasdm_aug.types import LAYOUT_CHOICES, LAYOUTS
 from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["DTYPES", "LAYOUTS", "LAYOUT_CHOICES", "cpu_flags", "onednn_isa_cap", "native_bf16", "resolve_dtype",
-           "memory_format", "resolve_sampling_layout", "describe_machine", "layout_cache_path", "fastest_layout"]
+           "memory_format", "median_seconds", "resolve_sampling_layout", "describe_machine", "layout_cache_path", "fastest_layout"]
 
 DTYPES = ("float32", "bfloat16", "auto")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -188,6 +188,22 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+def median_seconds(fn: Callable[[], object], device: torch.device | str, warmup: int = 1, repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones, the
+    device synchronised around each, so a CUDA call is timed to its end, not its launch."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
 def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable[[], object]],
                    device: torch.device | str = "cpu", repeats: int = 3) -> tuple[str, dict[str, float]]:
     """The faster memory layout for a training step on ``device``, measured there once and cached,
@@ -220,15 +236,8 @@ def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable
         step = None
         try:
             step = make_step(memory_format(name))
-            step()  # warm-up: allocator, cuDNN / oneDNN algorithm choice
-            _sync(device)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                step()
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-            seconds[name] = statistics.median(times)
+            # one warm-up call: allocator, cuDNN / oneDNN algorithm choice
+            seconds[name] = median_seconds(step, device, warmup=1, repeats=repeats)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
             if not _is_oom(exc):
                 raise
