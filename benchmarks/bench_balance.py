@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.report import format_tables
+from nasdm_aug.studies.report import format_tables
 from nasdm_aug.studies import get_study_preset, run_studies
 
 

@@ -30,7 +30,7 @@ from hovernet.evaluate import evaluate_model, load_hovernet  # noqa: E402
 from hovernet.trainer import train_hovernet  # noqa: E402
 from nasdm_aug.data.store import PatchStore  # noqa: E402
 from nasdm_aug.mixing import SyntheticMixDataset  # noqa: E402
-from nasdm_aug.studies import METRICS, STUDIES, _hovernet_config, _validation, get_study_preset  # noqa: E402
+from nasdm_aug.studies.run import METRICS, STUDIES, _hovernet_config, _validation, get_study_preset  # noqa: E402
 
 
 def main() -> None:

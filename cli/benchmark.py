@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from nasdm_aug.study_registry import STUDY_REGISTRY
+from nasdm_aug.studies.registry import STUDY_REGISTRY
 
 
 @click.command("benchmark")

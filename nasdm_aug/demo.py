@@ -12,8 +12,10 @@ from typing import Any
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import MODEL_KINDS
-from nasdm_aug.studies import STUDY_PRESETS, StudyConfig, ensure_store, run_studies
-from nasdm_aug.study_registry import PAPER_STUDIES
+from nasdm_aug.studies.config import STUDY_PRESETS, StudyConfig
+from nasdm_aug.studies.data import ensure_store
+from nasdm_aug.studies.run import run_studies
+from nasdm_aug.studies.registry import PAPER_STUDIES
 from nasdm_aug.utils import write_text_atomic
 
 __all__ = ["run_demo", "DEMO_NOTICE"]
@@ -68,7 +70,7 @@ def run_demo(out: str | os.PathLike, *, runs: int | None = None, progress: bool 
 def write_demo_report(summary: dict[str, Any], out: Path) -> Path:
     """``report.md`` (and the same as one offline page, ``report.html``): notice, data, sample
     sheet, tables and plots."""
-    from nasdm_aug.report import format_tables
+    from nasdm_aug.studies.report import format_tables
 
     store = PatchStore(summary["store"])
     sizes = ", ".join(f"{k} {len(store.indices(k))}" for k in ("Train", "R1", "R2", "Test") if k in store.splits)
@@ -85,7 +87,7 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> Path:
         if (out / f"study_{study}.png").is_file():
             lines += [f"![{study}](study_{study}.png)", ""]
     lines += ["Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/` (models and per-run results).", ""]
-    from nasdm_aug.html_report import write_html_report
+    from nasdm_aug.metrics.html_report import write_html_report
 
     path = write_text_atomic(out / "report.md", "\n".join(lines))
     write_html_report("\n".join(lines), out, "nasdm-aug demo report")

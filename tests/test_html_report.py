@@ -10,7 +10,7 @@ import pytest
 from html_check import check_in_browser, check_self_contained, decoded_images, find_browser, parse_report
 from PIL import Image
 
-from nasdm_aug.html_report import markdown_to_html, write_html_report
+from nasdm_aug.metrics.html_report import markdown_to_html, write_html_report
 
 MD = """# A report
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.html_report import write_html_report
+from nasdm_aug.metrics.html_report import write_html_report
 from nasdm_aug.utils import atomic_output, json_safe
 from nasdm_aug.viz import contact_sheet, overlay_mask
 

@@ -10,8 +10,9 @@ from cli.main import cli
 from nasdm_aug.sampling import SamplerOptions
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
-from nasdm_aug.report import format_per_type
-from nasdm_aug.studies import STUDIES, StudyConfig, ensure_banks, plan_study, select_rows, summarise
+from nasdm_aug.studies.report import format_per_type
+from nasdm_aug.studies import STUDIES, StudyConfig, plan_study, select_rows, summarise
+from nasdm_aug.studies.data import ensure_banks
 from nasdm_aug.types import LIZARD
 from nasdm_test_runs import make_run
 

@@ -147,7 +147,7 @@ def test_every_study_mode_and_sampler_is_reachable_from_the_cli():
     from cli.synthesize import synthesize
     from nasdm_aug.sampling import SAMPLERS
     from nasdm_aug.mixing.plan import MIX_MODES
-    from nasdm_aug.study_registry import BANK_SPLITS, STUDY_REGISTRY
+    from nasdm_aug.studies.registry import BANK_SPLITS, STUDY_REGISTRY
 
     choices = {p.name: p.type.choices for p in benchmark.params if p.name == "study"}["study"]
     assert set(choices) == {*STUDY_REGISTRY, "all"}

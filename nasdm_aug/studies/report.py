@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from nasdm_aug.study_registry import STUDY_REGISTRY
+from nasdm_aug.studies.registry import STUDY_REGISTRY
 from nasdm_aug.utils import atomic_output, write_text_atomic
 
 __all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
@@ -157,7 +157,7 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path)
             png = plot_study(summary["table"], study, out / f"study_{study}.png", record.axis)
         if png is not None:
             paths[f"plot_{study}"] = png
-    from nasdm_aug.html_report import write_html_report
+    from nasdm_aug.metrics.html_report import write_html_report
 
     pictures = [f"![{k[5:]}]({p.name})" for k, p in paths.items() if k.startswith("plot_")]
     text = "\n\n".join(["# nasdm-aug benchmark: HoVerNet on Test, mean ± std over runs",

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
-from nasdm_aug.study_registry import BANK_SPLITS, StudyRow
+from nasdm_aug.studies.registry import BANK_SPLITS, StudyRow
 from nasdm_aug.utils import InputError
 
 if TYPE_CHECKING:
-    from nasdm_aug.studies import StudyConfig
+    from nasdm_aug.studies.config import StudyConfig
 
 __all__ = ["check_store", "check_not_study_data", "ensure_store", "ensure_banks", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
 
@@ -121,7 +121,7 @@ def resolve_test_set(config: StudyConfig, store: PatchStore | None, out: str | o
             size or magnification other than the study store's, a folder that is the study's
             own data, or a stale ``OUT/data/test.h5``; one line naming both sides.
     """
-    from hovernet.eval_data import check_same_types, open_eval_store, parse_data_arg
+    from nasdm_aug.data.eval_sets import check_same_types, open_eval_store, parse_data_arg
 
     if not config.test:
         return None
@@ -156,7 +156,7 @@ def resolve_test_set(config: StudyConfig, store: PatchStore | None, out: str | o
 
 def _check_like(test: PatchStore, store: PatchStore) -> None:
     """A test store must share the study store's type table, patch size and magnification."""
-    from hovernet.eval_data import check_same_types
+    from nasdm_aug.data.eval_sets import check_same_types
     from nasdm_aug.data.magnification import check_same_scale
 
     what, other = f"test store {test.path}", f"study store {store.path}"
@@ -174,7 +174,7 @@ def check_not_study_data(folder: Path, config: StudyConfig, store: PatchStore | 
 
 def _test_prepare_config(folder: Path, config: StudyConfig, store: PatchStore, target: Path):
     """Prepare settings for a test folder: the study store's format, scale, tiling and classes."""
-    from hovernet.eval_data import eval_prepare_config
+    from nasdm_aug.data.eval_sets import eval_prepare_config
 
     like = store.config
     fmt = config.source_format if config.source_format != "toy" else store.attrs.get("source_format", "")

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from nasdm_aug import __version__
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.export_formats import EXPORT_FORMATS, ExportFormat, Writer
+from nasdm_aug.export.formats import EXPORT_FORMATS, ExportFormat, Writer
 from nasdm_aug.utils import InputError, atomic_output, file_digest
 
 __all__ = ["EXPORT_FORMATS", "ExportFormat", "export", "resolve_type_map", "parse_type_map"]

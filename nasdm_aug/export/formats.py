@@ -1,5 +1,5 @@
 """The export formats: one :class:`ExportFormat` a format in ``EXPORT_FORMATS``, each with the
-writer that lays patches out as that format's own tools read them (``nasdm_aug/export.py`` has
+writer that lays patches out as that format's own tools read them (``nasdm_aug/export/run.py`` has
 the layouts in its docstring, and the type mapping and manifests every format shares)."""
 
 from __future__ import annotations
