@@ -9,6 +9,7 @@ from typing import Literal
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.types import LAYOUT_CHOICES
+from nasdm_aug.utils import unknown_name
 
 __all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset"]
 
@@ -104,9 +105,13 @@ class PostprocessConfig(ConfigBase):
 
     @classmethod
     def preset(cls, name: str) -> "PostprocessConfig":
-        """One of ``POSTPROCESS_PRESETS`` by name."""
+        """One of ``POSTPROCESS_PRESETS`` by name.
+
+        Raises:
+            InputError: unknown name (the message lists the presets).
+        """
         if name not in POSTPROCESS_PRESETS:
-            raise ValueError(f"unknown post-processing preset {name!r}; choose from {sorted(POSTPROCESS_PRESETS)}")
+            raise unknown_name("post-processing preset", name, sorted(POSTPROCESS_PRESETS))
         return getattr(cls, POSTPROCESS_PRESETS[name])() if POSTPROCESS_PRESETS[name] else cls()
 
 
@@ -182,8 +187,8 @@ def get_hovernet_preset(name: str) -> HoVerNetConfig:
     """Return a named preset.
 
     Raises:
-        KeyError: unknown name; the message lists the presets.
+        InputError: unknown name; the message lists the presets.
     """
     if name not in HOVERNET_PRESETS:
-        raise KeyError(f"unknown HoVerNet preset {name!r}; valid: {', '.join(sorted(HOVERNET_PRESETS))}")
+        raise unknown_name("HoVerNet preset", name, sorted(HOVERNET_PRESETS))
     return HOVERNET_PRESETS[name]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hovernet.config import ModelConfig
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["HoVerNet", "load_encoder_weights"]
 
@@ -100,7 +100,7 @@ class HoVerNet(nn.Module):
         try:
             self.encoder = smp.encoders.get_encoder(cfg.encoder, in_channels=3, depth=5, weights=None)
         except KeyError:
-            raise KeyError(f"unknown smp encoder {cfg.encoder!r}; see segmentation_models_pytorch.encoders.encoders") from None
+            raise unknown_name("smp encoder", cfg.encoder, sorted(smp.encoders.encoders)) from None
         if cfg.encoder_weights is not None:
             load_encoder_weights(self.encoder, cfg.encoder, cfg.encoder_weights)
         chans = tuple(self.encoder.out_channels)

@@ -8,7 +8,6 @@ both (the paper's NASDM++). Every sample is seeded by (seed, its index), never b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,7 @@ from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.training.data import x_to_image
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "DEFAULT_GUIDANCE",
            "DEFAULT_MARKER_THRESHOLD", "resolve_types",
@@ -136,10 +135,7 @@ def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: Nuclei
         raise InputError("no nuclei types given; name at least one, or use 'all' or 'random'")
     row = np.zeros(k, np.float32)
     for name in names:
-        try:
-            row[table.id_of(str(name)) - 1] = 1.0
-        except KeyError as exc:
-            raise InputError(str(exc).strip('"')) from None
+        row[table.id_of(str(name)) - 1] = 1.0
     return np.tile(row, (n, 1))
 
 
@@ -155,16 +151,7 @@ def model_weights_hash(mask_run: str | os.PathLike | None, patch_run: str | os.P
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: no such weights file")
-    return _file_hash(files)
-
-
-def _file_hash(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_digest(*files)
 
 
 class NASDMGenerator:
@@ -292,7 +279,7 @@ class NASDMGenerator:
             check_same_scale(f"mask model {mask_run}", mask_info, f"patch model {patch_run}", patch_info)
             files.insert(0, resolve_checkpoint(mask_run) / ("ema.safetensors" if ema else "model.safetensors"))
         gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
-                  layout=layout, compile=compile, model_hash=_file_hash(files))
+                  layout=layout, compile=compile, model_hash=file_digest(*files))
         gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
         return gen
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from nasdm_aug.utils import unknown_name
+
 __all__ = [
     "NucleiTypeTable",
     "LIZARD",
@@ -75,12 +77,12 @@ class NucleiTypeTable:
         """Return the id of a type by name (case-insensitive).
 
         Raises:
-            KeyError: the name is not in the table; the message lists the valid names.
+            InputError: the name is not in the table; the message lists the valid names.
         """
         lowered = [n.lower() for n in self.names]
         key = name.strip().lower()
         if key not in lowered:
-            raise KeyError(f"unknown type {name!r} for table {self.name!r}; valid: {', '.join(self.names)}")
+            raise unknown_name("type", name, self.names, extra=f" (the types of table {self.name!r})")
         return lowered.index(key) + 1
 
     def name_of(self, type_id: int) -> str:
@@ -130,8 +132,8 @@ def get_type_table(name: str) -> NucleiTypeTable:
     """Return a registered type table by name.
 
     Raises:
-        KeyError: unknown name; the message lists the registered tables.
+        InputError: unknown name; the message lists the registered tables.
     """
     if name not in TYPE_TABLES:
-        raise KeyError(f"unknown type table {name!r}; valid: {', '.join(sorted(TYPE_TABLES))}")
+        raise unknown_name("type table", name, sorted(TYPE_TABLES))
     return TYPE_TABLES[name]

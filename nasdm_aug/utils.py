@@ -1,4 +1,5 @@
-"""Shared plumbing: the one-line user error, atomic file output, strict JSON and file digests."""
+"""Shared plumbing: the one-line user error (and its form for unknown names), atomic file
+output, strict JSON and file digests."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["InputError", "atomic_output", "write_text_atomic", "json_safe", "check_writable", "file_digest",
-           "file_sha256"]
+__all__ = ["InputError", "unknown_name", "atomic_output", "write_text_atomic", "json_safe", "check_writable",
+           "file_digest"]
 
 
 class InputError(ValueError):
@@ -23,6 +24,21 @@ class InputError(ValueError):
     The CLI prints the message as one line (``Error: <message>``) without a traceback, so the
     message must name the offending file or value and say what is wrong.
     """
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[object], *, extra: str = "") -> InputError:
+    """The error for a name that no registry entry has: ``unknown {kind} {name!r}; valid: a, b, c``.
+
+    Args:
+        kind: what was looked up (``"sampler"``, ``"export format"``).
+        name: the name given.
+        valid: the names that exist, listed in the order given.
+        extra: appended after the list (e.g. ``", all"`` for an alternative the registry lacks).
+
+    Returns:
+        The InputError, for the caller to raise.
+    """
+    return InputError(f"unknown {kind} {name!r}; valid: {', '.join(str(v) for v in valid)}{extra}")
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -94,23 +110,32 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+@functools.lru_cache(maxsize=32)
+def _sha256(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
+    for path, _size, _mtime in files:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)[:16]
+def file_digest(path: str | os.PathLike, *more: str | os.PathLike, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of a file (of several files' bytes read one
+    after the other, in the order given), computed once per file version in a process (keyed by
+    path, size and modification time).
 
+    Args:
+        path: the file.
+        *more: further files, hashed after ``path`` as if appended to it.
+        length: hex digits kept; 16 for fingerprints, 64 for the whole SHA-256.
 
-def file_digest(path: str | os.PathLike) -> str:
-    """The first 16 hex digits of a file's SHA-256, computed once per file version in a process
-    (keyed by path, size and modification time)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _digest(str(p), st.st_size, st.st_mtime_ns)
+    Raises:
+        OSError: a file is missing or unreadable.
+    """
+    files = []
+    for p in (path, *more):
+        p = Path(p).resolve()
+        st = p.stat()
+        files.append((str(p), st.st_size, st.st_mtime_ns))
+    return _sha256(tuple(files))[:length]

@@ -22,9 +22,9 @@ def test_lizard_ids_are_canonical():
 def test_type_table_json_round_trip_and_errors():
     for table in (LIZARD, CONSEP, PANNUKE):
         assert NucleiTypeTable.from_json(table.to_json()) == table
-    with pytest.raises(KeyError, match="valid: consep, lizard, pannuke"):
+    with pytest.raises(InputError, match="valid: consep, lizard, pannuke"):
         get_type_table("nope")
-    with pytest.raises(KeyError, match="neutrophil"):
+    with pytest.raises(InputError, match="neutrophil"):
         LIZARD.id_of("macrophage")
     with pytest.raises(ValueError, match="duplicate"):
         NucleiTypeTable("x", ("a", "a"), ((0, 0, 0), (1, 1, 1)))

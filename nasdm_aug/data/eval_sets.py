@@ -96,10 +96,7 @@ def count_split_units(fmt: str, folder: str | os.PathLike) -> int:
     """
     from nasdm_aug.data.readers import get_reader
 
-    try:
-        spec = get_reader(fmt)
-    except KeyError as exc:
-        raise InputError(exc.args[0]) from None
+    spec = get_reader(fmt)
     names = spec.list_names(folder)
     if not names:
         raise InputError(f"{folder}: empty dataset (no images)")

@@ -22,7 +22,7 @@ from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.data.tile import Tile
 from nasdm_aug.data.tiling import Patches, TilingConfig, tile_image
 from nasdm_aug.types import NucleiTypeTable, get_type_table
-from nasdm_aug.utils import InputError, check_writable
+from nasdm_aug.utils import InputError, check_writable, unknown_name
 
 __all__ = ["FORMATS", "PrepareConfig", "prepare", "format_summary"]
 
@@ -59,7 +59,7 @@ class PrepareConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"unknown format {self.format!r}; valid: {', '.join(FORMATS)}")
+            raise unknown_name("format", self.format, FORMATS)
         if self.format != "toy" and not self.src:
             raise ValueError(f"format {self.format!r} needs a source folder (src)")
         if self.limit < 0 or self.toy_images < 1 or self.toy_size < 1 or self.workers < 1:
@@ -67,10 +67,7 @@ class PrepareConfig(ConfigBase):
         if self.compression not in ("lzf", "gzip", "none"):
             raise ValueError(f"compression must be lzf, gzip or none, got {self.compression!r}")
         if self.type_table:
-            try:
-                get_type_table(self.type_table)
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
+            get_type_table(self.type_table)  # raises on an unknown name
         if self.magnification < 0 or self.source_magnification < 0 or self.min_nucleus_area < 0:
             raise ValueError("magnification, source_magnification and min_nucleus_area must be >= 0")
         if self.magnification and self.magnification > self.native():

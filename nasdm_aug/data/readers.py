@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 from nasdm_aug.data.tile import Tile
 from nasdm_aug.types import CONSEP, LIZARD, PANNUKE, NucleiTypeTable
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 from nasdm_aug.data.label_io import load_rgb
 from nasdm_aug.data.readers_folder import CONSEP_CLASSES, CONSEP_MERGE, list_consep, list_lizard, read_consep, read_lizard
 from nasdm_aug.data.readers_npy import list_conic, list_pannuke, read_cellvit_label, read_conic, read_pannuke
@@ -82,8 +82,8 @@ def get_reader(name: str) -> ReaderSpec:
     """Return a registered reader.
 
     Raises:
-        KeyError: unknown format; the message lists the valid ones.
+        InputError: unknown format; the message lists the valid ones.
     """
     if name not in READERS:
-        raise KeyError(f"unknown format {name!r}; valid: {', '.join(sorted(READERS))}")
+        raise unknown_name("format", name, sorted(READERS))
     return READERS[name]

@@ -14,7 +14,7 @@ from nasdm_aug.data.label_io import (
 )
 from nasdm_aug.data.tile import Tile
 from nasdm_aug.types import CONSEP, LIZARD, NucleiTypeTable
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["read_lizard", "read_consep", "list_lizard", "list_consep", "CONSEP_MERGE", "CONSEP_CLASSES"]
 
@@ -212,5 +212,5 @@ def read_consep(src: str | os.PathLike, names: Sequence[str] | None = None,
             files (one line naming the file); an unknown ``classes`` value.
     """
     if classes not in CONSEP_CLASSES:
-        raise InputError(f"unknown CoNSeP classes {classes!r}; valid: {', '.join(CONSEP_CLASSES)}")
+        raise unknown_name("CoNSeP classes", classes, CONSEP_CLASSES)
     return _read_folder(src, names, type_table or CONSEP, _read_consep_one, classes=classes)

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["PatchStore", "StoreError", "SCHEMA_VERSION", "SPLITS", "ORIGINS", "parse_store_arg"]
 
@@ -187,7 +187,7 @@ class PatchStore:
                 out[key] = self.meta(key)[idx]
                 continue
             if key not in ARRAY_KEYS:
-                raise KeyError(f"unknown key {key!r}; valid: {list(ARRAY_KEYS + META_KEYS)}")
+                raise unknown_name("key", key, ARRAY_KEYS + META_KEYS)
             ds = self._dataset(key)
             data = ds[uniq] if len(uniq) else np.zeros((0, *ds.shape[1:]), ds.dtype)
             res = np.empty((len(idx), *data.shape[1:]), data.dtype)
@@ -198,7 +198,7 @@ class PatchStore:
     def meta(self, key: str) -> np.ndarray:
         """Per-patch metadata column (``source``, ``y``, ``x``, ``split``, ``origin``, ``parent``, ``seed``)."""
         if key not in META_KEYS:
-            raise KeyError(f"unknown metadata {key!r}; valid: {list(META_KEYS)}")
+            raise unknown_name("metadata", key, META_KEYS)
         if key not in self._meta_cache:
             ds = self._file()["meta"][key]
             col = ds.asstr()[:] if h5py.check_string_dtype(ds.dtype) else ds[:]

@@ -14,7 +14,7 @@ import numpy as np
 from nasdm_aug import __version__
 from nasdm_aug.data.store import ARRAY_KEYS, MAGIC, META_DTYPES, META_KEYS, ORIGINS, SCHEMA_VERSION, SPLITS
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError, atomic_output
+from nasdm_aug.utils import InputError, atomic_output, unknown_name
 
 __all__ = ["PatchStoreWriter"]
 
@@ -192,7 +192,7 @@ class PatchStoreWriter:
         """Record the per-image splits: split name -> source image names."""
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:
-            raise InputError(f"unknown split names {unknown}; valid: {list(SPLITS)}")
+            raise unknown_name("split names", unknown, SPLITS)
         self._splits = {k: sorted(str(v) for v in vals) for k, vals in splits.items()}
 
     def set_attr(self, key: str, value: Any) -> None:

@@ -20,6 +20,7 @@ from nasdm_aug.data.tile import Tile
 from nasdm_aug.data.toy_cells import build_cells
 from nasdm_aug.data.toy_shapes import paint_stamps
 from nasdm_aug.types import LIZARD
+from nasdm_aug.utils import unknown_name
 
 __all__ = ["FREQUENCIES", "ToyConfig", "generate_toy_tile", "write_toy_dataset", "tile_to_lizard_mat"]
 
@@ -55,7 +56,7 @@ class ToyConfig(ConfigBase):
         if len(self.size) != 2 or min(self.size) < 16:
             raise ValueError(f"size must be (H, W) with both >= 16, got {self.size}")
         if self.frequencies not in FREQUENCIES:
-            raise ValueError(f"unknown frequencies {self.frequencies!r}; valid: {', '.join(FREQUENCIES)}")
+            raise unknown_name("frequencies", self.frequencies, FREQUENCIES)
 
 
 def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
@@ -266,7 +267,7 @@ def generate_toy_tile(
         Tile with image uint8 [H, W, 3], inst int32 [H, W] (1..N), type uint8 [H, W] (LIZARD ids).
     """
     if frequencies not in FREQUENCIES:
-        raise KeyError(f"unknown frequencies {frequencies!r}; valid: {', '.join(FREQUENCIES)}")
+        raise unknown_name("frequencies", frequencies, FREQUENCIES)
     rng = _as_rng(rng)
     h, w = int(size[0]), int(size[1])
     bg = _background(rng, (h + 1) // 2, (w + 1) // 2)

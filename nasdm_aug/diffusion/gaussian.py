@@ -11,6 +11,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nasdm_aug.utils import unknown_name
+
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 __all__ = ["ModelMeanType", "ModelVarType", "LossType", "LOSS_WEIGHTINGS", "GaussianDiffusion", "extract_into_tensor"]
@@ -70,7 +72,7 @@ def _as_enum(value: Any, kind: type[enum.Enum]) -> enum.Enum:
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"unknown {kind.__name__} {value!r}; expected one of {[m.value for m in kind]}") from None
+        raise unknown_name(kind.__name__, value, [m.value for m in kind]) from None
 
 
 class GaussianDiffusion:
@@ -115,7 +117,7 @@ class GaussianDiffusion:
             raise ValueError(f"vb_weight must be a finite number >= 0, got {vb_weight!r}")
         self.vb_weight = float(vb_weight)
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}")
+            raise unknown_name("loss weighting", loss_weighting, LOSS_WEIGHTINGS)
         for name, value in (("snr_gamma", snr_gamma), ("p2_gamma", p2_gamma), ("p2_k", p2_k)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from nasdm_aug.utils import unknown_name
+
 from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
 from .schedules import get_named_beta_schedule
 
@@ -179,7 +181,7 @@ def respace(
         chosen among its kept steps.
     """
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
+        raise unknown_name("spacing", spacing, SPACINGS)
     if spacing == "logsnr":
         if not isinstance(section_counts, int):
             raise ValueError(f"logsnr spacing takes an int step count, got {section_counts!r}")

@@ -8,6 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from nasdm_aug.utils import unknown_name
+
 __all__ = ["get_named_beta_schedule", "betas_for_alpha_bar", "BETA_SCHEDULES"]
 
 BETA_SCHEDULES = ("linear", "cosine")
@@ -44,7 +46,8 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
         float64 array of betas, shape [T].
 
     Raises:
-        ValueError: unknown name or non-positive ``num_steps``.
+        InputError: unknown name.
+        ValueError: non-positive ``num_steps``.
     """
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -53,4 +56,4 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
-    raise ValueError(f"unknown beta schedule {name!r}; expected one of {list(BETA_SCHEDULES)}")
+    raise unknown_name("beta schedule", name, BETA_SCHEDULES)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nasdm_aug.utils import unknown_name
+
 from .gaussian import GaussianDiffusion
 
 __all__ = [
@@ -32,6 +34,20 @@ class ScheduleSampler(abc.ABC):
     @abc.abstractmethod
     def weights(self) -> np.ndarray:
         """Unnormalised non-negative sampling weights, shape [T]."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the next draws depend on beyond the constructor arguments, as CPU tensors (for
+        ``torch.save(weights_only=True)``); empty for a sampler that keeps no history."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: keys this sampler does not have.
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state; got keys {sorted(state)}")
 
     def sample(
         self, batch_size: int, device: torch.device | str, generator: torch.Generator | None = None
@@ -90,6 +106,29 @@ class LossSecondMomentResampler(ScheduleSampler):
     def _warmed_up(self) -> bool:
         return bool((self._loss_counts == self.history_per_term).all())
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The loss history [T, history_per_term] and the losses seen per timestep [T] (copies)."""
+        return {"loss_history": torch.from_numpy(self._loss_history.copy()),
+                "loss_counts": torch.from_numpy(self._loss_counts.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the loss history of :meth:`state_dict` (tensors or arrays, on any device).
+
+        Raises:
+            ValueError: a missing or unexpected key, or arrays of another shape than this
+                sampler's (another number of timesteps or ``history_per_term``).
+        """
+        want = {"loss_history": self._loss_history, "loss_counts": self._loss_counts}
+        if set(state) != set(want):
+            raise ValueError(f"loss-second-moment sampler state needs keys {sorted(want)}, got {sorted(state)}")
+        arrays = {k: np.asarray(torch.as_tensor(v).cpu()) for k, v in state.items()}
+        for key, arr in arrays.items():
+            if arr.shape != want[key].shape:
+                raise ValueError(f"loss-second-moment sampler state: {key} has shape {arr.shape}, "
+                                 f"this sampler needs {want[key].shape}")
+        self._loss_history[...] = arrays["loss_history"]
+        self._loss_counts[...] = arrays["loss_counts"]
+
     def update_with_local_losses(self, local_ts: torch.Tensor, local_losses: torch.Tensor) -> None:
         """Record this process's losses; gathers from all ranks when torch.distributed is initialised.
 
@@ -133,8 +172,8 @@ def create_named_schedule_sampler(name: str, diffusion: GaussianDiffusion) -> Sc
     """Build a timestep sampler by name: ``"uniform"`` or ``"loss-second-moment"``.
 
     Raises:
-        KeyError: unknown name (the message lists the valid names).
+        InputError: unknown name (the message lists the valid names).
     """
     if name not in SCHEDULE_SAMPLERS:
-        raise KeyError(f"unknown schedule sampler {name!r}; available: {sorted(SCHEDULE_SAMPLERS)}")
+        raise unknown_name("schedule sampler", name, SCHEDULE_SAMPLERS)
     return SCHEDULE_SAMPLERS[name](diffusion)

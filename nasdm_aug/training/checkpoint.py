@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -179,15 +180,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return latest
 
 
-_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
                        torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets), read from its
-    header alone, with the file's size checked against it: a truncated or foreign file is one
-    line here instead of a deserialisation traceback, and nothing is allocated.
+    """The tensor table of a safetensors file (name -> ``{"dtype": "F32", "shape": [...]}``), read
+    with ``safetensors.safe_open``, which maps the file and checks its header against its size
+    without reading any tensor: a truncated or foreign file is one line here instead of a
+    deserialisation traceback, and nothing is allocated.
 
     Raises:
         InputError: a missing, truncated or damaged file.
@@ -195,21 +196,26 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weights file missing")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-        if n < 2 or n > min(size - 8, _MAX_HEADER):
-            raise InputError(f"{path}: not a safetensors file or truncated ({size} bytes)")
-        try:
-            header = json.loads(fh.read(n))
-            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-            end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-        except (ValueError, KeyError, TypeError, IndexError):
-            raise InputError(f"{path}: damaged safetensors header") from None
-    if 8 + n + end > size:
-        raise InputError(f"{path}: truncated: its header describes {8 + n + end} bytes, the file holds {size}")
-    return tensors
+    table = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                table[name] = {"dtype": tensor.get_dtype(), "shape": list(tensor.get_shape())}
+    except Exception as exc:  # noqa: BLE001  SafetensorError and OSError alike
+        raise _unreadable(path, exc) from None
+    return table
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    """One line for a file ``safe_open`` refuses, after the kind of damage its message names."""
+    why = (str(exc).splitlines() or [type(exc).__name__])[0]
+    size = path.stat().st_size if path.is_file() else 0
+    if "header too small" in why or "header too large" in why or "invalid header length" in why:
+        return InputError(f"{path}: not a safetensors file or truncated ({size} bytes)")
+    if "file not fully covered" in why:  # the header describes more (or fewer) bytes than the file holds
+        return InputError(f"{path}: truncated (or padded): the file's {size} bytes are not what its header describes")
+    return InputError(f"{path}: damaged safetensors header ({why.removeprefix('Error while deserializing header: ')[:120]})")
 
 
 def check_weights_fit(model: nn.Module, header: dict[str, dict[str, Any]], path: str | os.PathLike,

@@ -17,6 +17,7 @@ from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
 from nasdm_aug.hardware import resolve_dtype
 from nasdm_aug.nets.presets import UNetConfig, get_preset
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
+from nasdm_aug.utils import unknown_name
 
 from .schedule import step_decay_lr
 
@@ -62,11 +63,11 @@ class DiffusionSettings(ConfigBase):
             ("mean_type", self.mean_type, ModelMeanType),
         ):
             if value not in _values(enum_cls):
-                raise ValueError(f"diffusion {name} {value!r} is not one of {_values(enum_cls)}")
+                raise unknown_name(f"diffusion {name}", value, _values(enum_cls))
         if not (self.vb_weight >= 0 and math.isfinite(self.vb_weight)):
             raise ValueError(f"vb_weight must be finite and >= 0, got {self.vb_weight}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"diffusion loss_weighting {self.loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}")
+            raise unknown_name("diffusion loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         for name in ("snr_gamma", "p2_gamma", "p2_k"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -158,7 +159,7 @@ class TrainConfig(ConfigBase):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
-            raise ValueError(f"schedule_sampler {self.schedule_sampler!r} is not one of {sorted(SCHEDULE_SAMPLERS)}")
+            raise unknown_name("schedule_sampler", self.schedule_sampler, SCHEDULE_SAMPLERS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -252,10 +253,10 @@ def get_train_preset(kind: str, name: str, **model_overrides: Any) -> TrainConfi
         **model_overrides: UNetConfig fields that follow the data (``n_types``, ``image_size``).
 
     Raises:
-        KeyError: unknown preset name (the message lists the valid names).
+        InputError: unknown preset name (the message lists the valid names).
     """
     if name not in TRAIN_PRESETS:
-        raise KeyError(f"unknown training preset {name!r}; available: {sorted(TRAIN_PRESETS)}")
+        raise unknown_name("training preset", name, TRAIN_PRESETS)
     fields = {**TRAIN_PRESETS[name], **_PER_KIND.get(name, {}).get(kind, {})}
     diffusion = DiffusionSettings(**_PER_KIND_DIFFUSION.get(name, {}).get(kind, {}))
     model_fields = {**_PER_KIND_MODEL.get(name, {}).get(kind, {}), **model_overrides}

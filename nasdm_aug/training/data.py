@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Sampler
 from nasdm_aug.data.masks import encode_mask, mask_channels, patch_condition, type_presence
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import MODEL_KINDS
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = [
     "ModelKind",
@@ -50,7 +50,7 @@ def x_to_image(x: torch.Tensor) -> torch.Tensor:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; valid: {list(KINDS)}")
+        raise unknown_name("model kind", kind, KINDS)
 
 
 class NASDMDataset(Dataset):

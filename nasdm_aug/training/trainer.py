@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.diffusion.gaussian import GaussianDiffusion
 from nasdm_aug.diffusion.timestep_samplers import ScheduleSampler, create_named_schedule_sampler
 from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
+from nasdm_aug.utils import InputError
 
 from .checkpoint import latest_checkpoint, load_optimizer_state, load_trainer_state, load_weights, save_checkpoint
 from .config import TrainConfig
@@ -188,7 +189,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
-            "schedule_sampler": _sampler_state(self.schedule_sampler),
+            "schedule_sampler": self.schedule_sampler.state_dict(),
             "layout": self.layout,
             "precision": self.precision,
         }
@@ -219,7 +220,11 @@ class Trainer:
         if not_restored and self.dist.is_main:  # one line for the job, not one per rank
             warnings.warn(f"{ckpt_dir}: {not_restored}; training is unaffected: every step reseeds its generators",
                           stacklevel=2)
-        _load_sampler_state(self.schedule_sampler, state.get("schedule_sampler", {}))
+        if "schedule_sampler" in state:  # absent from checkpoints written before it was saved
+            try:
+                self.schedule_sampler.load_state_dict(state["schedule_sampler"])
+            except ValueError as exc:
+                raise InputError(f"{Path(ckpt_dir) / 'trainer_state.pt'}: {exc}") from None
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 only; other ranks return None)."""
@@ -408,20 +413,3 @@ def _restore_cuda_rng(saved: torch.Tensor | list[torch.Tensor] | None, device: t
         return None
     return (f"restored the CUDA RNG state of cuda:{index} only, of {len(states)} saved per-GPU states "
             f"({torch.cuda.device_count()} GPU(s) visible now)")
-
-
-def _sampler_state(sampler: ScheduleSampler) -> dict[str, torch.Tensor]:
-    # The loss-aware sampler's history decides future timesteps, so an exact resume needs it.
-    # It has no state_dict of its own, so its two private arrays are read directly.
-    if hasattr(sampler, "_loss_history"):
-        return {
-            "loss_history": torch.from_numpy(sampler._loss_history.copy()),
-            "loss_counts": torch.from_numpy(sampler._loss_counts.copy()),
-        }
-    return {}
-
-
-def _load_sampler_state(sampler: ScheduleSampler, state: dict[str, torch.Tensor]) -> None:
-    if state and hasattr(sampler, "_loss_history"):
-        sampler._loss_history[...] = state["loss_history"].numpy()
-        sampler._loss_counts[...] = state["loss_counts"].numpy()

@@ -163,7 +163,7 @@ def test_rgba_with_opaque_alpha_converts(tmp_path):
 
 def test_registry_lists_valid_names():
     assert set(READERS) == {"lizard", "consep", "conic", "pannuke"}
-    with pytest.raises(KeyError, match="valid: conic, consep, lizard, pannuke"):
+    with pytest.raises(InputError, match="valid: conic, consep, lizard, pannuke"):
         get_reader("kumar")
 
 

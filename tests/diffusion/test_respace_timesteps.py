@@ -18,6 +18,7 @@ from nasdm_aug.diffusion import (
     respace,
     space_timesteps,
 )
+from nasdm_aug.utils import InputError
 
 T = 100
 
@@ -121,5 +122,5 @@ def test_loss_aware_sampler_prefers_high_loss_steps_and_stays_unbiased():
 def test_named_schedule_sampler_registry():
     d = create_diffusion(steps=T)
     assert isinstance(create_named_schedule_sampler("loss-second-moment", d), LossSecondMomentResampler)
-    with pytest.raises(KeyError, match="uniform"):
+    with pytest.raises(InputError, match="uniform"):
         create_named_schedule_sampler("importance", d)

@@ -99,7 +99,7 @@ def test_encoder_weights_local_file_and_errors(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(src.encoder.state_dict().values(), dst.encoder.state_dict().values()))
     with pytest.raises(InputError, match="not found"):
         HoVerNet(SMALL.replace(encoder_weights=str(tmp_path / "missing.pt")))
-    with pytest.raises(KeyError, match="unknown smp encoder"):
+    with pytest.raises(InputError, match="unknown smp encoder"):
         HoVerNet(SMALL.replace(encoder="no_such_net"))
 
     import segmentation_models_pytorch.encoders as enc

@@ -17,8 +17,8 @@ from html_check import check_in_browser, check_self_contained, find_browser
 from cli.main import cli
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
-from nasdm_aug.metrics.inception import file_sha256
 from nasdm_aug.types import LIZARD
+from nasdm_aug.utils import file_digest
 
 SIZE = 32
 
@@ -84,7 +84,7 @@ def test_dry_run_prints_resolved_config(files):
 def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     out = files["root"] / "report"
     args = ["evaluate", "--real", str(files["real"]), "--synthetic", str(files["bank"]), "--inception",
-            str(files["feats"]), "--inception-sha256", file_sha256(files["feats"]), "--segmenter", str(files["hovernet"]), "--out", str(out)]
+            str(files["feats"]), "--inception-sha256", file_digest(files["feats"], length=64), "--segmenter", str(files["hovernet"]), "--out", str(out)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "config.json", "best_patches.png",
@@ -114,7 +114,7 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
 
 def test_bad_inputs_are_one_clear_line(files, tmp_path):
     base = ["evaluate", "--synthetic", str(files["bank"]), "--inception", str(files["feats"]),
-            "--inception-sha256", file_sha256(files["feats"]), "--out", str(tmp_path / "o")]
+            "--inception-sha256", file_digest(files["feats"], length=64), "--out", str(tmp_path / "o")]
     cases = [
         (["--real", str(tmp_path / "missing.h5")], "missing.h5: store not found"),
         (["--real", f"{files['real']}:Nope"], "Nope"),
@@ -167,7 +167,7 @@ def test_feature_cache_is_keyed_and_reused(files, tmp_path):
     key = feature_cache_path(path, "Train", idx, "d1")
     assert key != feature_cache_path(path, "Test", idx, "d1") != feature_cache_path(path, "Train", idx[:3], "d1")
     assert key != feature_cache_path(path, "Train", idx, "d2")
-    ex = InceptionExtractor(files["feats"], sha256=file_sha256(files["feats"]))
+    ex = InceptionExtractor(files["feats"], sha256=file_digest(files["feats"], length=64))
     store = PatchStore(path)
     first = store_features(store, idx, ex, "Train")
     assert feature_cache_path(path, "Train", idx, ex.digest).is_file()
@@ -176,7 +176,7 @@ def test_feature_cache_is_keyed_and_reused(files, tmp_path):
         def __call__(self, images, progress=False):
             raise AssertionError("features were recomputed instead of read from the cache")
 
-    again = store_features(store, idx, Refuse(files["feats"], sha256=file_sha256(files["feats"])), "Train")
+    again = store_features(store, idx, Refuse(files["feats"], sha256=file_digest(files["feats"], length=64)), "Train")
     assert np.array_equal(first["features"], again["features"]) and again["probs"] is None
     before = feature_cache_path(path, "Train", idx, ex.digest)
     st = path.stat()

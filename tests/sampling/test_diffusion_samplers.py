@@ -18,6 +18,7 @@ from nasdm_aug.sampling import (
     sample,
     sample_seed,
 )
+from nasdm_aug.utils import InputError
 
 
 def run(name, model, shape, diffusion, steps, **kwargs):
@@ -138,7 +139,7 @@ def test_options_resolve_each_samplers_default_steps_and_read_old_flat_records()
 
 def test_registry():
     assert DEFAULT_SAMPLER in SAMPLERS and DEFAULT_STEPS <= 50
-    with pytest.raises(KeyError, match="ddim"):
+    with pytest.raises(InputError, match="ddim"):
         get_sampler("euler")
 
 

@@ -32,7 +32,7 @@ def test_truncated_and_foreign_weights(toy):
     weights = toy / "patch" / "ema.safetensors"
     full = weights.read_bytes()
     weights.write_bytes(full[: len(full) // 2])
-    with pytest.raises(InputError, match=r"ema.safetensors: truncated: its header describes \d+ bytes, the file holds"):
+    with pytest.raises(InputError, match=r"ema.safetensors: truncated \(or padded\): the file's \d+ bytes are not what its header describes$"):
         load_checkpoint(toy / "patch")
     weights.write_bytes(full[:1000])
     with pytest.raises(InputError, match="not a safetensors file or truncated"):
@@ -90,3 +90,19 @@ def test_weights_of_another_dtype_are_refused(toy):
     save_file(state, str(weights))
     with pytest.raises(InputError, match=f"'{name}' is F64 in the file, the model needs F32"):
         load_checkpoint(toy / "mask")
+
+
+def test_safetensors_header_lists_names_shapes_and_dtypes(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}, str(path), metadata={"step": "7"})
+    assert safetensors_header(path) == {"a": {"dtype": "F32", "shape": [2, 3]}, "b": {"dtype": "BF16", "shape": [4]}}
+    path.write_bytes(path.read_bytes() + b"\0" * 8)  # bytes the header does not describe
+    with pytest.raises(InputError, match=r"w.safetensors: truncated \(or padded\): the file's \d+ bytes"):
+        safetensors_header(path)
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"w.safetensors: not a safetensors file or truncated \(0 bytes\)$"):
+        safetensors_header(path)
+    with pytest.raises(InputError, match="nope.safetensors: weights file missing"):
+        safetensors_header(tmp_path / "nope.safetensors")

@@ -133,12 +133,26 @@ def test_bf16_channels_last_and_loss_aware_sampler_state(store_path, tmp_path):
     record = trainer.run()
     assert np.isfinite(record["loss"]) and record["step"] == 2
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, not a cast
-    counts = trainer.schedule_sampler._loss_counts
-    assert counts.sum() == 2 * cfg.batch_size  # both steps' losses were recorded
+    saved = trainer.schedule_sampler.state_dict()
+    assert saved["loss_counts"].sum() == 2 * cfg.batch_size  # both steps' losses were recorded
     fresh = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
     fresh.load(latest_checkpoint(tmp_path))
-    assert fresh.step == 2 and np.array_equal(fresh.schedule_sampler._loss_history, trainer.schedule_sampler._loss_history)
+    restored = fresh.schedule_sampler.state_dict()
+    assert fresh.step == 2 and all(torch.equal(restored[k], saved[k]) for k in ("loss_history", "loss_counts"))
     assert all(torch.equal(a, b) for a, b in zip(fresh.ema.module.parameters(), trainer.ema.module.parameters()))
+    # the on-disk keys are the ones checkpoints have always had
+    state_path = latest_checkpoint(tmp_path) / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert set(state["schedule_sampler"]) == {"loss_history", "loss_counts"}
+    # a checkpoint without the sampler's history resumes with a fresh one
+    torch.save({k: v for k, v in state.items() if k != "schedule_sampler"}, state_path)
+    older = Trainer(build_model(cfg.model), cfg.diffusion.build(), ds, cfg, tmp_path, progress=False)
+    older.load(latest_checkpoint(tmp_path))
+    assert older.step == 2 and older.schedule_sampler.state_dict()["loss_counts"].sum() == 0
+    state["schedule_sampler"]["loss_counts"] = torch.zeros(3, dtype=torch.int64)
+    torch.save(state, state_path)
+    with pytest.raises(InputError, match=r"trainer_state.pt: loss-second-moment sampler state: loss_counts has shape \(3,\)"):
+        older.load(latest_checkpoint(tmp_path))
 
 
 def test_resume_in_another_layout_continues_the_same_run(store_path, tmp_path):
