@@ -45,8 +45,8 @@ if has eval; then
 fi
 if has study; then
   stamp "study start"
-  ( one "$NASDM" benchmark --preset consep --store consep.h5 --s1 s1.h5 --s2 s2.h5 --study addition --out study-addition ${STUDY_OPTS:-}
-    one "$NASDM" benchmark --preset consep --store consep.h5 --s1 s1.h5 --s2 s2.h5 --study real-vs-synthetic --out study-rvs ${STUDY_OPTS:-} ) > study_a.log 2>&1 &
-  one "$NASDM" benchmark --preset consep --store consep.h5 --s1 s1.h5 --s2 s2.h5 --study replacement --runs 2 --out study-replacement ${STUDY_OPTS:-} > study_b.log 2>&1 &
+  ( one "$NASDM" benchmark --preset consep --store consep.h5 --bank S1=s1.h5 --bank S2=s2.h5 --study addition --out study-addition ${STUDY_OPTS:-}
+    one "$NASDM" benchmark --preset consep --store consep.h5 --bank S1=s1.h5 --bank S2=s2.h5 --study real-vs-synthetic --out study-rvs ${STUDY_OPTS:-} ) > study_a.log 2>&1 &
+  one "$NASDM" benchmark --preset consep --store consep.h5 --bank S1=s1.h5 --bank S2=s2.h5 --study replacement --runs 2 --out study-replacement ${STUDY_OPTS:-} > study_b.log 2>&1 &
   wait; stamp "study end"
 fi

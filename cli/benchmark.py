@@ -1,11 +1,23 @@
-"""``nasdm-aug benchmark``: the paper's addition, replacement and synthetic-vs-real studies, and the
-rare-type balancing study."""
+"""``nasdm-aug benchmark``: the paper's addition, replacement and synthetic-vs-real studies, the
+rare-type balancing study and the low-label study."""
 
 from __future__ import annotations
 
 import click
 
-from nasdm_aug.studies.registry import STUDY_REGISTRY
+from nasdm_aug.studies.registry import BANK_REGISTRY, STUDY_REGISTRY
+
+_BANKS = "; ".join(f"{b.name}: {b.about}" for b in BANK_REGISTRY.values())
+
+
+def _old_bank_flag(name: str):
+    """A removed per-bank flag, kept hidden for one release: it still works and says what replaces it."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            click.echo(f"note: --{param.name.replace('_', '-')} is replaced by --bank {name}=BANK.h5", err=True)
+            ctx.meta.setdefault("old_banks", []).append(f"{name}={value}")
+        return value
+    return callback
 
 
 @click.command("benchmark")
@@ -13,7 +25,8 @@ from nasdm_aug.studies.registry import STUDY_REGISTRY
               help="A named study preset or a StudyConfig JSON file.")
 @click.option("--study", type=click.Choice([*STUDY_REGISTRY, "all"]),
               default="all", show_default=True,
-              help="Which study (Table 3, 4 or 5 of the paper, or rare-type balance); all = the paper's three.")
+              help="Which study (Table 3, 4 or 5 of the paper, rare-type balance, or few labels); all = the "
+                   "paper's three.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, metavar="DIR",
               help="Output folder; finished runs in it are reused on a rerun when made with the same "
                    "configuration and data.")
@@ -25,62 +38,57 @@ from nasdm_aug.studies.registry import STUDY_REGISTRY
                    "the whole store if it has one split, else Test) or a dataset folder, prepared once into "
                    "OUT/data/test.h5 like the study's data, all its images as Test.")
 @click.option("--model", "models", multiple=True, metavar="RUN",
-              help="NASDM runs that make S1/S2 ('toy', or mask and patch run dirs; repeat the option).")
-@click.option("--s1", default=None, metavar="BANK.h5", help="An existing S1 bank (synthetic from R1 masks).")
-@click.option("--s2", default=None, metavar="BANK.h5", help="An existing S2 bank (synthetic from R2 masks).")
-@click.option("--balance-bank", default=None, metavar="BANK.h5",
-              help="Balance study: an existing bank of generated rare-type patches (else made with --model).")
+              help="NASDM runs that make the banks ('toy', 'consep-cpu', or mask and patch run dirs; repeat the "
+                   "option).")
+@click.option("--bank", "banks", multiple=True, metavar="NAME=BANK.h5",
+              help=f"An existing synthetic bank (repeat the option); else made in OUT/banks with --model. {_BANKS}.")
+@click.option("--s1", default=None, hidden=True, callback=_old_bank_flag("S1"), expose_value=False)
+@click.option("--s2", default=None, hidden=True, callback=_old_bank_flag("S2"), expose_value=False)
+@click.option("--balance-bank", default=None, hidden=True, callback=_old_bank_flag("B"), expose_value=False)
 @click.option("--balance-target", default=None, metavar="uniform|sqrt|NAME=W,...",
               help="Balance study: target nuclei-type distribution (default: the preset's, uniform).")
+@click.option("--segmenter", default=None, metavar="HV_RUN",
+              help="A HoVerNet run trained on real data that scores a bank's fidelity for the filtered rows, "
+                   "where the bank holds no scores yet (see `nasdm-aug score`).")
+@click.option("--label-split", default=None, metavar="R2|R1",
+              help="Low-label study: the split whose fractions are labelled, with the bank of its own masks "
+                   "(R2 with S2, the default; R1 with S1).")
+@click.option("--label-fractions", default=None, metavar="F,F,...",
+              help="Low-label study: the labelled shares of the split (default 0.1,0.25).")
 # -- protocol
+@click.option("--equal-steps/--equal-epochs", default=None,
+              help="Train every row of a study for the same optimiser steps (a smaller row repeats its own "
+                   "patches), or for the same epochs as the paper does (the preset's choice by default).")
+@click.option("--epoch-patches", type=click.IntRange(min=1), default=None,
+              help="With --equal-steps: patches per epoch (default: the study's largest row).")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Runs (seeds) per row.")
 @click.option("--epochs", default=None, metavar="P1,P2",
               help="HoVerNet epochs of phase 1 (encoder frozen) and phase 2 (all layers), overriding the preset's.")
+@click.option("--val-patches", type=click.IntRange(min=0), default=None,
+              help="Validation patches from Train outside R1 choosing each run's best epoch (0: keep the last).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
 @click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
 @click.option("--overwrite", is_flag=True,
               help="Train again the runs in --out that were made with another configuration (else refused).")
-@click.option("--dry-run", is_flag=True, help="Print the config and the runs with their data sizes, then exit.")
-def benchmark(preset, study, out, store, source, test, models, s1, s2, balance_bank, balance_target, runs, epochs, seed,
-              device, overwrite, dry_run) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the config, the banks and the runs with their data sizes, "
+                                              "then exit.")
+@click.pass_context
+def benchmark(ctx, preset, study, out, store, source, test, models, banks, balance_target, segmenter, label_split,
+              label_fractions, equal_steps, epoch_patches, runs, epochs, val_patches, seed, device, overwrite,
+              dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
     (or on --test)."""
-    from pathlib import Path
+    from nasdm_aug.studies.config import parse_bank_args, study_config
+    from nasdm_aug.studies.run import describe_study, run_studies
 
-    from nasdm_aug.data.store import PatchStore
-    from nasdm_aug.studies import (
-        StudyTestSet, check_store, get_study_preset, plan_study, resolve_test_set, run_studies, select_rows,
-    )
-
-    config = get_study_preset(preset)
-    changes = {"store": store, "source": source, "test": test, "s1": s1, "s2": s2, "balance_bank": balance_bank,
-               "balance_target": balance_target, "n_runs": runs, "seed": seed, "device": device}
-    config = config.replace(**{k: v for k, v in changes.items() if v is not None})
-    if models:
-        config = config.replace(model=tuple(models))
-    if epochs is not None:
-        try:
-            config = config.replace(epochs=tuple(int(e) for e in epochs.split(",")))
-        except ValueError as exc:
-            raise click.BadParameter(f"expected two epoch counts P1,P2 (e.g. 1,2), got {epochs!r} ({exc})",
-                                     param_hint="--epochs") from None
-    rows = select_rows(study)
+    config = study_config(preset, store=store, source=source, test=test, model=models,
+                          banks=parse_bank_args((*ctx.meta.get("old_banks", ()), *banks)) or None,
+                          balance_target=balance_target, segmenter=segmenter, label_split=label_split,
+                          label_fractions=label_fractions,
+                          equal_steps=equal_steps, epoch_patches=epoch_patches, n_runs=runs, epochs=epochs,
+                          val_patches=val_patches, seed=seed, device=device)
     if dry_run:
-        click.echo(config.to_json())
-        real = PatchStore(config.store) if config.store else None
-        if real is not None:
-            check_store(real, rows, own_test=not config.test)
-        test_set = resolve_test_set(config, real, Path(out), make=False)  # checks a given test store
-        if test_set is None:
-            test_set = StudyTestSet.own(real) if real is not None else None
-        click.echo(test_set.describe() if test_set else "test set: the store's own Test split")
-        if real is not None:
-            for run in plan_study(real, rows, config):
-                click.echo(f"{run['study']:<18} {run['row']:<18} seed {run['seed']}: {run['n_patches']} patches "
-                           f"({run['n_real']} real + {'up to ' if run.get('upto') else ''}{run['n_synthetic']} synthetic)")
-        else:
-            click.echo(f"{len(rows) * config.n_runs} runs ({len(rows)} rows x {config.n_runs} seeds); data sizes "
-                       "follow once the store is prepared (or pass --store)")
+        click.echo("\n".join(describe_study(config, study, out)))
         return
     run_studies(config, study, out, overwrite=overwrite)
     click.echo(open(f"{out}/tables.md").read())

@@ -24,6 +24,11 @@ _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
 @click.option("--base-fraction", type=float, default=0.25, help="--mode add: fraction of SPLIT kept as the real base")
 @click.option("--include-generated", is_flag=True, help="--mode add/synthetic: also draw patches of generated masks")
 @click.option("--target", default="sqrt", metavar="uniform|sqrt|NAME=W,...", help="--mode balance: target type distribution")
+# -- the fidelity filter (scores of `nasdm-aug score`)
+@click.option("--min-fidelity", type=float, default=None, metavar="S",
+              help="only bank patches whose fidelity score is at least S (the mix's --bank, or STORE if a bank)")
+@click.option("--top-fraction", type=float, default=None, metavar="F",
+              help="only the best fraction F of the bank's scored patches (not with --min-fidelity)")
 # -- format details
 @click.option("--map", "type_map", default=None, metavar="SRC=DST,...",
               help="conic / pannuke: where the store's types go when the format has no type of that name "
@@ -32,14 +37,16 @@ _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
 @click.option("--tissue", default=None, help="pannuke: the tissue name written to types.csv (default 'unknown')")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, include_generated, target, type_map,
-                   fold, tissue, overwrite, quiet):
+def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, include_generated, target,
+                   min_fidelity, top_fraction, type_map, fold, tissue, overwrite, quiet):
     """Write STORE (all patches, or SPLIT), or a mixed set of STORE:SPLIT and --bank, to OUT in
     the layout of another tool, with a manifest tracing every patch to its store and origin.
 
     \b
       nasdm-aug export consep.h5:Train out/hovernet --format hovernet
       nasdm-aug export consep.h5:R2 out/mix --format png --mode add --ratio 0.5 --bank s2.h5 --seed 0
+      nasdm-aug export consep.h5:R2 out/best --format png --mode add --bank s2.h5 --top-fraction 0.5
+      nasdm-aug export s2.h5 out/s2-good --format hovernet --min-fidelity 0.6
       nasdm-aug export lizard.h5:Train out/pannuke --format pannuke \\
           --map neutrophil=inflammatory,lymphocyte=inflammatory,plasma=inflammatory,eosinophil=inflammatory
     """
@@ -60,14 +67,21 @@ def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, 
         tgt = parse_target(target)
         mix = MixConfig(mode=mode, split=split or "Train", ratio=ratio, base_fraction=base_fraction,
                         include_generated=include_generated, seed=seed,
-                        target=tgt if isinstance(tgt, str) else dict(tgt))
+                        target=tgt if isinstance(tgt, str) else dict(tgt),
+                        min_fidelity=min_fidelity, top_fraction=top_fraction)
     if fmt != "pannuke" and (fold is not None or tissue is not None):
         raise InputError("--fold and --tissue are options of --format pannuke")
+    filt = {} if mix is not None else {"min_fidelity": min_fidelity, "top_fraction": top_fraction}
     manifest = export(path, out, fmt, split=split, bank=bank, mix=mix, type_map=parse_type_map(type_map),
-                      overwrite=overwrite, progress=not quiet, fold=fold, tissue=tissue)
+                      overwrite=overwrite, progress=not quiet, fold=fold, tissue=tissue, **filt)
     o = manifest["origins"]
     click.echo(f"wrote {manifest['patches']} patches ({o['real']} real, {o['synthetic']} synthetic) to {out} "
                f"as {fmt}; manifest.json and manifest.csv trace each one")
+    f = manifest["fidelity_filter"]
+    if f:
+        rule = f"min fidelity {f['min_fidelity']:g}" if f["min_fidelity"] is not None else \
+            f"top fraction {f['top_fraction']:g}"
+        click.echo(f"fidelity filter ({rule}): kept {f['kept']} of {f['of']} bank patches")
     if manifest["type_map"]:
         moved = {k: v for k, v in manifest["type_map"].items() if k != v}
         if moved:

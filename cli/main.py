@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train:train_command", "train the NASDM mask or patch diffusion model on a PatchStore split"),
     "toy": ("cli.toy:toy", "write procedural H&E toy tissue (Lizard layout) with exact labels"),
     "synthesize": ("cli.synthesize:synthesize", "make a synthetic patch bank from real or generated masks"),
+    "score": ("cli.score:score", "fidelity score per bank patch: how well a real-data HoVerNet finds its own nuclei"),
     "benchmark": ("cli.benchmark:benchmark", "reproduce the addition, replacement and synthetic-vs-real studies"),
     "demo": ("cli.demo:demo", "run the whole product on the built-in toy tissue and write a report"),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),

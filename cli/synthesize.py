@@ -23,7 +23,9 @@ from nasdm_aug.utils import InputError
 @click.option("--indices", default=None, metavar="I,J,...", help="With --masks: explicit patch indices.")
 @click.option("--types", default=None, metavar="NAMES",
               help="Generated masks: 'all', 'random', or comma-separated type names (e.g. epithelial,lymphocyte).")
-@click.option("--num", type=int, default=None, metavar="N", help="Generated masks: number of patches.")
+@click.option("--num", type=int, default=None, metavar="N",
+              help="Generated masks: number of patches. With --recombine: masks to make (default one per mask of "
+                   "the split).")
 @click.option("--combination", "combinations", multiple=True, metavar="NAME+NAME:N",
               help="Generated masks: N patches holding exactly these types (repeat the option).")
 @click.option("--marker-threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -34,8 +36,12 @@ from nasdm_aug.utils import InputError
 @click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
               help="Generated masks of the type combinations that move this real split (default Train) "
                    "toward --target; the plan is stored in the bank's attrs['balance_plan'].")
+@click.option("--recombine", default=None, metavar="STORE.h5[:SPLIT]",
+              help="Recombined masks: real masks of this split (default Train) with real nuclei of the types it "
+                   "lacks relative to --target added, drawn by the patch model; how they were made is stored in "
+                   "the bank's attrs['recombine'].")
 @click.option("--target", default="sqrt", show_default=True, metavar="uniform|sqrt|NAME=W,...",
-              help="With --balance-for: target type distribution.")
+              help="With --balance-for or --recombine: target type distribution.")
 @click.option("--ratio", type=float, default=0.5, show_default=True, metavar="R",
               help="With --balance-for: at most R x (split size) patches, R in (0, 1].")
 # -- output
@@ -69,8 +75,8 @@ from nasdm_aug.utils import InputError
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="A full SynthesizeConfig; options given on the line override it.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the number of patches, then exit.")
-def synthesize(models, masks, split, indices, types, num, combinations, marker_threshold, balance_for, target, ratio, out, overwrite,
-               resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, compile_, device, config_path,
+def synthesize(models, masks, split, indices, types, num, combinations, marker_threshold, balance_for, recombine, target,
+               ratio, out, overwrite, resume, preview, sampler, steps, guidance, eta, seed, batch_size, dtype, layout, compile_, device, config_path,
                dry_run) -> None:
     """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
     from nasdm_aug.synthesize import SynthesizeConfig, plan_jobs, synthesize as run
@@ -82,10 +88,14 @@ def synthesize(models, masks, split, indices, types, num, combinations, marker_t
     plan = _balance_plan(balance_for, target, ratio) if balance_for else None
     if plan is not None:
         combinations = plan.combinations
-    if masks is not None or types is not None or combinations:  # the source given on the line replaces the config's
-        base.update({"masks": "", "types": "", "num": 0, "split": "", "indices": [], "combinations": []})
+    if masks is not None or types is not None or combinations or recombine:  # the source given on the line replaces the config's
+        base.update({"masks": "", "types": "", "num": 0, "split": "", "indices": [], "combinations": [],
+                     "recombine": None})
     if combinations:
         base["combinations"] = list(combinations)
+    if recombine:
+        base["recombine"] = _recombine_options(recombine, target, num)
+        given["num"] = None  # the count of recombined masks lives in recombine.n
     base.update({k: v for k, v in given.items() if v is not None})
     base["sampling"] = _sampling(dict(base.get("sampling") or {}), sampler, steps, eta)
     if tuple(models) != ("toy",) or "model" not in base:
@@ -131,6 +141,25 @@ def _sampling(base: dict, sampler: str | None, steps: int | None, eta: float | N
     if eta is not None:
         base["eta"] = eta
     return base
+
+
+def _recombine_options(arg: str, target: str, num: int | None) -> dict:
+    """``RecombineOptions`` fields for ``--recombine STORE.h5[:SPLIT]`` (split Train when none is named)."""
+    import numpy as np
+
+    from nasdm_aug.data.store import PatchStore, parse_store_arg
+    from nasdm_aug.mixing.balance import parse_target, resolve_target
+
+    path, split = parse_store_arg(arg, "Train")
+    if not Path(path).is_file():
+        raise InputError(f"--recombine: {path} does not exist")
+    store = PatchStore(path)
+    if split not in store.splits:
+        raise InputError(f"--recombine: {path} has no split {split!r} (splits: {', '.join(store.splits) or 'none'})")
+    resolve_target(parse_target(target), store.type_table, np.ones(store.type_table.n_types), path)  # names it lacks
+    if num is not None and num < 1:
+        raise InputError(f"--num must be >= 1 with --recombine, got {num}")
+    return {"store": path, "split": split, "target": target, "n": num or 0}
 
 
 def _balance_plan(balance_for: str, target: str, ratio: float):

@@ -42,9 +42,6 @@ def open_eval_data(data_arg: str | os.PathLike, model_dir: str | os.PathLike, *,
         InputError: an unreadable store or folder, a folder without ``fmt`` (or a store with it),
             or a test set whose type table or magnification differs from the model's.
     """
-    from hovernet.data import store_dataset
-    from nasdm_aug.data.magnification import check_same_scale
-
     path, split, is_folder = parse_data_arg(data_arg)
     ckpt = resolve_model_dir(model_dir)
     info = json.loads((ckpt / "data.json").read_text()) if (ckpt / "data.json").is_file() else {}
@@ -54,18 +51,43 @@ def open_eval_data(data_arg: str | os.PathLike, model_dir: str | os.PathLike, *,
     if not is_folder:
         if fmt:
             raise InputError(f"`fmt` {fmt} reads a dataset folder, but `data_arg` {data_arg} is a store")
-        store, split, n = open_eval_store(path, split)
-        if model_table is not None:
-            check_same_types(f"test store {path}", store.type_table, model_what, model_table)
-        check_same_scale(f"test store {path}", {"magnification": store.magnification}, model_what,
-                         {"magnification": model_mag})
-        store.close()
-        ds = store_dataset(path, split)
-        try:
-            yield ds, f"{path}:{split}" if split else f"{path} (whole store)"
-        finally:
-            _close(ds)
+        with _store_test_set(path, split, model_what, model_table, model_mag) as found:
+            yield found
         return
+    with _folder_test_set(path, fmt, ckpt, info, model_what, model_table, model_mag, magnification=magnification,
+                          consep_classes=consep_classes, progress=progress) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _store_test_set(path: Path, split: str | None, model_what: str, model_table: NucleiTypeTable | None,
+                    model_mag: float | None) -> Iterator[tuple[Dataset, str]]:
+    """:func:`open_eval_data` of a store: its ``split`` (or all of it), checked against the model
+    named ``model_what`` (its type table where recorded, and magnification)."""
+    from hovernet.data import store_dataset
+    from nasdm_aug.data.magnification import check_same_scale
+
+    store, split, n = open_eval_store(path, split)
+    if model_table is not None:
+        check_same_types(f"test store {path}", store.type_table, model_what, model_table)
+    check_same_scale(f"test store {path}", {"magnification": store.magnification}, model_what,
+                     {"magnification": model_mag})
+    store.close()
+    ds = store_dataset(path, split)
+    try:
+        yield ds, f"{path}:{split}" if split else f"{path} (whole store)"
+    finally:
+        _close(ds)
+
+
+@contextlib.contextmanager
+def _folder_test_set(path: Path, fmt: str | None, ckpt: Path, info: dict[str, Any], model_what: str,
+                     model_table: NucleiTypeTable | None, model_mag: float | None, *, magnification: float | None,
+                     consep_classes: str | None, progress: bool) -> Iterator[tuple[Dataset, str]]:
+    """:func:`open_eval_data` of a dataset folder: prepared into a temporary store at the scale and
+    patch size of the model (``ckpt`` and its data.json ``info``), all its images as Test."""
+    from hovernet.data import store_dataset
+    from nasdm_aug.data.magnification import check_same_scale
     from nasdm_aug.data.readers import READERS
 
     if not fmt:

@@ -2,14 +2,15 @@
 
 ``generate_masks`` samples the mask model for a multi-hot choice of types and decodes instance +
 type maps; ``generate_patches`` samples the SPADE patch model for given maps; ``generate`` chains
-both (the paper's NASDM++). Every sample is seeded by (seed, its index), never by batch.
+both (the paper's NASDM++). Every sample is seeded by (seed, its index), never by batch. The
+shipped models and the finding and loading of runs are in :mod:`nasdm_aug.training.model_runs`,
+whose names this module re-exports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,24 +21,18 @@ from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
 from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, memory_format, resolve_dtype, resolve_sampling_layout
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
-from nasdm_aug.training.checkpoint import load_checkpoint, load_data_info, resolve_checkpoint
+from nasdm_aug.training.checkpoint import load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.training.data import x_to_image
+from nasdm_aug.training.model_runs import (NAMED_MODELS, TOY_MODEL_DIR, load_model_run, model_weights_hash,
+                                           named_model_dir, resolve_model_dirs)
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "DEFAULT_GUIDANCE",
            "DEFAULT_MARKER_THRESHOLD", "resolve_types",
-           "resolve_model_dirs"]
-
-_ASSETS = Path(__file__).resolve().parent / "assets"
-#: The tiny mask and patch models trained on the toy tissue, shipped inside the package.
-TOY_MODEL_DIR = _ASSETS / "toy"
-#: Models shipped inside the package, by name: each folder holds ``mask/`` and ``patch/`` (EMA
-#: weights, config.json, data.json) and a MODEL_CARD.md where the data needs one.
-NAMED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "consep-cpu": _ASSETS / "consep-cpu"}
-
+           "resolve_model_dirs", "model_weights_hash"]
 
 #: decode_mask's marker threshold for generated masks. A generated edge channel is often too faint
 #: to part touching nuclei; a peak of the distance channel per nucleus parts them. Measured on the
@@ -46,55 +41,10 @@ NAMED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "consep-cpu": _ASSETS / "
 #: in two, and type control did not move.
 DEFAULT_MARKER_THRESHOLD = 0.5
 
-
-def named_model_dir(name: str) -> Path | None:
-    """The folder of a shipped model (``"toy"``, ``"consep-cpu"``), or None if ``name`` is not one.
-
-    Raises:
-        InputError: a known name whose files are not in this installation.
-    """
-    if name not in NAMED_MODELS:
-        return None
-    folder = NAMED_MODELS[name]
-    if not ((folder / "mask" / "config.json").is_file() and (folder / "patch" / "config.json").is_file()):
-        raise InputError(f"the shipped model {name!r} is not in this installation ({folder} has no mask/ and patch/ runs)")
-    return folder
 #: Classifier-free guidance scale used when none is given (eps = eps_null + s (eps_cond - eps_null)).
 DEFAULT_GUIDANCE = 1.5
 # The mask stage draws its noise from a seed stream disjoint from the patch stage's.
 _MASK_SEED_SALT = 0x6D61736B
-
-
-def resolve_model_dirs(model: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[Path, Path | None]:
-    """Turn ``--model`` values into (mask run, patch run).
-
-    A name of :data:`NAMED_MODELS` (``"toy"``, ``"consep-cpu"``) gives the shipped mask and patch
-    models; otherwise one or two run directories, told apart by
-    the ``kind`` in their config. A single patch run is allowed (masks then come from a store).
-
-    Raises:
-        InputError: a directory without a checkpoint, two runs of one kind, or more than two.
-    """
-    values = [model] if isinstance(model, (str, os.PathLike)) else list(model)
-    if len(values) == 1 and (named := named_model_dir(str(values[0]))) is not None:
-        return named / "mask", named / "patch"
-    if not 1 <= len(values) <= 2:
-        raise InputError(f"`model` takes a shipped model ({', '.join(NAMED_MODELS)}) or one or two run directories "
-                         f"(mask, patch), got {len(values)}")
-    found: dict[str, Path] = {}
-    for value in values:
-        path = Path(value)
-        ckpt = resolve_checkpoint(path)
-        config_path = ckpt / "config.json"
-        if not config_path.is_file():
-            raise InputError(f"{path}: checkpoint {ckpt.name} has no config.json")
-        kind = TrainConfig.load(config_path).kind
-        if kind in found:
-            raise InputError(f"{path}: both `model` runs are {kind} models; give one mask and one patch run")
-        found[kind] = path
-    if "patch" not in found:
-        raise InputError(f"`model` needs a patch run; got only a {', '.join(found)} run")
-    return found.get("mask"), found["patch"]
 
 
 def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: NucleiTypeTable, seed: int = 0,
@@ -137,21 +87,6 @@ def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: Nuclei
     for name in names:
         row[table.id_of(str(name)) - 1] = 1.0
     return np.tile(row, (n, 1))
-
-
-def model_weights_hash(mask_run: str | os.PathLike | None, patch_run: str | os.PathLike | None,
-                       ema: bool = True) -> str:
-    """The ``model_hash`` a generator loaded from these runs records (a hash of its weight files),
-    computed without building the networks."""
-    if mask_run is not None and (named := named_model_dir(str(mask_run))) is not None:
-        mask_run, patch_run = named / "mask", named / "patch"
-    name = "ema.safetensors" if ema else "model.safetensors"
-    runs = [r for r in (mask_run, patch_run) if r is not None]
-    files = [resolve_checkpoint(Path(r)) / name for r in runs]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise InputError(f"{missing[0]}: no such weights file")
-    return file_digest(*files)
 
 
 class NASDMGenerator:
@@ -264,14 +199,14 @@ class NASDMGenerator:
         if patch_run is None:
             raise InputError("a patch model run directory is required")
         device = pick_device(device)
-        patch_model, patch_config = cls._load(patch_run, "patch", ema, device)
+        patch_model, patch_config = load_model_run(patch_run, "patch", ema, device)
         patch_info = load_data_info(patch_run)
         table = NucleiTypeTable.from_json(patch_info["type_table"])
         files = [resolve_checkpoint(patch_run) / ("ema.safetensors" if ema else "model.safetensors")]
         mask_model = mask_config = None
         mask_info: dict = {}
         if mask_run is not None:
-            mask_model, mask_config = cls._load(mask_run, "mask", ema, device)
+            mask_model, mask_config = load_model_run(mask_run, "mask", ema, device)
             mask_info = load_data_info(mask_run)
             mask_table = NucleiTypeTable.from_json(mask_info["type_table"])
             if mask_table != table:
@@ -282,16 +217,6 @@ class NASDMGenerator:
                   layout=layout, compile=compile, model_hash=file_digest(*files))
         gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
         return gen
-
-    @staticmethod
-    def _load(run: str | os.PathLike, kind: str, ema: bool, device: torch.device):
-        path = Path(run)
-        if not path.exists():
-            raise InputError(f"{path}: no such model run directory")
-        model, config = load_checkpoint(path, ema=ema, device=device)
-        if config.kind != kind:
-            raise InputError(f"{path}: expected a {kind} model run, found a {config.kind} model")
-        return model, config
 
     def scale_info(self) -> dict[str, Any]:
         """``patch_size`` and ``magnification`` of the training data (see ``check_same_scale``)."""

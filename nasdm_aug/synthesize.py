@@ -26,21 +26,62 @@ from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, NASDMGenerator, resolve_model_dirs, resolve_types
 from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, LAYOUTS, resolve_dtype, resolve_sampling_layout
-from nasdm_aug.mixing.balance import parse_combination, split_combination
+from nasdm_aug.mixing.balance import parse_combination, parse_target, resolve_target, split_combination
+from nasdm_aug.mixing.paste import PasteOptions
 from nasdm_aug.sampling import SamplerOptions, sample_seed
 from nasdm_aug.training.distributed import cleanup_distributed, collective_errors, init_distributed
 from nasdm_aug.utils import InputError, check_writable, file_digest, write_text_atomic
 from nasdm_aug.viz import colour_mask, contact_sheet
 
-__all__ = ["SynthesizeConfig", "Source", "synthesize", "plan_jobs", "combination_presence"]
+__all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "synthesize", "plan_jobs", "combination_presence"]
 
 
 class Source(str, enum.Enum):
-    """Where a bank's masks come from (exactly one of the config's three source fields is set)."""
+    """Where a bank's masks come from (exactly one of the config's four source fields is set)."""
 
     MASKS = "masks"  # a real store's masks: one synthetic patch per mask (S1 / S2)
     TYPES = "types"  # generated masks for a choice of types ("all", "random", names), num of them
     COMBINATIONS = "combinations"  # generated masks per explicit type combination, with counts
+    RECOMBINE = "recombine"  # real masks of a split with real nuclei of its rare types added
+
+
+@dataclass(frozen=True)
+class RecombineOptions(ConfigBase):
+    """How ``recombine`` masks are made (:func:`nasdm_aug.mixing.recombine_masks`, seeded by the run's seed).
+
+    Args:
+        store: the real PatchStore whose masks and nuclei are recombined.
+        split: its split.
+        target: ``"uniform"``, ``"sqrt"`` or ``"name=weight,..."``: the type shares to move toward.
+        n: masks to make (0: one per mask of the split).
+        max_per_mask: most nuclei added to one mask.
+        paste: area bounds, flips, scale, margin and tries of the placement.
+    """
+
+    store: str = ""
+    split: str = "Train"
+    target: str = "sqrt"
+    n: int = 0
+    max_per_mask: int = 8
+    paste: PasteOptions = field(default_factory=PasteOptions)
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ValueError("recombine needs a real store (recombine.store)")
+        if self.n < 0 or self.max_per_mask < 1:
+            raise ValueError(f"recombine needs n >= 0 and max_per_mask >= 1, got n={self.n}, "
+                             f"max_per_mask={self.max_per_mask}")
+        parsed = parse_target(self.target)
+        if isinstance(parsed, str):  # "Uniform" and "uniform" are one configuration
+            object.__setattr__(self, "target", parsed)
+        if isinstance(self.paste, dict):
+            object.__setattr__(self, "paste", PasteOptions.from_dict(self.paste))
+        if self.paste.allow_overlap:
+            raise ValueError("recombine keeps every real nucleus whole: paste.allow_overlap must be false")
+
+    def resolved_target(self) -> str | dict[str, float]:
+        """The target as :func:`~nasdm_aug.mixing.recombine_masks` takes it."""
+        return parse_target(self.target)
 
 
 @dataclass(frozen=True)
@@ -56,6 +97,8 @@ class SynthesizeConfig(ConfigBase):
     # generated masks for explicit type combinations, "name+name:count" each, made in this order
     # (nasdm-aug synthesize --balance-for works them out; see nasdm_aug.mixing.balance)
     combinations: tuple[str, ...] = ()
+    # real masks of a split with real nuclei of its rare types added (nasdm-aug synthesize --recombine)
+    recombine: RecombineOptions | None = None
     sampling: SamplerOptions = field(default_factory=SamplerOptions)  # sampler, steps and its options
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
@@ -71,10 +114,16 @@ class SynthesizeConfig(ConfigBase):
     compile: bool = False  # sample through torch.compile of the networks (NASDMGenerator's compile)
 
     def __post_init__(self) -> None:
+        if isinstance(self.recombine, dict):  # as written in a study's or a user's options
+            object.__setattr__(self, "recombine", RecombineOptions.from_dict(self.recombine))
         given = [s.value for s in Source if getattr(self, s.value)]
         if len(given) != 1:
             raise ValueError(f"give exactly one source, not {' and '.join(given) or 'none'}: masks (a real store) "
-                             "or types (generated masks) or combinations (generated masks per type combination)")
+                             "or types (generated masks) or combinations (generated masks per type combination) "
+                             "or recombine (real masks with added nuclei)")
+        if self.recombine and (self.split or self.indices or self.num):
+            raise ValueError("recombine carries its own split and count (recombine.split, recombine.n); "
+                             "split, indices and num apply to masks and types")
         if self.combinations and self.num:
             raise ValueError(f"num ({self.num}) applies to types; combinations carry their own counts")
         for combo in self.combinations:
@@ -103,8 +152,13 @@ class SynthesizeConfig(ConfigBase):
 
     @property
     def source(self) -> Source:
-        """Which of ``masks``, ``types`` and ``combinations`` this config draws its masks from."""
+        """Which of ``masks``, ``types``, ``combinations`` and ``recombine`` this config draws its masks from."""
         return next(s for s in Source if getattr(self, s.value))
+
+    @property
+    def mask_store(self) -> str:
+        """The real store the masks come from (``masks`` or ``recombine.store``); "" for generated masks."""
+        return self.masks or (self.recombine.store if self.recombine else "")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SynthesizeConfig":
@@ -124,7 +178,8 @@ def combination_presence(combinations: tuple[str, ...], table) -> np.ndarray:
 
 
 def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
-    """Parent index of every patch to make (-1 for generated masks), in output order.
+    """Parent index of every patch to make (-1 for generated masks; for recombined ones the real
+    mask they started from), in output order.
 
     Raises:
         InputError: an unreadable store, a split it lacks, indices out of range, or no masks at all.
@@ -133,6 +188,11 @@ def plan_jobs(config: SynthesizeConfig) -> np.ndarray:
         return np.full(config.num, -1, np.int64)
     if config.source is Source.COMBINATIONS:
         return np.full(sum(split_combination(c)[1] for c in config.combinations), -1, np.int64)
+    if config.source is Source.RECOMBINE:
+        from nasdm_aug.mixing.recombine import recombine_parents
+
+        r = config.recombine
+        return recombine_parents(r.store, r.split, r.n or None, config.seed)
     store = PatchStore(config.masks)
     if config.indices:
         bad = [i for i in config.indices if not 0 <= i < len(store)]
@@ -166,7 +226,8 @@ def synthesize(
         overwrite: replace an existing bank and discard parts of an earlier, different run.
         preview: write ``out`` with suffix ``.preview.png``: a contact sheet of the first N patches.
         progress: show a tqdm bar over chunks.
-        attrs: extra JSON-able bank attributes (e.g. ``{"balance_plan": ...}``).
+        attrs: extra JSON-able bank attributes (e.g. ``{"balance_plan": ...}``); a ``recombine``
+            config adds ``"recombine"``: the record of how its masks were made.
 
     Returns:
         dict with ``out``, ``n_patches``, ``n_chunks``, ``chunks_done_before`` (resumed work),
@@ -189,8 +250,18 @@ def synthesize(
                                          dtype=resolve_dtype(config.dtype, dist.device), layout=config.layout,
                                          compile=config.compile)
     real = _check_fit(config, gen)
+    masks = None
+    if config.source is Source.RECOMBINE:
+        from nasdm_aug.mixing.recombine import recombine_masks
+
+        r = config.recombine
+        inst, type_map, record = recombine_masks(real, r.split, target=r.resolved_target(), n=r.n or None,
+                                                 seed=config.seed, max_per_mask=r.max_per_mask, paste=r.paste,
+                                                 progress=progress and dist.is_main)
+        masks = (inst, type_map)
+        attrs = {**(attrs or {}), "recombine": record}
     parts = out.with_name(out.name + ".parts")
-    masks_sha = file_digest(config.masks) if real is not None else ""
+    masks_sha = file_digest(config.mask_store) if real is not None else ""
     with collective_errors():
         if dist.is_main:
             _prepare_parts(parts, config, overwrite, gen.model_hash, masks_sha, _dtype_name(gen.dtype), gen.layout)
@@ -199,7 +270,7 @@ def synthesize(
     mine = [c for c in range(dist.rank, len(chunks), dist.world_size) if not _part(parts, c).is_file()]
     with collective_errors():
         for c in tqdm(mine, desc=f"synthesize (rank {dist.rank})", disable=not progress, unit="chunk"):
-            _make_chunk(gen, config, real, jobs, chunks[c], _part(parts, c))
+            _make_chunk(gen, config, real, jobs, chunks[c], _part(parts, c), masks)
     result = {"out": str(out), "n_patches": int(len(jobs)), "n_chunks": len(chunks),
               "chunks_done_before": int(done_before), "model_hash": gen.model_hash}
     # the others wait for rank 0's merge (NASDM_AUG_DIST_TIMEOUT_MIN covers a large bank)
@@ -214,7 +285,7 @@ def synthesize(
 
 
 def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | None:
-    if config.source is not Source.MASKS:
+    if not config.mask_store:
         if gen.mask_model is None:
             raise InputError("generated masks need a mask model: pass the mask run as well as the patch run "
                              "to `model`")
@@ -223,11 +294,14 @@ def _check_fit(config: SynthesizeConfig, gen: NASDMGenerator) -> PatchStore | No
         else:
             combination_presence(config.combinations, gen.type_table)
         return None
-    real = PatchStore(config.masks)
-    check_same_scale(f"mask store {config.masks}", real.scale_info(), f"the model ({', '.join(config.model)})",
+    path = config.mask_store
+    real = PatchStore(path)
+    check_same_scale(f"mask store {path}", real.scale_info(), f"the model ({', '.join(config.model)})",
                      gen.scale_info())
     if real.type_table.names != gen.type_table.names:
-        raise InputError(f"{config.masks}: types {real.type_table.names} differ from the model's {gen.type_table.names}")
+        raise InputError(f"{path}: types {real.type_table.names} differ from the model's {gen.type_table.names}")
+    if config.recombine:  # a target naming a type the table lacks fails before any work
+        resolve_target(config.recombine.resolved_target(), real.type_table, np.ones(real.type_table.n_types), path)
     return real
 
 
@@ -356,7 +430,7 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig, device: str
         if made_by != model_weights_hash(mask_run, patch_run, config.ema):
             return f"made by models with other weights (hash {made_by})"
         made_from = (bank.attrs.get("provenance") or {}).get("parent_sha256")
-        if config.source is Source.MASKS and made_from is not None and made_from != file_digest(config.masks):
+        if config.mask_store and made_from is not None and made_from != file_digest(config.mask_store):
             return f"made from a mask store of other contents (hash {made_from})"
         n_jobs = len(plan_jobs(config))
         if len(bank) != n_jobs:
@@ -367,7 +441,10 @@ def finished_bank_problem(out: str | Path, config: SynthesizeConfig, device: str
 
 
 def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore | None, jobs: np.ndarray,
-                span: tuple[int, int], path: Path) -> None:
+                span: tuple[int, int], path: Path, masks: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Sample one chunk's patches into ``path``: generated masks, the real masks of ``jobs``, or
+    the given ``masks`` (all patches' inst and type, for recombined masks) with the metadata of
+    their parents in ``real``."""
     start, stop = span
     n = stop - start
     opts = dict(sampling=config.sampling, guidance=config.guidance, seed=config.seed, sample_offset=start,
@@ -380,7 +457,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
-        inst, type_map = data["inst"], data["type"]
+        inst, type_map = (data["inst"], data["type"]) if masks is None else (masks[0][start:stop], masks[1][start:stop])
         meta = {k: list(data[k]) for k in ("source", "y", "x", "split")}
     image = gen.generate_patches(inst, type_map, **opts)
     with PatchStoreWriter(path, patch_size=gen.patch_size, type_table=gen.type_table, origin="synthetic",
@@ -394,8 +471,8 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
                   "dtype": _dtype_name(gen.dtype), "layout": gen.layout, "compile": gen.compile,
-                  "parent_store": str(Path(config.masks).resolve()) if real is not None else "",
-                  "parent_sha256": file_digest(config.masks) if real is not None else ""}
+                  "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",
+                  "parent_sha256": file_digest(config.mask_store) if real is not None else ""}
     with PatchStoreWriter(out, patch_size=gen.patch_size, type_table=gen.type_table, config=config.to_dict(),
                           origin="synthetic", overwrite=overwrite,
                           attrs={"provenance": provenance, "magnification": gen.magnification, **(attrs or {})}) as writer:

@@ -14,7 +14,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check  # noqa: E402
 
 
-def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
+STEP_SECONDS = 0.25
+
+
+@pytest.fixture
+def fixed_step_time(monkeypatch):
+    """Every timed step (training, HoVerNet) runs once and takes STEP_SECONDS: the rates are then known."""
+    calls = []
+
+    def median_seconds(fn, device, warmup=1, repeats=3):
+        fn()
+        calls.append(device)
+        return STEP_SECONDS
+
+    monkeypatch.setattr(gpu_check, "median_seconds", median_seconds)
+    return calls
+
+
+def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys, fixed_step_time):
     out = tmp_path / "sub" / "gpu_check.json"
     res = gpu_check.main(["--smoke", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
@@ -22,9 +39,11 @@ def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
     assert not [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     for kind in ("patch", "mask"):
         a, b = res[f"train_{kind}"]["at_8"], res[f"train_{kind}"]["largest"]
-        assert a["batch"] == 2 and b["batch"] == 4 and a["samples_per_s"] > 0 and b["samples_per_s"] > 0
+        assert a["batch"] == 2 and b["batch"] == 4
+        assert a["samples_per_s"] == 2 / STEP_SECONDS and b["samples_per_s"] == 4 / STEP_SECONDS
     assert set(res["sampling"]) == {"patch_eager_b2", "patch_eager_b4", "mask_eager_b2", "largest_sampling_batch"}
-    assert res["hovernet"]["patches_per_s"] > 0
+    assert res["hovernet"]["batch"] == 2 and res["hovernet"]["patches_per_s"] == 2 / STEP_SECONDS
+    assert len(fixed_step_time) == 5  # at 8 and largest for each model, and HoVerNet
     # the projection is the two sampling stages at their rates
     rate = max(res["sampling"]["patch_eager_b2"], res["sampling"]["patch_eager_b4"])
     expected = gpu_check.S2_PATCHES * (1 / res["sampling"]["mask_eager_b2"] + 1 / rate) / 3600
@@ -33,7 +52,7 @@ def test_smoke_run_prints_the_table_and_writes_every_number(tmp_path, capsys):
     assert "SMOKE: numbers mean nothing" in table and table.count("\n| ") == 10 and "S2 bank (8639 patches)" in table
 
 
-def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, capsys, monkeypatch, fixed_step_time):
     written = []
     real_write = gpu_check._write_json
 
@@ -49,7 +68,8 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, capsys
     out = tmp_path / "gpu_check.json"
     res = gpu_check.main(["--smoke", "--json", str(out)])
     assert res["sampling"] == {"error": "RuntimeError: no kernel image is available for execution on the device"}
-    assert res["train_patch"]["at_8"]["samples_per_s"] > 0 and res["hovernet"]["patches_per_s"] > 0
+    assert res["train_patch"]["at_8"]["samples_per_s"] == 2 / STEP_SECONDS
+    assert res["hovernet"]["patches_per_s"] == 2 / STEP_SECONDS
     assert res["s2_bank_projected_hours"] is None
     assert json.loads(out.read_text())["sampling"] == res["sampling"]
     assert written[:4] == [["train_patch"], ["train_mask", "train_patch"], ["sampling", "train_mask", "train_patch"],

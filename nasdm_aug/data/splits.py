@@ -137,6 +137,37 @@ def _coverage_score(per_split: list[np.ndarray], present: np.ndarray) -> tuple[i
     return worst
 
 
+def _cover_types(perm: np.ndarray, rng: np.random.Generator, uniq: list[str], keys: list[str], tc: np.ndarray,
+                 counts: dict[str, int], slices: dict[str, slice], tries: int) -> np.ndarray:
+    """The permutation of the groups ``uniq`` that :func:`make_splits` uses with type counts.
+
+    ``perm`` (the seed's) if Test, R2 and R1 each hold every type present, else the first of up to
+    ``tries`` further permutations drawn from ``rng`` that does, else the one with the best worst
+    split (:func:`_coverage_score`; the earliest on ties).
+
+    Args:
+        keys: the group of each image, the rows of ``tc`` (nuclei per type per image).
+        counts, slices: the splits' sizes (:func:`split_counts`) and their places in a permutation.
+    """
+    index = {g: i for i, g in enumerate(uniq)}
+    per_group = np.zeros((len(uniq), tc.shape[1]))
+    np.add.at(per_group, [index[k] for k in keys], tc)
+    present = per_group.sum(axis=0) > 0
+    covered = [s for s in _COVERED if counts[s] > 0]
+    if not (covered and present.any()):
+        return perm
+    best, best_score = perm, None
+    for attempt in range(tries + 1):
+        cand = perm if attempt == 0 else rng.permutation(len(uniq))
+        score = _coverage_score([per_group[cand[slices[s]]].sum(axis=0) for s in covered], present)
+        if score[0] == int(present.sum()):  # every split holds every type
+            best = cand
+            break
+        if best_score is None or score > best_score:
+            best, best_score = cand, score
+    return best
+
+
 def make_splits(
     names: Sequence[str], spec: SplitSpec = SplitSpec(), groups: Sequence[str] | None = None,
     type_counts: np.ndarray | Sequence[Sequence[float]] | None = None, *, tries: int = TYPE_SEARCH_TRIES,
@@ -181,23 +212,7 @@ def make_splits(
     rng = np.random.default_rng(spec.seed)
     perm = rng.permutation(len(uniq))
     if type_counts is not None:
-        tc = _as_type_counts(type_counts, len(names))
-        index = {g: i for i, g in enumerate(uniq)}
-        per_group = np.zeros((len(uniq), tc.shape[1]))
-        np.add.at(per_group, [index[k] for k in keys], tc)
-        present = per_group.sum(axis=0) > 0
-        covered = [s for s in _COVERED if counts[s] > 0]
-        if covered and present.any():
-            best, best_score = perm, None
-            for attempt in range(tries + 1):
-                cand = perm if attempt == 0 else rng.permutation(len(uniq))
-                score = _coverage_score([per_group[cand[slices[s]]].sum(axis=0) for s in covered], present)
-                if score[0] == int(present.sum()):  # every split holds every type
-                    best = cand
-                    break
-                if best_score is None or score > best_score:
-                    best, best_score = cand, score
-            perm = best
+        perm = _cover_types(perm, rng, uniq, keys, _as_type_counts(type_counts, len(names)), counts, slices, tries)
     order = [uniq[i] for i in perm]
     of_group = {g: "Test" if k < bounds[1] else "R2" if k < bounds[2] else "Train" for k, g in enumerate(order)}
     r1_groups = set(order[slices["R1"]])

@@ -19,9 +19,10 @@ Formats (``EXPORT_FORMATS``):
   ``types.csv`` (``image,instance,type,type_name`` per nucleus), as StarDist and Cellpose read.
 
 Every export also writes ``manifest.json`` (format, source stores and their digests, the mix
-plan and seed, counts, type mapping) and ``manifest.csv`` (one row per patch: its file, origin
-real | synthetic, store, index, parent, source image and position), so each exported patch can be
-traced back. The output folder is written beside itself and renamed into place when complete.
+plan and seed, the fidelity filter and how many bank patches it kept, counts, type mapping) and
+``manifest.csv`` (one row per patch: its file, origin real | synthetic, store, index, parent,
+source image and position), so each exported patch can be traced back. The output folder is
+written beside itself and renamed into place when complete.
 
 A format with a fixed class list (conic, pannuke) takes the store's types by name; a type with no
 namesake must be mapped (``type_map={"neutrophil": "inflammatory", ...}``, or ``"drop"`` to leave
@@ -44,7 +45,7 @@ from nasdm_aug import __version__
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.export.formats import EXPORT_FORMATS, ExportFormat, Writer
-from nasdm_aug.utils import InputError, atomic_output, file_digest
+from nasdm_aug.utils import InputError, atomic_output, file_digest, json_safe, unknown_name
 
 __all__ = ["EXPORT_FORMATS", "ExportFormat", "export", "resolve_type_map", "parse_type_map"]
 
@@ -132,7 +133,13 @@ class _Item:
     parent: int
 
 
-def _items(store: PatchStore, split: str | None, bank: PatchStore | None, mix: Any | None) -> tuple[list[_Item], dict | None]:
+def _items(store: PatchStore, split: str | None, bank: PatchStore | None, mix: Any | None,
+           min_fidelity: float | None = None,
+           top_fraction: float | None = None) -> tuple[list[_Item], dict | None, dict | None]:
+    """The patches to export, the plan record (None without a mix) and the fidelity filter record
+    (None without a filter): the filter, what scored the bank, and how many patches it kept."""
+    from nasdm_aug.mixing.fidelity_filter import describe_filter, read_score_info
+
     if mix is None:
         if bank is not None:
             raise InputError("a bank is exported only as part of a mix: give `mode` (add, replace, synthetic or balance)")
@@ -141,16 +148,40 @@ def _items(store: PatchStore, split: str | None, bank: PatchStore | None, mix: A
         idx = store.indices(split)
         if len(idx) == 0:
             raise InputError(f"{store.path}: {'the store' if split is None else f'split {split!r}'} holds no patches")
-        parents = store.meta("parent")
         origin = store.origin
-        return [_Item(origin, store, int(i), int(parents[i]) if origin == "synthetic" else int(i)) for i in idx], None
+        filt = None
+        if min_fidelity is not None or top_fraction is not None:
+            from nasdm_aug.mixing.fidelity_filter import fidelity_keep
+
+            what = describe_filter(min_fidelity, top_fraction)
+            if origin != "synthetic":
+                raise InputError(f"{store.path}: {what} filters the patches of a synthetic bank, but this is a "
+                                 f"{origin} store; export the bank, or a mix with `mode` and `bank`")
+            keep = fidelity_keep(store, min_fidelity, top_fraction)
+            n_before = len(idx)
+            idx = idx[keep[idx]]
+            if len(idx) == 0:
+                raise InputError(f"{store.path}: {what} keeps none of the {n_before} patches to export")
+            filt = {"min_fidelity": min_fidelity, "top_fraction": top_fraction, "kept": int(len(idx)),
+                    "of": int(n_before), "scores": read_score_info(store)}
+        parents = store.meta("parent")
+        items = [_Item(origin, store, int(i), int(parents[i]) if origin == "synthetic" else int(i)) for i in idx]
+        return items, None, filt
     from nasdm_aug.mixing.plan import build_plan
 
+    if min_fidelity is not None or top_fraction is not None:
+        if mix.filters_bank:
+            raise InputError("give the fidelity filter once: in `mix` or as `min_fidelity` / `top_fraction`")
+        mix = mix.replace(min_fidelity=min_fidelity, top_fraction=top_fraction)
     plan = build_plan(store, bank, mix)
     items = []
     for o, i, m in zip(plan.origin, plan.index, plan.mask):
         items.append(_Item("synthetic", bank, int(i), int(m)) if o else _Item("real", store, int(i), int(i)))
-    return items, {"config": mix.to_dict(), "counts": plan.counts(), "summary": plan.summary()}
+    filt = None
+    if plan.fidelity_kept is not None:
+        filt = {"min_fidelity": mix.min_fidelity, "top_fraction": mix.top_fraction, "kept": plan.fidelity_kept[0],
+                "of": plan.fidelity_kept[1], "scores": read_score_info(bank)}
+    return items, {"config": mix.to_dict(), "counts": plan.counts(), "summary": plan.summary()}, filt
 
 
 def _source_name(item: _Item, real: PatchStore) -> str:
@@ -182,7 +213,8 @@ def _write_all(items: list[_Item], real: PatchStore, writer: Writer, lut: np.nda
 
 def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: str | None = None,
            bank: str | os.PathLike | None = None, mix: Any | None = None, type_map: dict[str, str] | None = None,
-           overwrite: bool = False, progress: bool = True, **options: Any) -> dict[str, Any]:
+           overwrite: bool = False, progress: bool = True, min_fidelity: float | None = None,
+           top_fraction: float | None = None, **options: Any) -> dict[str, Any]:
     """Write a store (or one split, or a mixed set) in another tool's format.
 
     Args:
@@ -195,22 +227,33 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
         type_map: source type name -> target type name or ``"drop"`` (fixed-class formats only).
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar.
+        min_fidelity: only patches of the bank whose fidelity score (``nasdm-aug score``) is at
+            least this: the synthetic patches of ``mix`` (as its own ``min_fidelity``), or, without
+            a mix, the patches of ``store`` when it is a bank.
+        top_fraction: likewise, only the best this fraction of the bank's scored patches
+            (:func:`nasdm_aug.mixing.fidelity_filter.select_by_fidelity`); not with ``min_fidelity``.
         **options: format options: ``fold`` and ``tissue`` (pannuke).
 
     Returns:
-        The manifest (also written to ``out/manifest.json``).
+        The manifest (also written to ``out/manifest.json``); its ``fidelity_filter`` holds the
+        filter, the attributes of the scores it read, and ``kept`` of ``of`` bank patches (the
+        bank's for a mix, the exported split's for a bank), or None without a filter.
 
     Raises:
         InputError: an unknown format or option, an existing ``out``, a bad split, a plan that
-            cannot be drawn, or types the format cannot hold.
+            cannot be drawn, types the format cannot hold, or a fidelity filter that is out of
+            range, given twice, or given for a real store or a bank without (complete) scores.
     """
     if fmt not in EXPORT_FORMATS:
-        raise InputError(f"unknown export format {fmt!r}; valid: {', '.join(sorted(EXPORT_FORMATS))}")
+        raise unknown_name("export format", fmt, sorted(EXPORT_FORMATS))
     spec = EXPORT_FORMATS[fmt]
     allowed = {"pannuke": {"fold", "tissue"}}.get(fmt, set())
     given = {k: v for k, v in options.items() if v is not None}
     if set(given) - allowed:
         raise InputError(f"format {fmt!r} takes no option {sorted(set(given) - allowed)[0]!r}")
+    from nasdm_aug.mixing.fidelity_filter import check_fidelity_filter
+
+    check_fidelity_filter(min_fidelity, top_fraction)
     real = PatchStore(store)
     bank_store = PatchStore(bank) if bank is not None else None
     if spec.table is None:
@@ -223,7 +266,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
         lut = resolve_type_map(real.type_table, table, type_map, fmt)
         if np.array_equal(lut, np.arange(len(lut))) and real.type_table.n_types == table.n_types:
             lut = None  # the same classes in the same order
-    items, plan = _items(real, split, bank_store, mix)
+    items, plan, filt = _items(real, split, bank_store, mix, min_fidelity, top_fraction)
     out = Path(out)
     rows = []
     with atomic_output(out, overwrite) as tmp:
@@ -249,7 +292,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
                       "split": mix.split if mix is not None else split},
             "bank": None if bank_store is None else {"path": str(bank_store.path),
                                                      "sha256_16": file_digest(bank_store.path)},
-            "plan": plan, "type_table": json.loads(table.to_json()),
+            "plan": plan, "fidelity_filter": json_safe(filt), "type_table": json.loads(table.to_json()),
             "type_map": None if lut is None else {real.type_table.names[s - 1]: (table.names[d - 1] if d else DROP)
                                                  for s, d in enumerate(lut) if s},
             "options": given,

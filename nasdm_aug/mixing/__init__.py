@@ -1,4 +1,5 @@
-"""Mixing NASDM synthetic patches into training: a MONAI Dataset and swap transforms (paper Sec. 4.3).
+"""Mixing NASDM synthetic patches into training: a MONAI Dataset and swap transforms (paper Sec. 4.3),
+plus the copy-paste baseline (``RandNucleiPasted``) and recombined masks for rare types.
 
 The plans, modes and balance planning import without MONAI, so the CLI can list the modes at
 start-up; the MONAI dataset and transforms load on first use (as ``hovernet`` does).
@@ -14,6 +15,7 @@ __all__ = [
     "LoadMixPatchd", "HoVerTargetsd", "open_store",
     "RandSyntheticSwap", "RandSyntheticSwapd", "RandSyntheticSwapD", "RandSyntheticSwapDict", "PatchGenerator",
     "type_counts", "resolve_target", "plan_balance_synthesis", "BalanceSynthesisPlan",
+    "RandNucleiPasted", "NucleusPool", "PasteOptions", "recombine_masks", "recombine_parents",
 ]
 
 _LAZY = {
@@ -22,6 +24,9 @@ _LAZY = {
     "HoVerTargetsd": "nasdm_aug.mixing.dataset", "open_store": "nasdm_aug.mixing.dataset",
     "RandSyntheticSwapd": "nasdm_aug.mixing.dictionary", "RandSyntheticSwapD": "nasdm_aug.mixing.dictionary",
     "RandSyntheticSwapDict": "nasdm_aug.mixing.dictionary",
+    "RandNucleiPasted": "nasdm_aug.mixing.copy_paste", "NucleusPool": "nasdm_aug.mixing.paste",
+    "PasteOptions": "nasdm_aug.mixing.paste", "recombine_masks": "nasdm_aug.mixing.recombine",
+    "recombine_parents": "nasdm_aug.mixing.recombine",
 }
 
 

@@ -121,6 +121,10 @@ class SyntheticMixDataset(Dataset):
         include_generated: ``add`` / ``synthetic``: also use bank patches from generated masks.
         seed: seed of the plan.
         target: ``balance``: ``"uniform"``, ``"sqrt"``, ``{type name: weight}`` or n_types weights.
+        min_fidelity: draw only bank patches whose fidelity score (``nasdm-aug score``) is at least this.
+        top_fraction: draw only the best this fraction of the bank's scored patches (not with
+            ``min_fidelity``; see :func:`nasdm_aug.mixing.fidelity_filter.select_by_fidelity`). With either filter,
+            ``replace`` replaces only real patches whose counterpart passes it.
         transform: a MONAI dictionary transform (or a sequence of them) applied to each item.
         hovernet_targets: add ``np``, ``hv``, ``nc`` after ``transform``.
 
@@ -128,7 +132,8 @@ class SyntheticMixDataset(Dataset):
         InputError: an unfit bank (origin, patch size, type table, parents), a ratio outside its
             mode's range, too few eligible synthetic patches, or a ``replace`` plan with a chosen
             real patch that has no synthetic counterpart; for ``balance``, a target naming a type
-            the table lacks, or a bank with no patch of a type the target needs more of.
+            the table lacks, or a bank with no patch of a type the target needs more of; a
+            fidelity filter out of range, or given for a bank without (complete) scores.
 
     Example:
         >>> ds = SyntheticMixDataset("real.h5", "bank.h5", mode="add", ratio=0.5, transform=train_tf)
@@ -148,13 +153,16 @@ class SyntheticMixDataset(Dataset):
         include_generated: bool = False,
         seed: int = 0,
         target: str | tuple[float, ...] | dict[str, float] = "sqrt",
+        min_fidelity: float | None = None,
+        top_fraction: float | None = None,
         transform: Callable | Sequence[Callable] | None = None,
         hovernet_targets: bool = False,
     ) -> None:
         self.real = open_store(real)
         self.synthetic = open_store(synthetic)
         self.config = MixConfig(mode=mode, split=split, ratio=ratio, base_fraction=base_fraction,
-                                include_generated=include_generated, seed=seed, target=target)
+                                include_generated=include_generated, seed=seed, target=target,
+                                min_fidelity=min_fidelity, top_fraction=top_fraction)
         self._plan = build_plan(self.real, self.synthetic, self.config)
         records = [{"origin": o, "index": i} for o, i in self._plan.entries()]
         self._load = LoadMixPatchd(self.real, self.synthetic)
@@ -178,7 +186,8 @@ class SyntheticMixDataset(Dataset):
         return self._plan
 
     def summary(self) -> str:
-        """Printable lines: mode, split, ratio, seed, counts per origin and the indices."""
+        """Printable lines: mode, split, ratio, seed, counts per origin and the indices, and with a
+        fidelity filter how many of the bank's patches it kept."""
         return self._plan.summary()
 
     def as_cache_dataset(self, **kwargs: Any) -> CacheDataset:

@@ -40,23 +40,33 @@ def _plan_add(inp: PlanInputs) -> MixPlan:
     base = np.sort(inp.rng.choice(inp.split_idx, n_base, replace=False))
     # 2. eligible synthetic patches: parents in the split but not in the base (no mask leak)
     outside = np.setdiff1d(inp.split_idx, base)
-    cand = bank_candidates(inp, outside)
+    # ratio 0 (the base alone) needs no bank
+    cand = bank_candidates(inp, outside) if n_syn else np.zeros(0, np.int64)
     if n_syn > len(cand):
         raise InputError(
             f"mode 'add': ratio {inp.ratio:g} asks for {n_syn} synthetic patches ({inp.ratio:g} x {n} real "
             f"patches of {inp.where()}) but {inp.bank.path} has only {len(cand)} whose parents are in the "
-            f"split outside the {len(base)}-patch base")
-    syn = np.sort(spread_pick(cand, inp.bank.meta("parent")[cand], n_syn, inp.rng))
+            f"split outside the {len(base)}-patch base{inp.filter_note()}")
+    syn = np.sort(spread_pick(cand, inp.bank.meta("parent")[cand], n_syn, inp.rng)) if n_syn else cand
     origin = np.r_[np.zeros(len(base), np.uint8), np.ones(len(syn), np.uint8)]
-    mask = np.r_[base, inp.bank.meta("parent")[syn]].astype(np.int64)
+    mask = np.r_[base, inp.bank.meta("parent")[syn] if n_syn else syn].astype(np.int64)
     return MixPlan(inp.config, origin, np.r_[base, syn].astype(np.int64), mask, n, base=base)
 
 
 def _plan_replace(inp: PlanInputs) -> MixPlan:
     n = len(inp.split_idx)
     n_rep = _counts_replace(n, inp.ratio, inp.config.base_fraction, 0)[1]
-    chosen = np.sort(inp.rng.choice(inp.split_idx, n_rep, replace=False))
     by_parent = group_by_parent(inp.bank) if n_rep else {}
+    if inp.keep is None:
+        chosen = np.sort(inp.rng.choice(inp.split_idx, n_rep, replace=False))
+    else:  # only real patches with a counterpart that passes the filter can be replaced
+        by_parent = {p: g for p, g in ((p, inp.kept(g)) for p, g in by_parent.items()) if len(g)}
+        eligible = inp.split_idx[np.isin(inp.split_idx, list(by_parent))]
+        if n_rep > len(eligible):
+            raise InputError(
+                f"mode 'replace': ratio {inp.ratio:g} replaces {n_rep} real patches of {inp.where()} but only "
+                f"{len(eligible)} have a counterpart in {inp.bank.path}{inp.filter_note()}")
+        chosen = np.sort(inp.rng.choice(eligible, n_rep, replace=False))
     missing = [int(r) for r in chosen if int(r) not in by_parent]
     if missing:
         covered = int(np.isin(inp.split_idx, list(by_parent)).sum())
@@ -80,7 +90,7 @@ def _plan_synthetic(inp: PlanInputs) -> MixPlan:
     n_take = _counts_synthetic(len(inp.split_idx), inp.ratio, inp.config.base_fraction, len(cand))[1]
     if n_take == 0:
         raise InputError(f"mode 'synthetic': {inp.bank.path} has no patches to take from {inp.where()} "
-                         f"({len(cand)} eligible, ratio {inp.ratio:g})")
+                         f"({len(cand)} eligible, ratio {inp.ratio:g}{inp.filter_note()})")
     syn = np.sort(spread_pick(cand, inp.bank.meta("parent")[cand], n_take, inp.rng))
     mask = inp.bank.meta("parent")[syn].astype(np.int64)
     return MixPlan(inp.config, np.ones(len(syn), np.uint8), syn.astype(np.int64), mask, len(inp.split_idx))
@@ -91,7 +101,7 @@ def _plan_balance(inp: PlanInputs) -> MixPlan:
     table = inp.real.type_table
     # 1. eligible bank patches: generated masks, or masks of the split itself (never a held-out mask)
     par = inp.bank.meta("parent")
-    cand = np.flatnonzero((par < 0) | np.isin(par, inp.split_idx)).astype(np.int64)
+    cand = inp.kept(np.flatnonzero((par < 0) | np.isin(par, inp.split_idx)).astype(np.int64))
     # 2. per-type nuclei counts of the real split and of every candidate, and the target shares
     before = type_counts(inp.real, inp.split_idx).sum(0)
     target = resolve_target(inp.config.target, table, before, str(inp.bank.path))
@@ -101,7 +111,8 @@ def _plan_balance(inp: PlanInputs) -> MixPlan:
     if lacking:
         raise InputError(f"mode 'balance': {inp.bank.path} has no patch holding type {lacking[0]!r}"
                          f"{' (nor ' + ', '.join(map(repr, lacking[1:])) + ')' if lacking[1:] else ''}, which the "
-                         f"target needs more of; synthesize some (nasdm-aug synthesize --balance-for) or change the target")
+                         f"target needs more of{inp.filter_note()}; synthesize some (nasdm-aug synthesize "
+                         "--balance-for) or change the target")
     # 3. greedy choice under the cap; the seeded permutation breaks ties
     cap = _counts_balance(n, inp.ratio, inp.config.base_fraction, len(cand))[1]
     perm = inp.rng.permutation(len(cand))

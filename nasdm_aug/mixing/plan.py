@@ -17,9 +17,10 @@ from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.balance import check_target_name
-from nasdm_aug.utils import InputError
+from nasdm_aug.mixing.fidelity_filter import check_fidelity_filter, fidelity_keep
+from nasdm_aug.utils import InputError, unknown_name
 from nasdm_aug.mixing.modes import MIX_MODES, MODES, MixMode, Mode
-from nasdm_aug.mixing.plan_items import MixPlan, PlanInputs, add_count, count_of, group_by_parent
+from nasdm_aug.mixing.plan_items import MixPlan, PlanInputs, add_count, count_of, describe_filter, group_by_parent
 
 __all__ = ["MODES", "Mode", "MixMode", "MIX_MODES", "MixConfig", "MixPlan", "build_plan", "check_bank_fits", "count_of",
            "add_count", "group_by_parent", "planned_counts"]
@@ -43,6 +44,11 @@ class MixConfig(ConfigBase):
         target: ``balance`` only: the target type distribution: ``"uniform"``, ``"sqrt"`` (square
             roots of the real split's counts), a dict ``{type name: weight}`` (unnamed types weigh
             0) or a tuple of ``n_types`` weights.
+        min_fidelity: draw only bank patches whose fidelity score (``nasdm-aug score``,
+            :mod:`nasdm_aug.scoring`) is at least this, in [0, 1].
+        top_fraction: draw only the best this fraction of the bank's scored patches, in (0, 1]
+            (:func:`nasdm_aug.scoring.select_by_fidelity`). Not with ``min_fidelity``. With either
+            filter, ``replace`` replaces only real patches that have a counterpart passing it.
     """
 
     mode: str = "add"
@@ -52,6 +58,8 @@ class MixConfig(ConfigBase):
     include_generated: bool = False
     seed: int = 0
     target: str | tuple[float, ...] | dict[str, float] = "sqrt"
+    min_fidelity: float | None = None
+    top_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.target, (list, tuple)):  # JSON gives a list; keep the config hashable-ish
@@ -61,7 +69,7 @@ class MixConfig(ConfigBase):
         if isinstance(self.mode, Mode):  # stored as its name: configs are JSON
             object.__setattr__(self, "mode", self.mode.value)
         if self.mode not in MIX_MODES:
-            raise InputError(f"unknown mixing mode {self.mode!r}; valid: {', '.join(MODES)}")
+            raise unknown_name("mixing mode", self.mode, MODES)
         lo, hi, lo_incl = MIX_MODES[self.mode].ratio_range
         r = self.resolved_ratio
         if not (math.isfinite(r) and (r > lo or (lo_incl and r == lo)) and r <= hi):
@@ -69,6 +77,12 @@ class MixConfig(ConfigBase):
             raise InputError(f"ratio {r:g} is outside {rng} for mode {self.mode!r} ({MIX_MODES[self.mode].meaning})")
         if not 0.0 < self.base_fraction <= 1.0:
             raise InputError(f"base_fraction {self.base_fraction:g} is outside (0, 1]")
+        check_fidelity_filter(self.min_fidelity, self.top_fraction)
+
+    @property
+    def filters_bank(self) -> bool:
+        """Whether a fidelity filter (``min_fidelity`` or ``top_fraction``) is set."""
+        return self.min_fidelity is not None or self.top_fraction is not None
 
     @property
     def resolved_ratio(self) -> float:
@@ -113,20 +127,28 @@ def build_plan(real: PatchStore, bank: PatchStore | None, config: MixConfig) -> 
 
     Raises:
         InputError: an empty split, a missing or unfit bank, too few eligible synthetic patches
-            for the ratio, or (``replace``) a chosen real patch without a synthetic counterpart.
+            for the ratio, or (``replace``) a chosen real patch without a synthetic counterpart;
+            a fidelity filter without a bank, or with a bank not (or not wholly) scored.
     """
     if bank is not None:
         check_bank_fits(real, bank)
     if MIX_MODES[config.mode].needs_bank(config.resolved_ratio) and bank is None:
         raise InputError(f"mode {config.mode!r} with ratio {config.resolved_ratio:g} needs a synthetic bank; "
                          "pass synthetic=PATH")
+    keep = None
+    if config.filters_bank:
+        if bank is None:
+            raise InputError(f"{describe_filter(config.min_fidelity, config.top_fraction)} filters the patches of a "
+                             "synthetic bank, but no bank was given")
+        keep = fidelity_keep(bank, config.min_fidelity, config.top_fraction)
     split_idx = np.sort(real.indices(config.split)).astype(np.int64)
     if len(split_idx) == 0:
         raise InputError(f"{real.path}: split {config.split!r} holds no patches")
-    inputs = PlanInputs(real, bank, split_idx, config, np.random.default_rng(config.seed))
+    inputs = PlanInputs(real, bank, split_idx, config, np.random.default_rng(config.seed), keep)
     plan = MIX_MODES[config.mode].planner(inputs)
     sources = (str(real.path), "" if bank is None else str(bank.path))
-    return dataclasses.replace(plan, sources=sources)
+    kept = None if keep is None else (int(keep.sum()), len(keep))
+    return dataclasses.replace(plan, sources=sources, fidelity_kept=kept)
 
 
 def planned_counts(config: MixConfig, n_split: int, n_candidates: int | None = None) -> tuple[int, int]:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from nasdm_aug.data.store import PatchStore
 
-if TYPE_CHECKING:
-    from nasdm_aug.mixing.plan import MixConfig
 
 __all__ = ["MixPlan", "PlanInputs", "count_of", "add_count", "group_by_parent", "bank_candidates", "spread_pick",
-           "ORIGIN_NAMES"]
+           "describe_filter", "ORIGIN_NAMES"]
 
 ORIGIN_NAMES = ("real", "synthetic")
 
@@ -39,6 +37,13 @@ def add_count(base_fraction: float, ratio: float, n: int) -> int:
     return n_syn
 
 
+def describe_filter(min_fidelity: float | None, top_fraction: float | None) -> str:
+    """A fidelity filter in words: ``"min_fidelity 0.5"``, ``"top_fraction 0.25"`` or ``""`` (none)."""
+    if min_fidelity is not None:
+        return f"min_fidelity {min_fidelity:g}"
+    return "" if top_fraction is None else f"top_fraction {top_fraction:g}"
+
+
 @dataclass(frozen=True, eq=False)
 class MixPlan:
     """The exact items of a mixed dataset, in order.
@@ -53,9 +58,11 @@ class MixPlan:
         base: real indices of the ``add`` base (empty for other modes).
         stats: extra named numbers for the summary (a place for later modes, e.g. per-type counts).
         sources: display names of the real store and the bank.
+        fidelity_kept: with a fidelity filter (``config.min_fidelity`` / ``top_fraction``), the
+            bank patches it kept and the bank's size; None without one.
     """
 
-    config: MixConfig
+    config: Any  # the nasdm_aug.mixing.plan.MixConfig (not imported: plan builds on this module)
     origin: np.ndarray
     index: np.ndarray
     mask: np.ndarray
@@ -63,6 +70,7 @@ class MixPlan:
     base: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     stats: dict = field(default_factory=dict)
     sources: tuple[str, str] = ("", "")
+    fidelity_kept: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -96,6 +104,10 @@ class MixPlan:
                          f"synthetic parents all outside the base")
         if self.sources[1]:
             lines.append(f"  synthetic bank {self.sources[1]}")
+        if self.fidelity_kept is not None:
+            kept, total = self.fidelity_kept
+            lines.append(f"  fidelity filter {describe_filter(cfg.min_fidelity, cfg.top_fraction)}: kept {kept} of "
+                         f"the bank's {total} patches")
         lines += [f"  {k}: {_stat(v)}" for k, v in self.stats.items()]
         lines.append(f"  items: {len(self)} = {c['real']} real + {c['synthetic']} synthetic")
         for name in ORIGIN_NAMES:
@@ -119,8 +131,9 @@ class PlanInputs:
     real: PatchStore
     bank: PatchStore | None
     split_idx: np.ndarray  # [n] sorted real indices of the split
-    config: MixConfig
+    config: Any  # the nasdm_aug.mixing.plan.MixConfig (not imported: plan builds on this module)
     rng: np.random.Generator
+    keep: np.ndarray | None = None  # [len(bank)] bool: patches passing the fidelity filter; None: no filter
 
     @property
     def ratio(self) -> float:
@@ -129,14 +142,29 @@ class PlanInputs:
     def where(self) -> str:
         return "the whole store" if self.config.split is None else f"split {self.config.split!r}"
 
+    def kept(self, bank_idx: np.ndarray) -> np.ndarray:
+        """The bank indices among ``bank_idx`` that the fidelity filter keeps (all without one)."""
+        return bank_idx if self.keep is None else bank_idx[self.keep[bank_idx]]
+
+    def filter_note(self) -> str:
+        """``"; min_fidelity 0.5 keeps 20 of the bank's 30 patches"`` for messages about too few
+        candidates; "" without a filter."""
+        if self.keep is None:
+            return ""
+        return (f"; {describe_filter(self.config.min_fidelity, self.config.top_fraction)} keeps "
+                f"{int(self.keep.sum())} of the bank's {len(self.keep)} patches")
+
 
 # -- helpers ---------------------------------------------------------------------------------------
 def bank_candidates(inp: PlanInputs, parents: np.ndarray | None) -> np.ndarray:
-    """Bank indices whose parent is in ``parents`` (all with a parent when None), plus generated ones if asked."""
+    """Bank indices whose parent is in ``parents`` (all with a parent when None), plus generated ones if
+    asked, less those the fidelity filter leaves out."""
     par = inp.bank.meta("parent")
     keep = (par >= 0) if parents is None else np.isin(par, parents)
     if inp.config.include_generated:
         keep |= par < 0
+    if inp.keep is not None:
+        keep &= inp.keep
     return np.flatnonzero(keep).astype(np.int64)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.sampling import SamplerOptions
-from nasdm_aug.utils import InputError
+from nasdm_aug.studies.registry import BANK_REGISTRY, DEFAULT_LABEL_FRACTIONS
+from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["StudyConfig", "STUDY_PRESETS", "get_study_preset"]
+
+# the flat fields of configs written before banks were records
+_OLD_BANK_KEYS = {"s1": "S1", "s2": "S2", "balance_bank": "B"}
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,9 @@ class StudyConfig(ConfigBase):
     magnification: float = 0.0  # prepare: objective power of the patches (e.g. 20); 0 = the source's own
     split_counts: tuple[int, ...] = ()  # prepare: (Test, R2, R1) images; () = the paper's fractions
     model: tuple[str, ...] = ()  # NASDM runs making S1 / S2 ("toy" = embedded); () = banks must be given
-    s1: str = ""  # an existing S1 bank (synthetic from R1 masks); "" = make it in OUT/banks
-    s2: str = ""  # an existing S2 bank (synthetic from R2 masks)
-    balance_bank: str = ""  # an existing bank of generated rare-type patches; "" = make it with --balance-for
+    # existing banks by name (studies.registry.BANK_REGISTRY: S1, S2, B, RC) -> BANK.h5; a bank the rows
+    # need and not named here is made in OUT/banks/NAME.h5 with ``model``
+    banks: dict[str, str] = field(default_factory=dict)
     balance_target: str = "uniform"  # balance study: uniform, sqrt or name=weight,... (nasdm_aug.mixing.balance)
     sampling: SamplerOptions | None = None  # synthesis sampler and steps (None = synthesize's default)
     guidance: float | None = None  # synthesis guidance (None = synthesize's default)
@@ -42,6 +46,19 @@ class StudyConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     test: str = ""  # external test set: STORE.h5[:SPLIT] or a dataset folder; "" = the store's own Test split
+    # equal steps: every row's epoch holds the same number of patches (a smaller row's own patches
+    # repeated, each repeat augmented afresh), so every row takes the same optimiser steps with the same
+    # learning-rate schedule in steps; False = the paper's protocol, the same epochs (more data, more steps);
+    # None = each study's own (Study.equal_steps: the low-label study's is True)
+    equal_steps: bool | None = None
+    epoch_patches: int = 0  # equal_steps: patches per epoch (0 = the largest row's)
+    label_split: str = "R2"  # low-label study: the real split whose fractions are labelled (R2 + S2, R1 + S1)
+    label_fractions: tuple[float, ...] = DEFAULT_LABEL_FRACTIONS  # low-label study: labelled shares of it
+    label_synthetic_ratio: float = 0.25  # low-label study: synthetic patches added, as a share of the split
+    filter_top_fraction: float = 0.5  # filtered rows: keep this best share of the bank by fidelity score...
+    filter_min_fidelity: float | None = None  # ... or, if set, the patches scoring at least this
+    segmenter: str = ""  # HoVerNet run scoring a bank that filtered rows need and that holds no scores yet
+    paste_prob: float = 0.5  # copy-paste rows: probability that an item gets pasted nuclei
 
     def __post_init__(self) -> None:
         if self.n_runs < 1:
@@ -54,12 +71,36 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.magnification < 0:
             raise ValueError(f"magnification must be >= 0 (0 = the source's own), got {self.magnification}")
+        if self.epoch_patches < 0:
+            raise ValueError(f"epoch_patches must be >= 0 (0 = the largest row's), got {self.epoch_patches}")
+        if not self.label_fractions or not all(0 < f <= 1 for f in self.label_fractions):
+            raise ValueError(f"label_fractions must be shares in (0, 1], got {self.label_fractions}")
+        real_masks = [b.split for b in BANK_REGISTRY.values() if b.masks == "real"]
+        if self.label_split not in real_masks:
+            raise ValueError(f"label_split {self.label_split!r} has no bank made from its masks; valid: "
+                             f"{', '.join(real_masks)}")
+        if not self.label_synthetic_ratio > 0:
+            raise ValueError(f"label_synthetic_ratio must be > 0, got {self.label_synthetic_ratio}")
+        if not 0 < self.filter_top_fraction <= 1:
+            raise ValueError(f"filter_top_fraction must be in (0, 1], got {self.filter_top_fraction}")
+        if self.filter_min_fidelity is not None and not 0 <= self.filter_min_fidelity <= 1:
+            raise ValueError(f"filter_min_fidelity must be in [0, 1], got {self.filter_min_fidelity}")
+        if not 0 <= self.paste_prob <= 1:
+            raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
+        unknown = sorted(set(self.banks) - set(BANK_REGISTRY))
+        if unknown:
+            raise unknown_name("bank", unknown[0], BANK_REGISTRY)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
-        """As :meth:`ConfigBase.from_dict`; a config written when the synthesis options were flat
-        fields (``sampler`` "", ``steps`` 0 and ``guidance`` -1 for the defaults) is read too."""
+        """As :meth:`ConfigBase.from_dict`; configs written when the synthesis options were flat
+        fields (``sampler`` "", ``steps`` 0 and ``guidance`` -1 for the defaults), or the banks were
+        the fields ``s1``, ``s2`` and ``balance_bank``, are read too."""
         data = SamplerOptions.nest_flat_keys(data)
+        if isinstance(data, dict) and any(k in data for k in _OLD_BANK_KEYS):  # before banks were records
+            data = dict(data)
+            old = {_OLD_BANK_KEYS[k]: data.pop(k) for k in list(data) if k in _OLD_BANK_KEYS}
+            data["banks"] = {**{k: v for k, v in old.items() if v}, **data.get("banks", {})}
         if isinstance(data, dict) and data.get("sampling") == {}:
             data = {**data, "sampling": None}
         if isinstance(data, dict) and isinstance(data.get("guidance"), (int, float)) and data["guidance"] < 0:
@@ -73,10 +114,11 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
                         model=("toy",), sampling=SamplerOptions(steps=25), hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
     # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x;
-    # S1 / S2 (if made here) by ancestral DDPM in 25 unguided steps, so they fit a CPU sitting
-    # (DPM-Solver++(2M) at 20 steps left visible noise with these models: docs/real-tissue.md)
+    # S1 / S2 (if made here) by ancestral DDPM in 50 steps at guidance 1.5, synthesize's defaults: on
+    # CoNSeP they drew nuclei closer to real contrast than 25 unguided steps and gave a HoVerNet
+    # trained on S2 alone 0.90 of R2's Dice against 0.85 (docs/real-tissue.md)
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
-                          sampling=SamplerOptions("ddpm", steps=25), guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
+                          sampling=SamplerOptions("ddpm", steps=50), guidance=1.5, hovernet_preset="tiny", epochs=(2, 3),
                           n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
@@ -94,4 +136,48 @@ def get_study_preset(name_or_path: str) -> StudyConfig:
         return STUDY_PRESETS[name_or_path]
     if name_or_path.endswith(".json"):
         return StudyConfig.load(name_or_path)
-    raise InputError(f"unknown preset {name_or_path!r}; valid: {', '.join(STUDY_PRESETS)}, or a CONFIG.json path")
+    raise unknown_name("preset", name_or_path, STUDY_PRESETS, extra=", or a CONFIG.json path")
+
+
+def parse_bank_args(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``NAME=PATH`` pairs (``--bank S2=s2.h5``) as ``{name: path}``.
+
+    Raises:
+        InputError: an item without ``=``, or a name not in ``BANK_REGISTRY``.
+    """
+    banks: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise InputError(f"--bank {item!r}: expected NAME=BANK.h5 with NAME one of {', '.join(BANK_REGISTRY)}")
+        if name.strip() not in BANK_REGISTRY:
+            raise unknown_name("bank", name.strip(), BANK_REGISTRY)
+        banks[name.strip()] = path.strip()
+    return banks
+
+
+def study_config(preset: str, **options: Any) -> StudyConfig:
+    """The preset (a name or a CONFIG.json) with the options given (None = keep the preset's).
+
+    ``banks`` (``{name: path}``) is merged into the preset's; ``epochs`` may be ``"P1,P2"``;
+    ``label_fractions`` may be ``"0.1,0.25"``.
+
+    Raises:
+        InputError: an unknown preset, a malformed option, or a value the config refuses (one line).
+    """
+    config = get_study_preset(preset)
+    changes = {k: v for k, v in options.items() if v is not None and v != ()}
+    if "banks" in changes:
+        changes["banks"] = {**config.banks, **changes["banks"]}
+    for key, kind in (("epochs", int), ("label_fractions", float)):
+        if isinstance(changes.get(key), str):
+            try:
+                changes[key] = tuple(kind(x) for x in changes[key].split(","))
+            except ValueError:
+                raise InputError(f"`{key}` {changes[key]!r}: expected comma-separated numbers") from None
+    if "model" in changes:
+        changes["model"] = tuple(changes["model"])
+    try:
+        return config.replace(**changes)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

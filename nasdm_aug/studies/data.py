@@ -8,17 +8,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
 
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.balance import parse_target, plan_balance_synthesis
-from nasdm_aug.studies.registry import BANK_SPLITS, StudyRow
+from nasdm_aug.studies.registry import BANK_REGISTRY, Bank, StudyRow
 from nasdm_aug.utils import InputError
 
 if TYPE_CHECKING:
     from nasdm_aug.studies.config import StudyConfig
 
-__all__ = ["check_store", "check_not_study_data", "ensure_store", "ensure_banks", "StudyTestSet", "resolve_test_set", "TEST_STORE"]
+__all__ = ["check_store", "check_not_study_data", "ensure_store", "ensure_banks", "MASK_SOURCES", "StudyTestSet",
+           "resolve_test_set", "TEST_STORE"]
 
 
 def check_store(store: PatchStore, rows: Sequence[StudyRow], *, own_test: bool = True) -> None:
@@ -204,57 +207,100 @@ def _check_prepared(path: Path, want) -> None:
                          "delete it or use another `out`")
 
 
+# -- the synthetic banks ----------------------------------------------------------------------------
+def _real_masks(bank: Bank, store: PatchStore, config: StudyConfig, ratio: float) -> tuple[dict[str, Any], Any]:
+    """One synthetic patch per real mask of the bank's split."""
+    return {"masks": str(store.path), "split": bank.split}, None
+
+
+def _balanced_masks(bank: Bank, store: PatchStore, config: StudyConfig, ratio: float) -> tuple[dict[str, Any], Any]:
+    """Generated masks of the type combinations the split lacks against the study's balance target."""
+    plan = plan_balance_synthesis(store, bank.split, parse_target(config.balance_target), ratio)
+    return {"combinations": plan.combinations}, {"balance_plan": plan.record}
+
+
+def _recombined_masks(bank: Bank, store: PatchStore, config: StudyConfig, ratio: float) -> tuple[dict[str, Any], Any]:
+    """Real masks of the split with real rare-type nuclei added toward the study's balance target: as
+    many as the rows may add (``ratio`` of the split), each from a different real mask."""
+    from nasdm_aug.mixing.plan import count_of
+
+    n = max(1, count_of(ratio, len(store.indices(bank.split))))
+    return {"recombine": {"store": str(store.path), "split": bank.split, "target": config.balance_target, "n": n}}, None
+
+
+# Bank.masks -> the SynthesizeConfig options (and bank attrs) that make such a bank for a store
+MASK_SOURCES: dict[str, Callable[[Bank, PatchStore, Any, float], tuple[dict[str, Any], Any]]] = {
+    "real": _real_masks, "balanced": _balanced_masks, "recombined": _recombined_masks,
+}
+
+
 def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], out: Path,
                  progress: bool, overwrite: bool = False) -> dict[str, PatchStore]:
-    """S1 / S2 as the rows need them: given, made before in ``OUT/banks``, or synthesized now.
+    """The banks the rows draw from (``BANK_REGISTRY`` records): given in ``config.banks``, made
+    before in ``OUT/banks``, or synthesized now; a bank that a ``filtered`` row needs is scored
+    with ``config.segmenter`` if it holds no fidelity scores yet.
 
     A bank made before in ``OUT/banks`` is reused only if it is the complete bank this config
     makes (same arguments, weights and masks); otherwise it is refused in one line, or made again
     with ``overwrite``.
-    """
-    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
 
+    Raises:
+        InputError: a given bank that does not exist, a bank to make without ``model``, or a bank
+            to filter that holds no scores and no ``segmenter`` to score it with.
+    """
     banks: dict[str, PatchStore] = {}
-    for name in sorted({r.bank for r in rows if r.bank}):
-        given = {"S1": config.s1, "S2": config.s2, "B": config.balance_bank}[name]
+    for name in dict.fromkeys(r.bank for r in rows if r.bank):
+        bank = BANK_REGISTRY[name]
+        given = config.banks.get(name, "")
         path = Path(given) if given else out / "banks" / f"{name}.h5"
         if given:
             if not path.is_file():
-                raise InputError(f"{path}: the {name} bank does not exist")
-            banks[name] = PatchStore(path)
-            continue
-        if not config.model:
-            if path.is_file():  # a bank this study made before, without the models to check it against
-                banks[name] = PatchStore(path)
-                continue
+                raise InputError(f"{path}: the {name} bank ({bank.about}) does not exist")
+        elif not config.model and not path.is_file():
             needing = sorted({r.study for r in rows if r.bank == name})
-            flag = "`balance_bank`" if name == "B" else f"`{name.lower()}`"
-            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name}: pass `model` "
-                             f"(NASDM mask and patch runs, or 'toy') or {flag} BANK.h5")
-        opts: dict[str, Any] = {"model": config.model, "seed": config.seed, "batch_size": config.synth_batch_size}
-        attrs = None
-        if name == "B":  # generated masks of the type combinations the split lacks
-            ratio = max(r.ratio for r in rows if r.bank == "B")
-            plan = _balance_synthesis_plan(store, config, ratio)
-            opts["combinations"], attrs = plan.combinations, {"balance_plan": plan.record}
-        else:
-            opts.update(masks=str(store.path), split=BANK_SPLITS[name])
-        if config.sampling is not None:
-            opts["sampling"] = config.sampling
-        if config.guidance is not None:
-            opts["guidance"] = config.guidance
-        synth = SynthesizeConfig(**opts)
-        if path.is_file():
-            problem = finished_bank_problem(path, synth, config.device)
-            if problem is None:
-                banks[name] = PatchStore(path)
-                continue
-            if not overwrite:
-                raise InputError(f"{path}: {problem}; rerun with `overwrite` to make it again, or use another `out`")
-        synthesize(synth, path, device=config.device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
+            raise InputError(f"{', '.join(needing)} needs the synthetic bank {name} ({bank.about}): pass `model` "
+                             f"(NASDM mask and patch runs, or 'toy') or `--bank {name}=BANK.h5`")
+        elif config.model:  # made here: reused only if it is what this config makes
+            _make_bank(bank, config, store, rows, path, progress, overwrite)
         banks[name] = PatchStore(path)
+        if any(r.filtered and r.bank == name for r in rows):
+            banks[name] = _scored(banks[name], config, progress)
     return banks
 
 
-def _balance_synthesis_plan(store: PatchStore, config: StudyConfig, ratio: float):
-    return plan_balance_synthesis(store, BANK_SPLITS["B"], parse_target(config.balance_target), ratio)
+def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], path: Path,
+               progress: bool, overwrite: bool) -> None:
+    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
+
+    ratio = max(r.ratio for r in rows if r.bank == bank.name)
+    opts, attrs = MASK_SOURCES[bank.masks](bank, store, config, ratio)
+    opts.update(model=config.model, seed=config.seed, batch_size=config.synth_batch_size)
+    if config.sampling is not None:
+        opts["sampling"] = config.sampling
+    if config.guidance is not None:
+        opts["guidance"] = config.guidance
+    synth = SynthesizeConfig(**opts)
+    if path.is_file():
+        problem = finished_bank_problem(path, synth, config.device)
+        if problem is None:
+            return
+        if not overwrite:
+            raise InputError(f"{path}: {problem}; rerun with `overwrite` to make it again, or use another `out`")
+    synthesize(synth, path, device=config.device, preview=8, progress=progress, attrs=attrs, overwrite=overwrite)
+
+
+def _scored(bank: PatchStore, config: StudyConfig, progress: bool) -> PatchStore:
+    """The bank with fidelity scores: as it is if it holds them, else scored with ``config.segmenter``."""
+    from nasdm_aug.scoring import read_scores, score_bank
+
+    scores = read_scores(bank)
+    if scores is not None and not np.isnan(scores).any():
+        return bank
+    if not config.segmenter:
+        raise InputError(f"{bank.path}: filtered rows need fidelity scores and this bank holds "
+                         f"{'none' if scores is None else 'only some'}; pass `segmenter` (a HoVerNet run trained "
+                         "on real data) or run `nasdm-aug score` on it first")
+    path = bank.path
+    bank.close()
+    score_bank(path, config.segmenter, device=config.device, progress=progress)
+    return PatchStore(path)

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 from nasdm_aug.studies.registry import STUDY_REGISTRY
 from nasdm_aug.utils import atomic_output, write_text_atomic
 
-__all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type"]
+__all__ = ["write_study_outputs", "format_tables", "plot_study", "format_per_type", "plot_per_type", "plot_groups",
+           "PLOTTERS"]
 
 
 def _pm(entry: dict[str, Any], key: str) -> str:
@@ -42,27 +43,44 @@ METRIC_NOTE = ("Dice / IoU: the nuclei channel alone (hover_net's Dice1). Dice /
                "changes nothing on one channel, so these columns are the likelier match for the paper's numbers.")
 
 
-def format_tables(table: Sequence[dict[str, Any]]) -> str:
+VERDICT_NOTE = ("Against: the row a row is compared with; gain or loss only where the difference of the means "
+                "exceeds the sum of the two standard deviations (the mean ± std bars do not overlap), else within "
+                "spread.")
+
+
+def _against(e: dict[str, Any]) -> str:
+    vs = e.get("vs_baseline")
+    if not vs:
+        return "reference"
+    parts = [f"{m} {v['diff']:+.4f} {v['verdict']}" for m, v in ((m, vs.get(m)) for m in ("dice", "pq")) if v]
+    return f"{vs['baseline']}: " + "; ".join(parts) if parts else vs["baseline"]
+
+
+def format_tables(table: Sequence[dict[str, Any]], protocol: dict[str, str] | None = None) -> str:
     """Markdown tables, one per study: rows, number of patches, both readings of Dice and IoU (see
-    ``METRIC_NOTE``) and PQ as mean ± std."""
+    ``METRIC_NOTE``), PQ as mean ± std, the verdict against the row's baseline, the training
+    protocol when given (``{study: line}``), and per-type F1 and PQ."""
     out = []
     for study, record in STUDY_REGISTRY.items():
         title = record.title
         rows = [e for e in table if e["study"] == study]
         if not rows:
             continue
-        out += [f"### {title}", "",
-                "| training data | patches (real + synthetic) | Dice | IoU | Dice (bg + nuclei) | IoU (bg + nuclei) "
-                "| PQ | runs |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"### {title}", ""]
+        if protocol and protocol.get(study):
+            out += [protocol[study], ""]
+        out += ["| training data | patches (real + synthetic) | Dice | IoU | Dice (bg + nuclei) | IoU (bg + nuclei) "
+                "| PQ | runs | against |", "|---|---|---|---|---|---|---|---|---|"]
         for e in rows:
             out.append(f"| {e['row']} | {e['n_patches']} ({e['n_real']} + {e['n_synthetic']}) | {_pm(e, 'dice')} "
                        f"| {_pm(e, 'miou')} | {_pm(e, 'dice_with_bg')} | {_pm(e, 'miou_with_bg')} "
-                       f"| {_pm(e, 'pq')} | {e['runs']} |")
+                       f"| {_pm(e, 'pq')} | {e['runs']} | {_against(e)} |")
         out.append("")
-        if record.plot == "per_type":
-            out += [format_per_type(rows), ""]
+        per_type = format_per_type(rows)
+        if per_type:
+            out += ["Per nuclei type (F1 of detection with the type, PQ of the type):", "", per_type, ""]
     if out:
-        out += [METRIC_NOTE, ""]
+        out += [METRIC_NOTE, "", VERDICT_NOTE, ""]
     return "\n".join(out)
 
 
@@ -71,15 +89,22 @@ def format_per_type(rows: Sequence[dict[str, Any]]) -> str:
     rows = [e for e in rows if e.get("per_type")]
     if not rows:
         return ""
+    trained = [e for e in rows if e.get("train_nuclei")]
     head = ["type", "Test nuclei"] + [f"{m} {e['row']}" for m in ("F1", "PQ") for e in rows] + \
-        [f"train nuclei {e['row']}" for e in rows]
+        [f"train nuclei {e['row']}" for e in trained]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in rows[0]["per_type"]:
         cells = [name, str(rows[0]["per_type"][name].get("n_gt", ""))]
-        cells += [_pm(e["per_type"][name], m) for m in ("f1", "pq") for e in rows]
-        cells += [str(e.get("train_nuclei", {}).get(name, "")) for e in rows]
+        cells += [_pm(e["per_type"][name], m) + _type_verdict(e, name, m) for m in ("f1", "pq") for e in rows]
+        cells += [str(e["train_nuclei"].get(name, "")) for e in trained]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _type_verdict(e: dict[str, Any], name: str, metric: str) -> str:
+    """`` (gain)`` / `` (loss)`` after a per-type F1 beyond the spread of its baseline's."""
+    v = (e.get("vs_baseline") or {}).get("per_type_f1", {}).get(name) if metric == "f1" else None
+    return f" ({v['verdict']})" if v and v["verdict"] != "within spread" else ""
 
 
 def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: str) -> Path | None:
@@ -103,6 +128,44 @@ def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: 
     ax.set_title(STUDY_REGISTRY[study].title.split(": ", 1)[-1], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_groups(table: Sequence[dict[str, Any]], study: str, path: Path) -> Path | None:
+    """Dice and PQ bars of each row, side by side within its group (e.g. the labelled share),
+    mean ± std error bars, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    record = STUDY_REGISTRY[study]
+    rows = [e for e in table if e["study"] == study and e.get("dice") is not None]
+    if not rows:
+        return None
+    group_of = {r.label: r.group for r in record.rows}
+    groups = list(dict.fromkeys(group_of.get(e["row"], e["row"]) for e in rows))
+    # the row's source without its group's prefix: "+ S2", "+ copy-paste", "" (real only)
+    def source(e: dict[str, Any]) -> str:
+        label = e["row"]
+        return label.split(" + ", 1)[1] if " + " in label else "real only"
+
+    sources = list(dict.fromkeys(source(e) for e in rows))
+    width = 0.8 / len(sources)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120, sharey=True)
+    for ax, key, label in zip(axes, ("dice", "pq"), ("Dice", "PQ")):
+        for j, s in enumerate(sources):
+            got = {group_of.get(e["row"], e["row"]): e for e in rows if source(e) == s}
+            vals = [got[g][key] if g in got and got[g][key] is not None else np.nan for g in groups]
+            errs = [got[g][f"{key}_std"] if g in got else 0.0 for g in groups]
+            ax.bar(np.arange(len(groups)) + (j - (len(sources) - 1) / 2) * width, vals, width, yerr=errs, capsize=3,
+                   label=s)
+        ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+        ax.set_title(f"{label} on Test (mean ± std)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_xlabel(record.axis)
+    axes[0].legend(fontsize=7)
     return _save_figure(fig, path)
 
 
@@ -134,13 +197,22 @@ def plot_per_type(table: Sequence[dict[str, Any]], study: str, path: Path) -> Pa
     return _save_figure(fig, path)
 
 
+# Study.plot -> how its PNG is drawn
+PLOTTERS = {
+    "curve": lambda table, study, path: plot_study(table, study, path, STUDY_REGISTRY[study].axis),
+    "per_type": plot_per_type,
+    "groups": plot_groups,
+}
+
+
 def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path) -> dict[str, Path]:
     """Write results.json, tables.md, results.csv, study_<name>.png and report.html (tables and
     plots in one offline page) into ``out``; each study's record says how it is drawn."""
 
     paths = {"json": out / "results.json", "tables": out / "tables.md", "csv": out / "results.csv"}
     write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(paths["tables"], format_tables(summary["table"]))
+    tables = format_tables(summary["table"], summary.get("protocol"))
+    write_text_atomic(paths["tables"], tables)
     buf = io.StringIO()
     fields = ["study", "row", "runs", "n_patches", "n_real", "n_synthetic", "dice", "dice_std", "miou",
               "miou_std", "dice_with_bg", "dice_with_bg_std", "miou_with_bg", "miou_with_bg_std", "pq", "pq_std",
@@ -151,17 +223,14 @@ def write_study_outputs(summary: dict[str, Any], rows: Sequence[Any], out: Path)
     write_text_atomic(paths["csv"], buf.getvalue())
     for study in dict.fromkeys(r.study for r in rows):
         record = STUDY_REGISTRY[study]
-        if record.plot == "per_type":  # one bar per type rather than a curve over a synthetic share
-            png = plot_per_type(summary["table"], study, out / f"study_{study}.png")
-        else:
-            png = plot_study(summary["table"], study, out / f"study_{study}.png", record.axis)
+        png = PLOTTERS[record.plot](summary["table"], study, out / f"study_{study}.png")
         if png is not None:
             paths[f"plot_{study}"] = png
     from nasdm_aug.metrics.html_report import write_html_report
 
     pictures = [f"![{k[5:]}]({p.name})" for k, p in paths.items() if k.startswith("plot_")]
     text = "\n\n".join(["# nasdm-aug benchmark: HoVerNet on Test, mean ± std over runs",
-                         format_tables(summary["table"]), *pictures,
+                         tables, *pictures,
                          "Files: `results.json` (every run), `results.csv`, `tables.md`, `runs/`."])
     paths["html"] = write_html_report(text + "\n", out, "nasdm-aug benchmark")
     return paths

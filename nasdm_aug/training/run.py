@@ -16,7 +16,7 @@ from nasdm_aug.utils import InputError
 from .checkpoint import latest_checkpoint, load_trainer_state
 from .config import TrainConfig
 from .data import NASDMDataset, x_channels
-from .distributed import cleanup_distributed, init_distributed
+from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .preview import SamplePreview
 from .run_dir import drop_replaced, prepare_run_dir, restore_replaced, resumed_config, write_run_record
 from .trainer import Trainer
@@ -117,48 +117,8 @@ def train(
     started = not torch.distributed.is_initialized()
     dist = init_distributed(device)
     try:
-        store = PatchStore(store_path)
-        dataset = NASDMDataset(store, kind, split)
-        diffusion = config.diffusion.build()
-        check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
-        prepare_run_dir(out, resume, overwrite, dist.is_main)
-        from nasdm_aug.nets import build_model
-
-        torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
-        model = build_model(config.model)
-        data_info = {
-            "store": str(Path(store_path).resolve()),
-            "split": split,
-            "n_items": len(dataset),
-            "patch_size": store.patch_size,
-            "magnification": store.magnification,  # None for stores that do not record it
-            "type_table": store.type_table.to_json(),  # NucleiTypeTable.to_json text
-            "split_digest": store.content_digest(split),  # a resume must see the same patches
-        }
-        if resume and (out / "data.json").is_file():  # a resumed run keeps the scale it started at
-            from nasdm_aug.data.magnification import check_same_scale
-
-            saved_info = json.loads((out / "data.json").read_text())
-            check_same_scale(f"run {out}", saved_info, f"store {store_path}", store.scale_info())
-            saved_digest = saved_info.get("split_digest")  # runs from before it was recorded are trusted
-            if saved_digest and saved_digest != data_info["split_digest"]:
-                raise InputError(f"{out} was trained on {saved_info.get('store')} split {saved_info.get('split')!r} "
-                                 f"(digest {saved_digest}); {store_path} split {split!r} holds other patches "
-                                 f"({data_info['split_digest']}): resume with that store, or start a new run")
-            if data_info["magnification"] is None:  # a store that does not record it keeps the run's
-                data_info["magnification"] = saved_info.get("magnification")
-        ckpt = latest_checkpoint(out) if resume else None
-        trainer = Trainer(
-            model, diffusion, dataset, config, out, data_info=data_info,
-            preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,
-            dist=dist, progress=progress,
-            layout=load_trainer_state(ckpt).get("layout") if ckpt is not None else None,  # a run keeps its layout
-        )
-        if ckpt is not None:
-            trainer.load(ckpt)
-        if dist.is_main:
-            write_run_record(out, config, data_info)
-            trainer.after_checkpoint = lambda: drop_replaced(out)
+        trainer = _prepare_trainer(kind, store_path, split, config, out, resume=resume, overwrite=overwrite,
+                                   dist=dist, progress=progress)
         try:
             trainer.run()
         except BaseException:
@@ -171,3 +131,65 @@ def train(
     finally:
         if started:
             cleanup_distributed()
+
+
+def _prepare_trainer(kind: str, store_path: str | os.PathLike, split: str | None, config: TrainConfig, out: Path, *,
+                     resume: bool, overwrite: bool, dist: DistInfo, progress: bool) -> Trainer:
+    """Everything :func:`train` does before the first step, on every rank: the data, diffusion and
+    model, checked against each other; the run directory (rank 0 writes it and the run record);
+    and the Trainer, restored from the latest checkpoint on ``resume``."""
+    store = PatchStore(store_path)
+    dataset = NASDMDataset(store, kind, split)
+    diffusion = config.diffusion.build()
+    check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
+    prepare_run_dir(out, resume, overwrite, dist.is_main)
+    from nasdm_aug.nets import build_model
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
+    model = build_model(config.model)
+    data_info = _data_info(store, store_path, split, len(dataset), out, resume)
+    ckpt = latest_checkpoint(out) if resume else None
+    trainer = Trainer(
+        model, diffusion, dataset, config, out, data_info=data_info,
+        preview=_preview(dataset, diffusion, config, out, store) if dist.is_main and config.sample_every else None,
+        dist=dist, progress=progress,
+        layout=load_trainer_state(ckpt).get("layout") if ckpt is not None else None,  # a run keeps its layout
+    )
+    if ckpt is not None:
+        trainer.load(ckpt)
+    if dist.is_main:
+        write_run_record(out, config, data_info)
+        trainer.after_checkpoint = lambda: drop_replaced(out)
+    return trainer
+
+
+def _data_info(store: PatchStore, store_path: str | os.PathLike, split: str | None, n_items: int, out: Path,
+               resume: bool) -> dict[str, Any]:
+    """The run's ``data.json``: the store, split and scale it trains on. A resumed run's own record
+    must name the same scale and patches (and gives the magnification a store does not record).
+
+    Raises:
+        InputError: a resumed run whose store is at another scale or holds other patches.
+    """
+    data_info = {
+        "store": str(Path(store_path).resolve()),
+        "split": split,
+        "n_items": n_items,
+        "patch_size": store.patch_size,
+        "magnification": store.magnification,  # None for stores that do not record it
+        "type_table": store.type_table.to_json(),  # NucleiTypeTable.to_json text
+        "split_digest": store.content_digest(split),  # a resume must see the same patches
+    }
+    if resume and (out / "data.json").is_file():  # a resumed run keeps the scale it started at
+        from nasdm_aug.data.magnification import check_same_scale
+
+        saved_info = json.loads((out / "data.json").read_text())
+        check_same_scale(f"run {out}", saved_info, f"store {store_path}", store.scale_info())
+        saved_digest = saved_info.get("split_digest")  # runs from before it was recorded are trusted
+        if saved_digest and saved_digest != data_info["split_digest"]:
+            raise InputError(f"{out} was trained on {saved_info.get('store')} split {saved_info.get('split')!r} "
+                             f"(digest {saved_digest}); {store_path} split {split!r} holds other patches "
+                             f"({data_info['split_digest']}): resume with that store, or start a new run")
+        if data_info["magnification"] is None:  # a store that does not record it keeps the run's
+            data_info["magnification"] = saved_info.get("magnification")
+    return data_info

@@ -34,9 +34,24 @@ def test_linear_schedule_matches_ho_et_al():
     assert get_named_beta_schedule("linear", 250)[-1] == pytest.approx(0.08)  # scaled by 1000 / T
 
 
-def test_cosine_schedule_is_increasing_and_clipped():
-    betas = get_named_beta_schedule("cosine", 1000)
-    assert np.all(np.diff(betas) >= 0) and betas.max() <= 0.999 and betas.min() > 0
+def test_cosine_schedule_is_eq_17_of_improved_ddpm():
+    # Nichol & Dhariwal (2021), eq. 17: alpha_bar(t) = f(t) / f(0), f(t) = cos(((t/T + s) / (1 + s)) pi/2)^2,
+    # s = 0.008; beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at 0.999; betas[t - 1] is beta_t
+    steps, s = 1000, 0.008
+
+    def alpha_bar(t):
+        f = lambda u: math.cos((u / steps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        return f(t) / f(0)
+
+    betas = get_named_beta_schedule("cosine", steps)
+    assert betas.shape == (steps,) and betas.dtype == np.float64
+    for t in (1, 2, 250, 500, 900, 999):
+        assert betas[t - 1] == pytest.approx(1 - alpha_bar(t) / alpha_bar(t - 1), rel=1e-12, abs=0), t
+    assert betas[-1] == 0.999  # 1 - alpha_bar(T) / alpha_bar(T - 1) = 1: clipped
+    assert alpha_bar(steps) < 1e-9 and np.all(betas[:-1] < 0.999)
+    # the product of (1 - beta) up to t is alpha_bar(t) itself (f(0) normalises it to 1 at t = 0)
+    for t in (1, 100, 500, 990):
+        assert np.prod(1 - betas[:t]) == pytest.approx(alpha_bar(t), rel=1e-9), t
 
 
 @pytest.mark.parametrize("name, steps", [("sigmoid", 10), ("linear", 0), ("cosine", 2.5)])

@@ -124,16 +124,53 @@ def test_refusals_are_one_line(data, tmp_path, capsys):
     assert "taken already exists; pass --overwrite" in capsys.readouterr().err
 
 
-def test_postprocess_preset_replaces_the_runs_own(data, tmp_path):
+def _two_nuclei_outputs(size: int = 64) -> tuple[dict, np.ndarray]:
+    """(network outputs, instances): outputs that are exactly the targets of a 197-px disk and a
+    4 x 4 square. The run's own post-processing (the defaults) keeps both; the hovernet preset's
+    5 x 5 opening removes the square's marker, and that preset drops unmarked blobs."""
+    import torch
+
+    from hovernet.targets import compute_targets
+
+    inst = np.zeros((size, size), np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    inst[(yy - 20) ** 2 + (xx - 20) ** 2 <= 64] = 1
+    inst[40:44, 40:44] = 2
+    t = compute_targets(inst, (inst > 0).astype(np.uint8))
+    logit = (torch.as_tensor(t["np"].numpy()).float() * 2 - 1) * 10
+    return {"np": torch.stack([-logit, logit])[None], "hv": torch.as_tensor(t["hv"].numpy()).float()[None],
+            "nc": torch.zeros(1, SMALL.n_types + 1, size, size)}, inst
+
+
+def test_postprocess_preset_replaces_the_runs_own(data, tmp_path, monkeypatch):
+    import hovernet.evaluate as ev
+    from hovernet.model import HoVerNet
+
+    outputs, inst = _two_nuclei_outputs()
+    monkeypatch.setattr(HoVerNet, "forward", lambda self, x: {k: v.expand(len(x), -1, -1, -1) for k, v in outputs.items()})
+    found, real_postprocess = [], ev.postprocess
+
+    def postprocess(out, cfg):
+        result = real_postprocess(out, cfg)
+        found.extend(result[0])
+        return result
+
+    monkeypatch.setattr(ev, "postprocess", postprocess)
     ref = tmp_path / "ref.h5"
     prepare(PrepareConfig(format="lizard", src=str(data / "src"), patch_size=64, stride=64, split_counts=(3, 0, 0),
                           out=str(ref)), progress=False)
-    scores = {}
+    scores, instances = {}, {}
     for name in ("hovernet", None):
         args = ["--model", str(data / "run"), "--data", f"{ref}:Test"] + (["--postprocess", name] if name else [])
+        found.clear()
         res = _evaluate(args, tmp_path / f"ev-{name}")
         assert res.exit_code == 0, res.output
         scores[name] = json.loads((tmp_path / f"ev-{name}" / "metrics.json").read_text())
+        instances[name] = list(found)
+    assert len(instances[None]) == len(instances["hovernet"]) == scores[None]["n_patches"] == 12  # 3 images x 4
+    for own, preset in zip(instances[None], instances["hovernet"]):
+        np.testing.assert_array_equal(own, inst)  # both nuclei
+        np.testing.assert_array_equal(preset, np.where(inst == 1, 1, 0))  # the square dropped
     assert scores["hovernet"]["postprocess"]["preset"] == "hovernet"
     assert scores["hovernet"]["postprocess"]["sobel_kernel_size"] == 21
     assert scores[None]["postprocess"]["preset"] == "the run's"

@@ -72,6 +72,26 @@ def files(tmp_path_factory):
     return {"real": real, "bank": bank, "feats": feats, "hovernet": hv, "root": root}
 
 
+def _fid_by_hand(real, bank) -> float:
+    """MONAI's FID between the tiny net's features of every bank patch and every real patch."""
+    import warnings
+
+    from monai.metrics import FIDMetric
+    from scipy.linalg import LinAlgWarning
+
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.metrics.inception import to_inception_input
+
+    def features(path):
+        store = PatchStore(path)
+        images = torch.from_numpy(np.stack([store[i]["image"] for i in range(len(store))])).permute(0, 3, 1, 2)
+        return _TinyFeatures()(to_inception_input(images)).double()
+
+    with warnings.catch_warnings():  # 48 features of 6 and 8 patches: singular covariances, which scipy flags
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return float(FIDMetric()(features(bank), features(real)))
+
+
 def test_dry_run_prints_resolved_config(files):
     res = CliRunner().invoke(cli, ["evaluate", "--real", f"{files['real']}:Train", "--synthetic", str(files["bank"]),
                                    "--out", str(files["root"] / "x"), "--max-patches", "5", "--dry-run"])
@@ -98,7 +118,8 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
                          screenshot=files["root"] / "report-screenshot.png")
     m = json.loads((out / "metrics.json").read_text())
     assert m["real"]["n"] == 8 and m["synthetic"]["n"] == 6
-    assert m["generative"]["fid"] > 0 and m["generative"]["is_kind"].startswith("clusters-")
+    assert m["generative"]["fid"] == pytest.approx(_fid_by_hand(files["real"], files["bank"]), rel=1e-4)
+    assert m["generative"]["is_kind"].startswith("clusters-")
     assert set(m["fidelity"]["comparison"]) >= {"dice", "boundary_f1", "type_accuracy/epithelial",
                                                 "missing_rate/lymphocyte", "excess_rate"}
     mm = m["mask_model"]

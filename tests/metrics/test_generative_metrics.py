@@ -71,7 +71,6 @@ def test_kid_self_half_noise(feats):
     same = kernel_inception_distance(t[:8], t[8:], subsets=20, subset_size=6)
     far = kernel_inception_distance(t[:8], n, subsets=20, subset_size=6)
     assert abs(same["mean"]) < far["mean"] / 10, (same, far)
-    assert far["std"] >= 0
 
 
 def test_is_of_one_repeated_image_is_one(feats):
@@ -111,6 +110,29 @@ def test_kid_closed_form_single_subset():
             - 2 * k(x, y).mean())
     got = kernel_inception_distance(x, y, subsets=1, subset_size=100)
     assert got["mean"] == pytest.approx(want) and got["std"] == 0.0
+
+
+def test_kid_mean_and_std_are_over_the_drawn_subsets():
+    # 2 samples of x (every subset of 2 is all of x) against 3 of y (a subset is one of 3 pairs):
+    # each subset's MMD^2 is one of 3 values, so whichever pairs were drawn, mean and (population,
+    # as torch-fidelity) std must be those of some counts of the 3 values
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(2, 3)), rng.normal(size=(3, 3))
+
+    def k(a, b):
+        return (a @ b.T / 3 + 1) ** 3
+
+    def mmd2(a, b):  # unbiased, with 2 samples a side: the off-diagonal pairs counted twice over 2
+        return k(a, a)[0, 1] + k(b, b)[0, 1] - 2 * k(a, b).mean()
+
+    values = np.array([mmd2(x, y[list(pair)]) for pair in ((0, 1), (0, 2), (1, 2))])
+    n = 5
+    got = kernel_inception_distance(x, y, subsets=n, subset_size=2, seed=0)
+    possible = [(float(np.mean(v)), float(np.std(v))) for c in range(n + 1) for d in range(n + 1 - c)
+                for v in [np.repeat(values, [c, d, n - c - d])]]
+    assert any(got["mean"] == pytest.approx(m, rel=1e-9) and got["std"] == pytest.approx(sd, rel=1e-9, abs=1e-12)
+               for m, sd in possible), (got, values)
+    assert got["std"] > 0.01 * np.ptp(values)  # this seed draws more than one pair: a real spread
 
 
 def test_resize_reads_tf_legacy_coordinates():

@@ -124,7 +124,8 @@ def test_items_are_monai_dicts(stores):
     for k, (origin, index) in enumerate(ds.plan()):
         item = ds[k]
         assert item["image"].shape == (3, 16, 16) and item["image"].dtype == np.float32
-        assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+        stored = PatchStore(real if origin == "real" else bank)[index]["image"]  # uint8 [H, W, 3]
+        np.testing.assert_allclose(item["image"], stored.transpose(2, 0, 1) / 255.0, rtol=0, atol=1e-6)
         assert item["inst"].shape == item["type"].shape == (1, 16, 16)
         assert item["inst"].dtype == np.int32 and item["type"].dtype == np.uint8
         assert (item["origin"], item["index"]) == (origin, index)

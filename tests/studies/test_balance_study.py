@@ -47,11 +47,13 @@ def real(tmp_path_factory):
 
 
 def test_rows_plan_and_dry_run(real, tmp_path):
-    assert [r.label for r in select_rows("balance")] == ["R2", "R2 + balanced"]
+    assert [r.label for r in select_rows("balance")] == [
+        "R2", "R2 + balanced", "R2 + balanced (recombined masks)", "R2 + copy-paste (rare types)"]
     assert not any(r.study == "balance" for r in select_rows("all"))
     runs = plan_study(PatchStore(real), STUDIES["balance"], StudyConfig(n_runs=2))
-    assert [(r["row"], r["n_real"], r["n_synthetic"], r["upto"]) for r in runs] == [
-        ("R2", 8, 0, False), ("R2", 8, 0, False), ("R2 + balanced", 8, 4, True), ("R2 + balanced", 8, 4, True)]
+    assert [(r["row"], r["n_real"], r["n_synthetic"], r["upto"]) for r in runs[::2]] == [
+        ("R2", 8, 0, False), ("R2 + balanced", 8, 4, True), ("R2 + balanced (recombined masks)", 8, 4, True),
+        ("R2 + copy-paste (rare types)", 8, 0, False)]
     res = CliRunner().invoke(cli, ["benchmark", "--study", "balance", "--store", str(real), "--out", str(tmp_path),
                                    "--dry-run"])
     assert res.exit_code == 0 and "seed 1: 12 patches (8 real + up to 4 synthetic)" in res.output
@@ -61,6 +63,11 @@ def test_bank_is_synthesized_from_the_balance_plan(real, tmp_path):
     runs = (make_run(tmp_path / "m", "mask", 1, size=P), make_run(tmp_path / "p", "patch", 2, size=P))
     cfg = StudyConfig(model=tuple(map(str, runs)), sampling=SamplerOptions("ddim", steps=3), device="cpu")
     banks = ensure_banks(cfg, PatchStore(real), STUDIES["balance"], tmp_path, progress=False)
+    # the recombined bank: one patch per real mask of R2 it may add (0.5 x 8), each a real mask of R2
+    # with rare nuclei added, recorded in the bank
+    recombined = banks["RC"]
+    assert len(recombined) == 4 and set(recombined.meta("parent")) <= set(PatchStore(real).indices("R2").tolist())
+    assert recombined.attrs["recombine"]["split"] == "R2"
     bank = banks["B"]
     record = bank.attrs["balance_plan"]
     assert record["split"] == "R2" and record["nuclei_before"]["epithelial"] == 15
@@ -76,10 +83,14 @@ def test_end_to_end_with_a_given_bank(real, tmp_path):
     out = tmp_path / "bench"
     StudyConfig(name="test", epochs=(0, 1), batch_size=4, n_runs=1, device="cpu").save(tmp_path / "cfg.json")
     res = CliRunner().invoke(cli, ["benchmark", "--preset", str(tmp_path / "cfg.json"), "--study", "balance",
-                                   "--out", str(out), "--store", str(real), "--balance-bank", str(bank)])
+                                   "--out", str(out), "--store", str(real), "--balance-bank", str(bank),
+                                   "--bank", f"RC={bank}"])
     assert res.exit_code == 0, res.output
+    assert "--balance-bank is replaced by --bank B=BANK.h5" in res.output
     summary = json.loads((out / "results.json").read_text())
-    real_row, bal_row = summary["table"]
+    real_row, bal_row, _, paste_row = summary["table"]
+    assert (paste_row["n_real"], paste_row["n_synthetic"]) == (8, 0)
+    assert paste_row["vs_baseline"]["baseline"] == "R2" and "verdict" in paste_row["vs_baseline"]["dice"]
     assert (real_row["n_patches"], bal_row["n_real"], bal_row["runs"]) == (8, 8, 1)
     assert 1 <= bal_row["n_synthetic"] <= 4
     # the mixed set holds more of the rare types than R2 alone, and never fewer of any type
@@ -92,6 +103,7 @@ def test_end_to_end_with_a_given_bank(real, tmp_path):
         assert all("f1_std" in v and "pq_std" in v for v in entry["per_type"].values())
     tables = (out / "tables.md").read_text()
     assert "Rare-type balancing" in tables and "| F1 R2 | F1 R2 + balanced |" in tables
+    assert "| R2 + copy-paste (rare types) | 8 (8 + 0) |" in tables
     assert (out / "study_balance.png").stat().st_size > 0
 
 

@@ -77,7 +77,7 @@ def test_bad_input(real, tmp_path):
     with pytest.raises(InputError, match="real-vs-synthetic needs a non-empty 'R1' split"):
         check_store(PatchStore(no_r1), STUDIES["real-vs-synthetic"])
     cfg = StudyConfig(store=str(real), model=(), n_runs=1)
-    with pytest.raises(InputError, match="needs the synthetic bank S2: pass `model`"):
+    with pytest.raises(InputError, match="needs the synthetic bank S2 \\(one synthetic patch per real mask of R2\\): pass `model`"):
         run_studies(cfg, "replacement", tmp_path / "out", progress=False)
 
 
@@ -88,7 +88,7 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
             "--store", str(real), "--model", str(runs[0]), "--model", str(runs[1]), "--device", "cpu"]
     StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=3), epochs=(0, 1), batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
     res = CliRunner().invoke(cli, args + ["--dry-run"])
-    assert res.exit_code == 0 and "S1                 seed 1: 4 patches (0 real + 4 synthetic)" in res.output
+    assert res.exit_code == 0 and "S1                       seed 1: 4 patches (0 real + 4 synthetic)" in res.output
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "results.json").read_text())
@@ -98,10 +98,10 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
         assert entry["dice"] == pytest.approx(np.mean(dice)) and entry["dice_std"] == pytest.approx(np.std(dice, ddof=1))
     assert PatchStore(out / "banks" / "S1.h5").origin == "synthetic"
     assert "Table 5" in (out / "tables.md").read_text() and (out / "study_real-vs-synthetic.png").stat().st_size
-    page = check_self_contained((out / "report.html").read_text(), n_tables=1, n_images=1)
+    page = check_self_contained((out / "report.html").read_text(), n_tables=2, n_images=1)
     assert [r[0] for r in page.tables[0]] == ["training data", "R1", "S1"]
     if find_browser():
-        check_in_browser(out / "report.html", n_tables=1, n_images=1, screenshot=out / "report-screenshot.png")
+        check_in_browser(out / "report.html", n_tables=2, n_images=1, screenshot=out / "report-screenshot.png")
     assert len((out / "results.csv").read_text().splitlines()) == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/result.json")}
     assert len(stamps) == 4

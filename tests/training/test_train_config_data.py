@@ -97,7 +97,8 @@ def test_patch_dataset_tensors(store_path):
     assert len(ds) == 4
     item = ds[0]
     assert item["x"].shape == (3, 32, 32) and item["x"].dtype == torch.float32
-    assert -1.0 <= item["x"].min() and item["x"].max() <= 1.0
+    image = torch.from_numpy(ds.store.read([int(ds.indices[0])])["image"][0]).permute(2, 0, 1)
+    torch.testing.assert_close(item["x"], image.double().div(127.5).sub(1).float(), rtol=0, atol=1e-6)  # 0 -> -1, 255 -> 1
     assert item["cond"].shape == (6, 32, 32)  # background + 4 CoNSeP types + edge
     assert torch.equal(item["cond"][:5].sum(0), torch.ones(32, 32))  # one-hot
 
