@@ -6,6 +6,7 @@ studies (Sec. 4.3.3-4.3.5) as a one-line drop-in for MONAI / PyTorch training lo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -175,6 +176,14 @@ class SyntheticMixDataset(Dataset):
         # the full chain (flattened, so CacheDataset sees where the first random transform is);
         # it holds the same transform objects as ``_after``, so seeding either seeds both
         super().__init__(data=records, transform=Compose([self._load, *after]).flatten())
+
+    @classmethod
+    def from_config(cls, real: PatchStore | str | os.PathLike, synthetic: PatchStore | str | os.PathLike | None,
+                    config: MixConfig, **kwargs: Any) -> "SyntheticMixDataset":
+        """The dataset a ``MixConfig`` describes (what a study row or ``export`` plans from);
+        ``kwargs`` are the other arguments (``transform``, ``hovernet_targets``)."""
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(real, synthetic, **fields, **kwargs)
 
     def _transform(self, index: int) -> dict[str, Any]:
         # read directly rather than through Compose: its per-call overhead is ~20% of a 128-px read

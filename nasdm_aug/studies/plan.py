@@ -115,9 +115,7 @@ def training_data(row: StudyRow, seed: int, store: PatchStore, bank: PatchStore 
         transform = RandNucleiPasted(store, prob=config.paste_prob, split=row.split, indices=real,
                                      type_weights=_weights(weights)).prepare()
         transform.set_random_state(seed)
-    data = SyntheticMixDataset(store, bank, transform=transform, **{
-        k: getattr(mix, k) for k in ("split", "mode", "ratio", "base_fraction", "seed", "target", "top_fraction",
-                                     "min_fidelity")})
+    data = SyntheticMixDataset.from_config(store, bank, mix, transform=transform)
     if epoch is None or epoch == len(data):
         return data, data
     import torch

@@ -134,3 +134,17 @@ def test_a_missing_bank_names_the_flag_that_gives_it(real, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         ensure_banks(StudyConfig(banks={"S1": str(tmp_path / "none.h5")}), PatchStore(real),
                      select_rows("real-vs-synthetic"), tmp_path, progress=False)
+
+
+def test_a_row_builds_its_dataset_from_its_own_mix_config(real, tmp_path):
+    from nasdm_aug.mixing import SyntheticMixDataset
+
+    store = PatchStore(real)
+    bank = _store(tmp_path / "s2.h5", 5, {"R2": ["a", "b"]}, origin="synthetic", parents=list(store.indices("R2")))
+    row = select_rows("low-label", StudyConfig(label_fractions=(0.2,)))[1]  # 20% R2 + S2
+    data, train = training_data(row, 3, store, PatchStore(bank), StudyConfig(equal_steps=False))
+    direct = SyntheticMixDataset(store, bank, split="R2", mode="add", ratio=0.25, base_fraction=0.2, seed=3,
+                                 target="uniform")
+    assert data is train and data.plan().entries() == direct.plan().entries()
+    assert SyntheticMixDataset.from_config(store, bank, row.mix_config(3, "uniform")).plan().entries() == \
+        direct.plan().entries()
