@@ -54,10 +54,7 @@ def main() -> None:
         seen[key] = seconds
         return best, seconds
 
-    import hovernet.trainer as ht
-    import nasdm_aug.training.trainer as nt
-
-    ht.fastest_layout = nt.fastest_layout = recording
+    hw.fastest_layout = recording  # both trainers measure through hw.measured_layout
     print(f"machine: {hw.describe_machine()}; threads {args.threads}; median of {args.repeats} interleaved steps")
     print("| trainer | preset | batch | channels_last s/step | contiguous s/step | NCHW / channels_last | auto picks |")
     print("|---|---|---|---|---|---|---|")

@@ -127,7 +127,8 @@ def main() -> None:
         cmd = [nasdm, "synthesize", *sum((["--model", m] for m in args.model.split(",")), []),
                "--masks", args.masks, "--indices", ",".join(str(int(i)) for i in idx),
                "--sampler", "ddpm", "--steps", str(args.steps), "--guidance", str(args.guidance),
-               "--seed", str(seed), "--dtype", dtype, "--layout", layout, "--batch-size", str(args.batch_size),
+               "--seed", str(seed), "--precision", {"float32": "fp32", "bfloat16": "bf16"}[dtype], "--layout", layout,
+               "--batch-size", str(args.batch_size),
                "--device", "cpu", "--out", str(bank), "--resume"]
         reused = bank.exists()  # then synthesize --resume only checks it
         wall = run(cmd, work / f"{name}.synth.log")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from nasdm_aug.export import EXPORT_FORMATS, export, parse_type_map
+from cli import options
+from nasdm_aug.export import EXPORT_FORMATS
 from nasdm_aug.mixing.plan import MODES
-from nasdm_aug.utils import InputError
 
 _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
 
@@ -20,7 +20,7 @@ _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
               help="export a mixed set drawn from SPLIT (default Train) and --bank, instead of the patches as they are")
 @click.option("--ratio", type=float, default=None, help="the mode's ratio (default: the mode's own)")
 @click.option("--bank", type=click.Path(dir_okay=False), default=None, metavar="BANK.h5", help="synthetic bank of the mix")
-@click.option("--seed", type=int, default=0, help="seed of the mix plan")
+@options.seed(0)
 @click.option("--base-fraction", type=float, default=0.25, help="--mode add: fraction of SPLIT kept as the real base")
 @click.option("--include-generated", is_flag=True, help="--mode add/synthetic: also draw patches of generated masks")
 @click.option("--target", default="sqrt", metavar="uniform|sqrt|NAME=W,...", help="--mode balance: target type distribution")
@@ -35,10 +35,9 @@ _FORMAT_HELP = "; ".join(f"{k}: {v.summary}" for k, v in EXPORT_FORMATS.items())
                    "(DST 'drop' leaves those nuclei out)")
 @click.option("--fold", type=click.IntRange(0), default=None, help="pannuke: the fold number (default 0)")
 @click.option("--tissue", default=None, help="pannuke: the tissue name written to types.csv (default 'unknown')")
-@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
-@click.option("--quiet", is_flag=True, help="no progress bar")
-def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, include_generated, target,
-                   min_fidelity, top_fraction, type_map, fold, tissue, overwrite, quiet):
+@options.overwrite()
+@options.quiet()
+def export_command(store_arg, out, fmt, quiet, **given):
     """Write STORE (all patches, or SPLIT), or a mixed set of STORE:SPLIT and --bank, to OUT in
     the layout of another tool, with a manifest tracing every patch to its store and origin.
 
@@ -50,30 +49,9 @@ def export_command(store_arg, out, fmt, mode, ratio, bank, seed, base_fraction, 
       nasdm-aug export lizard.h5:Train out/pannuke --format pannuke \\
           --map neutrophil=inflammatory,lymphocyte=inflammatory,plasma=inflammatory,eosinophil=inflammatory
     """
-    from nasdm_aug.data.store import parse_store_arg
+    from nasdm_aug.export import export_from_options
 
-    path, split = parse_store_arg(store_arg)
-    mix = None
-    if mode is None:
-        for name, value, default in (("--ratio", ratio, None), ("--bank", bank, None), ("--seed", seed, 0),
-                                     ("--base-fraction", base_fraction, 0.25),
-                                     ("--include-generated", include_generated, False), ("--target", target, "sqrt")):
-            if value != default:
-                raise InputError(f"{name} belongs to a mix; give --mode too (or leave {name} out)")
-    else:
-        from nasdm_aug.mixing.balance import parse_target
-        from nasdm_aug.mixing.plan import MixConfig
-
-        tgt = parse_target(target)
-        mix = MixConfig(mode=mode, split=split or "Train", ratio=ratio, base_fraction=base_fraction,
-                        include_generated=include_generated, seed=seed,
-                        target=tgt if isinstance(tgt, str) else dict(tgt),
-                        min_fidelity=min_fidelity, top_fraction=top_fraction)
-    if fmt != "pannuke" and (fold is not None or tissue is not None):
-        raise InputError("--fold and --tissue are options of --format pannuke")
-    filt = {} if mix is not None else {"min_fidelity": min_fidelity, "top_fraction": top_fraction}
-    manifest = export(path, out, fmt, split=split, bank=bank, mix=mix, type_map=parse_type_map(type_map),
-                      overwrite=overwrite, progress=not quiet, fold=fold, tissue=tissue, **filt)
+    manifest = export_from_options(store_arg, out, fmt, progress=not quiet, **given)
     o = manifest["origins"]
     click.echo(f"wrote {manifest['patches']} patches ({o['real']} real, {o['synthetic']} synthetic) to {out} "
                f"as {fmt}; manifest.json and manifest.csv trace each one")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nasdm_aug.data.prepare import FORMATS, PrepareConfig, format_summary, prepare
+from cli import options
 from nasdm_aug.types import TYPE_TABLES
 
 
@@ -24,7 +24,7 @@ def _triple(kind: type):
 
 @click.command(context_settings={"show_default": True})
 @click.argument("paths", nargs=-1, metavar="[SRC] OUT.h5")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="dataset format of SRC")
+@options.dataset_format(toy=True, required=True)
 # -- tiling
 @click.option("--patch-size", type=click.IntRange(8), default=128, help="patch side in pixels")
 @click.option("--stride", type=click.IntRange(1), default=64, help="step between patches")
@@ -32,21 +32,18 @@ def _triple(kind: type):
 @click.option("--tissue-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.05,
               help="HSV saturation above which a pixel is tissue")
 # -- magnification and classes
-@click.option("--magnification", type=click.FloatRange(0, min_open=True), default=None,
-              help="objective power of the store, e.g. 20 (images area-downsampled, labels nearest) "
-                   "[default: the source's]")
+@options.magnification(unset="the source's")
 @click.option("--source-magnification", type=click.FloatRange(0, min_open=True), default=None,
               help="objective power of SRC [default: the format's: lizard/conic/toy 20, consep/pannuke 40]")
 @click.option("--min-nucleus-area", type=click.IntRange(0), default=4,
               help="after downsampling, drop pieces of nuclei smaller than this (px)")
-@click.option("--consep-classes", type=click.Choice(["merged", "original"]), default="merged",
-              help="consep: labels hold the merged 4 classes, or CoNSeP's original 7 (merged as HoVer-Net does)")
+@options.consep_classes()
 # -- splits
 @click.option("--split-counts", callback=_triple(int), metavar="TEST,R2,R1",
               help="images per split (Train is the rest) [default: the paper's fractions]")
 @click.option("--split-fractions", callback=_triple(float), metavar="TEST,R2,R1",
               help="fractions of all images [default: 12/238,36/238,36/238 as in the paper]")
-@click.option("--seed", type=int, default=0, help="seed of the split shuffle and of the toy tissue")
+@options.seed(0)
 @click.option("--type-table", type=click.Choice(sorted(TYPE_TABLES)), default=None,
               help="type table to check and record [default: the format's own]")
 @click.option("--limit", type=click.IntRange(0), default=0, help="use only the first N images (0 = all)")
@@ -58,12 +55,10 @@ def _triple(kind: type):
 # -- output and run
 @click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default="lzf", help="HDF5 compression")
 @click.option("--workers", type=click.IntRange(1), default=1, help="processes that read and tile images")
-@click.option("--overwrite", is_flag=True, help="replace OUT (and --keep-source) if it exists")
-@click.option("--dry-run", is_flag=True, help="print the resolved config as JSON and stop")
-@click.option("--quiet", is_flag=True, help="no progress bar")
-def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, split_counts, split_fractions,
-                seed, type_table, limit, images, size, keep_source, compression, workers, overwrite, dry_run, quiet,
-                magnification, source_magnification, min_nucleus_area, consep_classes):
+@options.overwrite()
+@options.dry_run()
+@options.quiet()
+def prepare_cmd(paths, dry_run, quiet, **given):
     """Tile a dataset into a PatchStore with per-image splits (Test, R2, Train, R1 within Train).
 
     \b
@@ -77,30 +72,10 @@ def prepare_cmd(paths, fmt, patch_size, stride, min_tissue, tissue_threshold, sp
     NASDM works at 20x; CoNSeP and PanNuke are 40x:
       nasdm-aug prepare --format consep SRC OUT.h5 --magnification 20 --patch-size 64 --stride 32
     """
-    want = 1 if fmt == "toy" else 2
-    if len(paths) != want:
-        usage = "OUT.h5" if fmt == "toy" else "SRC OUT.h5"
-        raise click.UsageError(f"--format {fmt} takes {usage}, got {len(paths)} path(s)")
-    if split_counts and split_fractions:
-        raise click.UsageError("give --split-counts or --split-fractions, not both")
-    if keep_source and fmt != "toy":
-        raise click.UsageError("--keep-source only applies to --format toy")
-    fields = dict(
-        format=fmt, src="" if fmt == "toy" else paths[0], out=paths[-1], patch_size=patch_size, stride=stride,
-        min_tissue=min_tissue, tissue_threshold=tissue_threshold, split_counts=split_counts, seed=seed,
-        type_table=type_table or "", limit=limit, toy_images=images, toy_size=size, keep_source=keep_source or "",
-        compression=compression, workers=workers, overwrite=overwrite, magnification=magnification or 0.0,
-        source_magnification=source_magnification or 0.0, min_nucleus_area=min_nucleus_area,
-        consep_classes=consep_classes,
-    )
-    if split_fractions:
-        fields["split_fractions"] = split_fractions
-    try:
-        config = PrepareConfig(**fields)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    from nasdm_aug.data.prepare import PrepareConfig, format_summary, prepare
+
+    config = PrepareConfig.from_options(paths, **given)
     if dry_run:
         click.echo(config.to_json())
         return
-    summary = prepare(config, progress=not quiet)
-    click.echo(format_summary(summary))
+    click.echo(format_summary(prepare(config, progress=not quiet)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cli import options
+
 
 @click.command("score", context_settings={"show_default": True})
 @click.argument("bank", metavar="BANK.h5")
@@ -12,15 +14,16 @@ import click
                    "magnification")
 @click.option("--criterion", type=click.Choice(["pq", "dq"]), default="pq",
               help="pq: panoptic quality of the segmentation against the patch's own mask; dq: detection quality")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="patches per forward pass and per write")
-@click.option("--device", default="auto", metavar="DEV", help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--overwrite", is_flag=True, help="replace scores made by another segmenter or criterion")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@options.batch_size(32)
+@options.device("auto")
+@options.overwrite()
+@options.quiet()
 def score(bank: str, segmenter: str, criterion: str, batch_size: int, device: str, overwrite: bool,
           quiet: bool) -> None:
     """Score every patch of BANK.h5 by how well HV_RUN finds the bank's own nuclei in it.
 
-    The scores go into the bank (dataset `fidelity`); a rerun after a kill scores only the rest.
+    The scores go into the bank (dataset `fidelity`); a rerun after a kill scores only the rest,
+    and scores made by another segmenter or criterion are replaced only with --overwrite.
     A patch whose mask has no nucleus scores 1 if HV_RUN finds none either, else 0. Then
     `export --min-fidelity/--top-fraction` and SyntheticMixDataset(min_fidelity=..., top_fraction=...)
     draw only the patches that pass.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli import options
 from nasdm_aug.data.toy import FREQUENCIES, ToyConfig, write_toy_dataset
 from nasdm_aug.utils import InputError, check_writable
 
@@ -11,15 +12,16 @@ from nasdm_aug.utils import InputError, check_writable
 @click.command(context_settings={"show_default": True})
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--images", type=click.IntRange(1), required=True, help="number of images to generate")
-@click.option("--seed", type=click.IntRange(0), required=True, help="image i is seeded from (seed, i)")
+@options.seed(required=True)
 @click.option("--size", type=click.IntRange(16), default=1000, help="image side in pixels (Lizard: ~1000)")
 @click.option("--frequencies", type=click.Choice(sorted(FREQUENCIES)), default="lizard",
               help="nuclei-type shares: Lizard's imbalance or all six about equal")
-@click.option("--overwrite", is_flag=True, help="replace DIR if it exists")
-@click.option("--dry-run", is_flag=True, help="print the resolved config as JSON and stop")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@options.overwrite()
+@options.dry_run()
+@options.quiet()
 def toy(out_dir, images, seed, size, frequencies, overwrite, dry_run, quiet):
-    """Generate toy tissue into DIR/Images/*.png and DIR/Labels/*.mat (Lizard layout).
+    """Generate toy tissue into DIR/Images/*.png and DIR/Labels/*.mat (Lizard layout); image i is
+    seeded from (--seed, i).
 
     \b
       nasdm-aug toy DIR --images N --seed S [--size 1000] [--frequencies lizard|balanced]

@@ -4,14 +4,29 @@ NASDM paper runs it (Sec. 4.3.2), ``tiny`` trains on a 2-core CPU.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 from nasdm_aug.config import ConfigBase
-from nasdm_aug.types import LAYOUT_CHOICES
-from nasdm_aug.utils import unknown_name
+from nasdm_aug.types import LAYOUT_CHOICES, PRECISIONS
+from nasdm_aug.utils import InputError, unknown_name
 
-__all__ = ["ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS", "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset"]
+__all__ = ["check_encoder_weights", "ModelConfig", "LossConfig", "PostprocessConfig", "POSTPROCESS_PRESETS",
+           "HoVerNetConfig", "HOVERNET_PRESETS", "get_hovernet_preset"]
+
+
+def check_encoder_weights(weights: str | os.PathLike | None) -> None:
+    """Refuse ``encoder_weights="imagenet"``: segmentation_models_pytorch would download them at
+    run time, and nasdm-aug downloads nothing; a local copy of the same weights works.
+
+    Raises:
+        InputError: ``weights`` is ``"imagenet"``.
+    """
+    if str(weights) == "imagenet":
+        raise InputError("`encoder_weights` imagenet would download the ImageNet weights at run time, which "
+                         "nasdm-aug never does: pass `encoder_weights` FILE, a local copy of them (safetensors or "
+                         "a torch state dict of the encoder)")
 
 
 @dataclass(frozen=True)
@@ -19,7 +34,9 @@ class ModelConfig(ConfigBase):
     """The network: an smp encoder and HoVerNet's three decoders."""
 
     encoder: str = "resnet50"  # any smp encoder name (smp.encoders.encoders)
-    encoder_weights: str | None = None  # None | "imagenet" (needs the internet) | path to a local file
+    # None (random) | path to a local weights file. "imagenet" is refused when a model is built
+    # (check_encoder_weights): nothing downloads at run time; pass a local copy of those weights
+    encoder_weights: str | None = None
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # per decoder stage, deepest first (5 stages)
     dense_units: int = 2  # dense units per decoder stage (HoVerNet's decoders use dense blocks)
     growth: int = 32  # channels each dense unit adds
@@ -143,7 +160,7 @@ class HoVerNetConfig(ConfigBase):
     # bf16 autocast of the network (the losses stay fp32); it pays only where bf16 is native (Ampere+ GPU,
     # AVX512-BF16/AMX). "auto": bf16 there, fp32 elsewhere, decided when a run starts and recorded
     # in its config.json, so a resumed run keeps the precision it started in
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: str = "fp32"  # one of nasdm_aug.types.PRECISIONS
     # memory layout of the network in training: "auto" (the faster one here, measured once per
     # machine and model: nasdm_aug.hardware.fastest_layout), "channels_last" or "contiguous"
     layout: str = "auto"
@@ -157,10 +174,37 @@ class HoVerNetConfig(ConfigBase):
         if self.batch_size < 1 or self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required, got {self.batch_size}, "
                              f"{self.val_every}, {self.num_workers}")
-        if self.precision not in ("fp32", "bf16", "auto"):
-            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.layout not in LAYOUT_CHOICES:
             raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
+
+    @classmethod
+    def from_options(cls, preset: str = "tiny", config: str | os.PathLike | None = None, *, epochs: int | None = None,
+                     encoder_weights: str | None = None, workers: int | None = None,
+                     **fields: Any) -> "HoVerNetConfig":
+        """The config ``nasdm-aug hovernet train`` runs: ``config`` (a JSON file), else the
+        ``preset``, with the options given (not None) in its place. ``epochs`` sets both phases
+        to N epochs, the rate decaying after half of each (the paper's 25 of 50);
+        ``encoder_weights`` is a local file or ``"none"``; ``workers`` is ``num_workers``;
+        ``**fields`` are other fields of the config (``batch_size``, ``seed``, ``device``,
+        ``layout``, ``precision``).
+
+        Raises:
+            InputError: an unknown preset, a config file or value the config rejects, or
+                ``encoder_weights`` ``"imagenet"`` (:func:`check_encoder_weights`).
+        """
+        cfg = cls.load(config) if config else get_hovernet_preset(preset)
+        changes = {k: v for k, v in {**fields, "num_workers": workers}.items() if v is not None}
+        if epochs is not None:
+            changes.update(phase1_epochs=epochs, phase2_epochs=epochs, lr_decay_epoch=max(1, epochs // 2))
+        if encoder_weights is not None:
+            check_encoder_weights(encoder_weights)
+            changes["model"] = cfg.model.replace(encoder_weights=None if encoder_weights == "none" else encoder_weights)
+        try:
+            return cfg.replace(**changes)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
 
     @property
     def epochs(self) -> int:

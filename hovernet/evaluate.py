@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from nasdm_aug.training.checkpoint import check_weights_fit, read_safetensors, safetensors_header
+from nasdm_aug.training.distributed import pick_device
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -46,7 +47,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[HoVerNet, HoVerNetConfig, dict[str, Any]]:
-    """Rebuild a trained HoVerNet from its own config and weights (nothing is unpickled).
+    """Rebuild a trained HoVerNet from its own config and weights (nothing is unpickled), on
+    ``device`` (``"auto"``: this rank's GPU when there is one, else the CPU).
 
     Returns:
         (model in eval mode, its HoVerNetConfig, data info dict with ``type_table`` and ``patch_size``).
@@ -68,7 +70,7 @@ def load_hovernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
         model.load_state_dict(read_safetensors(weights, header_checked=True))
     except RuntimeError as exc:
         raise InputError(f"{ckpt}: weights do not load ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), cfg, info
+    return model.to(pick_device(device)).eval(), cfg, info
 
 
 def type_table_of(info: dict[str, Any], n_types: int) -> NucleiTypeTable:
@@ -189,7 +191,8 @@ def predict_image(model_dir: str | os.PathLike, image: np.ndarray, device: str =
     # pad to a multiple of 32 so every window fits the encoder's five halvings
     ph, pw = (-h) % 32, (-w) % 32
     x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    out = sliding_window_inference(x.to(device), (min(size, x.shape[-2]), min(size, x.shape[-1])), 4, model,
+    x = x.to(next(model.parameters()).device)
+    out = sliding_window_inference(x, (min(size, x.shape[-2]), min(size, x.shape[-1])), 4, model,
                                    overlap=0.25, mode="gaussian")
     out = {k: v[..., :h, :w] for k, v in out.items()}  # type: ignore[union-attr]
     inst, typ = postprocess(out, cfg.postprocess)

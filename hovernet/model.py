@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hovernet.config import ModelConfig
+from hovernet.config import ModelConfig, check_encoder_weights
 from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["HoVerNet", "load_encoder_weights"]
@@ -127,28 +127,17 @@ class HoVerNet(nn.Module):
 
 
 def load_encoder_weights(encoder: nn.Module, name: str, weights: str | os.PathLike) -> None:
-    """Load encoder weights: ``"imagenet"`` through smp (downloads), or a local file.
+    """Load encoder weights from a local file; nothing is downloaded (``"imagenet"`` is refused:
+    pass a local copy of those weights instead).
 
     A local file is a safetensors file or a ``torch.save`` state dict (read with
     ``weights_only=True``); keys may carry an ``encoder.`` prefix.
 
     Raises:
-        InputError: the download fails, or the file is missing, unreadable or does not fit.
+        InputError: ``"imagenet"``, or a file that is missing, unreadable or does not fit.
     """
-    if str(weights) == "imagenet":
-        import segmentation_models_pytorch as smp
-
-        try:
-            state = smp.encoders.get_encoder(name, in_channels=3, depth=5, weights="imagenet").state_dict()
-        except KeyError as exc:
-            raise InputError(f"encoder {name!r} has no imagenet weights ({exc})") from None
-        except Exception as exc:  # network and hub errors come in many types
-            raise InputError(
-                f"could not download imagenet weights for encoder {name!r} ({type(exc).__name__}); "
-                "without internet pass a local weights file instead"
-            ) from None
-    else:
-        state = _read_state_dict(Path(weights))
+    check_encoder_weights(weights)
+    state = _read_state_dict(Path(weights))
     state = {k.removeprefix("encoder."): v for k, v in state.items()}
     try:
         encoder.load_state_dict(state)
@@ -158,7 +147,7 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str | os.PathLi
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise InputError(f"{path}: encoder weights file not found (use None, 'imagenet' or a local file)")
+        raise InputError(f"{path}: encoder weights file not found (use None or a local weights file)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

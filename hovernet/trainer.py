@@ -30,11 +30,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from hovernet.config import HoVerNetConfig
-from hovernet.data import HoVerNetTrainDataset
+from hovernet.data import HoVerNetTrainDataset, store_dataset
 from hovernet.evaluate import evaluate_model
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
-from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format, native_bf16
+from nasdm_aug.data.store import parse_store_arg
+from nasdm_aug.hardware import LAYOUTS, measured_layout, memory_format, optimizer_step
+from nasdm_aug.hardware import resolve_precision as resolve_precision_name
 from nasdm_aug.training.checkpoint import (latest_checkpoint, load_optimizer_state, prune_checkpoints, read_safetensors,
                                            read_torch_state, write_checkpoint)
 from nasdm_aug.training.distributed import (DistInfo, all_reduce_sum, any_rank, cleanup_distributed, collective_errors,
@@ -46,7 +48,8 @@ from nasdm_aug.training.schedule import step_decay_lr
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, write_text_atomic
 
-__all__ = ["train_hovernet", "lr_at", "resolve_layout", "resolve_precision", "resolve_workers", "timing_step"]
+__all__ = ["train_hovernet", "train_hovernet_on_stores", "lr_at", "resolve_layout", "resolve_precision",
+           "resolve_workers", "timing_step"]
 
 _UNIT = "epoch"  # checkpoints/epoch_XXXX
 # training steps between the checks for a non-finite loss: each check waits for the device and
@@ -97,24 +100,20 @@ def timing_step(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple[in
               "nc": torch.randint(0, cfg.model.n_types + 1, (b, h, w), generator=gen).to(device)}
     autocast = resolve_precision(cfg, device).precision == "bf16"
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             pred = model(x)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(pred, target)["loss"].backward()
-        opt.step()
-    return step
+        return loss_fn(pred, target)["loss"]
+    return optimizer_step(loss, opt)
 
 
 def resolve_precision(cfg: HoVerNetConfig, device: torch.device, recorded: str | None = None) -> HoVerNetConfig:
     """``cfg`` with ``precision="auto"`` made concrete: the precision the run was started in
-    (``recorded``), else ``"bf16"`` where bf16 is native on ``device``
-    (:func:`nasdm_aug.hardware.native_bf16`) and ``"fp32"`` elsewhere. Other precisions stay."""
+    (``recorded``), else ``"bf16"`` where bf16 is native on ``device`` and ``"fp32"`` elsewhere
+    (:func:`nasdm_aug.hardware.resolve_precision`). Other precisions stay."""
     if cfg.precision != "auto":
         return cfg
-    if recorded in ("fp32", "bf16"):
-        return cfg.replace(precision=recorded)
-    return cfg.replace(precision="bf16" if native_bf16(device) else "fp32")
+    return cfg.replace(precision=resolve_precision_name(cfg.precision, device, recorded))
 
 
 def _recorded_precision(out: Path, resume: bool) -> str | None:
@@ -130,7 +129,7 @@ def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple
                    recorded: str | None = None) -> str:
     """The memory layout a run trains in: ``cfg.layout``, or for ``"auto"`` the one the run was
     started with (``recorded``), else the faster of the two for a phase-2 step of this model and
-    batch on this machine (:func:`nasdm_aug.hardware.fastest_layout`, measured once and cached).
+    batch on this machine (:func:`nasdm_aug.hardware.measured_layout`, measured once and cached).
 
     The measurement times :func:`timing_step` under a forked RNG: the run's weights and data order
     are the same whichever layout wins.
@@ -143,8 +142,7 @@ def resolve_layout(cfg: HoVerNetConfig, device: torch.device, image_shape: tuple
     c, h, w = image_shape
     key = (f"hovernet {cfg.model.replace(encoder_weights=None).to_json(indent=None)} batch={cfg.batch_size} "
            f"image={c}x{h}x{w} precision={cfg.precision}")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return fastest_layout(key, lambda fmt: timing_step(cfg, device, image_shape, fmt), device)[0]
+    return measured_layout(key, lambda fmt: timing_step(cfg, device, image_shape, fmt), device)
 
 
 def resolve_workers(num_workers: int | None, device: torch.device, local_world_size: int | None = None) -> int:
@@ -352,3 +350,20 @@ def _end_epoch(model: HoVerNet, opt: torch.optim.Optimizer, st: dict[str, Any], 
                                                          "path": f"checkpoints/{path.name}"}, indent=2) + "\n")
     prune_checkpoints(out, keep=(st["best_epoch"],), unit=_UNIT)
     drop_replaced(out)  # the new run has a checkpoint: a run it replaced can go
+
+
+def train_hovernet_on_stores(train: str, out_dir: str | os.PathLike, cfg: HoVerNetConfig, *, val: str | None = None,
+                             resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """:func:`train_hovernet` on the real patches of ``train`` (``STORE[:SPLIT]``, split Train when
+    none is named), validated on ``val`` (``STORE:SPLIT``), recording the training store's type
+    table, patch size and magnification.
+
+    Raises:
+        InputError: as :func:`train_hovernet`, and a store that is unreadable or a split it lacks.
+    """
+    train_ds = store_dataset(*parse_store_arg(train, "Train"))
+    val_ds = store_dataset(*parse_store_arg(val)) if val else None
+    store = train_ds.real
+    return train_hovernet(train_ds, out_dir, cfg, val_data=val_ds, type_table=store.type_table,
+                          patch_size=store.patch_size, magnification=store.magnification,
+                          data_desc=f"train={train} val={val}", resume=resume, overwrite=overwrite, progress=progress)

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
-from nasdm_aug.hardware import DTYPES, LAYOUT_CHOICES, memory_format, resolve_dtype, resolve_sampling_layout
+from nasdm_aug.hardware import (LAYOUT_CHOICES, PRECISIONS, memory_format, precision_name, resolve_dtype,
+                                resolve_sampling_layout)
 from nasdm_aug.sampling import SamplerOptions, classifier_free_guidance, sample, sample_seed
 from nasdm_aug.training.checkpoint import load_data_info, resolve_checkpoint
 from nasdm_aug.training.config import TrainConfig
@@ -104,9 +105,10 @@ class NASDMGenerator:
         type_table: the nuclei types both models were trained on.
         mask_model: the mask U-Net and its config (None: only ``generate_patches`` works).
         device: where the models run (None or "auto": this rank's GPU when there is one, else the CPU).
-        dtype: ``torch.float32``, ``torch.bfloat16`` (autocast sampling), or a name in
-            ``hardware.DTYPES``; ``"auto"`` (default) is bfloat16 where this device runs it natively
-            (an Ampere or later GPU, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
+        dtype: ``torch.float32``, ``torch.bfloat16`` (autocast sampling), or a precision in
+            ``hardware.PRECISIONS`` (the older ``"float32"`` and ``"bfloat16"`` are read too);
+            ``"auto"`` (default) is bfloat16 where this device runs it natively (an Ampere or
+            later GPU, a CPU with AVX512-BF16 or AMX), else float32. ``self.dtype`` is the
             resolved one. bf16 moved the patches by about one grey level on average, and FID, KID
             and the fidelity criteria by less than a change of seed does (benchmarks/RESULTS.md).
         layout: ``"auto"`` (default), ``"channels_last"`` or ``"contiguous"`` (NCHW); the models and
@@ -137,8 +139,11 @@ class NASDMGenerator:
         model_hash: str = "",
     ) -> None:
         if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            try:
+                precision_name(dtype)
+            except ValueError:
+                raise InputError(f"dtype must be torch.float32, torch.bfloat16 or a precision ({', '.join(PRECISIONS)}), "
+                                 f"got {dtype!r}") from None
         elif dtype not in (torch.float32, torch.bfloat16):
             raise InputError(f"dtype must be float32 or bfloat16, got {dtype}")
         if layout not in LAYOUT_CHOICES:
@@ -186,7 +191,7 @@ class NASDMGenerator:
             patch_run: the patch model's run directory.
             ema: load EMA weights (default) rather than the raw ones.
             device: None or "auto" (default): this rank's GPU when there is one, else the CPU.
-            dtype: float32, bfloat16 (autocast) or ``"auto"`` (default; see the class).
+            dtype: a torch dtype or a precision: fp32, bf16 (autocast) or ``"auto"`` (default; see the class).
             layout: ``"auto"`` (default: contiguous on a CUDA GPU, channels_last elsewhere),
                 ``"channels_last"`` or ``"contiguous"`` (see the class).
             compile: sample through ``torch.compile`` (see the class).

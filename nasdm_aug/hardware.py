@@ -1,7 +1,9 @@
 """What this machine runs well, checked at run time: whether bfloat16 is a native type here (an
-Ampere or later GPU, or a CPU with AVX512-BF16 or AMX), which memory layout trains a given model
-faster here (measured once and cached: :func:`fastest_layout`), and a one-line description of the
-machine for benchmark records. The machines this project runs on differ: on an AVX2-only CPU a
+Ampere or later GPU, or a CPU with AVX512-BF16 or AMX), and so what precision ``"auto"`` means
+(:func:`resolve_precision`, for training, HoVerNet and synthesis alike), which memory layout trains
+a given model faster here (measured once and cached: :func:`fastest_layout`, which both trainers
+reach through :func:`measured_layout`), and a one-line description of the machine for benchmark
+records. The machines this project runs on differ: on an AVX2-only CPU a
 bf16 convolution is about ten times slower than fp32, so bf16 is never chosen where it is emulated
 (which includes a CPU whose oneDNN is capped below its bf16 ISA by ``ONEDNN_MAX_CPU_ISA``), and
 channels_last, faster on the AVX512 box, trained slower there.
@@ -22,13 +24,17 @@ from typing import Any, Callable
 
 import torch
 
-from nasdm_aug.types import LAYOUT_CHOICES, LAYOUTS
+from nasdm_aug.types import LAYOUT_CHOICES, LAYOUTS, PRECISIONS
 from nasdm_aug.utils import write_text_atomic
 
-__all__ = ["DTYPES", "LAYOUTS", "LAYOUT_CHOICES", "cpu_flags", "onednn_isa_cap", "native_bf16", "resolve_dtype",
-           "memory_format", "median_seconds", "resolve_sampling_layout", "describe_machine", "layout_cache_path", "fastest_layout"]
+__all__ = ["PRECISIONS", "LAYOUTS", "LAYOUT_CHOICES", "cpu_flags", "onednn_isa_cap", "native_bf16", "precision_name",
+           "resolve_precision", "precision_dtype", "resolve_dtype", "memory_format", "median_seconds",
+           "resolve_sampling_layout", "describe_machine", "layout_cache_path", "fastest_layout", "measured_layout",
+           "optimizer_step"]
 
-DTYPES = ("float32", "bfloat16", "auto")
+# the torch dtype names synthesis took before it spoke in PRECISIONS (its old ``dtype`` and
+# ``--dtype``); still read in configs, banks and interrupted runs written then
+_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # oneDNN's CPU ISA names in ascending order (``dnnl::cpu_isa``); its bf16 convolutions run on
 # dot-product instructions from AVX512_CORE_BF16 on. Below that they are emulated: measured on an
@@ -89,17 +95,51 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """``"float32"`` / ``"bfloat16"`` as asked; ``"auto"``: bfloat16 where it is native, else float32.
+def precision_name(name: str) -> str:
+    """``name`` as a word of ``PRECISIONS``: those as they are, and the torch dtype names synthesis
+    took before (``"float32"`` -> ``"fp32"``, ``"bfloat16"`` -> ``"bf16"``).
 
     Raises:
         ValueError: another name.
     """
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return torch.bfloat16 if name == "bfloat16" else torch.float32
+    if name in PRECISIONS:
+        return name
+    if name in _DTYPE_NAMES:
+        return _DTYPE_NAMES[name]
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+
+
+def resolve_precision(name: str, device: torch.device | str, recorded: str | None = None) -> str:
+    """``"fp32"`` or ``"bf16"``: ``name`` as given; for ``"auto"`` the precision a run started in
+    (``recorded``, when it is one), else ``"bf16"`` where bf16 is native on ``device``
+    (:func:`native_bf16`) and ``"fp32"`` elsewhere. Training, HoVerNet and synthesis all resolve
+    ``"auto"`` here.
+
+    Raises:
+        ValueError: a name not in ``PRECISIONS``.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name != "auto":
+        return name
+    if recorded in ("fp32", "bf16"):
+        return recorded
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a resolved precision: ``torch.bfloat16`` for ``"bf16"``, else ``torch.float32``."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """The torch dtype of :func:`resolve_precision` for ``name`` (a precision, or a torch dtype name
+    :func:`precision_name` reads).
+
+    Raises:
+        ValueError: another name.
+    """
+    return precision_dtype(resolve_precision(precision_name(name), device))
 
 
 def memory_format(layout: str) -> torch.memory_format:
@@ -264,3 +304,25 @@ def fastest_layout(key: str, make_step: Callable[[torch.memory_format], Callable
     except OSError:
         pass
     return best, seconds
+
+
+def measured_layout(key: str, make_step: Callable[[torch.memory_format], Callable[[], object]],
+                    device: torch.device | str) -> str:
+    """The layout :func:`fastest_layout` picks for ``make_step`` on ``device`` (measured once and
+    cached), timed under a forked RNG, so the caller's run (its weights, noise and data order) is
+    the same whichever layout wins. Both trainers choose their ``"auto"`` layout with it."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return fastest_layout(key, make_step, device)[0]
+
+
+def optimizer_step(loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """A function that runs one full training step, for timing: ``loss()`` (forward and loss), then
+    the gradients zeroed, the backward pass and ``optimizer.step()``. Both trainers' ``timing_step``
+    return one."""
+    def step() -> None:
+        value = loss()
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+    return step

@@ -96,15 +96,7 @@ def score_bank(bank: PatchStore | str | os.PathLike, segmenter: str | os.PathLik
         raise InputError(f"`criterion` {criterion!r} is not one of {', '.join(CRITERIA)}")
     if int(batch_size) < 1:
         raise InputError(f"`batch_size` {batch_size!r} must be >= 1")
-    if isinstance(bank, PatchStore):
-        bank.close()  # its handle reopens on its next read; an open reader blocks our writes
-    path = bank.path if isinstance(bank, PatchStore) else Path(bank)
-    with PatchStore(path) as st:  # a missing or foreign file fails here, naming it
-        if st.origin != "synthetic":
-            raise InputError(f"{path}: origin is {st.origin!r}, not a synthetic bank; `nasdm-aug score` scores the "
-                             "patches of a bank made by nasdm-aug synthesize against their own masks")
-        n = len(st)
-        ckpt, identity = _check_segmenter(segmenter, st, criterion)
+    path, n, ckpt, identity = _check_bank(bank, segmenter, criterion)
     old = read_score_info(path)
     fresh = old is None or overwrite
     if not fresh and any(old.get(k) != identity[k] for k in _IDENTITY):
@@ -118,7 +110,31 @@ def score_bank(bank: PatchStore | str | os.PathLike, segmenter: str | os.PathLik
     if len(todo) == 0 and not fresh:
         return scores
     segment = _load_segment(ckpt, dev)
-    with _writable(path) as f:  # nothing is written before the segmenter loads
+    _open_scores(path, n, identity, fresh)  # nothing is written before the segmenter loads
+    _score_patches(path, todo, segment, scores, criterion, int(batch_size), progress)
+    return scores
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _check_bank(bank: PatchStore | str | os.PathLike, segmenter: str | os.PathLike,
+                criterion: str) -> tuple[Path, int, Path, dict[str, Any]]:
+    """(path, patches, segmenter checkpoint folder, scoring attributes) of a synthetic bank that
+    ``segmenter`` fits; a given PatchStore is closed, as an open reader blocks the writes."""
+    if isinstance(bank, PatchStore):
+        bank.close()  # its handle reopens on its next read; an open reader blocks our writes
+    path = bank.path if isinstance(bank, PatchStore) else Path(bank)
+    with PatchStore(path) as st:  # a missing or foreign file fails here, naming it
+        if st.origin != "synthetic":
+            raise InputError(f"{path}: origin is {st.origin!r}, not a synthetic bank; `nasdm-aug score` scores the "
+                             "patches of a bank made by nasdm-aug synthesize against their own masks")
+        ckpt, identity = _check_segmenter(segmenter, st, criterion)
+        return path, len(st), ckpt, identity
+
+
+def _open_scores(path: Path, n: int, identity: dict[str, Any], fresh: bool) -> None:
+    """Check that the bank opens for writing; when ``fresh``, replace its scores with ``n`` NaN (not
+    scored yet) carrying the scoring's attributes."""
+    with _writable(path) as f:
         if fresh:
             if SCORES_KEY in f:
                 del f[SCORES_KEY]
@@ -127,10 +143,16 @@ def score_bank(bank: PatchStore | str | os.PathLike, segmenter: str | os.PathLik
             ds = f.create_dataset(SCORES_KEY, data=np.full(n, np.nan, np.float32))
             for k, v in identity.items():
                 ds.attrs[k] = v
+
+
+def _score_patches(path: Path, todo: np.ndarray, segment, scores: np.ndarray, criterion: str, batch_size: int,
+                   progress: bool) -> None:
+    """Score the patches ``todo`` into ``scores`` and the bank, one batch at a time."""
+    n = len(scores)
     with PatchStore(path) as st, tqdm(total=n, initial=n - len(todo), desc="score", unit="patch",
                                       disable=not progress) as bar:
-        for s in range(0, len(todo), int(batch_size)):
-            idx = todo[s:s + int(batch_size)]
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s:s + batch_size]
             data = st.read(idx, ("image", "inst"))
             st.close()  # HDF5 opens no writer beside a reader in one process
             pred_inst, _ = segment(data["image"])
@@ -138,10 +160,8 @@ def score_bank(bank: PatchStore | str | os.PathLike, segmenter: str | os.PathLik
             with _writable(path) as f:
                 f[SCORES_KEY][idx] = scores[idx]
             bar.update(len(idx))
-    return scores
 
 
-# -- helpers -----------------------------------------------------------------------------------------
 def _check_segmenter(segmenter: str | os.PathLike, bank: PatchStore, criterion: str) -> tuple[Path, dict[str, Any]]:
     """The checkpoint folder of ``segmenter`` and the attributes of a scoring with it, after checking
     that it fits ``bank``."""

@@ -21,6 +21,7 @@ __all__ = [
     "MODEL_KINDS",
     "LAYOUTS",
     "LAYOUT_CHOICES",
+    "PRECISIONS",
 ]
 
 #: The two NASDM models: the mask model (nuclei layouts for a choice of types) and the patch model
@@ -35,6 +36,10 @@ LAYOUTS = ("channels_last", "contiguous")
 # trained the patch U-Net 1.03-1.42x faster than NCHW on the AVX512 box (benchmarks/RESULTS.md) and
 # 0.92x on an AVX2-only one (131.7 against 120.9 ms per sample, tiny preset, 64 px)
 LAYOUT_CHOICES = ("auto",) + LAYOUTS
+# the precision the networks train and sample in: fp32, bf16 autocast, or "auto": bf16 where it is
+# native, else fp32 (nasdm_aug.hardware.resolve_precision). Training, HoVerNet and synthesis all
+# take these words.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)

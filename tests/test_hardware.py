@@ -1,4 +1,5 @@
-"""bf16 is chosen only where the machine runs it natively; layouts and dtypes by name."""
+"""bf16 is chosen only where the machine runs it natively; layouts and precisions by name; the
+trainers' shared layout timing."""
 
 from __future__ import annotations
 
@@ -59,12 +60,61 @@ def test_bf16_without_cuda_is_not_native_there(monkeypatch):
 
 
 def test_names_are_checked():
-    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, auto, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
         hw.resolve_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="layout must be one of channels_last, contiguous"):
         hw.memory_format("nhwc")
     assert hw.memory_format("channels_last") == torch.channels_last
     assert hw.memory_format("contiguous") == torch.contiguous_format
+
+
+def test_one_precision_vocabulary_for_training_hovernet_and_synthesis(monkeypatch):
+    from hovernet.config import HoVerNetConfig
+    from nasdm_aug.synthesize import SynthesizeConfig
+    from nasdm_aug.training.config import PRECISIONS, get_train_preset
+
+    monkeypatch.setattr(hw, "native_bf16", lambda device: True)
+    assert [hw.resolve_precision(p, "cpu") for p in hw.PRECISIONS] == ["fp32", "bf16", "bf16"]
+    assert hw.resolve_precision("auto", "cpu", recorded="fp32") == "fp32"  # a run keeps what it started in
+    assert hw.resolve_precision("bf16", "cpu", recorded="fp32") == "bf16"  # an explicit choice stays
+    monkeypatch.setattr(hw, "native_bf16", lambda device: False)
+    assert hw.resolve_precision("auto", "cpu") == "fp32" and hw.resolve_precision("auto", "cpu", "f16") == "fp32"
+    assert [hw.precision_name(n) for n in ("float32", "bfloat16", "auto", "fp32", "bf16")] == \
+        ["fp32", "bf16", "auto", "fp32", "bf16"]
+    assert hw.precision_dtype("bf16") == torch.bfloat16 and hw.precision_dtype("fp32") == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto, got 'float32'"):
+        hw.resolve_precision("float32", "cpu")  # the older dtype names are read by precision_name only
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
+        hw.precision_name("fp16")
+    assert PRECISIONS is hw.PRECISIONS
+    train = get_train_preset("mask", "tiny")
+    assert [train.replace(precision=p).resolved_precision("cpu") for p in hw.PRECISIONS] == ["fp32", "bf16", "fp32"]
+    for p in hw.PRECISIONS:
+        assert HoVerNetConfig(precision=p).precision == SynthesizeConfig(types="all", num=1, precision=p).precision
+    for make in (lambda: HoVerNetConfig(precision="float32"), lambda: train.replace(precision="float32"),
+                 lambda: SynthesizeConfig(types="all", num=1, precision="float32")):
+        with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto, got 'float32'"):
+            make()
+
+
+def test_measured_layout_leaves_the_callers_random_state_as_it_was(monkeypatch, tmp_path):
+    """The trainers' layout timing draws random numbers; the run that asked must not see it."""
+    monkeypatch.setenv("NASDM_AUG_CACHE", str(tmp_path))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    best = hw.measured_layout("probe", lambda fmt: (lambda: torch.randn(100)), "cpu")
+    assert best in hw.LAYOUTS and torch.equal(torch.rand(3), expected)
+    assert "probe" in next(iter(json.loads(hw.layout_cache_path().read_text())))
+
+
+def test_optimizer_step_zeroes_the_gradients_of_each_step():
+    w = torch.nn.Parameter(torch.tensor(1.0))
+    step = hw.optimizer_step(lambda: 3 * w, torch.optim.SGD([w], lr=0.1))
+    step()
+    assert w.item() == pytest.approx(0.7)
+    step()  # accumulated gradients would take it to 0.1
+    assert w.item() == pytest.approx(0.4)
 
 
 CPUINFO = """processor\t: 0

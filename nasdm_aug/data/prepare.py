@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -79,6 +79,32 @@ class PrepareConfig(ConfigBase):
             raise ValueError(f"consep_classes must be one of {CONSEP_CLASSES}, got {self.consep_classes!r}")
         self.tiling()
         self.split_spec()
+
+    @classmethod
+    def from_options(cls, paths: Sequence[str], *, fmt: str, images: int | None = None, size: int | None = None,
+                     split_fractions: tuple[float, float, float] | None = None, **fields: Any) -> "PrepareConfig":
+        """The config ``nasdm-aug prepare`` builds: ``paths`` are ``SRC OUT`` (``OUT`` alone for
+        ``fmt`` toy), ``images`` and ``size`` the toy tissue's ``toy_images`` and ``toy_size``;
+        ``**fields`` are the config's other fields, each None for its default.
+
+        Raises:
+            InputError: the wrong number of paths for ``fmt``, ``split_counts`` with
+                ``split_fractions``, ``keep_source`` for a format other than toy, or a value the
+                config rejects.
+        """
+        want = 1 if fmt == "toy" else 2
+        if len(paths) != want:
+            raise InputError(f"`format` {fmt} takes {'OUT.h5' if fmt == 'toy' else 'SRC OUT.h5'}, got {len(paths)} path(s)")
+        if fields.get("split_counts") and split_fractions:
+            raise InputError("give `split_counts` or `split_fractions`, not both")
+        if fields.get("keep_source") and fmt != "toy":
+            raise InputError("`keep_source` only applies to `format` toy")
+        given = {"format": fmt, "src": "" if fmt == "toy" else paths[0], "out": paths[-1], "toy_images": images,
+                 "toy_size": size, "split_fractions": split_fractions or None, **fields}
+        try:
+            return cls(**{k: v for k, v in given.items() if v is not None})
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
 
     def native(self) -> float:
         """The source's objective power (given, or the format's known native one)."""

@@ -244,58 +244,99 @@ def export(store: str | os.PathLike, out: str | os.PathLike, fmt: str, split: st
             cannot be drawn, types the format cannot hold, or a fidelity filter that is out of
             range, given twice, or given for a real store or a bank without (complete) scores.
     """
-    if fmt not in EXPORT_FORMATS:
-        raise unknown_name("export format", fmt, sorted(EXPORT_FORMATS))
-    spec = EXPORT_FORMATS[fmt]
-    allowed = {"pannuke": {"fold", "tissue"}}.get(fmt, set())
-    given = {k: v for k, v in options.items() if v is not None}
-    if set(given) - allowed:
-        raise InputError(f"format {fmt!r} takes no option {sorted(set(given) - allowed)[0]!r}")
+    spec, given = _format_options(fmt, options)
     from nasdm_aug.mixing.fidelity_filter import check_fidelity_filter
 
     check_fidelity_filter(min_fidelity, top_fraction)
     real = PatchStore(store)
     bank_store = PatchStore(bank) if bank is not None else None
+    table, lut = _type_lut(real, spec, fmt, type_map)
+    items, plan, filt = _items(real, split, bank_store, mix, min_fidelity, top_fraction)
+    with atomic_output(Path(out), overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        writer = spec.writer(tmp, table, len(items), real.patch_size, given)
+        rows = _write_patches(items, real, writer, lut, fmt, progress)
+        _write_manifest_csv(tmp / "manifest.csv", rows, bank_store)
+        manifest = {
+            "format": fmt, "nasdm_aug_version": __version__, "patches": len(items),
+            "origins": {o: sum(it.origin == o for it in items) for o in ("real", "synthetic")},
+            **_sources(real, bank_store, mix.split if mix is not None else split),
+            "plan": plan, "fidelity_filter": json_safe(filt), "type_table": json.loads(table.to_json()),
+            "type_map": _type_map_record(real.type_table, table, lut), "options": given,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _write_patches(items: list[_Item], real: PatchStore, writer: Writer, lut: np.ndarray | None, fmt: str,
+                   progress: bool) -> list:
+    """Every item through ``writer`` (:func:`_write_all`), finished, or aborted on any error; the
+    manifest rows."""
+    rows: list = []
+    try:
+        _write_all(items, real, writer, lut, rows, fmt, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.finish()
+    return rows
+
+
+def _sources(real: PatchStore, bank: PatchStore | None, split: str | None) -> dict[str, Any]:
+    """The manifest's ``store`` and ``bank``: paths, content digests and the split drawn from."""
+    return {"store": {"path": str(real.path), "sha256_16": file_digest(real.path), "split": split},
+            "bank": None if bank is None else {"path": str(bank.path), "sha256_16": file_digest(bank.path)}}
+
+
+def _type_map_record(source: NucleiTypeTable, target: NucleiTypeTable, lut: np.ndarray | None) -> dict[str, str] | None:
+    """Store type name -> exported type name (or ``"drop"``); None when the types are kept as they are."""
+    if lut is None:
+        return None
+    return {source.names[s - 1]: (target.names[d - 1] if d else DROP) for s, d in enumerate(lut) if s}
+
+
+def _format_options(fmt: str, options: dict[str, Any]) -> tuple[ExportFormat, dict[str, Any]]:
+    """The record of format ``fmt`` and its options given (not None).
+
+    Raises:
+        InputError: an unknown format, or an option it does not take.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise unknown_name("export format", fmt, sorted(EXPORT_FORMATS))
+    allowed = {"pannuke": {"fold", "tissue"}}.get(fmt, set())
+    given = {k: v for k, v in options.items() if v is not None}
+    if set(given) - allowed:
+        raise InputError(f"format {fmt!r} takes no option {sorted(set(given) - allowed)[0]!r}")
+    return EXPORT_FORMATS[fmt], given
+
+
+def _type_lut(real: PatchStore, spec: ExportFormat, fmt: str,
+              type_map: dict[str, str] | None) -> tuple[NucleiTypeTable, np.ndarray | None]:
+    """The type table the export writes and the lookup table from the store's type ids to it (None:
+    the store's own types, unchanged).
+
+    Raises:
+        InputError: a ``type_map`` for a format that keeps the store's types, or one
+            :func:`resolve_type_map` refuses.
+    """
     if spec.table is None:
         if type_map:
             raise InputError(f"format {fmt!r} keeps the store's own types ({real.type_table.name!r}); `type_map` is "
                              "only for formats with a fixed class list (conic, pannuke)")
-        table, lut = real.type_table, None
-    else:
-        table = spec.table
-        lut = resolve_type_map(real.type_table, table, type_map, fmt)
-        if np.array_equal(lut, np.arange(len(lut))) and real.type_table.n_types == table.n_types:
-            lut = None  # the same classes in the same order
-    items, plan, filt = _items(real, split, bank_store, mix, min_fidelity, top_fraction)
-    out = Path(out)
-    rows = []
-    with atomic_output(out, overwrite) as tmp:
-        tmp.mkdir(parents=True)
-        writer = spec.writer(tmp, table, len(items), real.patch_size, given)
-        try:
-            _write_all(items, real, writer, lut, rows, fmt, progress)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.finish()
-        rows.sort(key=lambda r: r[0])
-        with open(tmp / "manifest.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["name", "file", "origin", "store", "index", "parent", "source", "y", "x"])
-            for _, name, rel, it, source, y, x in rows:
-                w.writerow([name, rel, it.origin, "bank" if it.store is bank_store else "store", it.index, it.parent,
-                            source, y, x])
-        manifest = {
-            "format": fmt, "nasdm_aug_version": __version__, "patches": len(items),
-            "origins": {o: sum(it.origin == o for it in items) for o in ("real", "synthetic")},
-            "store": {"path": str(real.path), "sha256_16": file_digest(real.path),
-                      "split": mix.split if mix is not None else split},
-            "bank": None if bank_store is None else {"path": str(bank_store.path),
-                                                     "sha256_16": file_digest(bank_store.path)},
-            "plan": plan, "fidelity_filter": json_safe(filt), "type_table": json.loads(table.to_json()),
-            "type_map": None if lut is None else {real.type_table.names[s - 1]: (table.names[d - 1] if d else DROP)
-                                                 for s, d in enumerate(lut) if s},
-            "options": given,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+        return real.type_table, None
+    lut = resolve_type_map(real.type_table, spec.table, type_map, fmt)
+    if np.array_equal(lut, np.arange(len(lut))) and real.type_table.n_types == spec.table.n_types:
+        lut = None  # the same classes in the same order
+    return spec.table, lut
+
+
+def _write_manifest_csv(path: Path, rows: list, bank: PatchStore | None) -> None:
+    """One row per exported patch, in export order: its name, file, origin, store, index, parent,
+    source image and position."""
+    rows.sort(key=lambda r: r[0])
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "file", "origin", "store", "index", "parent", "source", "y", "x"])
+        for _, name, rel, it, source, y, x in rows:
+            w.writerow([name, rel, it.origin, "bank" if it.store is bank else "store", it.index, it.parent,
+                        source, y, x])

@@ -65,6 +65,27 @@ class EvaluateConfig(ConfigBase):
         if bad:
             raise ValueError(f"invalid values {bad}: counts must be >= 1 (max_patches, n_show, seed >= 0)")
 
+    @classmethod
+    def from_options(cls, real: str, synthetic: str, config: str | Path | None = None,
+                     **fields: Any) -> "EvaluateConfig":
+        """The config ``nasdm-aug evaluate`` runs: ``config`` (a JSON file, else the defaults) with
+        the stores ``real`` and ``synthetic`` (each ``STORE[:SPLIT]``) and the other fields given
+        (not None) in place of its values.
+
+        Raises:
+            InputError: a config file or value the config rejects.
+        """
+        from nasdm_aug.data.store import parse_store_arg
+
+        data = cls.load(config).to_dict() if config else {}
+        (real, real_split), (synthetic, synthetic_split) = parse_store_arg(real), parse_store_arg(synthetic)
+        data.update(real=real, real_split=real_split or "", synthetic=synthetic, synthetic_split=synthetic_split or "")
+        data.update({k: v for k, v in fields.items() if v is not None})
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
+
 
 def _subsample(indices: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if limit and len(indices) > limit:

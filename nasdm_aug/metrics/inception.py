@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["INCEPTION_SIZE", "packaged_inception_path", "resolve_inception_path", "InceptionExtractor",
@@ -124,7 +125,7 @@ class InceptionExtractor:
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 16, sha256: str | None = None) -> None:
         self.path = resolve_inception_path(path, sha256)
-        self.device = torch.device(device)
+        self.device = pick_device(device)  # "auto" as everywhere: a GPU when there is one
         self.batch_size = int(batch_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice

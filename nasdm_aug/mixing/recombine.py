@@ -1,5 +1,22 @@
 """Recombined masks for rare types: real nuclei of the types a split lacks, placed into real masks
 of that split, as new layouts for the patch model without the mask model (as DiffMix does on CoNSeP).
+
+How :func:`recombine_masks` makes them:
+
+1. Take the split's masks (all, in order, for ``n`` None; else ``n`` spread evenly, seeded) and
+   count their nuclei per type; resolve ``target`` (as in
+   :func:`~nasdm_aug.mixing.balance.resolve_target`: ``"sqrt"`` from the split's counts).
+2. Plan the additions one nucleus at a time: each step adds the type (of those the split's pool
+   holds) that lowers the L1 distance of the shares to the target most, which is always one below
+   its target share at that step; stop when none lowers it or at ``max_per_mask`` per mask on
+   average.
+3. Deal the planned nuclei out over the masks (seeded, evenly) and place each as a real nucleus of
+   its type from the split's other patches (never the mask's own), drawn uniformly, with the
+   placement of :func:`~nasdm_aug.mixing.paste.place_nucleus`: no overlap, ``paste.margin`` pixels
+   clear of every nucleus. A nucleus that finds no room moves on to the next mask; a mask takes at
+   most ``max_per_mask``. What is left at the end is recorded as not placed.
+
+The original nuclei keep their ids, pixels and types; added ones get ids above them.
 """
 
 from __future__ import annotations
@@ -55,33 +72,12 @@ def recombine_parents(store: PatchStore | str | os.PathLike, split: str | None, 
     return idx[_pick(len(idx), n, np.random.RandomState(seed))]
 
 
-def recombine_masks(
-    store: PatchStore | str | os.PathLike,
-    split: str | None,
-    *,
-    target: Target = "sqrt",
-    n: int | None = None,
-    seed: int = 0,
-    max_per_mask: int = 8,
-    paste: PasteOptions | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Real masks of a split with real nuclei of its rare types added, moving the type shares toward ``target``.
-
-    1. Take the split's masks (all, in order, for ``n`` None; else ``n`` spread evenly, seeded)
-       and count their nuclei per type; resolve ``target`` (as in
-       :func:`~nasdm_aug.mixing.balance.resolve_target`: ``"sqrt"`` from the split's counts).
-    2. Plan the additions one nucleus at a time: each step adds the type (of those the split's
-       pool holds) that lowers the L1 distance of the shares to the target most, which is always
-       one below its target share at that step; stop when none lowers it or at ``max_per_mask``
-       per mask on average.
-    3. Deal the planned nuclei out over the masks (seeded, evenly) and place each as a real nucleus
-       of its type from the split's other patches (never the mask's own), drawn uniformly, with the
-       placement of :func:`~nasdm_aug.mixing.paste.place_nucleus`: no overlap, ``paste.margin``
-       pixels clear of every nucleus. A nucleus that finds no room moves on to the next mask; a mask
-       takes at most ``max_per_mask``. What is left at the end is recorded as not placed.
-
-    The original nuclei keep their ids, pixels and types; added ones get ids above them.
+def recombine_masks(store: PatchStore | str | os.PathLike, split: str | None, *, target: Target = "sqrt",
+                    n: int | None = None, seed: int = 0, max_per_mask: int = 8, paste: PasteOptions | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Real masks of a split with real nuclei of its rare types added, moving the type shares toward
+    ``target`` (the three steps are in the module docstring). The original nuclei keep their ids,
+    pixels and types; added ones get ids above them.
 
     Args:
         store: the real PatchStore (or its path).
@@ -118,15 +114,7 @@ def recombine_masks(
     per_patch = type_counts(store, idx)
     shares = resolve_target(target, table, per_patch.sum(0), str(store.path))
     before = per_patch[pos].sum(0)
-    need = needed_types(before, shares)
-    if not need.any():
-        raise InputError(f"{store.path}: split {split!r} is already at the target shares; nothing to add")
-    pool = NucleusPool(store, idx, opts, with_image=False, progress=progress)
-    addable = np.flatnonzero(pool.counts() > 0)
-    if not (need & (pool.counts() > 0)).any():
-        lacking = ", ".join(table.names[k] for k in np.flatnonzero(need))
-        raise InputError(f"{store.path}: split {split!r} lacks {lacking} but holds no usable nucleus of "
-                         f"{'it' if np.sum(need) == 1 else 'them'} to add (see PasteOptions min_area, whole_only)")
+    pool, addable = _usable_pool(store, split, idx, opts, needed_types(before, shares), progress)
     # 1. the plan: one nucleus per step, of the type that most lowers the L1 distance (only a type
     #    below its target share can lower it, so no other is ever added)
     steps = greedy_balance(before, np.eye(table.n_types)[addable], shares, max_per_mask * len(pos), replace=True)
@@ -137,7 +125,57 @@ def recombine_masks(
     quota = {int(m): planned[r::len(pos)].tolist() for r, m in enumerate(order)}
     data = store.read(parents, keys=("inst", "type"))
     inst, type_map = data["inst"].astype(np.int32), data["type"].astype(np.uint8)
-    added = np.zeros(table.n_types, np.int64)
+    added, carry = _place_all(inst, type_map, parents, order, quota, pool, rng, opts, max_per_mask, progress)
+    counts = {"pool": pool.counts(), "nuclei_before": before,
+              "nuclei_planned": np.bincount(planned, minlength=table.n_types), "nuclei_added": added,
+              "nuclei_after": before + added,
+              "not_placed": np.bincount(np.asarray(carry, np.int64), minlength=table.n_types)}
+    return inst, type_map, _record(store, split, target, shares, seed, max_per_mask, opts, parents, counts)
+
+
+def _record(store: PatchStore, split: str | None, target: Target, shares: np.ndarray, seed: int, max_per_mask: int,
+            opts: PasteOptions, parents: np.ndarray, counts: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The JSON-able record of a recombination (see :func:`recombine_masks`); ``counts`` are the
+    per-type counts by record key."""
+    table = store.type_table
+    given = (target if isinstance(target, str) else dict(target) if isinstance(target, Mapping)
+             else [float(w) for w in target])
+    return {"store": str(store.path), "split": split, "target": named_values(shares, table, 4), "target_given": given,
+            "seed": int(seed), "n": int(len(parents)), "max_per_mask": int(max_per_mask), "paste": opts.to_dict(),
+            "parents": parents.tolist(), **{k: named_values(v, table) for k, v in counts.items()},
+            "l1_before": l1_to_target(counts["nuclei_before"], shares),
+            "l1_after": l1_to_target(counts["nuclei_after"], shares)}
+
+
+def _usable_pool(store: PatchStore, split: str | None, idx: np.ndarray, opts: PasteOptions, need: np.ndarray,
+                 progress: bool) -> tuple[NucleusPool, np.ndarray]:
+    """The split's nuclei that can be pasted, and the type positions (0-based) it holds any of.
+
+    Raises:
+        InputError: the split lacks no type (``need`` is all false), or holds no usable nucleus of
+            any type it lacks.
+    """
+    table = store.type_table
+    if not need.any():
+        raise InputError(f"{store.path}: split {split!r} is already at the target shares; nothing to add")
+    pool = NucleusPool(store, idx, opts, with_image=False, progress=progress)
+    if not (need & (pool.counts() > 0)).any():
+        lacking = ", ".join(table.names[k] for k in np.flatnonzero(need))
+        raise InputError(f"{store.path}: split {split!r} lacks {lacking} but holds no usable nucleus of "
+                         f"{'it' if np.sum(need) == 1 else 'them'} to add (see PasteOptions min_area, whole_only)")
+    return pool, np.flatnonzero(pool.counts() > 0)
+
+
+def _place_all(inst: np.ndarray, type_map: np.ndarray, parents: np.ndarray, order: np.ndarray,
+               quota: dict[int, list[int]], pool: NucleusPool, rng: np.random.RandomState, opts: PasteOptions,
+               max_per_mask: int, progress: bool) -> tuple[np.ndarray, list[int]]:
+    """Place each mask's quota of nuclei (type positions) into ``inst`` / ``type_map`` in place, in
+    ``order``; a nucleus that finds no room, or meets a full or crowded mask, moves on to the next.
+
+    Returns:
+        (nuclei added per type, the type positions of those never placed).
+    """
+    added = np.zeros(pool.n_types, np.int64)
     carry: list[int] = []
     for m in tqdm(order, desc="recombine", unit="mask", disable=not progress, leave=False):
         m = int(m)
@@ -157,17 +195,4 @@ def recombine_masks(
             next_id += 1
             placed += 1
             added[k] += 1
-    planned_counts = np.bincount(planned, minlength=table.n_types)
-    after = before + added
-    given = (target if isinstance(target, str) else dict(target) if isinstance(target, Mapping)
-             else [float(w) for w in target])
-    record = {"store": str(store.path), "split": split, "target": named_values(shares, table, 4), "target_given": given,
-              "seed": int(seed),
-              "n": int(len(pos)), "max_per_mask": int(max_per_mask), "paste": opts.to_dict(),
-              "parents": parents.tolist(), "pool": named_values(pool.counts(), table),
-              "nuclei_before": named_values(before, table),
-              "nuclei_planned": named_values(planned_counts, table), "nuclei_added": named_values(added, table),
-              "nuclei_after": named_values(after, table),
-              "not_placed": named_values(np.bincount(np.asarray(carry, np.int64), minlength=table.n_types), table),
-              "l1_before": l1_to_target(before, shares), "l1_after": l1_to_target(after, shares)}
-    return inst, type_map, record
+    return added, carry

@@ -14,7 +14,7 @@ from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, LossType, ModelMeanTyp
 from nasdm_aug.diffusion.respace import create_diffusion
 from nasdm_aug.diffusion.schedules import get_named_beta_schedule
 from nasdm_aug.diffusion.timestep_samplers import SCHEDULE_SAMPLERS
-from nasdm_aug.hardware import resolve_dtype
+from nasdm_aug.hardware import PRECISIONS, resolve_precision
 from nasdm_aug.nets.presets import UNetConfig, get_preset
 from nasdm_aug.types import LAYOUT_CHOICES, MODEL_KINDS
 from nasdm_aug.utils import unknown_name
@@ -22,9 +22,6 @@ from nasdm_aug.utils import unknown_name
 from .schedule import step_decay_lr
 
 __all__ = ["DiffusionSettings", "TrainConfig", "PRECISIONS", "TRAIN_PRESETS", "get_train_preset"]
-
-# the vocabulary of HoVerNetConfig.precision: "auto" is bf16 where it is native, else fp32
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _values(enum_cls: type) -> list[str]:
@@ -177,12 +174,8 @@ class TrainConfig(ConfigBase):
     def resolved_precision(self, device: torch.device | str, recorded: str | None = None) -> str:
         """``"fp32"`` or ``"bf16"``: ``precision`` as given; for ``"auto"`` the precision the run
         started in (``recorded``), else bf16 where it is native on ``device``
-        (:func:`nasdm_aug.hardware.resolve_dtype`, as HoVerNet's and the generator's ``auto``)."""
-        if self.precision != "auto":
-            return self.precision
-        if recorded in ("fp32", "bf16"):
-            return recorded
-        return "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "fp32"
+        (:func:`nasdm_aug.hardware.resolve_precision`, as HoVerNet's and synthesis's ``auto``)."""
+        return resolve_precision(self.precision, device, recorded)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update made at ``step`` (0-based): warm-up, then lr, then lr_after_drop."""

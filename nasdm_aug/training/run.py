@@ -21,7 +21,7 @@ from .preview import SamplePreview
 from .run_dir import drop_replaced, prepare_run_dir, restore_replaced, resumed_config, write_run_record
 from .trainer import Trainer
 
-__all__ = ["train", "resolve_run_config", "check_model_fits"]
+__all__ = ["train", "resolve_run_config", "check_model_fits", "run_config_from_options", "check_resumable"]
 
 
 def resolve_run_config(out_dir: str | os.PathLike, config: TrainConfig | None, resume: bool, steps: int | None = None) -> TrainConfig:
@@ -33,6 +33,62 @@ def resolve_run_config(out_dir: str | os.PathLike, config: TrainConfig | None, r
     """
     config = resumed_config(out_dir, config, TrainConfig, resume, may_change=("steps", "layout"))
     return config.replace(steps=steps) if steps is not None else config
+
+
+def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | os.PathLike, *, preset: str = "tiny",
+                            config: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
+                            seed: int | None = None, layout: str | None = None, precision: str | None = None,
+                            loss_weighting: str | None = None, input_condition: str | None = None,
+                            mean_type: str | None = None) -> TrainConfig:
+    """The config ``nasdm-aug train`` runs: ``config`` (a JSON file), else on ``resume`` the run's
+    own ``config.json``, else the ``preset`` made for the store's types and patch size; with the
+    options given (not None) in its place, then resolved against the run in ``out_dir``
+    (:func:`resolve_run_config`). ``seed`` is set before the resolving, so a resume cannot change
+    it silently.
+
+    Raises:
+        InputError: a config of the other ``kind``, a preset that does not fit the store, an
+            ``input_condition`` for the mask model, or a config the run in ``out_dir`` refuses.
+    """
+    from .config import get_train_preset
+
+    out = Path(out_dir)
+    if config is not None:
+        cfg = TrainConfig.load(config)
+        if cfg.kind != kind:
+            raise InputError(f"{config}: config is for the {cfg.kind!r} model, not {kind!r}")
+    elif resume and (out / "config.json").is_file():
+        cfg = TrainConfig.load(out / "config.json")  # the run's own config
+    else:  # a preset is a recipe: the data fixes the number of types and the patch size
+        with PatchStore(store) as data:
+            try:
+                cfg = get_train_preset(kind, preset, n_types=data.type_table.n_types, image_size=data.patch_size)
+            except ValueError as exc:
+                raise InputError(f"preset {preset!r} does not fit {store} ({data.patch_size}-px patches): {exc}") from None
+    changes = {k: v for k, v in (("seed", seed), ("layout", layout), ("precision", precision)) if v is not None}
+    diffusion = {k: v for k, v in (("loss_weighting", loss_weighting), ("mean_type", mean_type)) if v is not None}
+    if diffusion:
+        changes["diffusion"] = cfg.diffusion.replace(**diffusion)
+    if input_condition is not None:
+        if cfg.kind != "patch" and input_condition != "none":
+            raise InputError(f"`input_condition` {input_condition} is for the patch model; the mask model's "
+                             "condition is a type-presence vector")
+        changes["model"] = cfg.model.replace(input_condition=input_condition)
+    return resolve_run_config(out, cfg.replace(**changes) if changes else cfg, resume, steps)
+
+
+def check_resumable(out_dir: str | os.PathLike) -> bool:
+    """Whether the run in ``out_dir`` has a checkpoint to resume from (False: it has a config but
+    no checkpoint yet, and a resume starts it again from step 0 with that config).
+
+    Raises:
+        InputError: ``out_dir`` holds no run.
+    """
+    out = Path(out_dir)
+    has_checkpoint = out.is_dir() and latest_checkpoint(out) is not None
+    if not (out / "config.json").is_file() and not has_checkpoint:
+        raise InputError(f"{out}: nothing to resume (no run there); drop `resume` to start a new run")
+    return has_checkpoint
 
 
 def check_model_fits(config: TrainConfig, n_types: int, patch_size: int, learns_sigma: bool) -> None:

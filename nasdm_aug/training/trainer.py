@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.diffusion.gaussian import GaussianDiffusion
 from nasdm_aug.diffusion.timestep_samplers import ScheduleSampler, create_named_schedule_sampler
-from nasdm_aug.hardware import LAYOUTS, fastest_layout, memory_format
+from nasdm_aug.hardware import LAYOUTS, measured_layout, memory_format, optimizer_step
 from nasdm_aug.utils import InputError
 
 from .checkpoint import latest_checkpoint, load_optimizer_state, load_trainer_state, load_weights, save_checkpoint
@@ -57,12 +57,8 @@ def timing_step(model: nn.Module, diffusion: GaussianDiffusion, x: torch.Tensor,
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             return model(xt.contiguous(memory_format=fmt), ts, **kwargs).float()
 
-    def step() -> None:
-        losses = diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": c}, noise=noise)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].mean().backward()
-        opt.step()
-    return step
+    return optimizer_step(
+        lambda: diffusion.training_losses(model_fn, x, t, model_kwargs={"cond": c}, noise=noise)["loss"].mean(), opt)
 
 
 class Trainer:
@@ -209,7 +205,7 @@ class Trainer:
         return path
 
     def measure_layout(self) -> str:
-        """The faster memory layout for this model, batch and machine (:func:`nasdm_aug.hardware.fastest_layout`:
+        """The faster memory layout for this model, batch and machine (:func:`nasdm_aug.hardware.measured_layout`:
         measured once on this trainer's device, one layout at a time, then cached; channels_last
         where a layout runs out of memory).
 
@@ -228,8 +224,7 @@ class Trainer:
 
         key = (f"nasdm {cfg.kind} {cfg.model.to_json(indent=None)} batch={x0.shape[0]} x={tuple(x0.shape[1:])} "
                f"bf16={bf16} diffusion={cfg.diffusion.to_json(indent=None)}")
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            return fastest_layout(key, make_step, dev)[0]
+        return measured_layout(key, make_step, dev)
 
     # -- one step --------------------------------------------------------------------------
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:

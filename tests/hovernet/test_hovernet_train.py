@@ -13,6 +13,7 @@ from hovernet.config import LossConfig, ModelConfig, HoVerNetConfig, get_hoverne
 from hovernet.losses import HoVerNetLoss
 from hovernet.model import HoVerNet
 from hovernet.targets import compute_targets
+from nasdm_aug import hardware
 from nasdm_aug.types import CONSEP
 from nasdm_aug.utils import InputError
 
@@ -104,12 +105,33 @@ def test_encoder_weights_local_file_and_errors(tmp_path, monkeypatch):
 
     import segmentation_models_pytorch.encoders as enc
 
-    def offline(*a, **k):
-        raise OSError("no network")
-
-    monkeypatch.setattr(enc, "hf_hub_download", offline)  # never download in tests
-    with pytest.raises(InputError, match="could not download imagenet weights"):
+    downloads = []
+    monkeypatch.setattr(enc, "hf_hub_download", lambda *a, **k: downloads.append(a) or 1 / 0)  # never download
+    with pytest.raises(InputError, match="`encoder_weights` imagenet would download the ImageNet weights at run "
+                                         "time, which nasdm-aug never does: pass `encoder_weights` FILE"):
         HoVerNet(SMALL.replace(encoder_weights="imagenet"))
+    assert downloads == []
+    # a config that names imagenet still loads (an old run's), and the ones that build no encoder
+    # weights (evaluation, layout timing) still work with it
+    assert ModelConfig.from_dict(SMALL.replace(encoder_weights="imagenet").to_dict()).encoder_weights == "imagenet"
+
+
+def test_cli_refuses_imagenet_weights_before_any_work_and_says_so_in_help(tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from cli.main import cli, main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["hovernet", "train", "--train", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "run"),
+              "--encoder-weights", "imagenet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and not (tmp_path / "run").exists() and len(err.strip().splitlines()) == 1
+    assert "--encoder-weights imagenet would download the ImageNet weights at run time" in err
+    helptext = " ".join(CliRunner().invoke(cli, ["hovernet", "train", "--help"]).output.split())
+    assert "Nothing is downloaded at run time, so 'imagenet' is refused: pass a local copy of the ImageNet weights" in helptext
+    cfg = HoVerNetConfig.from_options("tiny", encoder_weights="none", epochs=4, workers=0, seed=3)
+    assert cfg.model.encoder_weights is None and (cfg.phase1_epochs, cfg.phase2_epochs, cfg.lr_decay_epoch) == (4, 4, 2)
+    assert (cfg.num_workers, cfg.seed) == (0, 3) and cfg.precision == get_hovernet_preset("tiny").precision
 
 
 def test_loss_equals_monai_hovernet_loss():
@@ -223,7 +245,7 @@ def test_resume_after_a_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
     # were the layout measured again now, it would come out the other one: the run keeps its own
     other = [x for x in ("channels_last", "contiguous") if x != full["layout"]][0]
-    monkeypatch.setattr(trainer, "fastest_layout", lambda *a, **k: (other, {}))
+    monkeypatch.setattr(hardware, "fastest_layout", lambda *a, **k: (other, {}))
     assert sorted(p.name for p in (tmp_path / "part/checkpoints").iterdir()) == ["epoch_0001"]
     with pytest.raises(InputError, match="already holds a run; pass `resume`"):
         trainer.train_hovernet(items, tmp_path / "part", cfg, type_table=CONSEP, progress=False)
@@ -341,7 +363,7 @@ def test_precision_auto_is_bf16_only_where_native_and_kept_on_resume(tmp_path, m
     cpu, cfg = torch.device("cpu"), _cfg(phase1_epochs=0, phase2_epochs=2, augment=False, layout="contiguous",
                                          precision="auto")
     for native, chosen in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(trainer, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(hardware, "native_bf16", lambda device, native=native: native)
         assert trainer.resolve_precision(cfg, cpu).precision == chosen
         assert trainer.resolve_precision(cfg, cpu, recorded="bf16").precision == "bf16"
         assert trainer.resolve_precision(cfg.replace(precision="fp32"), cpu).precision == "fp32"
@@ -358,17 +380,17 @@ def test_precision_auto_is_bf16_only_where_native_and_kept_on_resume(tmp_path, m
 
     monkeypatch.setattr(trainer, "_train_epoch", recording)
     monkeypatch.setattr(trainer, "_end_epoch", killed_after_first_checkpoint)
-    monkeypatch.setattr(trainer, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     items, out = _items(2), tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         trainer.train_hovernet(items, out, cfg, type_table=CONSEP, progress=False)
     assert seen == ["bf16"] and trainer.HoVerNetConfig.load(out / "config.json").precision == "bf16"
     monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
-    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)  # auto now means fp32 here
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)  # auto now means fp32 here
     with pytest.raises(InputError, match=r"differs from the run's in \['precision'\]"):
         trainer.train_hovernet(items, out, cfg.replace(precision="fp32"), type_table=CONSEP, resume=True,
                                progress=False)
     rest = trainer.train_hovernet(items, out, cfg, type_table=CONSEP, resume=True, progress=False)
     assert rest["precision"] == "bf16" and rest["epochs_done"] == 2 and seen == ["bf16", "bf16"]
-    with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
         cfg.replace(precision="fp16")

@@ -46,7 +46,9 @@ def check_demo_outputs(out: Path, report: Path, n_runs: int) -> None:
             cells[m] = f"{mean:.4f} ± {std:.4f}"
         spread.append(entry["dice_std"] > 0)
         # the report's table row: Dice, IoU and PQ as mean ± std of these runs, and their number
-        (line,) = [ln for ln in lines if ln.startswith(f"| {row.label} | ")]
+        found = [ln for ln in lines if ln.startswith(f"| {row.label} | ")]
+        assert len(found) == 1, f"report rows of {row.label!r}: {found}"
+        line = found[0]
         got = [c.strip() for c in line.strip("|").split("|")]
         assert got[1] == f"{entry['n_patches']} ({entry['n_real']} + {entry['n_synthetic']})"
         assert (got[2], got[3], got[6], got[7]) == (cells["dice"], cells["miou"], cells["pq"], str(n_runs)), line

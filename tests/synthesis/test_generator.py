@@ -97,7 +97,9 @@ def test_dtype_auto_is_bf16_only_where_it_is_native(runs, monkeypatch):
         assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="auto").dtype == want
         assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="float32").dtype == torch.float32
         assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
-    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16, auto, got 'fp16'"):
+        assert NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="bf16").dtype == torch.bfloat16
+    with pytest.raises(InputError, match=r"dtype must be torch.float32, torch.bfloat16 or a precision \(fp32, bf16, "
+                                         r"auto\), got 'fp16'"):
         NASDMGenerator.from_pretrained(*runs, device="cpu", dtype="fp16")
     with pytest.raises(InputError, match="dtype must be float32 or bfloat16, got torch.float16"):
         NASDMGenerator.from_pretrained(*runs, device="cpu", dtype=torch.float16)

@@ -13,12 +13,14 @@ import torch
 from click.testing import CliRunner
 
 import nasdm_aug.generator as generator_module
-import nasdm_aug.synthesize as syn
+import nasdm_aug.synthesize.records as syn_records
+import nasdm_aug.synthesize.run as syn_run
 from cli.main import cli
 from nasdm_aug.generator import NASDMGenerator
 from nasdm_aug.hardware import resolve_sampling_layout
 from nasdm_aug.sampling import SamplerOptions
-from nasdm_aug.synthesize import SynthesizeConfig, synthesize
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
 from nasdm_aug.utils import InputError
 
 FAST = dict(sampling=SamplerOptions("ddim", steps=3), batch_size=2)
@@ -84,7 +86,7 @@ def test_config_default_old_records_and_cli(runs, tmp_path):
     bad = CliRunner().invoke(cli, base + ["--layout", "nhwc"])
     assert bad.exit_code == 2 and "'nhwc' is not one of 'auto', 'channels_last', 'contiguous'" in bad.output
     helptext = CliRunner().invoke(cli, ["synthesize", "--help"]).output
-    assert "default auto: contiguous on a CUDA GPU" in " ".join(helptext.split())
+    assert "in sampling contiguous on a CUDA GPU, channels_last elsewhere" in " ".join(helptext.split())
 
 
 def test_parts_of_an_explicit_layout_resume_under_it_and_under_auto_where_it_means_it(runs, real_store, tmp_path,
@@ -101,7 +103,7 @@ def test_parts_of_an_explicit_layout_resume_under_it_and_under_auto_where_it_mea
 
     def interrupted(config):
         with monkeypatch.context() as m:  # every chunk sampled, killed before the merge
-            m.setattr(syn, "_merge", killed)
+            m.setattr(syn_run, "_merge", killed)
             with pytest.raises(KeyboardInterrupt):
                 synthesize(config, out, device="cpu", progress=False)
         return json.loads((parts / "config.json").read_text())["config"]["layout"]
@@ -109,8 +111,8 @@ def test_parts_of_an_explicit_layout_resume_under_it_and_under_auto_where_it_mea
     assert interrupted(cfg) == "channels_last"  # "auto" on this CPU, recorded as what it meant
     assert interrupted(cfg.replace(layout="channels_last")) == "channels_last"  # the same parts: resumed
     sampled = []
-    real_chunk = syn._make_chunk
-    monkeypatch.setattr(syn, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
+    real_chunk = syn_run._make_chunk
+    monkeypatch.setattr(syn_run, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
     with monkeypatch.context() as m:  # on a GPU, "auto" means contiguous: not these parts
         m.setattr(generator_module, "resolve_sampling_layout", _as_on_a_gpu)
         with pytest.raises(InputError, match=r"\.parts holds an interrupted run sampled in layout channels_last, "
@@ -120,10 +122,10 @@ def test_parts_of_an_explicit_layout_resume_under_it_and_under_auto_where_it_mea
         assert "\n" not in str(err.value)
         synthesize(cfg.replace(layout="channels_last"), out, device="cpu", progress=False)  # explicit: resumes
     assert not sampled and not parts.exists()
-    bank = syn.PatchStore(out)
+    bank = PatchStore(out)
     assert bank.attrs["provenance"]["layout"] == "channels_last"
     # the finished bank, made with an explicit channels_last, counts for "auto" where "auto" means it
-    assert syn.finished_bank_problem(out, cfg, "cpu") is None
-    assert syn.finished_bank_problem(out, cfg.replace(layout="channels_last"), "cpu") is None
-    monkeypatch.setattr(syn, "resolve_sampling_layout", _as_on_a_gpu)
-    assert syn.finished_bank_problem(out, cfg, "cpu") == "made with other arguments (layout)"
+    assert finished_bank_problem(out, cfg, "cpu") is None
+    assert finished_bank_problem(out, cfg.replace(layout="channels_last"), "cpu") is None
+    monkeypatch.setattr(syn_records, "resolve_sampling_layout", _as_on_a_gpu)
+    assert finished_bank_problem(out, cfg, "cpu") == "made with other arguments (layout)"

@@ -121,7 +121,7 @@ def _args(runs, out, *extra):
 
 
 def test_synthesize_recombine_records_and_refuses_changed_options(runs, skewed, tmp_path, monkeypatch):
-    import nasdm_aug.synthesize as syn
+    import nasdm_aug.synthesize.run as syn
 
     out = tmp_path / "rec.h5"
     line = ["--recombine", f"{skewed}:Train", "--target", "sqrt"]

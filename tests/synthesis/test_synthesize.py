@@ -178,45 +178,96 @@ def test_interrupted_parts_of_other_weights_are_not_mixed_in(runs, real_store, t
     assert len(PatchStore(out)) == len(PatchStore(real_store).indices("R2")) and not parts.exists()
 
 
-def test_dtype_auto_resumes_in_the_dtype_the_parts_were_sampled_in(runs, real_store, tmp_path, monkeypatch):
-    """"auto" is bfloat16 on one machine and float32 on another: parts sampled in one are not
-    finished in the other (one line says how to finish them), and an explicit dtype equal to the
-    parts' finishes them without sampling them again."""
+def test_precision_auto_resumes_in_the_precision_the_parts_were_sampled_in(runs, real_store, tmp_path, monkeypatch):
+    """"auto" is bf16 on one machine and fp32 on another: parts sampled in one are not finished in
+    the other (one line says how to finish them), and an explicit precision equal to the parts'
+    finishes them without sampling them again."""
     import nasdm_aug.hardware as hw
-    import nasdm_aug.synthesize as syn
+    import nasdm_aug.synthesize.run as syn_run
+    from nasdm_aug.synthesize import finished_bank_problem
     from nasdm_aug.utils import InputError
 
     out = tmp_path / "bank.h5"
     cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
-    assert cfg.dtype == "auto"
+    assert cfg.precision == "auto"
     monkeypatch.setattr(hw, "native_bf16", lambda device: True)
 
     def killed(*a, **k):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # every chunk sampled, killed before the merge
-        m.setattr(syn, "_merge", killed)
+        m.setattr(syn_run, "_merge", killed)
         with pytest.raises(KeyboardInterrupt):
             synthesize(cfg, out, device="cpu", progress=False)
     parts = Path(str(out) + ".parts")
-    assert json.loads((parts / "config.json").read_text())["config"]["dtype"] == "bfloat16"
+    assert json.loads((parts / "config.json").read_text())["config"]["precision"] == "bf16"
     monkeypatch.setattr(hw, "native_bf16", lambda device: False)
-    with pytest.raises(InputError, match=r"\.parts holds an interrupted run sampled in bfloat16, but dtype 'auto' "
-                                         r"means float32 on this machine; rerun with `dtype` bfloat16"):
+    with pytest.raises(InputError, match=r"\.parts holds an interrupted run sampled in bf16, but precision 'auto' "
+                                         r"means fp32 on this machine; rerun with `precision` bf16"):
         synthesize(cfg, out, device="cpu", progress=False)
     sampled = []
-    real_chunk = syn._make_chunk
-    monkeypatch.setattr(syn, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
-    synthesize(cfg.replace(dtype="bfloat16"), out, device="cpu", progress=False)
+    real_chunk = syn_run._make_chunk
+    monkeypatch.setattr(syn_run, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
+    synthesize(cfg.replace(precision="bf16"), out, device="cpu", progress=False)
     bank = PatchStore(out)
-    assert not sampled and bank.attrs["provenance"]["dtype"] == "bfloat16" and not parts.exists()
-    # a finished bank made in float32 counts for "auto" only where "auto" means float32
+    assert not sampled and bank.attrs["provenance"]["precision"] == "bf16" and not parts.exists()
+    # a finished bank made in fp32 counts for "auto" only where "auto" means fp32
     f32 = tmp_path / "f32.h5"
-    synthesize(cfg.replace(dtype="float32"), f32, device="cpu", progress=False)
-    assert syn.finished_bank_problem(f32, cfg, "cpu") is None
+    synthesize(cfg.replace(precision="fp32"), f32, device="cpu", progress=False)
+    assert finished_bank_problem(f32, cfg, "cpu") is None
     monkeypatch.setattr(hw, "native_bf16", lambda device: True)
-    assert syn.finished_bank_problem(f32, cfg, "cpu") == "made with other arguments (dtype)"
-    assert syn.finished_bank_problem(f32, cfg.replace(dtype="float32"), "cpu") is None
+    assert finished_bank_problem(f32, cfg, "cpu") == "made with other arguments (precision)"
+    assert finished_bank_problem(f32, cfg.replace(precision="fp32"), "cpu") is None
+
+
+def test_parts_and_banks_that_recorded_a_dtype_are_read_as_its_precision(runs, real_store, tmp_path, monkeypatch):
+    """Synthesis took torch dtype names (``dtype``: float32, bfloat16, auto) before it spoke in
+    precisions: an interrupted run and a finished bank that recorded one are still the same run."""
+    import h5py
+
+    import nasdm_aug.hardware as hw
+    import nasdm_aug.synthesize.run as syn_run
+    from nasdm_aug.synthesize import finished_bank_problem
+
+    monkeypatch.setattr(hw, "native_bf16", lambda device: False)
+    out = tmp_path / "bank.h5"
+    cfg = SynthesizeConfig(model=tuple(map(str, runs)), masks=str(real_store), split="R2", seed=5, **FAST)
+    with monkeypatch.context() as m:  # every chunk sampled, killed before the merge
+        m.setattr(syn_run, "_merge", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            synthesize(cfg, out, device="cpu", progress=False)
+    record_path = Path(str(out) + ".parts") / "config.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[record["config"].pop("precision")]
+    record_path.write_text(json.dumps(record))  # as the version before wrote it
+    sampled = []
+    real_chunk = syn_run._make_chunk
+    monkeypatch.setattr(syn_run, "_make_chunk", lambda *a, **k: sampled.append(1) or real_chunk(*a, **k))
+    assert synthesize(cfg, out, device="cpu", progress=False)["chunks_done_before"] > 0 and not sampled
+    with h5py.File(out, "r") as f:
+        recorded = json.loads(f.attrs["config"])
+    for dtype, precision in (("auto", "auto"), ("float32", "fp32"), ("bfloat16", "bf16")):
+        with h5py.File(out, "r+") as f:
+            f.attrs["config"] = json.dumps({**{k: v for k, v in recorded.items() if k != "precision"}, "dtype": dtype})
+        assert finished_bank_problem(out, cfg.replace(precision=precision), "cpu") is None
+    assert finished_bank_problem(out, cfg, "cpu") == "made with other arguments (precision)"  # bf16: not auto here
+    assert SynthesizeConfig.from_dict({"types": "all", "num": 1, "dtype": "bfloat16"}).precision == "bf16"
+    with pytest.raises(ValueError, match="not dtype"):
+        SynthesizeConfig.from_dict({"types": "all", "num": 1, "dtype": "bfloat16", "precision": "bf16"})
+
+
+def test_dtype_flag_still_works_and_says_what_replaces_it(tmp_path):
+    def dry(*extra):
+        return CliRunner().invoke(cli, ["synthesize", "--out", str(tmp_path / "o.h5"), "--dry-run", *extra])
+
+    res = dry("--dtype", "bfloat16")
+    assert res.exit_code == 0 and "--dtype is replaced by --precision" in res.output
+    assert json.loads(res.output[res.output.index("{"): res.output.rindex("}") + 1])["precision"] == "bf16"
+    res = dry("--precision", "fp32")
+    assert json.loads(res.output[: res.output.rindex("}") + 1])["precision"] == "fp32"
+    assert "--dtype" not in CliRunner().invoke(cli, ["synthesize", "--help"]).output  # hidden
+    res = dry("--dtype", "float32", "--precision", "bf16")
+    assert res.exit_code != 0 and "give --precision (bf16), not --dtype (float32)" in str(res.exception)
 
 
 def test_wrong_patch_size_and_dry_run(runs, tmp_path):
@@ -316,10 +367,10 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "layout"})
     assert finished_bank_problem(old, cfg) == "made with other arguments (layout)"
     assert finished_bank_problem(old, cfg.replace(layout="contiguous")) is None
-    with h5py.File(old, "r+") as f:  # no dtype recorded: made before it was a choice, in float32
-        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "dtype"})
-    assert finished_bank_problem(old, cfg.replace(dtype="float32")) is None
-    assert finished_bank_problem(old, cfg.replace(dtype="bfloat16")) == "made with other arguments (dtype)"
+    with h5py.File(old, "r+") as f:  # no precision recorded: made before it was a choice, in fp32
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "precision"})
+    assert finished_bank_problem(old, cfg.replace(precision="fp32")) is None
+    assert finished_bank_problem(old, cfg.replace(precision="bf16")) == "made with other arguments (precision)"
     with h5py.File(old, "r+") as f:  # no marker threshold recorded: a bank of real masks decodes none
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "marker_threshold"})
     assert finished_bank_problem(old, cfg) is None
@@ -329,7 +380,7 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
 
 
 def test_generated_masks_recorded_before_the_marker_threshold_were_decoded_with_edge_markers():
-    from nasdm_aug.synthesize import _as_current
+    from nasdm_aug.synthesize.records import _as_current
 
     recorded = json.loads(SynthesizeConfig(types="epithelial", num=2).to_json())
     assert recorded["marker_threshold"] == 0.5  # today's default
@@ -356,3 +407,21 @@ def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
     bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
                                    "--marker-threshold", "1"])
     assert bad.exit_code == 2 and "--marker-threshold" in bad.output
+
+
+def test_from_options_replaces_the_configs_source_and_keeps_the_rest(real_store, tmp_path):
+    from nasdm_aug.utils import InputError
+
+    saved = tmp_path / "c.json"
+    SynthesizeConfig(types="all", num=3, seed=4, precision="bf16", sampling=SamplerOptions("ddim", steps=9)).save(saved)
+    cfg = SynthesizeConfig.from_options(saved, masks=str(real_store), indices="1, 2", guidance=2.0, steps=5)
+    assert (cfg.masks, cfg.indices, cfg.types, cfg.num) == (str(real_store), (1, 2), "", 0)  # the source: replaced
+    assert (cfg.seed, cfg.precision, cfg.guidance, cfg.sampling.sampler, cfg.sampling.steps) == (4, "bf16", 2.0, "ddim", 5)
+    assert SynthesizeConfig.from_options() == SynthesizeConfig(types="all", num=1)
+    assert SynthesizeConfig.from_options(recombine=str(real_store), num=4).recombine.n == 4
+    with pytest.raises(InputError, match="`indices` must be comma-separated integers, got '1,x'"):
+        SynthesizeConfig.from_options(masks=str(real_store), indices="1,x")
+    with pytest.raises(InputError, match="`recombine`: .* has no split 'R9'"):
+        SynthesizeConfig.from_options(recombine=f"{real_store}:R9")
+    with pytest.raises(InputError, match="give exactly one source"):
+        SynthesizeConfig.from_options(masks=str(real_store), types="all")

@@ -12,6 +12,7 @@ from _trainer_helpers import small_config
 from PIL import Image
 from safetensors.torch import load_file
 
+from nasdm_aug import hardware
 from nasdm_aug.training import trainer as trainer_mod
 from nasdm_aug.training.checkpoint import (
     latest_checkpoint,
@@ -53,7 +54,7 @@ def test_resume_after_kill_matches_uninterrupted_run(store_path, tmp_path, monke
     # were the layout measured again now, it would come out the other one: the run keeps its own
     measured = load_trainer_state(latest_checkpoint(straight))["layout"]
     other = [x for x in ("channels_last", "contiguous") if x != measured][0]
-    monkeypatch.setattr(trainer_mod, "fastest_layout", lambda *a, **k: (other, {}))
+    monkeypatch.setattr(hardware, "fastest_layout", lambda *a, **k: (other, {}))
     train("mask", store_path, "Train", None, killed, resume=True, progress=False)
 
     (raw_a, ema_a, state_a), (raw_b, ema_b, state_b) = _final(straight), _final(killed)
