@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from cli import options
 from nasdm_aug.studies.registry import BANK_REGISTRY, STUDY_REGISTRY
 
 _BANKS = "; ".join(f"{b.name}: {b.about}" for b in BANK_REGISTRY.values())
@@ -58,7 +59,8 @@ def _old_bank_flag(name: str):
 # -- protocol
 @click.option("--equal-steps/--equal-epochs", default=None,
               help="Train every row of a study for the same optimiser steps (a smaller row repeats its own "
-                   "patches), or for the same epochs as the paper does (the preset's choice by default).")
+                   "patches), or for the same epochs as the paper does. Default: the study's own (equal steps for "
+                   "low-label, equal epochs for the others).")
 @click.option("--epoch-patches", type=click.IntRange(min=1), default=None,
               help="With --equal-steps: patches per epoch (default: the study's largest row).")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Runs (seeds) per row.")
@@ -66,18 +68,18 @@ def _old_bank_flag(name: str):
               help="HoVerNet epochs of phase 1 (encoder frozen) and phase 2 (all layers), overriding the preset's.")
 @click.option("--val-patches", type=click.IntRange(min=0), default=None,
               help="Validation patches from Train outside R1 choosing each run's best epoch (0: keep the last).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="First seed.")
-@click.option("--device", default=None, metavar="DEV", help="auto, cpu, cuda ...")
-@click.option("--overwrite", is_flag=True,
-              help="Train again the runs in --out that were made with another configuration (else refused).")
-@click.option("--dry-run", is_flag=True, help="Print the config, the banks and the runs with their data sizes, "
-                                              "then exit.")
+@options.seed(None, unset="the preset's")
+@options.device(None, unset="the preset's")
+@options.overwrite()
+@options.dry_run()
 @click.pass_context
 def benchmark(ctx, preset, study, out, store, source, test, models, banks, balance_target, segmenter, label_split,
               label_fractions, equal_steps, epoch_patches, runs, epochs, val_patches, seed, device, overwrite,
               dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
-    (or on --test)."""
+    (or on --test). --seed is the first run's seed (a row's runs take seed, seed + 1, ...);
+    --overwrite trains again the runs in --out made with another configuration; --dry-run also
+    prints the banks and every run with its data sizes."""
     from nasdm_aug.studies.config import parse_bank_args, study_config
     from nasdm_aug.studies.run import describe_study, run_studies
 
