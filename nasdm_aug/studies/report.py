@@ -132,39 +132,38 @@ def plot_study(table: Sequence[dict[str, Any]], study: str, path: Path, xlabel: 
 
 
 def plot_groups(table: Sequence[dict[str, Any]], study: str, path: Path) -> Path | None:
-    """Dice and PQ bars of each row, side by side within its group (e.g. the labelled share),
-    mean ± std error bars, as a PNG."""
+    """Dice and PQ of each row as a point with a mean ± std bar, the rows of a group (e.g. a
+    labelled share) side by side and coloured by their source (real only, + a bank, + copy-paste),
+    as a PNG. The y axes fit the values: the differences between rows are what it shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    record = STUDY_REGISTRY[study]
     rows = [e for e in table if e["study"] == study and e.get("dice") is not None]
     if not rows:
         return None
-    group_of = {r.label: r.group for r in record.rows}
-    groups = list(dict.fromkeys(group_of.get(e["row"], e["row"]) for e in rows))
-    # the row's source without its group's prefix: "+ S2", "+ copy-paste", "" (real only)
-    def source(e: dict[str, Any]) -> str:
-        label = e["row"]
-        return label.split(" + ", 1)[1] if " + " in label else "real only"
+    groups = list(dict.fromkeys(e.get("group") or e["row"] for e in rows))
+
+    def source(e: dict[str, Any]) -> str:  # the label after the group's own real rows: "+ S2", "+ copy-paste"
+        return "+ " + e["row"].split(" + ", 1)[1] if " + " in e["row"] else "real only"
 
     sources = list(dict.fromkeys(source(e) for e in rows))
     width = 0.8 / len(sources)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     for ax, key, label in zip(axes, ("dice", "pq"), ("Dice", "PQ")):
         for j, s in enumerate(sources):
-            got = {group_of.get(e["row"], e["row"]): e for e in rows if source(e) == s}
-            vals = [got[g][key] if g in got and got[g][key] is not None else np.nan for g in groups]
-            errs = [got[g][f"{key}_std"] if g in got else 0.0 for g in groups]
-            ax.bar(np.arange(len(groups)) + (j - (len(sources) - 1) / 2) * width, vals, width, yerr=errs, capsize=3,
-                   label=s)
+            got = {e.get("group") or e["row"]: e for e in rows if source(e) == s}
+            xs = [g + (j - (len(sources) - 1) / 2) * width for g, name in enumerate(groups) if name in got]
+            ys = [got[name][key] if got[name][key] is not None else np.nan for name in groups if name in got]
+            errs = [got[name][f"{key}_std"] for name in groups if name in got]
+            ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=4, label=s)
         ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
         ax.set_title(f"{label} on Test (mean ± std)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].set_xlabel(record.axis)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+    axes[0].set_xlabel(STUDY_REGISTRY[study].axis)
     axes[0].legend(fontsize=7)
     return _save_figure(fig, path)
 

@@ -21,7 +21,8 @@ def summarise(results: Sequence[dict[str, Any]], rows: Sequence[StudyRow]) -> li
         runs = [r for r in results if r["study"] == row.study and r["row"] == row.label]
         if not runs:
             continue
-        entry: dict[str, Any] = {"study": row.study, "row": row.label, "x": row.x, "runs": len(runs),
+        entry: dict[str, Any] = {"study": row.study, "row": row.label, "x": row.x, "group": row.group,
+                                 "runs": len(runs),
                                  "n_patches": runs[0]["n_patches"], "n_real": runs[0]["n_real"],
                                  "n_synthetic": runs[0]["n_synthetic"]}
         for m in METRICS:

@@ -4,6 +4,8 @@ that reach a StudyConfig from the command line."""
 import json
 from collections import Counter
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -148,3 +150,41 @@ def test_a_row_builds_its_dataset_from_its_own_mix_config(real, tmp_path):
     assert data is train and data.plan().entries() == direct.plan().entries()
     assert SyntheticMixDataset.from_config(store, bank, row.mix_config(3, "uniform")).plan().entries() == \
         direct.plan().entries()
+
+
+def test_low_label_end_to_end_at_equal_steps(real, tmp_path):
+    """Every row of the low-label study trains the same steps; the filtered row draws only the
+    bank's best-scored patches, the copy-paste row pastes nuclei, and the report compares each
+    row with its fraction's real-only row."""
+    import h5py
+
+    store = PatchStore(real)
+    r2 = store.indices("R2")
+    bank = _store(tmp_path / "s2.h5", 5, {"R2": ["a", "b"]}, origin="synthetic", parents=list(r2))
+    scores = np.linspace(0.0, 1.0, len(r2)).astype(np.float32)  # bank patch i scores i / 9
+    with h5py.File(bank, "a") as f:
+        f.create_dataset("fidelity", data=scores)
+    out = tmp_path / "ll"
+    StudyConfig(name="test", epochs=(0, 1), batch_size=4, n_runs=1, device="cpu", label_fractions=(0.2,),
+                label_synthetic_ratio=0.2, filter_top_fraction=0.5, paste_prob=1.0).save(tmp_path / "cfg.json")
+    res = CliRunner().invoke(cli, ["benchmark", "--preset", str(tmp_path / "cfg.json"), "--study", "low-label",
+                                   "--out", str(out), "--store", str(real), "--bank", f"S2={bank}"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "results.json").read_text())
+    assert [e["row"] for e in summary["table"]] == ["20% R2", "20% R2 + S2", "20% R2 + S2 (filtered)",
+                                                    "20% R2 + copy-paste"]
+    # equal steps: 2 real + 2 synthetic is the largest row, so every row's epoch holds 4 patches
+    assert "of 4 patches (1 optimiser steps" in summary["protocol"]["low-label"]
+    for slug in ("20-r2", "20-r2--copy-paste", "20-r2--s2"):  # HoVerNet saw 4 patches an epoch in every row
+        assert json.loads((out / "runs/low-label" / slug / "seed0/hovernet/data.json").read_text())["n_train"] == 4
+    fp = json.loads((out / "runs/low-label/20-r2--s2-filtered/seed0/fingerprint.json").read_text())
+    assert fp["filter"] == {"top_fraction": 0.5, "min_fidelity": None} and fp["epoch_patches"] == 4
+    # the filtered row's synthetic patches are among the best-scored half of the bank
+    data, _ = training_data(select_rows("low-label", StudyConfig.from_dict(summary["config"]))[2], 0, store,
+                            PatchStore(bank), StudyConfig.from_dict(summary["config"]), epoch=4)
+    assert set(data.plan().indices("synthetic")) <= set(np.argsort(scores)[-5:].tolist())
+    for entry in summary["table"][1:]:
+        assert entry["vs_baseline"]["baseline"] == "20% R2"
+    tables = (out / "tables.md").read_text()
+    assert "Equal steps: every row trains 0 + 1 epochs" in tables and "| 20% R2 | 2 (2 + 0) |" in tables
+    assert (out / "study_low-label.png").stat().st_size > 0
