@@ -20,7 +20,8 @@ from nasdm_aug.utils import InputError
 if TYPE_CHECKING:
     from nasdm_aug.studies.config import StudyConfig
 
-__all__ = ["check_store", "check_not_study_data", "ensure_store", "ensure_banks", "MASK_SOURCES", "StudyTestSet",
+__all__ = ["check_store", "check_not_study_data", "ensure_store", "ensure_banks", "check_given_banks", "MASK_SOURCES",
+           "StudyTestSet",
            "resolve_test_set", "TEST_STORE"]
 
 
@@ -268,6 +269,29 @@ def ensure_banks(config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow
     return banks
 
 
+def check_given_banks(config: StudyConfig, rows: Sequence[StudyRow]) -> None:
+    """Refuse, before anything is written, a given bank that does not exist, or one that filtered
+    rows need when it holds no complete scores and no ``segmenter`` is given to score it."""
+    from nasdm_aug.mixing.fidelity_filter import read_scores
+
+    for name in dict.fromkeys(r.bank for r in rows if r.bank):
+        path = Path(config.banks[name]) if config.banks.get(name) else None
+        if path is None:
+            continue
+        if not path.is_file():
+            raise InputError(f"{path}: the {name} bank ({BANK_REGISTRY[name].about}) does not exist")
+        if any(r.filtered and r.bank == name for r in rows) and not config.segmenter:
+            scores = read_scores(path)
+            if scores is None or np.isnan(scores).any():
+                raise _unscored(path, scores)
+
+
+def _unscored(path: Path, scores: np.ndarray | None) -> InputError:
+    return InputError(f"{path}: filtered rows need fidelity scores and this bank holds "
+                      f"{'none' if scores is None else 'only some'}; pass `segmenter` (a HoVerNet run trained on "
+                      "real data) or run `nasdm-aug score` on it first")
+
+
 def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], path: Path,
                progress: bool, overwrite: bool) -> None:
     from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
@@ -297,9 +321,7 @@ def _scored(bank: PatchStore, config: StudyConfig, progress: bool) -> PatchStore
     if scores is not None and not np.isnan(scores).any():
         return bank
     if not config.segmenter:
-        raise InputError(f"{bank.path}: filtered rows need fidelity scores and this bank holds "
-                         f"{'none' if scores is None else 'only some'}; pass `segmenter` (a HoVerNet run trained "
-                         "on real data) or run `nasdm-aug score` on it first")
+        raise _unscored(bank.path, scores)
     path = bank.path
     bank.close()
     score_bank(path, config.segmenter, device=config.device, progress=progress)

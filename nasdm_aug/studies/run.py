@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.mixing.balance import type_counts
 from nasdm_aug.studies.config import StudyConfig
-from nasdm_aug.studies.data import (StudyTestSet, check_not_study_data, check_store, ensure_banks, ensure_store,
-                                    resolve_test_set)
+from nasdm_aug.studies.data import (StudyTestSet, check_given_banks, check_not_study_data, check_store, ensure_banks,
+                                    ensure_store, resolve_test_set)
 from nasdm_aug.studies.fingerprint import run_fingerprint, stale_reasons
 from nasdm_aug.studies.plan import hovernet_config, plan_study, protocol, study_epochs, training_data, validation_data
 from nasdm_aug.studies.registry import STUDY_REGISTRY, StudyRow, select_rows
@@ -136,6 +136,7 @@ def run_studies(config: StudyConfig, study: str, out: str | os.PathLike, *, prog
     out = Path(out)
     rows = select_rows(study, config)
     _check_test_set(config, rows, out)
+    check_given_banks(config, rows)
     out.mkdir(parents=True, exist_ok=True)
     store = PatchStore(ensure_store(config, out, progress))
     check_store(store, rows, own_test=not config.test)

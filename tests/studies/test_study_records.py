@@ -126,6 +126,12 @@ def test_filtered_rows_need_scores_or_a_segmenter(real, tmp_path):
     cfg = StudyConfig(banks={"S2": str(bank)})
     with pytest.raises(InputError, match="filtered rows need fidelity scores.*pass `segmenter`"):
         ensure_banks(cfg, store, rows, tmp_path, progress=False)
+    # the study refuses it before writing anything
+    from nasdm_aug.studies.run import run_studies
+
+    with pytest.raises(InputError, match="holds none; pass `segmenter`"):
+        run_studies(cfg.replace(store=str(real)), "low-label", tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
     unfiltered = [r for r in select_rows("low-label") if r.bank and not r.filtered]
     assert set(ensure_banks(cfg, store, unfiltered, tmp_path, progress=False)) == {"S2"}
 
