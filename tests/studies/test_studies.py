@@ -147,11 +147,11 @@ def test_every_study_mode_and_sampler_is_reachable_from_the_cli():
     from cli.synthesize import synthesize
     from nasdm_aug.sampling import SAMPLERS
     from nasdm_aug.mixing.plan import MIX_MODES
-    from nasdm_aug.studies.registry import BANK_SPLITS, STUDY_REGISTRY
+    from nasdm_aug.studies.registry import BANK_REGISTRY, STUDY_REGISTRY
 
     choices = {p.name: p.type.choices for p in benchmark.params if p.name == "study"}["study"]
     assert set(choices) == {*STUDY_REGISTRY, "all"}
     assert {p.name: tuple(p.type.choices) for p in export_command.params if p.name == "mode"}["mode"] == tuple(MIX_MODES)
     assert set({p.name: p.type.choices for p in synthesize.params if p.name == "sampler"}["sampler"]) == set(SAMPLERS)
     for study in STUDY_REGISTRY.values():  # every row can be planned: its mode and bank exist
-        assert all(r.mode in MIX_MODES and (r.bank is None or r.bank in BANK_SPLITS) for r in study.rows), study.name
+        assert all(r.mode in MIX_MODES and (r.bank is None or r.bank in BANK_REGISTRY) for r in study.rows), study.name
