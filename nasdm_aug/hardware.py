@@ -160,8 +160,8 @@ def resolve_sampling_layout(name: str, device: torch.device | str) -> str:
     Why this rule: PyTorch's group norm keeps channels_last only on a CPU; on CUDA it copies its
     input to NCHW (``group_norm`` in ATen), so a channels_last U-Net, which norms before nearly
     every convolution, pays a layout copy at each norm there. On the AVX512 CPU measured,
-    channels_last sampled 1.25-1.52x faster than NCHW with the same patches (benchmarks/RESULTS.md,
-    "Synthesis: channels_last and bf16"). Why not timed like the trainers' ``fastest_layout``: that
+    channels_last sampled 1.22-1.56x faster than NCHW with the same patches (benchmarks/RESULTS.md,
+    "Synthesis: every combination of layout, dtype and compile"). Why not timed like the trainers' ``fastest_layout``: that
     times throwaway copies of a training step, not sampling, and a fixed rule needs no second copy
     of the models and gives every rank of a job the same answer.
 

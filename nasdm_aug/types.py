@@ -28,12 +28,13 @@ __all__ = [
 #: (H&E for a given layout). Run directories, configs and the CLI name them by these words.
 MODEL_KINDS: tuple[str, ...] = ("mask", "patch")
 
-# how sampling lays tensors out; channels_last sampled 1.25-1.52x faster than NCHW with the same
-# patches on the AVX512 box (benchmarks/RESULTS.md, Synthesis: channels_last and bf16)
+# how sampling lays tensors out; channels_last sampled 1.22-1.56x faster than NCHW with the same
+# patches on the AVX512 box (benchmarks/RESULTS.md, Synthesis: every combination of layout, dtype and compile)
 LAYOUTS = ("channels_last", "contiguous")
 # how the trainers lay tensors out: "auto" times a few steps of each layout once per machine and
 # model (nasdm_aug.hardware.fastest_layout), because the faster one differs by machine: channels_last
-# trained the patch U-Net 1.03-1.42x faster than NCHW on the AVX512 box (benchmarks/RESULTS.md) and
+# trained the patch U-Net 1.27-1.44x faster than NCHW on the AVX512 box (benchmarks/RESULTS.md,
+# Which layout `auto` picks) and
 # 0.92x on an AVX2-only one (131.7 against 120.9 ms per sample, tiny preset, 64 px)
 LAYOUT_CHOICES = ("auto",) + LAYOUTS
 # the precision the networks train and sample in: fp32, bf16 autocast, or "auto": bf16 where it is

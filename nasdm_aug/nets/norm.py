@@ -2,8 +2,8 @@
 
 Why our own: PyTorch's CPU group-norm backward for a reduced-precision channels_last input is
 several times slower than its float32 backward when a group holds fewer than 16 channels (4-12
-in the ``tiny`` preset, 8 in the ``paper`` preset's 256-channel norms), e.g. 5.2 ms against
-1.0 ms for [8, 64, 64, 64] in 8 groups on the 2-core dev box; from 16 channels per group on, the
+in the ``tiny`` preset, 8 in the ``paper`` preset's 256-channel norms), e.g. 6.0 ms against
+4.0 ms through float32 for [8, 64, 64, 64] in 8 groups on the 2-core dev box; from 16 channels per group on, the
 detour through float32 no longer pays (benchmarks/RESULTS.md, "bf16 group-norm backward"). It
 made group norm a fifth of a bf16 training step. Everywhere else (CUDA, float32, NCHW, 16 or more
 channels per group, no grad) this is plain ``nn.GroupNorm``: the same parameters, state-dict keys
