@@ -199,7 +199,7 @@ class BalanceSynthesisPlan:
             (``SynthesizeConfig.combinations``).
         record: the JSON-able plan stored as the bank's ``attrs["balance_plan"]``: keys ``store``,
             ``split``, ``target`` (shares), ``ratio``, ``n_split``, ``max_patches``, ``n_patches``,
-            ``nuclei_per_patch`` (estimated per type), ``counts`` (per combination),
+            ``min_support``, ``expected_nuclei`` (per chosen combination and type), ``counts`` (per combination),
             ``nuclei_before`` and ``nuclei_expected_after`` (per type), ``l1_before``, ``l1_expected_after``.
     """
 
@@ -252,23 +252,32 @@ def parse_combination(text: str, table: NucleiTypeTable) -> tuple[np.ndarray, in
 
 
 def plan_balance_synthesis(store: PatchStore, split: str | None, target: Target, ratio: float,
-                           max_types: int = 3) -> BalanceSynthesisPlan:
+                           max_types: int = 3, min_support: int = 5) -> BalanceSynthesisPlan:
     """Work out the generated patches (type combinations and counts) that balance a real split.
+
+    The mask model is conditioned on a patch's exact type-presence vector and learnt what real
+    patches with that vector hold, so a request for a rare type alone gets what real patches of
+    that type alone hold: on CoNSeP, 2 nuclei where patches that hold the type among others have
+    15. The options are therefore the presence vectors the split itself shows.
 
     1. Count nuclei per type in the split; resolve the target; the types below their target share
        are the ones to add.
-    2. Estimate the nuclei of type k in a generated patch that holds k as the mean count of k over
-       the split's patches holding k (the mask model learnt from such patches).
-    3. Greedily add patches of the combination (non-empty subsets of the needed types, at most
-       ``max_types`` of them) that most lowers the L1 distance of the expected shares to the
-       target, up to ``floor(ratio x len(split))`` patches.
+    2. Options: every presence vector seen in at least ``min_support`` patches of the split that
+       holds a needed type, expected to add the mean per-type counts of those patches (types that
+       are not needed included).
+    3. Needed types that no such vector holds (absent from the split, or too rare) fall back to
+       combinations of those types alone (at most ``max_types``), each type expected at its mean
+       count over the split's patches that hold it, or over all type-holding patches if none does.
+    4. Greedily add patches of the option that most lowers the L1 distance of the expected shares
+       to the target, up to ``floor(ratio x len(split))`` patches.
 
     Args:
         store: the real PatchStore.
         split: its split (None = whole store).
         target: see :func:`resolve_target`.
         ratio: synthetic patches at most this fraction of the split, in (0, 1].
-        max_types: largest combination size.
+        max_types: largest fallback combination size.
+        min_support: fewest patches of the split with a presence vector for it to be an option.
 
     Raises:
         InputError: an empty split, a ratio outside (0, 1], a bad target, or a split already at
@@ -283,14 +292,8 @@ def plan_balance_synthesis(store: PatchStore, split: str | None, target: Target,
     per_patch = type_counts(store, idx)
     totals = per_patch.sum(0)
     shares = resolve_target(target, table, totals, str(store.path))
-    need = np.flatnonzero(needed_types(totals, shares))
-    holding = per_patch > 0
-    mean_all = float(per_patch[holding].mean()) if holding.any() else 1.0
-    mu = np.where(holding.any(0), per_patch.sum(0) / np.maximum(holding.sum(0), 1), mean_all)
-    combos = [c for r in range(1, min(max_types, len(need)) + 1) for c in itertools.combinations(need, r)]
-    options = np.zeros((len(combos), table.n_types))
-    for i, c in enumerate(combos):
-        options[i, list(c)] = mu[list(c)]
+    need = needed_types(totals, shares)
+    combos, options = _balance_options(per_patch, need, max_types, max(1, int(min_support)))
     max_patches = int(math.floor(ratio * len(idx) + 1e-9))
     picks = greedy_balance(totals, options, shares, max_patches, replace=True)
     if len(picks) == 0:
@@ -301,7 +304,37 @@ def plan_balance_synthesis(store: PatchStore, split: str | None, target: Target,
     after = totals + options[picks].sum(0)
     record = {"store": str(store.path), "split": split, "target": named_values(shares, table, 4), "ratio": float(ratio),
               "n_split": int(len(idx)), "max_patches": max_patches, "n_patches": int(len(picks)),
-              "nuclei_per_patch": named_values(mu, table, 3), "counts": dict(zip(names, map(int, counts))),
+              "min_support": int(min_support),
+              "expected_nuclei": {n: named_values(options[c], table, 3) for n, c in zip(names, chosen)},
+              "counts": dict(zip(names, map(int, counts))),
               "nuclei_before": named_values(totals, table), "nuclei_expected_after": named_values(np.round(after), table),
               "l1_before": l1_to_target(totals, shares), "l1_expected_after": l1_to_target(after, shares)}
     return BalanceSynthesisPlan(tuple(f"{n}:{int(c)}" for n, c in zip(names, counts)), record)
+
+
+def _balance_options(per_patch: np.ndarray, need: np.ndarray, max_types: int,
+                     min_support: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """The type combinations a plan may request and the nuclei per type each is expected to add."""
+    presence = per_patch > 0
+    vectors, inverse, support = np.unique(presence, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    combos: list[tuple[int, ...]] = []
+    rows: list[np.ndarray] = []
+    for v, (vec, n) in enumerate(zip(vectors, support)):
+        if n >= min_support and (vec & need).any():
+            combos.append(tuple(np.flatnonzero(vec).tolist()))
+            rows.append(per_patch[inverse == v].mean(0))
+    covered = np.zeros_like(need)
+    for c in combos:
+        covered[list(c)] = True
+    # types the split shows too rarely for an observed vector: estimated per type, as a last resort
+    rest = np.flatnonzero(need & ~covered)
+    mean_all = float(per_patch[presence].mean()) if presence.any() else 1.0
+    mu = np.where(presence.any(0), per_patch.sum(0) / np.maximum(presence.sum(0), 1), mean_all)
+    for r in range(1, min(max_types, len(rest)) + 1):
+        for c in itertools.combinations(rest.tolist(), r):
+            row = np.zeros(per_patch.shape[1])
+            row[list(c)] = mu[list(c)]
+            combos.append(c)
+            rows.append(row)
+    return combos, np.asarray(rows, np.float64).reshape(len(rows), per_patch.shape[1])

@@ -135,3 +135,27 @@ def test_synthesis_plan_moves_toward_target(real):
         plan_balance_synthesis(PatchStore(real), "Train", {"a": 1.0}, 1.0)
     with pytest.raises(InputError, match=r"ratio 2 is outside \(0, 1\]"):
         plan_balance_synthesis(PatchStore(real), "Train", "uniform", 2.0)
+
+
+def test_synthesis_plan_requests_presence_vectors_the_split_shows(tmp_path):
+    # the mask model draws what real patches of a presence vector hold, so "c" alone (1 nucleus,
+    # 5 patches) and "a+c" (6 a and 2 c, 5 patches) are expected at their own means, not at c's
+    # mean over every patch that holds it (1.5); "b" alone is seen twice, under min_support, and
+    # b appears in no other vector, so it falls back to its per-type mean (2)
+    patches = [[3]] * 5 + [[1] * 6 + [3, 3]] * 5 + [[2], [2, 2, 2]] + [[1]]
+    store = PatchStore(_write(tmp_path / "r.h5", patches, "real", sources=["r0"] * 6 + ["r1"] * 6 + ["t0"]))
+    plan = plan_balance_synthesis(store, "Train", "uniform", 1.0, min_support=5)
+    allowed = {"c": {"a": 0.0, "b": 0.0, "c": 1.0}, "a+c": {"a": 6.0, "b": 0.0, "c": 2.0},
+               "b": {"a": 0.0, "b": 2.0, "c": 0.0}}
+    assert plan.record["expected_nuclei"] == {k: allowed[k] for k in plan.record["counts"]}
+    assert set(plan.record["counts"]) == {"b", "c"}  # adding a+c moves a further from 1/3
+    expected = np.array([30, 4, 15], float)
+    for name, n in plan.record["counts"].items():
+        expected += n * np.array(list(allowed[name].values()))
+    assert plan.record["nuclei_expected_after"] == dict(zip("abc", np.round(expected).astype(int).tolist()))
+    # a lower support makes "b" alone an observed vector with the same mean; a higher one leaves
+    # c only to the fallback, at its per-type mean
+    assert plan_balance_synthesis(store, "Train", "uniform", 1.0, min_support=2).record["expected_nuclei"]["b"]["b"] == 2.0
+    high = plan_balance_synthesis(store, "Train", "uniform", 1.0, min_support=6)
+    assert all(e["c"] in (0.0, 1.5) for e in high.record["expected_nuclei"].values())
+    assert "a+c" not in high.record["counts"]
