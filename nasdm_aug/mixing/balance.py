@@ -216,7 +216,11 @@ class BalanceSynthesisPlan:
         r = self.record
         lines = [f"balance plan for {r['store']} split {r['split']!r} ({r['n_split']} patches): "
                  f"{r['n_patches']} of at most {r['max_patches']} generated patches (ratio {r['ratio']:g})"]
-        lines += [f"  {c}" for c in self.combinations]
+        expected = r.get("expected_nuclei", {})
+        for c in self.combinations:
+            each = expected.get(c.rpartition(":")[0], {})
+            kept = ", ".join(f"{n} {v:.1f}" for n, v in each.items() if v)
+            lines.append(f"  {c}" + (f" (expected a patch: {kept})" if kept else ""))
         for key in ("nuclei_before", "nuclei_expected_after"):
             lines.append(f"  {key}: " + ", ".join(f"{n} {v}" for n, v in r[key].items()))
         lines.append(f"  L1 to target: {r['l1_before']:.3f} -> {r['l1_expected_after']:.3f} (expected)")
