@@ -114,12 +114,12 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
                         model=("toy",), sampling=SamplerOptions(steps=25), hovernet_preset="tiny", epochs=(1, 3), batch_size=8, n_runs=2),
     # real CoNSeP laid out like ../shared/data/consep (pass --source and NASDM runs trained on it),
     # brought from its 40x to Lizard's 20x, where 64-px patches hold about as much tissue as 128 at 40x;
-    # S1 / S2 (if made here) by ancestral DDPM in 25 unguided steps: with the shipped x_0 patch model
-    # that scored best of the samplings tried (FID and KID nearest real, nuclei contrast nearest real,
-    # benchmarks/RESULTS.md "Patch-model ablation"), at a quarter of the cost of synthesize's
-    # defaults (50 steps, guidance 1.5, two network passes a step)
+    # S1 / S2 (if made here) by ancestral DDPM in 50 steps at guidance 1.5, synthesize's defaults:
+    # with the shipped patch model they gave the best FID and KID of the guided samplings and an S1
+    # that trained a HoVerNet alone to 0.96 of real R1's Dice; unguided, that model draws stray
+    # nucleus-sized specks off the mask (benchmarks/RESULTS.md, "Patch-model ablation")
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
-                          sampling=SamplerOptions("ddpm", steps=25), guidance=1.0, hovernet_preset="tiny", epochs=(2, 3),
+                          sampling=SamplerOptions("ddpm", steps=50), guidance=1.5, hovernet_preset="tiny", epochs=(2, 3),
                           n_runs=3, val_patches=64),
     # the paper's full protocol on Lizard (GPUs): 128-px patches, HoVerNet 50 + 50 epochs
     "lizard": StudyConfig(name="lizard", source_format="lizard", patch_size=128, stride=64,
