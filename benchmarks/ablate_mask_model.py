@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ablate_mask_model.py --store consep.h5 --work DIR \\
         --runs shipped=nasdm_aug/assets/consep-cpu/mask,x0=runs/mask-x0 [--num 128] \\
-        [--sampling ddpm:50:1.5] [--thresholds 0,0.5] [--json out.json] [--sheet sheet.png]
+        [--sampling ddpm:50:1.5] [--thresholds 0,0.5] [--require other] [--json out.json] [--sheet sheet.png]
 
 For each mask run (a run directory or one of its checkpoint folders) and each ``--sampling`` value
 (``SAMPLER:STEPS:GUIDANCE``), the mask model is asked for the type-presence vectors of ``--num``
@@ -15,7 +15,9 @@ cached in DIR (keyed by the weights, the sampling and the requests) and decoded 
   ``--split``: nuclei per patch, area (px), eccentricity and solidity (``mask_realism``);
 - **merged**: the share of generated nuclei larger than the real 99th area percentile
   (a merged blob of several nuclei is the usual failure);
-- **type control**: overall precision and recall of the requested types (``type_control``);
+- **type control**: overall precision and recall of the requested types (``type_control``), and
+  the recall of each type, since the micro-averaged one is the common types' (``--require TYPE``
+  draws every request from patches holding TYPE, to measure a rare type's);
 - **round trip**: the same decoder on the encoded REAL masks, PQ against the real instances,
   so a decoder change that helps generated masks is seen not to break real ones.
 
@@ -82,11 +84,14 @@ def score(insts: np.ndarray, types: np.ndarray, presence: np.ndarray, real_stats
           names: list[str], n_types: int) -> dict[str, float]:
     stats = nuclei_statistics(insts, types, n_types)
     real = mask_realism(stats, real_stats, names)
-    ctrl = type_control(presence > 0, types_present(types, n_types), names)["all"]
+    per_type = type_control(presence > 0, types_present(types, n_types), names)
+    ctrl = per_type["all"]
     big = np.percentile(real_stats["area"], 99)
     return {"count": real["count"], "area": real["area"], "eccentricity": real["eccentricity"],
             "solidity": real["solidity"], "merged": float((stats["area"] > big).mean()) if len(stats["area"]) else 0.0,
-            "nuclei_per_patch": float(stats["count"].mean()), "precision": ctrl["precision"], "recall": ctrl["recall"]}
+            "nuclei_per_patch": float(stats["count"].mean()), "precision": ctrl["precision"], "recall": ctrl["recall"],
+            # micro-averaged control is the common types'; the rare ones' recall is seen only per type
+            **{f"recall/{name}": per_type[name]["recall"] for name in names}}
 
 
 def round_trip_pq(inst: np.ndarray, types: np.ndarray, n_types: int, threshold: float) -> float:
@@ -114,6 +119,8 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0,0.5", help="decode_mask marker thresholds, comma-separated")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--require", default="", metavar="TYPE",
+                    help="draw the requests only from patches holding this type (the control of a rare type)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--sheet", type=Path)
     ap.add_argument("--sheet-rows", default="", help="RUN@SAMPLING@tTHRESHOLD,... the sheet's columns (default: "
@@ -134,7 +141,13 @@ def main() -> None:
     idx = store.indices(args.split)
     real = store.read(idx, keys=("inst", "type"))
     real_stats = nuclei_statistics(real["inst"], real["type"], n_types)
-    pick = np.random.default_rng(args.seed).choice(len(idx), size=min(args.num, len(idx)), replace=False)
+    pool = np.arange(len(idx))
+    if args.require:
+        if args.require not in names:
+            sys.exit(f"Error: --require {args.require!r} is not a type of {args.store}; valid: {', '.join(names)}")
+        k = names.index(args.require) + 1
+        pool = np.flatnonzero([(t == k).any() for t in real["type"]])
+    pick = np.random.default_rng(args.seed).choice(pool, size=min(args.num, len(pool)), replace=False)
     presence = np.stack([type_presence(t, n_types) for t in real["type"][pick]]).astype(np.float32)
     out: dict[str, Any] = {"cpu": describe_machine(), "store": str(args.store), "split": args.split, "num": len(pick),
                            "real": {"nuclei_per_patch": float(real_stats["count"].mean())}, "rows": {},
@@ -165,6 +178,11 @@ def main() -> None:
     for row, r in out["rows"].items():
         print(f"| {row} | {r['count']:.2f} | {r['area']:.1f} | {r['eccentricity']:.3f} | {r['solidity']:.3f} | "
               f"{r['merged']:.3f} | {r['nuclei_per_patch']:.2f} | {r['precision']:.2f} | {r['recall']:.2f} |")
+    print("\nRecall per type (share of the requests asking for a type whose mask holds one):\n")
+    print("| run @ sampling @ threshold | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for row, r in out["rows"].items():
+        print(f"| {row} | " + " | ".join(f"{r[f'recall/{n}']:.2f}" for n in names) + " |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     if args.sheet:

@@ -37,6 +37,10 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Generated masks: a nucleus marker per peak of the distance channel above this, as well as per "
                    "edge-bounded core, so touching nuclei whose generated edge is faint come apart (default 0.5; "
                    "0: edge markers alone).")
+@click.option("--mask-guidance", type=click.FloatRange(min=0), default=None,
+              help="Generated masks: the mask model's classifier-free guidance scale (default 2.5; --guidance is "
+                   "the patch model's). Masks want more than patches: at 1.5 the consep-cpu mask model draws a "
+                   "quarter fewer nuclei than real patches hold.")
 # -- rare-type balancing
 @click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
               help="Generated masks of the type combinations that move this real split (default Train) "

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nasdm_aug.config import ConfigBase
-from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD
+from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, DEFAULT_MASK_GUIDANCE
 from nasdm_aug.hardware import LAYOUT_CHOICES, PRECISIONS, precision_name
 from nasdm_aug.data.store import PatchStore, parse_store_arg
 from nasdm_aug.mixing.balance import parse_target, resolve_target, split_combination
@@ -91,7 +91,9 @@ class SynthesizeConfig(ConfigBase):
     # real masks of a split with real nuclei of its rare types added (nasdm-aug synthesize --recombine)
     recombine: RecombineOptions | None = None
     sampling: SamplerOptions = field(default_factory=SamplerOptions)  # sampler, steps and its options
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale (1 = none)
+    guidance: float = DEFAULT_GUIDANCE  # the patch model's classifier-free guidance scale (1 = none)
+    # generated masks: the mask model's guidance scale (generator.DEFAULT_MASK_GUIDANCE says why it differs)
+    mask_guidance: float = DEFAULT_MASK_GUIDANCE
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
@@ -139,6 +141,8 @@ class SynthesizeConfig(ConfigBase):
             )
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if not self.mask_guidance >= 0:
+            raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
@@ -177,7 +181,7 @@ class SynthesizeConfig(ConfigBase):
         config's. ``indices`` may be ``"I,J,..."``. ``recombine`` is ``STORE.h5[:SPLIT]`` (split
         Train when none is named), made toward ``target`` with ``num`` masks. Naming another
         ``sampler`` than the config's starts from that sampler's defaults. ``**fields`` are the other
-        fields of the config: ``guidance``, ``seed``, ``batch_size``, ``marker_threshold``,
+        fields of the config: ``guidance``, ``mask_guidance``, ``seed``, ``batch_size``, ``marker_threshold``,
         ``precision`` (or its older name ``dtype``: ``float32``, ``bfloat16``, ``auto``), ``layout``
         and ``compile``.
 

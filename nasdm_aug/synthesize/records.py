@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.generator import DEFAULT_MARKER_THRESHOLD, resolve_model_dirs
+from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, DEFAULT_MASK_GUIDANCE, resolve_model_dirs
 from nasdm_aug.hardware import LAYOUTS, resolve_precision, resolve_sampling_layout
 from nasdm_aug.synthesize.config import SynthesizeConfig
 from nasdm_aug.synthesize.jobs import plan_jobs
@@ -32,6 +32,11 @@ def _as_current(recorded: Any) -> Any:
     if "marker_threshold" not in recorded:  # generated masks were decoded with edge markers alone;
         # a bank of real masks decodes none, so the threshold is whatever today's default is
         recorded = {**recorded, "marker_threshold": DEFAULT_MARKER_THRESHOLD if recorded.get("masks") else 0.0}
+    if "mask_guidance" not in recorded:  # one guidance scale drove both models; a bank of real masks
+        # samples no mask, so its mask scale is whatever today's default is
+        generated = recorded.get("types") or recorded.get("combinations")
+        recorded = {**recorded, "mask_guidance": recorded.get("guidance", DEFAULT_GUIDANCE) if generated
+                    else DEFAULT_MASK_GUIDANCE}
     try:  # from_dict reads an older "dtype" (float32, bfloat16) as its precision (fp32, bf16)
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):

@@ -187,8 +187,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
     if real is None:
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
-        inst, type_map = gen.generate_masks(types, n, min_size=config.min_size,
-                                            marker_threshold=config.marker_threshold, **opts)
+        inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, marker_threshold=config.marker_threshold,
+                                            **{**opts, "guidance": config.mask_guidance})
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
@@ -204,7 +204,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
 def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
-                  "steps": config.sampling.steps, "guidance": config.guidance, "seed": config.seed, "ema": config.ema,
+                  "steps": config.sampling.steps, "guidance": config.guidance,
+                  "mask_guidance": config.mask_guidance if real is None else None, "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.mask_store) if real is not None else ""}

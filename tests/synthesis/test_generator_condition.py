@@ -135,3 +135,24 @@ def test_raw_mask_representations_are_what_generate_masks_decodes(runs):
         np.testing.assert_array_equal(typ, types[4 + j])
     with pytest.raises(InputError, match=rf"presence vectors must be \[B, {k}\]"):
         gen.sample_mask_representations(presence[:, :2])
+
+
+@pytest.mark.parametrize("mask_guidance,guidance", [(1.0, 2.0), (2.0, 1.0)])
+def test_generate_gives_each_stage_its_own_guidance(fresh, monkeypatch, mask_guidance, guidance):
+    # a guided call batches [cond; null], an unguided one cond alone: the batch size tells the scale apart
+    mask_calls, patch_calls = _record(monkeypatch, fresh.mask_model), _record(monkeypatch, fresh.patch_model)
+    fresh.generate("epithelial", 2, mask_guidance=mask_guidance, guidance=guidance, seed=0, **OPTS)
+    assert {len(c) for c in mask_calls} == {2 if mask_guidance == 1.0 else 4}
+    assert {len(c) for c in patch_calls} == {2 if guidance == 1.0 else 4}
+
+
+def test_generate_masks_defaults_to_the_mask_guidance(fresh, monkeypatch):
+    from nasdm_aug import generator
+
+    assert generator.DEFAULT_MASK_GUIDANCE != generator.DEFAULT_GUIDANCE
+    seen = []
+    real_cfg = generator.classifier_free_guidance
+    monkeypatch.setattr(generator, "classifier_free_guidance", lambda net, s: seen.append(s) or real_cfg(net, s))
+    fresh.generate_masks("epithelial", 1, seed=0, **OPTS)
+    fresh.generate("epithelial", 1, seed=0, **OPTS)
+    assert seen == [generator.DEFAULT_MASK_GUIDANCE, generator.DEFAULT_MASK_GUIDANCE, generator.DEFAULT_GUIDANCE]

@@ -374,6 +374,9 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
     with h5py.File(old, "r+") as f:  # no marker threshold recorded: a bank of real masks decodes none
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "marker_threshold"})
     assert finished_bank_problem(old, cfg) is None
+    with h5py.File(old, "r+") as f:  # no mask guidance recorded: a bank of real masks samples no mask
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "mask_guidance"})
+    assert finished_bank_problem(old, cfg) is None
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
@@ -386,6 +389,44 @@ def test_generated_masks_recorded_before_the_marker_threshold_were_decoded_with_
     assert recorded["marker_threshold"] == 0.5  # today's default
     del recorded["marker_threshold"]
     assert _as_current(recorded)["marker_threshold"] == 0.0
+
+
+def test_generated_masks_recorded_before_the_mask_guidance_were_sampled_at_the_one_guidance():
+    from nasdm_aug.synthesize.records import _as_current
+
+    recorded = json.loads(SynthesizeConfig(types="epithelial", num=2, guidance=1.2).to_json())
+    assert recorded["mask_guidance"] == 2.5  # today's default, not the patches' scale
+    del recorded["mask_guidance"]
+    assert _as_current(recorded)["mask_guidance"] == 1.2
+    combos = json.loads(SynthesizeConfig(combinations=("epithelial:2",)).to_json())
+    del combos["mask_guidance"]
+    assert _as_current(combos)["mask_guidance"] == 1.5
+
+
+def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_path):
+    import h5py
+
+    from nasdm_aug import generator as g
+
+    seen = []
+    real_cfg = g.classifier_free_guidance
+    monkeypatch.setattr(g, "classifier_free_guidance", lambda net, s: seen.append((net.config.kind, s)) or real_cfg(net, s))
+    for extra, want in (([], 2.5), (["--mask-guidance", "1", "--guidance", "2"], 1.0)):
+        seen.clear()
+        out = tmp_path / f"b{want}.h5"
+        res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
+        assert res.exit_code == 0, res.output
+        patch_scale = 2.0 if extra else 1.5
+        assert sorted(set(seen)) == sorted({("mask", want), ("patch", patch_scale)})
+        with h5py.File(out, "r") as f:
+            assert json.loads(f.attrs["config"])["mask_guidance"] == want
+    # resuming with another mask guidance is refused, naming it
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b2.5.h5", "--types", "all", "--num", "2"),
+                                   "--mask-guidance", "3", "--resume"])
+    assert res.exit_code != 0 and "other arguments (mask_guidance)" in res.output + str(res.exception)
+    bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
+                                   "--mask-guidance", "-1"])
+    assert bad.exit_code == 2 and "--mask-guidance" in bad.output
 
 
 def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
