@@ -188,7 +188,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
         inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, marker_threshold=config.marker_threshold,
-                                            **{**opts, "guidance": config.mask_guidance})
+                                            **dict(opts, guidance=config.mask_guidance))
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
