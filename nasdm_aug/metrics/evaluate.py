@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.data.store import PatchStore
-from nasdm_aug.metrics.fidelity import FidelityAccumulator, compare_fidelity
+from nasdm_aug.metrics.fidelity import FidelityAccumulator, compare_fidelity, hovernet_detection_radius
 from nasdm_aug.metrics.generative import (
     cluster_probabilities,
     frechet_distance,
@@ -148,7 +148,9 @@ def fidelity_metrics(segment: Segmenter, real: PatchStore, real_idx: np.ndarray,
         in ``syn_idx`` order).
     """
     names = list(syn.type_table.names)
-    accs = {"synthetic": FidelityAccumulator(names), "real": FidelityAccumulator(names)}
+    radius = hovernet_detection_radius(syn.magnification)
+    accs = {"synthetic": FidelityAccumulator(names, detect_radius=radius),
+            "real": FidelityAccumulator(names, detect_radius=radius)}
     for key, store, idx in (("real", real, real_idx), ("synthetic", syn, syn_idx)):
         for s in tqdm(range(0, len(idx), batch_size), desc=f"segment {key}", disable=not progress, leave=False):
             d = store.read(idx[s:s + batch_size])

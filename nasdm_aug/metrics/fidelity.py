@@ -9,13 +9,19 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
 from skimage.segmentation import find_boundaries
 
 from hovernet.metrics import instance_types, match_instances
 
-__all__ = ["boundary_f1", "patch_fidelity", "FidelityAccumulator", "compare_fidelity"]
+__all__ = ["boundary_f1", "detected_nuclei", "hovernet_detection_radius", "patch_fidelity", "FidelityAccumulator",
+           "compare_fidelity"]
 
-_COUNT_KEYS = ("n_mask", "n_pred", "matched", "type_correct", "missing", "excess")
+_COUNT_KEYS = ("n_mask", "n_pred", "matched", "type_correct", "missing", "excess", "detected")
+
+#: hover_net's detection pairing radius (``compute_stats.py``: centroids within 12 px) at CoNSeP's 40x.
+HOVERNET_DETECTION_RADIUS_40X = 12.0
 _TOTAL_KEYS = ("n_patches", "n_mask", "n_pred", "n_matched")  # sizes, not criteria: never compared
 
 
@@ -48,8 +54,45 @@ def boundary_f1(mask_a: np.ndarray, mask_b: np.ndarray, tolerance: int = 2) -> f
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
+def hovernet_detection_radius(magnification: float | None) -> float:
+    """hover_net's 12-px centroid radius at 40x, scaled to ``magnification`` (6 px at 20x); 12 when
+    the magnification is unknown."""
+    if not magnification:
+        return HOVERNET_DETECTION_RADIUS_40X
+    return HOVERNET_DETECTION_RADIUS_40X * float(magnification) / 40.0
+
+
+def _centroids(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return ids, np.zeros((0, 2))
+    return ids, np.asarray(ndimage.center_of_mass(np.ones_like(inst), inst, ids), np.float64).reshape(-1, 2)
+
+
+def detected_nuclei(mask_inst: np.ndarray, pred_inst: np.ndarray, radius: float) -> np.ndarray:
+    """Ids of the mask's nuclei that a segmented nucleus detects, by hover_net's pairing.
+
+    As hover_net's ``compute_stats.pair_coordinates``: one-to-one pairs of centroids that minimise the
+    total Euclidean distance (Hungarian), kept where the distance is at most ``radius``. This asks
+    whether a nucleus was found near its place, where IoU > 0.5 also asks for its outline, which at
+    20x (nuclei 6-10 px across) a one-pixel shift can fail.
+
+    Returns:
+        int array of the detected ids of ``mask_inst``.
+    """
+    gt_ids, gt_c = _centroids(np.asarray(mask_inst))
+    _, pr_c = _centroids(np.asarray(pred_inst))
+    if not len(gt_ids) or not len(pr_c):
+        return gt_ids[:0]
+    dist = cdist(gt_c, pr_c)
+    rows, cols = linear_sum_assignment(dist)
+    return gt_ids[rows[dist[rows, cols] <= radius]]
+
+
 def patch_fidelity(mask_inst: np.ndarray, mask_type: np.ndarray, pred_inst: np.ndarray, pred_type: np.ndarray,
-                   n_types: int, iou_threshold: float = 0.5, tolerance: int = 2) -> dict[str, np.ndarray | float]:
+                   n_types: int, iou_threshold: float = 0.5, tolerance: int = 2,
+                   detect_radius: float = HOVERNET_DETECTION_RADIUS_40X) -> dict[str, np.ndarray | float]:
     """Compare the nuclei a segmenter found in a patch with the mask the patch should show.
 
     Args:
@@ -60,12 +103,15 @@ def patch_fidelity(mask_inst: np.ndarray, mask_type: np.ndarray, pred_inst: np.n
         n_types: number of nuclei types.
         iou_threshold: a pair matches when IoU > threshold.
         tolerance: boundary tolerance in pixels.
+        detect_radius: centroid distance in pixels within which a segmented nucleus detects a mask
+            nucleus (:func:`detected_nuclei`; :func:`hovernet_detection_radius` gives hover_net's).
 
     Returns:
         dict of int arrays [n_types] (index k is type k + 1): ``n_mask`` and ``n_pred`` nuclei
-        per type, ``matched`` mask nuclei found, ``type_correct`` of those with the right type,
-        ``missing`` mask nuclei not found, ``excess`` found nuclei (by predicted type) not in the
-        mask; floats ``dice_sum`` and ``bf1_sum`` over matched pairs, ``n_matched``, and
+        per type, ``matched`` mask nuclei found (IoU > threshold), ``type_correct`` of those with
+        the right type, ``missing`` mask nuclei not found, ``excess`` found nuclei (by predicted
+        type) not in the mask, ``detected`` mask nuclei with a segmented centroid within
+        ``detect_radius``; floats ``dice_sum`` and ``bf1_sum`` over matched pairs, ``n_matched``, and
         ``score`` = detection F1 x mean Dice of matched nuclei (1 when both are empty).
     """
     m = match_instances(pred_inst, mask_inst, iou_threshold)
@@ -81,6 +127,9 @@ def patch_fidelity(mask_inst: np.ndarray, mask_type: np.ndarray, pred_inst: np.n
     for p in m["unmatched_pred"]:
         if pred_t[int(p)] > 0:
             out["excess"][pred_t[int(p)] - 1] += 1
+    for g in detected_nuclei(mask_inst, pred_inst, detect_radius):
+        if mask_t[int(g)] > 0:
+            out["detected"][mask_t[int(g)] - 1] += 1
     dice_sum = bf1_sum = 0.0
     for g, p, iou in zip(m["gt_ids"], m["pred_ids"], m["iou"]):
         tg = mask_t[int(g)]
@@ -108,11 +157,14 @@ class FidelityAccumulator:
     Args:
         type_names: names of types 1..n_types.
         iou_threshold: matching threshold; tolerance: boundary tolerance in pixels.
+        detect_radius: centroid radius of the detection rate (default hover_net's at 40x; pass
+            :func:`hovernet_detection_radius` of the patches' magnification).
     """
 
-    def __init__(self, type_names: Sequence[str], iou_threshold: float = 0.5, tolerance: int = 2) -> None:
+    def __init__(self, type_names: Sequence[str], iou_threshold: float = 0.5, tolerance: int = 2,
+                 detect_radius: float = HOVERNET_DETECTION_RADIUS_40X) -> None:
         self.type_names = list(type_names)
-        self.iou_threshold, self.tolerance = iou_threshold, tolerance
+        self.iou_threshold, self.tolerance, self.detect_radius = iou_threshold, tolerance, float(detect_radius)
         self.totals = {k: np.zeros(len(self.type_names), np.int64) for k in _COUNT_KEYS}
         self.dice_sum = self.bf1_sum = self.n_matched = 0.0
         self.scores: list[float] = []
@@ -121,7 +173,7 @@ class FidelityAccumulator:
             pred_type: np.ndarray) -> float:
         """Add one patch ([H, W] maps, as :func:`patch_fidelity`); returns its score."""
         r = patch_fidelity(mask_inst, mask_type, pred_inst, pred_type, len(self.type_names),
-                           self.iou_threshold, self.tolerance)
+                           self.iou_threshold, self.tolerance, self.detect_radius)
         for k in _COUNT_KEYS:
             self.totals[k] += r[k]
         self.dice_sum += r["dice_sum"]
@@ -136,7 +188,9 @@ class FidelityAccumulator:
         Keys: ``dice``, ``boundary_f1`` (means over matched nuclei), ``type_accuracy`` and
         ``type_accuracy/<name>`` (correct / matched), ``missing_rate`` and
         ``missing_rate/<name>`` (missing / mask nuclei), ``excess_rate`` and
-        ``excess_rate/<name>`` (excess / found nuclei), ``score`` (mean per-patch score), plus the
+        ``excess_rate/<name>`` (excess / found nuclei), ``detection_rate`` and
+        ``detection_rate/<name>`` (mask nuclei detected by centroid / mask nuclei: hover_net's
+        notion of a nucleus found), ``score`` (mean per-patch score), plus the
         counts ``n_patches``, ``n_mask``, ``n_pred``, ``n_matched``.
         """
         t = self.totals
@@ -144,11 +198,13 @@ class FidelityAccumulator:
                "type_accuracy": _ratio(t["type_correct"].sum(), t["matched"].sum()),
                "missing_rate": _ratio(t["missing"].sum(), t["n_mask"].sum()),
                "excess_rate": _ratio(t["excess"].sum(), t["n_pred"].sum()),
+               "detection_rate": _ratio(t["detected"].sum(), t["n_mask"].sum()),
                "score": float(np.mean(self.scores)) if self.scores else math.nan}
         for k, name in enumerate(self.type_names):
             out[f"type_accuracy/{name}"] = _ratio(t["type_correct"][k], t["matched"][k])
             out[f"missing_rate/{name}"] = _ratio(t["missing"][k], t["n_mask"][k])
             out[f"excess_rate/{name}"] = _ratio(t["excess"][k], t["n_pred"][k])
+            out[f"detection_rate/{name}"] = _ratio(t["detected"][k], t["n_mask"][k])
         out.update(n_patches=len(self.scores), n_mask=int(t["n_mask"].sum()), n_pred=int(t["n_pred"].sum()),
                    n_matched=int(self.n_matched))
         return {k: float(v) for k, v in out.items()}

@@ -20,7 +20,9 @@ __all__ = ["write_bank_report", "markdown_report", "json_safe"]
 
 _CRITERIA = (("dice", "Boundary Dice of matched nuclei", "up"), ("boundary_f1", "Boundary F1 (2 px)", "up"),
              ("type_accuracy", "Type accuracy of matched nuclei", "up"), ("missing_rate", "Missing nuclei rate", "down"),
-             ("excess_rate", "Excess nuclei rate", "down"), ("score", "Per-patch fidelity score", "up"))
+             ("excess_rate", "Excess nuclei rate", "down"),
+             ("detection_rate", "Detected nuclei rate (centroid within hover_net's radius)", "up"),
+             ("score", "Per-patch fidelity score", "up"))
 
 
 def _undefined(v: Any) -> bool:
@@ -57,7 +59,8 @@ def _fidelity_table(fid: dict[str, Any], type_names: list[str]) -> list[str]:
     cmp = fid["comparison"]
     rows = ["| Criterion | Synthetic | Real | Ratio (syn / real) |", "|---|---:|---:|---:|"]
     for key, label, arrow in _CRITERIA:
-        names = [""] + ([f"/{n}" for n in type_names] if key in ("type_accuracy", "missing_rate", "excess_rate") else [])
+        names = [""] + ([f"/{n}" for n in type_names] if key in ("type_accuracy", "missing_rate", "excess_rate", "detection_rate")
+                        else [])
         for suffix in names:
             c = cmp.get(key + suffix)
             if c is None or (suffix and _undefined(c["synthetic"]) and _undefined(c["real"])):

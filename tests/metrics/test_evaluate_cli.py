@@ -163,9 +163,38 @@ def test_fidelity_with_oracle_segmenter_gives_ratio_one(files):
 
     r = fidelity_metrics(oracle, real, np.arange(8), bank, np.arange(6), batch_size=4)
     assert r["synthetic"]["dice"] == 1.0 and r["synthetic"]["missing_rate"] == 0.0
+    assert r["synthetic"]["detection_rate"] == 1.0 and r["real"]["detection_rate"] == 1.0
     assert all(s == 1.0 for s in r["scores"])
     ratios = [v["ratio"] for v in r["comparison"].values()]
     assert all(x == 1.0 or math.isnan(x) for x in ratios)
+
+
+def test_detection_radius_follows_the_bank_magnification(files, monkeypatch):
+    from nasdm_aug.data.store import PatchStore
+
+    real, bank = PatchStore(files["real"]), PatchStore(files["bank"])
+
+    def shifted(images):  # finds every nucleus 9 px to the side of its mask
+        inst, typ = [], []
+        for im in images:
+            d = next(store[i] for store in (real, bank) for i in range(len(store))
+                     if store[i]["image"].tobytes() == im.tobytes())
+            i2, t2 = np.zeros_like(d["inst"]), np.zeros_like(d["type"])
+            for k in np.unique(d["inst"])[1:]:
+                ys, xs = np.nonzero(d["inst"] == k)
+                t = d["type"][ys[0], xs[0]]
+                xs = xs + 9 if xs.max() + 9 < SIZE else xs - 9
+                i2[ys, xs], t2[ys, xs] = k, t
+            inst.append(i2)
+            typ.append(t2)
+        return np.stack(inst), np.stack(typ)
+
+    # 9 px is within hover_net's 12 px (40x, or magnification unknown) and beyond its 6 px at 20x
+    rate = {}
+    for mag in (None, 40.0, 20.0):
+        monkeypatch.setattr(PatchStore, "magnification", property(lambda self, m=mag: m))
+        rate[mag] = fidelity_metrics(shifted, real, np.arange(8), bank, np.arange(6))["synthetic"]["detection_rate"]
+    assert rate[None] == rate[40.0] > 0.5 and rate[20.0] < rate[40.0]
 
 
 def test_config_validation():

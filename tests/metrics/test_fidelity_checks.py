@@ -154,3 +154,37 @@ def test_mask_realism_nan_when_type_absent():
     inst, typ = disks(CENTRES[:2], [1, 1])
     stats = nuclei_statistics(inst[None], typ[None], 3)
     assert math.isnan(mask_realism(stats, stats, NAMES)["area/b"])
+
+
+def test_detection_pairs_centroids_within_the_radius_one_to_one():
+    inst, typ = disks(CENTRES, TYPES, r=3)
+    # nucleus 1 found 4 px off (IoU of 3-px disks 4 px apart < 0.5: missing by IoU, detected by
+    # centroid); nucleus 2 found 7 px off (beyond a 6-px radius); nucleus 3 found in place; nucleus 4
+    # not found. A second prediction next to nucleus 3 cannot detect another nucleus (one-to-one).
+    pred_inst, pred_type = disks([(14, 10), (10, 42), (35, 10), (38, 13)], [1, 1, 2, 2], r=3)
+    r = patch_fidelity(inst, typ, pred_inst, pred_type, n_types=3, detect_radius=6.0)
+    assert list(r["detected"]) == [1, 1, 0]
+    assert list(r["missing"]) == [2, 0, 1]
+    # the pairing from hover_net's definition, by brute force over every one-to-one assignment
+    import itertools
+    gt = np.array(CENTRES, float)
+    pr = np.array([(14, 10), (10, 42), (35, 10), (38, 13)], float)
+    d = np.sqrt(((gt[:, None] - pr[None]) ** 2).sum(-1))
+    best = min(itertools.permutations(range(4)), key=lambda p: sum(d[i, p[i]] for i in range(4)))
+    assert sum(d[i, best[i]] <= 6.0 for i in range(4)) == r["detected"].sum()
+    # the radius scales with magnification as hover_net's 12 px at 40x
+    from nasdm_aug.metrics.fidelity import detected_nuclei, hovernet_detection_radius
+    assert hovernet_detection_radius(20) == 6.0 and hovernet_detection_radius(40) == 12.0
+    assert hovernet_detection_radius(None) == 12.0
+    assert sorted(detected_nuclei(inst, pred_inst, 12.0).tolist()) == [1, 2, 3]
+    assert detected_nuclei(inst, np.zeros_like(inst), 6.0).size == 0
+
+
+def test_detection_rate_pools_over_patches_by_type():
+    inst, typ = disks(CENTRES, TYPES, r=3)
+    acc = FidelityAccumulator(NAMES, detect_radius=6.0)
+    acc.add(inst, typ, inst, typ)  # all 4 found
+    acc.add(inst, typ, *disks(CENTRES[:1], TYPES[:1], r=3))  # only one type-a nucleus
+    agg = acc.aggregate()
+    assert agg["detection_rate"] == 5 / 8
+    assert agg["detection_rate/a"] == 3 / 4 and agg["detection_rate/b"] == 0.5 and agg["detection_rate/c"] == 0.5
