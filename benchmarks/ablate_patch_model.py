@@ -21,7 +21,8 @@ A smaller budget reruns the whole ablation quickly (``--budget-min 5``). Steps:
    variance of grey levels over background pixels at least 3 px from any nucleus; real = 1) and
    **nuclei contrast** (mean grey level of that background minus that of nuclei pixels).
 
-Each ``--sampling`` value is ``SAMPLER:STEPS:GUIDANCE``; the first scores every variant, the others
+Each ``--sampling`` value is ``SAMPLER:STEPS:GUIDANCE[:LOW-HIGH]`` (LOW-HIGH: ``synthesize
+--guidance-interval``); the first scores every variant, the others
 score the last variant named, or ``--sweep LABEL`` (the sampling sweep of the chosen model).
 ``--score-runs LABEL=PATH,...`` scores other patch runs or checkpoint folders the same way: a
 longer run of a variant and its kept checkpoints (quality against budget), or the shipped model
@@ -202,7 +203,7 @@ def main() -> None:
     ap.add_argument("--split", default="R2", help="held-out masks to sample from and score against")
     ap.add_argument("--baseline-split", default="R1", help="real split compared with --split as the baseline")
     ap.add_argument("--num", type=int, default=128, help="masks drawn (seed 0) from --split")
-    ap.add_argument("--sampling", default="ddpm:50:1.5", help="SAMPLER:STEPS:GUIDANCE[,...]")
+    ap.add_argument("--sampling", default="ddpm:50:1.5", help="SAMPLER:STEPS:GUIDANCE[:LOW-HIGH][,...]")
     ap.add_argument("--fractions", default="", help="also score these fractions of the budget (e.g. 0.25,0.5) "
                                                      "for the last variant")
     ap.add_argument("--score-runs", default="", help="LABEL=PATH,... also score these patch runs or checkpoint "
@@ -225,10 +226,13 @@ def main() -> None:
     samplings = []
     for spec in args.sampling.split(","):
         try:
-            sampler, steps, guidance = spec.split(":")
-            samplings.append((sampler, int(steps), float(guidance)))
+            sampler, steps, guidance, *interval = spec.split(":")
+            if len(interval) > 1 or (interval and len(interval[0].split("-")) != 2):
+                raise ValueError(spec)
+            samplings.append((sampler, int(steps), float(guidance), interval[0] if interval else ""))
         except ValueError:
-            sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE (e.g. ddpm:50:1.5)")
+            sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE[:LOW-HIGH] (e.g. ddpm:50:1.5 or "
+                     "ddpm:50:1.5:0.3-5)")
     from nasdm_aug.data.store import PatchStore
     from nasdm_aug.hardware import describe_machine
 
@@ -294,13 +298,17 @@ def main() -> None:
     out["baseline"] = summarise(base)
     print("baseline", json.dumps(out["baseline"]), flush=True)
 
-    def score(label: str, model_path: Path, sampler: str, steps: int, guidance: float) -> dict[str, Any]:
+    def tag_of(spec: tuple[str, int, float, str]) -> str:
+        return f"{spec[0]}{spec[1]}g{spec[2]}" + (f"i{spec[3]}" if spec[3] else "")
+
+    def score(label: str, model_path: Path, sampler: str, steps: int, guidance: float,
+              interval: str = "") -> dict[str, Any]:
         bank = work / "banks" / f"{label}.h5"
         bank.parent.mkdir(exist_ok=True)
         cmd = [nasdm, "synthesize", "--model", str(model_path), "--masks", args.store,
                "--indices", ",".join(str(int(i)) for i in idx), "--sampler", sampler, "--steps", str(steps),
                "--guidance", str(guidance), "--seed", "0", "--device", "cpu", "--out", str(bank), "--resume",
-               "--preview", "16"]
+               "--preview", "16", *(["--guidance-interval", interval.replace("-", ",")] if interval else [])]
         t0 = time.perf_counter()
         wait_all([("synthesize", run(cmd, bank.with_suffix(".log"), one_thread_env()), bank.with_suffix(".log"))])
         wall = time.perf_counter() - t0
@@ -319,7 +327,7 @@ def main() -> None:
 
     first = samplings[0]
     for name in names:
-        tag = f"{name}@{first[0]}{first[1]}g{first[2]}"
+        tag = f"{name}@{tag_of(first)}"
         out["variants"][name]["scores"] = {tag: score(tag, work / "runs" / name, *first)}
     extra: dict[str, Path] = {}
     for spec in [x for x in args.score_runs.split(",") if x]:
@@ -327,11 +335,11 @@ def main() -> None:
         if not path or not Path(path).exists():
             sys.exit(f"Error: --score-runs {spec!r} is not LABEL=PATH of an existing run or checkpoint folder")
         extra[label] = Path(path)
-        tag = f"{label}@{first[0]}{first[1]}g{first[2]}"
+        tag = f"{label}@{tag_of(first)}"
         out.setdefault("extra", {})[label] = {"path": path, "scores": {tag: score(tag, Path(path), *first)}}
     last = args.sweep or names[-1]
     for spec in samplings[1:]:
-        tag = f"{last}@{spec[0]}{spec[1]}g{spec[2]}"
+        tag = f"{last}@{tag_of(spec)}"
         if last in extra:
             out["extra"][last]["scores"][tag] = score(tag, extra[last], *spec)
         else:
@@ -342,10 +350,10 @@ def main() -> None:
         if not ckpt.is_dir():
             print(f"{last}: no checkpoint at {frac:g} of the budget ({ckpt}); skipped", flush=True)
             continue
-        tag = f"{last}@{frac:g}budget@{first[0]}{first[1]}g{first[2]}"
+        tag = f"{last}@{frac:g}budget@{tag_of(first)}"
         out["variants"][last]["scores"][tag] = score(tag, ckpt, *first)
     if args.curve:
-        write_curve(out, args.curve, f"{first[0]}{first[1]}g{first[2]}", work / "curve.png")
+        write_curve(out, args.curve, tag_of(first), work / "curve.png")
     if args.sheet:
         write_sheet(args.store, work, [b for b in args.sheet.split(",") if b], work / "sheet.png")
     print(table(out))

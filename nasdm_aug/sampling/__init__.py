@@ -1,6 +1,6 @@
 """Sampling: samplers sharing one signature, their options, and the classifier-free guidance wrapper."""
 
-from .guidance import classifier_free_guidance
+from .guidance import check_guidance_interval, classifier_free_guidance, guided_timesteps
 from .samplers import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -22,7 +22,9 @@ __all__ = [
     "PerSampleNoise",
     "SamplerOptions",
     "SamplerSpec",
+    "check_guidance_interval",
     "classifier_free_guidance",
+    "guided_timesteps",
     "get_sampler",
     "sample",
     "sample_seed",

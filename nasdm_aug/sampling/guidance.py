@@ -8,10 +8,50 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["classifier_free_guidance"]
+__all__ = ["classifier_free_guidance", "check_guidance_interval", "guided_timesteps"]
 
 
-def classifier_free_guidance(model: Any, scale: float, batched: bool = True) -> Callable[..., torch.Tensor]:
+def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
+    """``interval`` as a (low, high) pair of noise levels with 0 <= low < high (high may be inf), or
+    None (guidance at every step).
+
+    Raises:
+        ValueError: not two numbers, a negative or NaN bound, or low >= high.
+    """
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance interval must be two noise levels (low, high), got {interval!r}") from None
+    if not (0 <= lo < hi):
+        raise ValueError(f"guidance interval must have 0 <= low < high, got ({lo}, {hi})")
+    return lo, hi
+
+
+def guided_timesteps(alphas_cumprod: Any, interval: tuple[float, float] | None) -> torch.Tensor:
+    """Which timesteps of a process lie in the guidance interval.
+
+    The noise level of step t is sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise-to-signal
+    ratio (EDM's sigma for a variance-preserving process); step t is guided when
+    low < sigma_t <= high, as in Kynkaenniemi et al. 2024.
+
+    Args:
+        alphas_cumprod: alpha_bar_t of the trained process, [T].
+        interval: (low, high), or None for every step.
+
+    Returns:
+        bool tensor [T].
+    """
+    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    if interval is None:
+        return torch.ones(ab.shape[0], dtype=torch.bool)
+    sigma = ((1 - ab) / ab).sqrt()
+    return (sigma > interval[0]) & (sigma <= interval[1])
+
+
+def classifier_free_guidance(model: Any, scale: float, batched: bool = True,
+                             guided: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
     """Wrap ``model`` so that eps = eps_null + scale * (eps_cond - eps_null).
 
     One batched forward of ``[cond; model.null_condition(cond)]`` gives both predictions (or two
@@ -26,6 +66,10 @@ def classifier_free_guidance(model: Any, scale: float, batched: bool = True) -> 
             ``null_condition(cond) -> tensor like cond``.
         scale: guidance weight w >= 0 (1 = no guidance).
         batched: one forward of the doubled batch, else one conditional and one unconditional.
+        guided: bool [T] over the original timesteps (:func:`guided_timesteps`): a step outside it
+            calls the conditional model alone, which saves the unconditional half of that step's
+            work (guidance limited to an interval of noise levels, Kynkaenniemi et al. 2024). None:
+            every step is guided.
 
     Returns:
         ``model_fn(x, t, cond, **kwargs) -> [N, C or 2C, ...]``. Other tensor kwargs whose first
@@ -54,6 +98,16 @@ def classifier_free_guidance(model: Any, scale: float, batched: bool = True) -> 
     def model_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if scale == 1.0:
             return model(x, t, cond=cond, **kwargs)
+        if guided is not None:
+            inside = guided.to(t.device)[t]
+            if not bool(inside.any()):
+                return model(x, t, cond=cond, **kwargs)
+            if not bool(inside.all()):  # steps differ within the batch: guide all, keep the guided ones
+                out, plain = _guide(x, t, cond, kwargs), model(x, t, cond=cond, **kwargs)
+                return torch.where(inside.view(-1, *([1] * (out.dim() - 1))), out, plain)
+        return _guide(x, t, cond, kwargs)
+
+    def _guide(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         null, both = conditions(cond)
         if scale == 0.0:
             return model(x, t, cond=null, **kwargs)

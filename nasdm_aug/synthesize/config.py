@@ -4,6 +4,7 @@ and layout) and :class:`RecombineOptions`; saved in the bank and beside its part
 from __future__ import annotations
 
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from nasdm_aug.hardware import LAYOUT_CHOICES, PRECISIONS, precision_name
 from nasdm_aug.data.store import PatchStore, parse_store_arg
 from nasdm_aug.mixing.balance import parse_target, resolve_target, split_combination
 from nasdm_aug.mixing.paste import PasteOptions
-from nasdm_aug.sampling import SamplerOptions
+from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
 from nasdm_aug.utils import InputError
 
 __all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "recombine_options", "open_store_arg"]
@@ -92,6 +93,9 @@ class SynthesizeConfig(ConfigBase):
     recombine: RecombineOptions | None = None
     sampling: SamplerOptions = field(default_factory=SamplerOptions)  # sampler, steps and its options
     guidance: float = DEFAULT_GUIDANCE  # the patch model's classifier-free guidance scale (1 = none)
+    # the patch model is guided only where low < sigma_t <= high (NASDMGenerator.generate_patches);
+    # None: at every step
+    guidance_interval: tuple[float, float] | None = None
     # generated masks: the mask model's guidance scale (generator.DEFAULT_MASK_GUIDANCE says why it differs)
     mask_guidance: float = DEFAULT_MASK_GUIDANCE
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
@@ -143,6 +147,11 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
+        # an empty interval (the CLI's "all") is every step, as None
+        interval = check_guidance_interval(self.guidance_interval or None)
+        if interval is not None and not math.isfinite(interval[1]):
+            raise ValueError(f"guidance_interval's high end must be finite (JSON has no infinity), got {interval[1]}")
+        object.__setattr__(self, "guidance_interval", interval)
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
@@ -181,7 +190,7 @@ class SynthesizeConfig(ConfigBase):
         config's. ``indices`` may be ``"I,J,..."``. ``recombine`` is ``STORE.h5[:SPLIT]`` (split
         Train when none is named), made toward ``target`` with ``num`` masks. Naming another
         ``sampler`` than the config's starts from that sampler's defaults. ``**fields`` are the other
-        fields of the config: ``guidance``, ``mask_guidance``, ``seed``, ``batch_size``, ``marker_threshold``,
+        fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``, ``seed``, ``batch_size``, ``marker_threshold``,
         ``precision`` (or its older name ``dtype``: ``float32``, ``bfloat16``, ``auto``), ``layout``
         and ``compile``.
 

@@ -37,6 +37,8 @@ def _as_current(recorded: Any) -> Any:
         generated = recorded.get("types") or recorded.get("combinations")
         recorded = {**recorded, "mask_guidance": recorded.get("guidance", DEFAULT_GUIDANCE) if generated
                     else DEFAULT_MASK_GUIDANCE}
+    if "guidance_interval" not in recorded:  # made when every step was guided
+        recorded = {**recorded, "guidance_interval": None}
     try:  # from_dict reads an older "dtype" (float32, bfloat16) as its precision (fp32, bf16)
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):

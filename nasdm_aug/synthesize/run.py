@@ -194,7 +194,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
         inst, type_map = (data["inst"], data["type"]) if masks is None else (masks[0][start:stop], masks[1][start:stop])
         meta = {k: list(data[k]) for k in ("source", "y", "x", "split")}
-    image = gen.generate_patches(inst, type_map, **opts)
+    image = gen.generate_patches(inst, type_map, guidance_interval=config.guidance_interval, **opts)
     with PatchStoreWriter(path, patch_size=gen.patch_size, type_table=gen.type_table, origin="synthetic",
                           overwrite=True) as writer:
         writer.append_batch(image, inst.astype(np.int32), type_map.astype(np.uint8), **meta,
@@ -205,6 +205,7 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance,
+                  "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
                   "mask_guidance": config.mask_guidance if real is None else None, "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",

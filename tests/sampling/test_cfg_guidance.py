@@ -104,3 +104,53 @@ def test_guided_model_fn_drives_a_sampler(inputs):
     x = sample(guided, (3, 2, 4, 4), {"cond": cond}, diffusion=diffusion, options=SamplerOptions("dpmpp_2m", steps=5),
                seed=0)
     assert x.shape == (3, 2, 4, 4) and torch.isfinite(x).all() and x.abs().max() <= 1
+
+
+def test_guided_timesteps_follow_the_noise_level_of_each_step():
+    from nasdm_aug.sampling import guided_timesteps
+
+    d = create_diffusion(1000, "linear")
+    ab = torch.as_tensor(d.alphas_cumprod, dtype=torch.float64)
+    sigma = ((1 - ab) / ab).sqrt()
+    steps = guided_timesteps(d.alphas_cumprod, (0.5, 5.0))
+    # sigma rises with t, so the guided steps are one run: the first above 0.5 up to the last at <= 5
+    inside = torch.nonzero(steps).flatten()
+    assert torch.equal(inside, torch.arange(int(inside[0]), int(inside[-1]) + 1))
+    assert sigma[inside[0]] > 0.5 >= sigma[inside[0] - 1] and sigma[inside[-1]] <= 5.0 < sigma[inside[-1] + 1]
+    # the linear schedule's sigma_t by hand at one step: beta_t = 1e-4 + (0.02 - 1e-4) t / 999
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    ab_hand = torch.cumprod(1 - betas, 0)
+    torch.testing.assert_close(sigma[300], ((1 - ab_hand[300]) / ab_hand[300]).sqrt())
+    assert guided_timesteps(d.alphas_cumprod, None).all()
+
+
+def test_outside_the_interval_the_conditional_model_runs_alone(inputs):
+    x, _, cond = inputs
+    model = ToyConditional()
+    guided = torch.zeros(10, dtype=torch.bool)
+    guided[5:8] = True
+    fn = classifier_free_guidance(model, 2.5, guided=guided)
+    outside, inside = torch.tensor([2, 2, 2]), torch.tensor([6, 6, 6])
+    torch.testing.assert_close(fn(x, outside, cond=cond), model(x, outside, cond=cond), rtol=0, atol=0)
+    model.batch_sizes.clear()
+    fn(x, outside, cond=cond)
+    assert model.batch_sizes == [3]  # no unconditional half
+    model.batch_sizes.clear()
+    torch.testing.assert_close(fn(x, inside, cond=cond), classifier_free_guidance(model, 2.5)(x, inside, cond=cond))
+    assert model.batch_sizes[0] == 6
+    # a batch whose rows stand at different steps: each row as its own step would have it
+    mixed = torch.tensor([2, 6, 9])
+    out = fn(x, mixed, cond=cond)
+    full = classifier_free_guidance(model, 2.5)(x, mixed, cond=cond)
+    plain = model(x, mixed, cond=cond)
+    torch.testing.assert_close(out[1], full[1])
+    torch.testing.assert_close(out[[0, 2]], plain[[0, 2]])
+
+
+def test_guidance_interval_is_checked():
+    from nasdm_aug.sampling import check_guidance_interval
+
+    assert check_guidance_interval(None) is None and check_guidance_interval([0, 3]) == (0.0, 3.0)
+    for bad in ((2, 1), (-1, 1), (1, 1), (1,), "ab", (float("nan"), 1)):
+        with pytest.raises(ValueError, match="guidance interval"):
+            check_guidance_interval(bad)

@@ -152,7 +152,40 @@ def test_generate_masks_defaults_to_the_mask_guidance(fresh, monkeypatch):
     assert generator.DEFAULT_MASK_GUIDANCE != generator.DEFAULT_GUIDANCE
     seen = []
     real_cfg = generator.classifier_free_guidance
-    monkeypatch.setattr(generator, "classifier_free_guidance", lambda net, s: seen.append(s) or real_cfg(net, s))
+    monkeypatch.setattr(generator, "classifier_free_guidance", lambda net, s, **kw: seen.append(s) or real_cfg(net, s, **kw))
     fresh.generate_masks("epithelial", 1, seed=0, **OPTS)
     fresh.generate("epithelial", 1, seed=0, **OPTS)
     assert seen == [generator.DEFAULT_MASK_GUIDANCE, generator.DEFAULT_MASK_GUIDANCE, generator.DEFAULT_GUIDANCE]
+
+
+def test_the_guidance_interval_guides_only_its_steps(fresh, masks, monkeypatch):
+    from nasdm_aug.sampling import guided_timesteps
+
+    kw = dict(seed=1, **OPTS)
+    inst, typ = masks["inst"][:4], masks["type"][:4]
+    base = fresh.generate_patches(inst, typ, guidance=2.0, **kw)
+    # an interval holding every noise level is plain guidance; one holding none is no guidance
+    np.testing.assert_array_equal(fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=(0, 1e6), **kw),
+                                  base)
+    np.testing.assert_array_equal(fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=(1e5, 1e6), **kw),
+                                  fresh.generate_patches(inst, typ, guidance=1.0, **kw))
+    # between: the guided steps, and only they, batch [cond; null]
+    calls = []
+    forward = fresh.patch_model.forward
+
+    def recording(x, t, cond):
+        calls.append((int(t[0]), x.shape[0]))
+        return forward(x, t, cond)
+
+    monkeypatch.setattr(fresh.patch_model, "forward", recording)
+    ab = fresh._diffusion["patch"].alphas_cumprod
+    sigma = np.sqrt((1 - ab) / ab)
+    fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=(0.0, 1e6), **kw)
+    steps = sorted({t for t, _ in calls})
+    assert len(steps) == 3
+    interval = (float(sigma[steps[0]]), float(sigma[steps[1]]))  # guides the middle step alone
+    want = guided_timesteps(ab, interval)
+    calls.clear()
+    out = fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=interval, **kw)
+    assert calls == [(t, 8 if want[t] else 4) for t in reversed(steps)] and bool(want[steps[1]])
+    assert not (out == base).all() and not (out == fresh.generate_patches(inst, typ, guidance=1.0, **kw)).all()

@@ -377,6 +377,11 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
     with h5py.File(old, "r+") as f:  # no mask guidance recorded: a bank of real masks samples no mask
         f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "mask_guidance"})
     assert finished_bank_problem(old, cfg) is None
+    with h5py.File(old, "r+") as f:  # no guidance interval recorded: every step was guided
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "guidance_interval"})
+    assert finished_bank_problem(old, cfg) is None
+    assert finished_bank_problem(old, cfg.replace(guidance_interval=(0.3, 5.0))) == \
+        "made with other arguments (guidance_interval)"
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
@@ -410,7 +415,7 @@ def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_p
 
     seen = []
     real_cfg = g.classifier_free_guidance
-    monkeypatch.setattr(g, "classifier_free_guidance", lambda net, s: seen.append((net.config.kind, s)) or real_cfg(net, s))
+    monkeypatch.setattr(g, "classifier_free_guidance", lambda net, s, **kw: seen.append((net.config.kind, s)) or real_cfg(net, s, **kw))
     for extra, want in (([], 2.5), (["--mask-guidance", "1", "--guidance", "2"], 1.0)):
         seen.clear()
         out = tmp_path / f"b{want}.h5"
@@ -427,6 +432,36 @@ def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_p
     bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
                                    "--mask-guidance", "-1"])
     assert bad.exit_code == 2 and "--mask-guidance" in bad.output
+
+
+def test_the_guidance_interval_reaches_the_patch_model_alone(monkeypatch, runs, tmp_path):
+    import h5py
+
+    from nasdm_aug import generator as g
+
+    seen = []
+    real_cfg = g.classifier_free_guidance
+    monkeypatch.setattr(g, "classifier_free_guidance",
+                        lambda net, s, guided=None: seen.append((net.config.kind, guided is None or int(guided.sum())))
+                        or real_cfg(net, s, guided=guided))
+    for extra, want in (([], None), (["--guidance-interval", "0.3,5"], [0.3, 5.0]), (["--guidance-interval", "all"], None)):
+        seen.clear()
+        out = tmp_path / f"b{len(extra)}{want}.h5"
+        res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
+        assert res.exit_code == 0, res.output
+        kinds = dict(seen)
+        assert kinds["mask"] is True  # the mask model is guided at every step
+        assert kinds["patch"] is True if want is None else 0 < kinds["patch"] < 1000
+        with h5py.File(out, "r") as f:
+            assert json.loads(f.attrs["config"])["guidance_interval"] == want
+        assert PatchStore(out).attrs["provenance"]["guidance_interval"] == want
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0None.h5", "--types", "all", "--num", "2"),
+                                   "--guidance-interval", "0.3,5", "--resume"])
+    assert res.exit_code != 0 and "other arguments (guidance_interval)" in res.output + str(res.exception)
+    for bad, message in (("5,0.3", "0 <= low < high"), ("x", "LOW,HIGH"), ("1,inf", "finite")):
+        res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
+                                       "--guidance-interval", bad])
+        assert res.exit_code == 2 and "--guidance-interval" in res.output and message in res.output, (bad, res.output)
 
 
 def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
