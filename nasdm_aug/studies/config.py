@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasdm_aug.config import ConfigBase
-from nasdm_aug.sampling import SamplerOptions
+from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
 from nasdm_aug.studies.registry import BANK_REGISTRY, DEFAULT_LABEL_FRACTIONS
 from nasdm_aug.utils import InputError, unknown_name
 
@@ -37,6 +37,9 @@ class StudyConfig(ConfigBase):
     balance_target: str = "uniform"  # balance study: uniform, sqrt or name=weight,... (nasdm_aug.mixing.balance)
     sampling: SamplerOptions | None = None  # synthesis sampler and steps (None = synthesize's default)
     guidance: float | None = None  # synthesis guidance (None = synthesize's default)
+    # synthesis: guide the patch model only where low < sigma_t <= high (None = synthesize's default,
+    # every step; SynthesizeConfig.guidance_interval)
+    guidance_interval: tuple[float, float] | None = None
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
@@ -69,6 +72,7 @@ class StudyConfig(ConfigBase):
             raise ValueError("val_patches and batch_size must be >= 0, synth_batch_size >= 1")
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if self.magnification < 0:
             raise ValueError(f"magnification must be >= 0 (0 = the source's own), got {self.magnification}")
         if self.epoch_patches < 0:

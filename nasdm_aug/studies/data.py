@@ -303,6 +303,8 @@ def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequenc
         opts["sampling"] = config.sampling
     if config.guidance is not None:
         opts["guidance"] = config.guidance
+    if config.guidance_interval is not None:
+        opts["guidance_interval"] = config.guidance_interval
     synth = SynthesizeConfig(**opts)
     if path.is_file():
         problem = finished_bank_problem(path, synth, config.device)

@@ -139,6 +139,13 @@ def test_studies_end_to_end_and_resume(real, tmp_path):
     res = CliRunner().invoke(cli, args)
     assert isinstance(res.exception, InputError)
     assert "S1.h5: made with other arguments (sampling.steps); rerun with --overwrite" in str(res.exception)
+    # the preset's guidance interval reaches the bank's synthesis (so the old bank no longer fits)
+    StudyConfig(name="test", sampling=SamplerOptions("ddim", steps=3), guidance_interval=(0.3, 5.0), epochs=(0, 1),
+                batch_size=4, n_runs=2).save(tmp_path / "cfg.json")
+    res = CliRunner().invoke(cli, args)
+    assert "S1.h5: made with other arguments (guidance_interval)" in str(res.exception), res.exception
+    with pytest.raises(ValueError, match="guidance interval"):
+        StudyConfig(name="test", guidance_interval=(5.0, 0.3))
 
 
 def test_every_study_mode_and_sampler_is_reachable_from_the_cli():
