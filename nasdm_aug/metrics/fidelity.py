@@ -19,10 +19,10 @@ __all__ = ["boundary_f1", "detected_nuclei", "hovernet_detection_radius", "patch
            "compare_fidelity"]
 
 _COUNT_KEYS = ("n_mask", "n_pred", "matched", "type_correct", "missing", "excess", "detected")
+_TOTAL_KEYS = ("n_patches", "n_mask", "n_pred", "n_matched")  # sizes, not criteria: never compared
 
 #: hover_net's detection pairing radius (``compute_stats.py``: centroids within 12 px) at CoNSeP's 40x.
 HOVERNET_DETECTION_RADIUS_40X = 12.0
-_TOTAL_KEYS = ("n_patches", "n_mask", "n_pred", "n_matched")  # sizes, not criteria: never compared
 
 
 def boundary_f1(mask_a: np.ndarray, mask_b: np.ndarray, tolerance: int = 2) -> float:

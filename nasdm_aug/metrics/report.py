@@ -59,8 +59,8 @@ def _fidelity_table(fid: dict[str, Any], type_names: list[str]) -> list[str]:
     cmp = fid["comparison"]
     rows = ["| Criterion | Synthetic | Real | Ratio (syn / real) |", "|---|---:|---:|---:|"]
     for key, label, arrow in _CRITERIA:
-        names = [""] + ([f"/{n}" for n in type_names] if key in ("type_accuracy", "missing_rate", "excess_rate", "detection_rate")
-                        else [])
+        per_type = key in ("type_accuracy", "missing_rate", "excess_rate", "detection_rate")
+        names = [""] + ([f"/{n}" for n in type_names] if per_type else [])
         for suffix in names:
             c = cmp.get(key + suffix)
             if c is None or (suffix and _undefined(c["synthetic"]) and _undefined(c["real"])):

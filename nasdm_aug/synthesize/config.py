@@ -190,9 +190,9 @@ class SynthesizeConfig(ConfigBase):
         config's. ``indices`` may be ``"I,J,..."``. ``recombine`` is ``STORE.h5[:SPLIT]`` (split
         Train when none is named), made toward ``target`` with ``num`` masks. Naming another
         ``sampler`` than the config's starts from that sampler's defaults. ``**fields`` are the other
-        fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``, ``seed``, ``batch_size``, ``marker_threshold``,
-        ``precision`` (or its older name ``dtype``: ``float32``, ``bfloat16``, ``auto``), ``layout``
-        and ``compile``.
+        fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``, ``seed``,
+        ``batch_size``, ``marker_threshold``, ``precision`` (or its older name ``dtype``: ``float32``,
+        ``bfloat16``, ``auto``), ``layout`` and ``compile``.
 
         Raises:
             InputError: a config file or value the config rejects, bad ``indices``, a ``recombine``
