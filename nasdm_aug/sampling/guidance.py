@@ -12,11 +12,11 @@ __all__ = ["classifier_free_guidance", "check_guidance_interval", "guided_timest
 
 
 def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
-    """``interval`` as a (low, high) pair of noise levels with 0 <= low < high (high may be inf), or
-    None (guidance at every step).
+    """``interval`` as a (low, high) pair of noise levels with 0 <= low < high < inf, or None
+    (guidance at every step). High is finite so that configs holding it stay plain JSON.
 
     Raises:
-        ValueError: not two numbers, a negative or NaN bound, or low >= high.
+        ValueError: not two numbers, a negative, NaN or infinite bound, or low >= high.
     """
     if interval is None:
         return None
@@ -26,6 +26,9 @@ def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
         raise ValueError(f"guidance interval must be two noise levels (low, high), got {interval!r}") from None
     if not (0 <= lo < hi):
         raise ValueError(f"guidance interval must have 0 <= low < high, got ({lo}, {hi})")
+    if not math.isfinite(hi):
+        raise ValueError("guidance interval's high end must be finite; a value above the process's largest "
+                         "noise level (157 for 1000 linear steps) guides up to pure noise")
     return lo, hi
 
 
@@ -86,6 +89,7 @@ def classifier_free_guidance(model: Any, scale: float, batched: bool = True,
         raise TypeError(f"{type(model).__name__} has no null_condition(cond); classifier-free guidance needs one")
 
     last: list[Any] = []  # (cond, its version, null, [cond; null]) of the previous call
+    on_device: dict[torch.device, torch.Tensor] = {}  # ``guided`` on each device t arrives on
 
     def conditions(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # a sampler passes one condition at every step: the same null and doubled tensors each
@@ -99,7 +103,9 @@ def classifier_free_guidance(model: Any, scale: float, batched: bool = True,
         if scale == 1.0:
             return model(x, t, cond=cond, **kwargs)
         if guided is not None:
-            inside = guided.to(t.device)[t]
+            if t.device not in on_device:  # copied once per device, not at every step
+                on_device[t.device] = guided.to(t.device)
+            inside = on_device[t.device][t]
             if not bool(inside.any()):
                 return model(x, t, cond=cond, **kwargs)
             if not bool(inside.all()):  # steps differ within the batch: guide all, keep the guided ones

@@ -4,7 +4,6 @@ and layout) and :class:`RecombineOptions`; saved in the bank and beside its part
 from __future__ import annotations
 
 import enum
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,10 +147,7 @@ class SynthesizeConfig(ConfigBase):
         if not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
         # an empty interval (the CLI's "all") is every step, as None
-        interval = check_guidance_interval(self.guidance_interval or None)
-        if interval is not None and not math.isfinite(interval[1]):
-            raise ValueError(f"guidance_interval's high end must be finite (JSON has no infinity), got {interval[1]}")
-        object.__setattr__(self, "guidance_interval", interval)
+        object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval or None))
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
