@@ -15,6 +15,10 @@ cached in DIR (keyed by the weights, the sampling and the requests) and decoded 
   ``--split``: nuclei per patch, area (px), eccentricity and solidity (``mask_realism``);
 - **merged**: the share of generated nuclei larger than the real 99th area percentile
   (a merged blob of several nuclei is the usual failure);
+- **kept apart**: the share of nuclei 4-adjacent to another nucleus (touching) and the share of
+  foreground components holding 3 or more nuclei (clustered), beside the real masks' own
+  (``contact_statistics``): touching nuclei drawn as one instance lower the first, a sheet of
+  nuclei tiled into one solid region raises the second;
 - **type control**: overall precision and recall of the requested types (``type_control``), and
   the recall of each type, since the micro-averaged one is the common types' (``--require TYPE``
   draws every request from patches holding TYPE, to measure a rare type's);
@@ -45,7 +49,13 @@ from nasdm_aug.data.masks import decode_mask, encode_mask, type_presence  # noqa
 from nasdm_aug.data.store import PatchStore  # noqa: E402
 from nasdm_aug.generator import NASDMGenerator, model_weights_hash, named_model_dir  # noqa: E402
 from nasdm_aug.hardware import describe_machine  # noqa: E402
-from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present  # noqa: E402
+from nasdm_aug.metrics.mask_checks import (  # noqa: E402
+    contact_statistics,
+    mask_realism,
+    nuclei_statistics,
+    type_control,
+    types_present,
+)
 from nasdm_aug.sampling import SamplerOptions  # noqa: E402
 
 SHIPPED_PATCH = named_model_dir("consep-cpu") / "patch"
@@ -87,9 +97,14 @@ def score(insts: np.ndarray, types: np.ndarray, presence: np.ndarray, real_stats
     per_type = type_control(presence > 0, types_present(types, n_types), names)
     ctrl = per_type["all"]
     big = np.percentile(real_stats["area"], 99)
+    contact = contact_statistics(insts)
     return {"count": real["count"], "area": real["area"], "eccentricity": real["eccentricity"],
             "solidity": real["solidity"], "merged": float((stats["area"] > big).mean()) if len(stats["area"]) else 0.0,
-            "nuclei_per_patch": float(stats["count"].mean()), "precision": ctrl["precision"], "recall": ctrl["recall"],
+            "nuclei_per_patch": float(stats["count"].mean()),
+            # kept apart: touching nuclei as separate instances, and no oversized clumps of them
+            "touching": float(contact["touching"].mean()) if len(contact["touching"]) else 0.0,
+            "clustered": float((contact["cluster"] >= 3).mean()) if len(contact["cluster"]) else 0.0,
+            "precision": ctrl["precision"], "recall": ctrl["recall"],
             # micro-averaged control is the common types'; the rare ones' recall is seen only per type
             **{f"recall/{name}": per_type[name]["recall"] for name in names}}
 
@@ -172,12 +187,13 @@ def main() -> None:
                 print(row, json.dumps({k: round(v, 3) for k, v in out["rows"][row].items()}), flush=True)
     print(f"\nCPU: {out['cpu']}; {len(pick)} requests from {args.split}; real nuclei per patch "
           f"{out['real']['nuclei_per_patch']:.2f}; round-trip PQ of real masks: {out['round_trip_pq']}\n")
-    print("| run @ sampling @ threshold | W1 count | W1 area | W1 eccentricity | W1 solidity | merged | "
-          "nuclei/patch | precision | recall |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run @ sampling @ threshold | W1 count | W1 area | W1 eccentricity | W1 solidity | merged | touching | "
+          "clustered | nuclei/patch | precision | recall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row, r in out["rows"].items():
         print(f"| {row} | {r['count']:.2f} | {r['area']:.1f} | {r['eccentricity']:.3f} | {r['solidity']:.3f} | "
-              f"{r['merged']:.3f} | {r['nuclei_per_patch']:.2f} | {r['precision']:.2f} | {r['recall']:.2f} |")
+              f"{r['merged']:.3f} | {r['touching']:.2f} | {r['clustered']:.3f} | {r['nuclei_per_patch']:.2f} | "
+              f"{r['precision']:.2f} | {r['recall']:.2f} |")
     print("\nRecall per type (share of the requests asking for a type whose mask holds one):\n")
     print("| run @ sampling @ threshold | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from nasdm_aug.metrics.fidelity import FidelityAccumulator, boundary_f1, compare_fidelity, patch_fidelity
-from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present
+from nasdm_aug.metrics.mask_checks import (
+    contact_statistics,
+    mask_realism,
+    nuclei_statistics,
+    type_control,
+    types_present,
+)
 
 NAMES = ["a", "b", "c"]
 
@@ -148,6 +154,26 @@ def test_nuclei_statistics_and_wasserstein():
     a4, a6 = [int((disks([(10, 10)], [1], r=r)[0] > 0).sum()) for r in (4, 6)]
     assert (a4, a6) == (49, 113)
     assert w["area"] == pytest.approx(a6 - a4) and w["area/a"] == pytest.approx(a6 - a4)
+
+
+def test_contact_statistics_count_touching_nuclei_and_clusters():
+    inst = np.zeros((12, 12), np.int32)
+    inst[1:4, 1:4] = 1
+    inst[1:4, 4:7] = 2  # shares an edge with 1
+    inst[8:11, 8:11] = 3  # alone
+    inst[8:11, 1:3] = 4
+    inst[7, 3] = 5  # touches 4 only at a corner: not 4-adjacent, its own component
+    stats = contact_statistics(np.stack([inst, np.zeros_like(inst)]))
+    assert stats["touching"].tolist() == [1, 1, 0, 0, 0]
+    assert sorted(stats["cluster"].tolist()) == [1, 1, 1, 2]
+    # the same region tiled into one instance is one nucleus alone
+    merged = np.where(inst == 2, 1, inst)
+    again = contact_statistics(merged[None])
+    assert again["touching"].tolist() == [0, 0, 0, 0] and sorted(again["cluster"].tolist()) == [1, 1, 1, 1]
+    empty = contact_statistics(np.zeros((1, 4, 4), np.int32))
+    assert len(empty["touching"]) == 0 and len(empty["cluster"]) == 0
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        contact_statistics(inst)
 
 
 def test_mask_realism_nan_when_type_absent():
