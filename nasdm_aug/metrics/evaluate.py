@@ -23,7 +23,13 @@ from nasdm_aug.metrics.generative import (
     store_features,
 )
 from nasdm_aug.metrics.inception import InceptionExtractor
-from nasdm_aug.metrics.mask_checks import mask_realism, nuclei_statistics, type_control, types_present
+from nasdm_aug.metrics.mask_checks import (
+    contact_statistics,
+    mask_realism,
+    nuclei_statistics,
+    type_control,
+    types_present,
+)
 from nasdm_aug.utils import InputError
 
 __all__ = ["EvaluateConfig", "evaluate_bank", "generative_metrics", "fidelity_metrics", "mask_model_checks",
@@ -166,8 +172,10 @@ def mask_model_checks(real: PatchStore, real_idx: np.ndarray, syn: PatchStore, s
     """Type control and realism of the bank's generated masks (synthetic patches with no real parent).
 
     Returns:
-        dict with ``n_generated``, ``realism`` (Wasserstein distances, :func:`mask_realism`) and
-        ``type_control`` (:func:`type_control`, only when the bank's config names the requested
+        dict with ``n_generated``, ``realism`` (Wasserstein distances, :func:`mask_realism`),
+        ``contact`` (``touching``: the share of nuclei 4-adjacent to another one; ``clustered``: the
+        share of foreground components holding 3 or more nuclei; each ``{"generated", "real"}``,
+        from :func:`contact_statistics`) and ``type_control`` (:func:`type_control`, only when the bank's config names the requested
         types); empty apart from ``n_generated`` = 0 when every mask came from a real patch.
     """
     # a real store passed as --synthetic (a real-vs-real baseline) has parent -1 too: not generated
@@ -181,10 +189,17 @@ def mask_model_checks(real: PatchStore, real_idx: np.ndarray, syn: PatchStore, s
     r = real.read(real_idx, keys=("inst", "type"))
     out["realism"] = mask_realism(nuclei_statistics(g["inst"], g["type"], n),
                                   nuclei_statistics(r["inst"], r["type"], n), table.names)
+    cg, cr = contact_statistics(g["inst"]), contact_statistics(r["inst"])
+    out["contact"] = {"touching": {"generated": _mean(cg["touching"]), "real": _mean(cr["touching"])},
+                      "clustered": {"generated": _mean(cg["cluster"] >= 3), "real": _mean(cr["cluster"] >= 3)}}
     requested = _requested_types(syn)
     if requested is not None:
         out["type_control"] = type_control(requested[gen_idx] > 0, types_present(g["type"], n), table.names)
     return out
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def _requested_types(syn: PatchStore) -> np.ndarray | None:

@@ -81,6 +81,12 @@ def _mask_table(mm: dict[str, Any]) -> list[str]:
     rows = [f"{mm['n_generated']} patches from generated masks.", "",
             "| Statistic | Wasserstein distance to real |", "|---|---:|"]
     rows += [f"| {k} | {_f(v)} |" for k, v in mm["realism"].items() if "/" not in k]
+    if "contact" in mm:
+        # both sides as shares, since real masks touch too: what matters is the gap to them
+        rows += ["", "| Nuclei kept apart | Generated | Real |", "|---|---:|---:|"]
+        labels = {"touching": "touching another nucleus (share of nuclei)",
+                  "clustered": "3+ nuclei in one foreground region (share of regions)"}
+        rows += [f"| {labels[k]} | {_f(v['generated'])} | {_f(v['real'])} |" for k, v in mm["contact"].items()]
     if "type_control" in mm:
         rows += ["", "| Type | Precision | Recall | Requested | Present |", "|---|---:|---:|---:|---:|"]
         rows += [f"| {k} | {_f(v['precision'])} | {_f(v['recall'])} | {int(v['requested'])} | {int(v['present'])} |"

@@ -15,8 +15,10 @@ from safetensors.torch import save_file
 from html_check import check_in_browser, check_self_contained, find_browser
 
 from cli.main import cli
+from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
+from nasdm_aug.metrics.mask_checks import contact_statistics
 from nasdm_aug.types import LIZARD
 from nasdm_aug.utils import file_digest
 
@@ -125,6 +127,14 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     mm = m["mask_model"]
     assert mm["n_generated"] == 4 and mm["type_control"]["epithelial"]["requested"] == 4
     assert mm["type_control"]["lymphocyte"]["requested"] == 0
+    # the kept-apart shares of the generated masks, against the real store's own
+    bank, real = PatchStore(files["bank"]), PatchStore(files["real"])
+    gen = np.flatnonzero(bank.meta("parent") < 0)
+    want_g = contact_statistics(bank.read(gen, keys=("inst",))["inst"])
+    want_r = contact_statistics(real.read(np.arange(len(real)), keys=("inst",))["inst"])
+    assert mm["contact"]["touching"]["generated"] == pytest.approx(want_g["touching"].mean())
+    assert mm["contact"]["touching"]["real"] == pytest.approx(want_r["touching"].mean())
+    assert mm["contact"]["clustered"]["real"] == pytest.approx((want_r["cluster"] >= 3).mean())
     md = (out / "report.md").read_text()
     assert "| synthetic (bank.h5) | 6 |" in md and "Missing nuclei rate" in md
     # a second run refuses to overwrite; the cached features are reused
