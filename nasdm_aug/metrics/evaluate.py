@@ -176,7 +176,8 @@ def mask_model_checks(real: PatchStore, real_idx: np.ndarray, syn: PatchStore, s
         ``contact`` (``touching``: the share of nuclei 4-adjacent to another one; ``clustered``: the
         share of foreground components holding 3 or more nuclei; each ``{"generated", "real"}``,
         from :func:`contact_statistics`) and ``type_control`` (:func:`type_control`, only when the
-        bank's config names the requested types); empty apart from ``n_generated`` = 0 when every mask came from a real patch.
+        bank's config names the requested types); empty apart from ``n_generated`` = 0 when every
+        mask came from a real patch.
     """
     # a real store passed as --synthetic (a real-vs-real baseline) has parent -1 too: not generated
     generated = (syn.meta("parent")[syn_idx] < 0) & (syn.meta("origin")[syn_idx] == "synthetic")
