@@ -201,8 +201,8 @@ TRAIN_PRESETS: dict[str, dict] = {
 # within one sitting. Chosen by measurement (benchmarks/RESULTS.md, "Real-tissue recipe"): at
 # 128 px the tiny patch model takes 3.7 samples/s against 11.6 at 64 px, too few for a usable
 # model in the budget; a 32-channel mask model at lr 3e-4 and batch 8 is what made toy masks
-# decode to nuclei (16 channels did not); fp32 because bf16 is slower where the CPU has no
-# native bf16; the rates drop 5x near the end (the paper's two rates, 1e-4 then 2e-5).
+# decode to nuclei (16 channels did not); fp32 (the patch model: bf16 where native, below)
+# because bf16 is slower where the CPU has no native bf16; the rates drop 5x near the end (the paper's two rates, 1e-4 then 2e-5).
 _CONSEP_CPU = dict(
     batch_size=8, ema_warmup=True, log_every=25, ckpt_every=250, sample_every=1000,
     sample_count=4, sample_steps=20,
@@ -216,7 +216,11 @@ _PER_KIND: dict[str, dict[str, dict]] = {
         # 57 minutes of one core, rate drop at 90% (benchmarks/RESULTS.md, "Patch-model ablation",
         # three times the budget): sampled at DDPM 50 with guidance 1.5, its S1 trained a HoVerNet
         # to 0.96 of real R1's Dice, against 0.81 for the ablation's 846-step run unguided
-        "patch": dict(steps=2400, lr=2e-4, lr_drop_step=2160, lr_after_drop=4e-5),
+        "patch": dict(steps=2400, lr=2e-4, lr_drop_step=2160, lr_after_drop=4e-5,
+                      # bf16 only where native: the same 2,400 steps in 36.5 instead of 60 min on a
+                      # Zen 4 with AVX512-BF16, and as good (benchmarks/RESULTS.md, "Training
+                      # precision and layout of the recipe"); fp32 elsewhere, where bf16 is slower
+                      precision="auto"),
     },
 }
 # Departures from the paper in the consep-cpu patch recipe, chosen by the same-budget ablation: an

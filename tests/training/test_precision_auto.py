@@ -67,11 +67,14 @@ def test_the_trainer_trains_in_the_resolved_precision_and_keeps_it_on_resume(sto
     assert resumed.precision == "fp32"
 
 
-def test_the_paper_preset_is_auto_and_the_others_fp32():
+def test_the_paper_preset_and_the_cpu_patch_recipe_are_auto_the_others_fp32():
     assert get_train_preset("patch", "paper").precision == "auto"
     assert get_train_preset("mask", "paper").precision == "auto"
     assert get_train_preset("mask", "tiny").precision == "fp32"
-    assert get_train_preset("patch", "consep-cpu").precision == "fp32"
+    # the CPU patch recipe trains in bf16 where it is native (measured as good, 1.65x faster);
+    # its mask recipe was not measured in bf16 at its width and stays fp32
+    assert get_train_preset("patch", "consep-cpu").precision == "auto"
+    assert get_train_preset("mask", "consep-cpu").precision == "fp32"
 
 
 def test_an_unknown_precision_is_one_error_listing_the_valid_ones(tmp_path):
