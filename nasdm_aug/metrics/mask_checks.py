@@ -109,6 +109,8 @@ def contact_statistics(insts: np.ndarray) -> dict[str, np.ndarray]:
     """
     from skimage.measure import label as cc_label
 
+    from nasdm_aug.data.masks import _touching_edges
+
     insts = np.asarray(insts)
     if insts.ndim != 3:
         raise ValueError(f"insts must be [N, H, W], got {insts.shape}")
@@ -118,15 +120,13 @@ def contact_statistics(insts: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.unique(inst[inst > 0])
         if not len(ids):
             continue
-        # every 4-adjacent pixel pair, both orders, of two different nuclei
-        a = np.concatenate([inst[:, 1:].ravel(), inst[1:, :].ravel()])
-        b = np.concatenate([inst[:, :-1].ravel(), inst[:-1, :].ravel()])
-        pair = (a > 0) & (b > 0) & (a != b)
-        touching.append(np.isin(ids, np.concatenate([a[pair], b[pair]])).astype(np.float64))
-        comp = cc_label(inst > 0, connectivity=1)
-        # distinct (component, nucleus) pairs, counted per component
-        pairs = np.unique(comp[inst > 0].astype(np.int64) * (int(inst.max()) + 1) + inst[inst > 0])
-        cluster.append(np.bincount(pairs // (int(inst.max()) + 1))[1:].astype(np.float64))
+        # the mask representation's own touching-edge map: pixels 4-adjacent to another nucleus
+        touching.append(np.isin(ids, inst[_touching_edges(inst)]).astype(np.float64))
+        fg = inst > 0
+        comp = cc_label(fg, connectivity=1)
+        # distinct (region, nucleus) pairs, counted per region
+        regions = np.unique(np.stack([comp[fg], inst[fg]]), axis=1)[0]
+        cluster.append(np.bincount(regions)[1:].astype(np.float64))
     empty = np.zeros(0, np.float64)
     return {"touching": np.concatenate(touching) if touching else empty,
             "cluster": np.concatenate(cluster) if cluster else empty}
