@@ -57,6 +57,7 @@ class DiffusionLosses:
         t: torch.Tensor,
         model_kwargs: dict | None = None,
         noise: torch.Tensor | None = None,
+        pixel_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-sample training losses for one sampled timestep per sample.
 
@@ -79,6 +80,10 @@ class DiffusionLosses:
             t: long timesteps [N] in [0, T).
             model_kwargs: conditioning passed to the model unread.
             noise: optional standard normal noise like ``x_start``.
+            pixel_weight: optional non-negative weights broadcastable to ``x_start`` (e.g. [N, 1, H, W]):
+                the MSE term in ``loss`` becomes the mean of ``pixel_weight * error ** 2`` (the
+                per-timestep weighting still applies on top). ``mse`` stays the unweighted mean, and
+                ``vb`` is not weighted: it trains the variance.
 
         Returns:
             dict of per-sample tensors [N]: ``mse``, ``vb`` (zeros for fixed variances) and ``loss``.
@@ -95,8 +100,11 @@ class DiffusionLosses:
             vb = self.vb_terms_bpd(lambda *_a, **_k: frozen, x_start, x_t, t, clip_denoised=False)["output"]
         else:
             vb = torch.zeros(x_start.shape[0], device=x_start.device, dtype=x_start.dtype)
-        mse = mean_flat((self._mse_target(x_start, t, noise) - mean_out) ** 2)
-        weighted = mse if self.loss_weighting == "none" else mse * self._extract("mse_weights", t, 1)
+        sq_err = (self._mse_target(x_start, t, noise) - mean_out) ** 2
+        mse = mean_flat(sq_err)
+        weighted = mse if pixel_weight is None else mean_flat(sq_err * pixel_weight)
+        if self.loss_weighting != "none":
+            weighted = weighted * self._extract("mse_weights", t, 1)
         scale = float(self.num_timesteps)
         if self.loss_type is LossType.KL:
             loss = scale * vb

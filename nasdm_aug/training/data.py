@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from nasdm_aug.data.masks import encode_mask, mask_channels, patch_condition, type_presence
+from nasdm_aug.data.masks import encode_mask, gap_weight_map, mask_channels, patch_condition, type_presence
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.types import MODEL_KINDS
 from nasdm_aug.utils import InputError, unknown_name
@@ -59,16 +59,19 @@ class NASDMDataset(Dataset):
     ``kind="patch"``: ``x`` is the H&E image in [-1, 1], [3, H, W]; ``cond`` the patch condition
     [1 + n_types + 1, H, W] (background + one-hot types, instance edge).
     ``kind="mask"``: ``x`` is :func:`encode_mask` of the patch, [n_types + 3, H, W] in [-1, 1];
-    ``cond`` the type-presence vector [n_types].
+    ``cond`` the type-presence vector [n_types]; with ``gap_weight`` > 0 also ``weight`` [1, H, W],
+    :func:`~nasdm_aug.data.masks.gap_weight_map` of the patch (the per-pixel loss weight).
 
     Args:
         store: an open PatchStore, or a path to one.
         kind: ``"mask"`` or ``"patch"``.
         split: split name (``"Train"``, ``"R1"`` ...), or None for every patch.
         indices: explicit store indices instead of a split.
+        gap_weight, gap_sigma: ``gap_weight_map``'s ``w0`` and ``sigma`` (mask only; 0: no ``weight``).
 
     Raises:
         InputError: the split is missing or empty.
+        ValueError: ``gap_weight`` > 0 for a patch dataset.
     """
 
     def __init__(
@@ -77,8 +80,13 @@ class NASDMDataset(Dataset):
         kind: str,
         split: str | None = "Train",
         indices: np.ndarray | list[int] | None = None,
+        gap_weight: float = 0.0,
+        gap_sigma: float = 3.0,
     ) -> None:
         _check_kind(kind)
+        if gap_weight > 0 and kind != "mask":
+            raise ValueError(f"gap_weight weighs the mask model's loss; a {kind!r} dataset takes 0, got {gap_weight}")
+        self.gap_weight, self.gap_sigma = float(gap_weight), float(gap_sigma)
         self.store = store if isinstance(store, PatchStore) else PatchStore(store)
         self.kind = kind
         self.n_types = self.store.type_table.n_types
@@ -99,7 +107,10 @@ class NASDMDataset(Dataset):
         else:
             x = encode_mask(inst, type_map, self.n_types)
             cond = type_presence(type_map, self.n_types)
-        return {"x": torch.from_numpy(np.ascontiguousarray(x)), "cond": torch.from_numpy(cond)}
+        out = {"x": torch.from_numpy(np.ascontiguousarray(x)), "cond": torch.from_numpy(cond)}
+        if self.gap_weight > 0:
+            out["weight"] = torch.from_numpy(gap_weight_map(inst, self.gap_weight, self.gap_sigma)[None])
+        return out
 
 
 def _mix(*values: int) -> int:
@@ -167,13 +178,14 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 
 
 def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random horizontal and vertical flips per sample, the same for ``x`` and a spatial ``cond``.
+    """Random horizontal and vertical flips per sample, the same for ``x``, a spatial ``cond`` and a
+    per-pixel loss ``weight``.
 
     Histology has no canonical orientation, and every channel of both representations (types,
     instance edge, distance) is flip-equivariant. A 1-D ``cond`` (type presence) is unchanged.
 
     Args:
-        batch: ``x`` [N, C, H, W] and ``cond`` ([N, K, H, W] or [N, K]).
+        batch: ``x`` [N, C, H, W], ``cond`` ([N, K, H, W] or [N, K]) and optionally ``weight`` [N, 1, H, W].
         generator: a CPU generator (draws 2N bits).
 
     Returns:
@@ -185,6 +197,7 @@ def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> d
     for dim, flip in ((3, bits[0]), (2, bits[1])):
         m = flip.to(x.device).view(-1, 1, 1, 1)
         out["x"] = torch.where(m, out["x"].flip(dim), out["x"])
-        if cond.ndim == 4:
-            out["cond"] = torch.where(m, out["cond"].flip(dim), out["cond"])
+        for key in ("cond", "weight"):
+            if key in out and out[key].ndim == 4:
+                out[key] = torch.where(m, out[key].flip(dim), out[key])
     return out

@@ -195,7 +195,7 @@ def _prepare_trainer(kind: str, store_path: str | os.PathLike, split: str | None
     model, checked against each other; the run directory (rank 0 writes it and the run record);
     and the Trainer, restored from the latest checkpoint on ``resume``."""
     store = PatchStore(store_path)
-    dataset = NASDMDataset(store, kind, split)
+    dataset = NASDMDataset(store, kind, split, gap_weight=config.gap_weight, gap_sigma=config.gap_sigma)
     diffusion = config.diffusion.build()
     check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
     prepare_run_dir(out, resume, overwrite, dist.is_main)

@@ -255,7 +255,8 @@ class Trainer:
         noise = torch.randn(x.shape, generator=gen).to(dev, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(self.step)
-        losses = self.diffusion.training_losses(self._model_fn, x, t, model_kwargs={"cond": batch["cond"]}, noise=noise)
+        losses = self.diffusion.training_losses(self._model_fn, x, t, model_kwargs={"cond": batch["cond"]}, noise=noise,
+                                                pixel_weight=batch.get("weight"))
         if hasattr(self.schedule_sampler, "update_with_local_losses"):
             self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
         loss = (losses["loss"] * weights).mean()
