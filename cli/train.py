@@ -43,6 +43,12 @@ __all__ = ["train_command"]
               help="Override where the patch model's condition enters. none: SPADE in the middle and decoder "
                    "(the paper's). mask (a departure from the paper): the type channels and instance-edge map "
                    "also concatenated to the noisy image at the input.")
+@click.option("--gap-weight", type=click.FloatRange(min=0), default=None, metavar="W0",
+              help="Override the mask model's extra loss weight on the background between nearby nuclei, "
+                   "1 + W0 exp(-(d1 + d2)^2 / (2 sigma^2)) with d1, d2 the distances to the two nearest nuclei "
+                   "(U-Net's border weight, Ronneberger et al. 2015). 0: the paper's loss; above 0 departs from it.")
+@click.option("--gap-sigma", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PX",
+              help="Override the gap weight's width sigma, in pixels.")
 # -- run
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR", help="Run directory.")
 @options.device("auto")

@@ -39,7 +39,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
                             config: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
                             seed: int | None = None, layout: str | None = None, precision: str | None = None,
                             loss_weighting: str | None = None, input_condition: str | None = None,
-                            mean_type: str | None = None) -> TrainConfig:
+                            mean_type: str | None = None, gap_weight: float | None = None,
+                            gap_sigma: float | None = None) -> TrainConfig:
     """The config ``nasdm-aug train`` runs: ``config`` (a JSON file), else on ``resume`` the run's
     own ``config.json``, else the ``preset`` made for the store's types and patch size; with the
     options given (not None) in its place, then resolved against the run in ``out_dir``
@@ -48,7 +49,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
 
     Raises:
         InputError: a config of the other ``kind``, a preset that does not fit the store, an
-            ``input_condition`` for the mask model, or a config the run in ``out_dir`` refuses.
+            ``input_condition`` for the mask model, a ``gap_weight`` for the patch model, or a config
+            the run in ``out_dir`` refuses.
     """
     from .config import get_train_preset
 
@@ -65,7 +67,10 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
                 cfg = get_train_preset(kind, preset, n_types=data.type_table.n_types, image_size=data.patch_size)
             except ValueError as exc:
                 raise InputError(f"preset {preset!r} does not fit {store} ({data.patch_size}-px patches): {exc}") from None
-    changes = {k: v for k, v in (("seed", seed), ("layout", layout), ("precision", precision)) if v is not None}
+    changes = {k: v for k, v in (("seed", seed), ("layout", layout), ("precision", precision),
+                                 ("gap_weight", gap_weight), ("gap_sigma", gap_sigma)) if v is not None}
+    if cfg.kind != "mask" and (gap_weight or 0) > 0:
+        raise InputError(f"`gap_weight` {gap_weight} weighs the mask model's loss; the patch model takes none")
     diffusion = {k: v for k, v in (("loss_weighting", loss_weighting), ("mean_type", mean_type)) if v is not None}
     if diffusion:
         changes["diffusion"] = cfg.diffusion.replace(**diffusion)

@@ -226,3 +226,43 @@ def test_marker_threshold_out_of_range_raises(bad):
     inst, typ = _touching_disks()
     with pytest.raises(ValueError, match="marker_threshold must lie in"):
         decode_mask(encode_mask(inst, typ, 3), 3, marker_threshold=bad)
+
+
+def test_gap_weight_map_known_answer():
+    from nasdm_aug.data.masks import gap_weight_map
+
+    inst = np.zeros((5, 12), np.int32)
+    inst[:, 0:3] = 1  # a 2-px gap (columns 3-4) to nucleus 2
+    inst[:, 5:8] = 2
+    w = gap_weight_map(inst, w0=10.0, sigma=3.0)
+    assert w.dtype == np.float32 and w.shape == inst.shape
+    # inside the gap each pixel lies 1 px from one nucleus and 2 px from the other
+    np.testing.assert_allclose(w[:, 3:5], 1 + 10 * np.exp(-9 / 18), rtol=1e-6)
+    np.testing.assert_array_equal(w[inst > 0], 1.0)  # nuclei keep weight 1
+    # right of nucleus 2: column 8 is 1 px from it and 6 px from nucleus 1 (d1 + d2 = 7), and so on
+    np.testing.assert_allclose(w[0, 8:], 1 + 10 * np.exp(-((np.arange(4) * 2 + 7.0) ** 2) / 18), rtol=1e-6)
+    assert (np.diff(w[0, 8:]) < 0).all()  # the open background far from any pair falls to 1
+
+
+@pytest.mark.parametrize("case", ["one nucleus", "none", "w0 zero"])
+def test_gap_weight_map_is_ones_without_a_pair(case):
+    from nasdm_aug.data.masks import gap_weight_map
+
+    inst = np.zeros((8, 8), np.int32)
+    w0 = 10.0
+    if case == "one nucleus":
+        inst[2:5, 2:5] = 7
+    elif case == "w0 zero":
+        inst[:, :2], inst[:, 4:6], w0 = 1, 2, 0.0
+    np.testing.assert_array_equal(gap_weight_map(inst, w0, 3.0), np.ones((8, 8), np.float32))
+
+
+@pytest.mark.parametrize("args, match", [((np.zeros((2, 4, 4)), 1.0, 3.0), "instance map"),
+                                         ((np.zeros((4, 4)), -1.0, 3.0), "w0"),
+                                         ((np.zeros((4, 4)), 1.0, 0.0), "sigma"),
+                                         ((np.zeros((4, 4)), float("nan"), 3.0), "w0")])
+def test_gap_weight_map_bad_input(args, match):
+    from nasdm_aug.data.masks import gap_weight_map
+
+    with pytest.raises(ValueError, match=match):
+        gap_weight_map(*args)

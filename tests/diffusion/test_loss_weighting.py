@@ -98,3 +98,27 @@ def test_v_prediction_round_trips_and_its_weights():
         other = create_diffusion(mean_type=mean_type, loss_weighting="min-snr", snr_gamma=5.0)
         np.testing.assert_allclose(other.mse_weights / per_x0, d.mse_weights * (d.snr + 1.0), rtol=1e-10)
     assert DiffusionSettings(mean_type="v").build().model_mean_type.value == "v"
+
+
+@pytest.mark.parametrize("weighting", ["none", "min-snr"])
+def test_pixel_weight_scales_each_pixels_error_in_the_loss_only(weighting):
+    t = torch.tensor([0, 10, 300, 999])
+    d = create_diffusion(steps=1000, loss_weighting=weighting, mean_type="start_x")
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    out = torch.randn(4, 6, 8, 8, generator=gen)
+    model = lambda *a, **k: out  # noqa: E731
+    plain = d.training_losses(model, x0, t, noise=noise)
+    ones = d.training_losses(model, x0, t, noise=noise, pixel_weight=torch.ones(4, 1, 8, 8))
+    torch.testing.assert_close(ones["loss"], plain["loss"])
+    w = torch.ones(4, 1, 8, 8)
+    w[:, :, 2:4, 5] = 7.0  # a few "gap" pixels weigh 7
+    weighted = d.training_losses(model, x0, t, noise=noise, pixel_weight=w)
+    torch.testing.assert_close(weighted["mse"], plain["mse"])  # reported unweighted
+    torch.testing.assert_close(weighted["vb"], plain["vb"])  # the variance's bound term is untouched
+    sq = (x0 - out[:, :3]) ** 2  # start_x: the MSE target is x_0 itself
+    step_w = torch.as_tensor(d.mse_weights[t.numpy()], dtype=torch.float32) if weighting != "none" else 1.0
+    expected = (sq * w).mean(dim=(1, 2, 3)) * step_w + d.vb_weight * 1000 * plain["vb"]
+    torch.testing.assert_close(weighted["loss"], expected, rtol=1e-5, atol=1e-6)
+    assert (weighted["loss"] > plain["loss"]).all()

@@ -93,3 +93,38 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(store_pa
     assert _run(capsys, *common, "--overwrite", "--seed", "9")[0] == 0  # a finished replacement drops the old run
     assert (list_checkpoints(out)[-1][1] / "ema.safetensors").read_bytes() != old_weights
     assert not (tmp_path / "run.replaced").exists()
+
+
+def test_gap_weight_reaches_the_loss_and_a_resume_cannot_change_it(store_path, tmp_path, capsys):
+    runs = {}
+    for gap in (0.0, 10.0):
+        small_config("mask", steps=1, ckpt_every=1, gap_weight=gap, gap_sigma=4.0).save(tmp_path / f"g{gap}.json")
+        out = tmp_path / f"run{gap}"
+        code, _, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(out), "--no-progress",
+                          "--config", str(tmp_path / f"g{gap}.json"))  # fmt: skip
+        assert code == 0
+        runs[gap] = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    # the same first step: the same unweighted MSE, a larger loss where the gaps weigh more
+    assert runs[10.0]["mse"] == pytest.approx(runs[0.0]["mse"], rel=1e-6)
+    assert runs[10.0]["loss"] > runs[0.0]["loss"] * 1.01
+    small_config("mask", steps=2, ckpt_every=1, gap_weight=5.0, gap_sigma=2.0).save(tmp_path / "changed.json")
+    code, _, err = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "run10.0"),
+                        "--no-progress", "--resume", "--config", str(tmp_path / "changed.json"))  # fmt: skip
+    assert code == 2 and "gap_weight" in err and len(err.strip().splitlines()) == 1
+    # a patch config asking for it is one line naming the option
+    (tmp_path / "p.json").write_text(json.dumps({**small_config("patch").to_dict(), "gap_weight": 1.0}))
+    code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "p"),
+                        "--config", str(tmp_path / "p.json"), "--dry-run")  # fmt: skip
+    assert code == 2 and "gap_weight" in err and len(err.strip().splitlines()) == 1
+
+
+def test_gap_options_set_the_mask_config_and_are_refused_for_patches(store_path, tmp_path, capsys):
+    code, out, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--gap-weight", "10", "--gap-sigma", "2.5", "--dry-run")  # fmt: skip
+    cfg = json.loads(out)
+    assert code == 0 and (cfg["gap_weight"], cfg["gap_sigma"]) == (10.0, 2.5)
+    code, out, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "r"), "--dry-run")
+    assert json.loads(out)["gap_weight"] == 0.0  # the presets keep the paper's loss
+    code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "p"),
+                        "--gap-weight", "1", "--dry-run")  # fmt: skip
+    assert code == 2 and "--gap-weight 1.0" in err and len(err.strip().splitlines()) == 1

@@ -30,6 +30,9 @@ ILL = [
     dict(schedule_sampler="nope"),
     dict(adam_betas=(0.9,)),
     dict(layout="nhwc"),
+    dict(gap_weight=1.0),  # the gap weight weighs the mask model's loss; this is a patch config
+    dict(gap_weight=-1.0),
+    dict(gap_sigma=0.0),
     dict(kind="mask"),  # the model config is a patch model
     dict(diffusion=DiffusionSettings(steps=10).replace(steps=10)),  # valid: guards the table itself
 ]
@@ -57,6 +60,7 @@ def test_configs_from_before_layout_read_as_the_layout_they_trained_in():
     for kind in ("mask", "patch"):
         old = TrainConfig.load(assets / "toy" / kind / "config.json")
         assert (old.layout, old.precision) == ("contiguous", "fp32")
+        assert (old.gap_weight, old.gap_sigma) == (0.0, 3.0)  # written before the gap weight: the paper's loss
 
 
 def test_valid_change_is_accepted():
@@ -127,3 +131,28 @@ def test_random_flip_moves_x_and_cond_together():
     assert not torch.equal(out["x"], x)  # seed 0 flips at least one sample
     vec = {"x": x, "cond": torch.ones(2, 3)}
     assert torch.equal(random_flip(vec, torch.Generator().manual_seed(0))["cond"], vec["cond"])
+
+
+def test_mask_dataset_gives_the_gap_weight_of_its_own_patch(store_path):
+    from nasdm_aug.data.masks import gap_weight_map
+
+    plain = NASDMDataset(store_path, "mask", "Train")
+    assert "weight" not in plain[0]
+    ds = NASDMDataset(store_path, "mask", "Train", gap_weight=10.0, gap_sigma=2.0)
+    for i in range(len(ds)):
+        inst = ds.store.read([int(ds.indices[i])])["inst"][0]
+        item = ds[i]
+        assert item["weight"].shape == (1, 32, 32)
+        np.testing.assert_array_equal(item["weight"][0].numpy(), gap_weight_map(inst, 10.0, 2.0))
+        torch.testing.assert_close(item["x"], plain[i]["x"])
+    assert max(float(ds[i]["weight"].max()) for i in range(len(ds))) > 1.1  # the toy patches hold pairs of nuclei
+    with pytest.raises(ValueError, match="mask model"):
+        NASDMDataset(store_path, "patch", "Train", gap_weight=1.0)
+
+
+def test_random_flip_moves_the_pixel_weight_with_x():
+    x = torch.arange(3 * 1 * 4 * 4, dtype=torch.float32).view(3, 1, 4, 4)
+    batch = {"x": x, "cond": torch.ones(3, 2), "weight": x.clone() + 100}
+    out = random_flip(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out["weight"], out["x"] + 100)
+    assert not torch.equal(out["x"], x)
