@@ -165,7 +165,8 @@ class TrainConfig(ConfigBase):
         if not (math.isfinite(self.gap_sigma) and self.gap_sigma > 0):
             raise ValueError(f"gap_sigma must be finite and > 0, got {self.gap_sigma}")
         if self.gap_weight > 0 and self.kind != "mask":
-            raise ValueError(f"gap_weight weighs the mask model's loss; a {self.kind!r} run takes 0, got {self.gap_weight}")
+            raise ValueError(f"gap_weight weighs the mask model's loss; a {self.kind!r} run takes 0, "
+                             f"got {self.gap_weight}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise unknown_name("schedule_sampler", self.schedule_sampler, SCHEDULE_SAMPLERS)
 
@@ -213,7 +214,8 @@ TRAIN_PRESETS: dict[str, dict] = {
 # 128 px the tiny patch model takes 3.7 samples/s against 11.6 at 64 px, too few for a usable
 # model in the budget; a 32-channel mask model at lr 3e-4 and batch 8 is what made toy masks
 # decode to nuclei (16 channels did not); fp32 (the patch model: bf16 where native, below)
-# because bf16 is slower where the CPU has no native bf16; the rates drop 5x near the end (the paper's two rates, 1e-4 then 2e-5).
+# because bf16 is slower where the CPU has no native bf16; the rates drop 5x near the end (the
+# paper's two rates, 1e-4 then 2e-5).
 _CONSEP_CPU = dict(
     batch_size=8, ema_warmup=True, log_every=25, ckpt_every=250, sample_every=1000,
     sample_count=4, sample_steps=20,
