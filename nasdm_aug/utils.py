@@ -8,6 +8,7 @@ import functools
 import hashlib
 import math
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -78,12 +79,24 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, suffix: str 
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through ``path.partial`` and a rename: a reader never sees half a
-    file, and a kill leaves the old one (for files rewritten in place: logs, records, reports)."""
+    """Write ``text`` to ``path`` through a temporary beside it and a rename: a reader never sees
+    half a file, and a kill or a failed write leaves the old one (for files rewritten in place:
+    logs, records, reports). Several writers of one path at once each finish, the last one's text
+    kept.
+
+    The temporary's name is this writer's own (``path.PID.RANDOM.partial``): with one fixed name, a
+    second process writing the same file (two study processes sharing an ``--out`` both save its
+    config.json) truncated the first one's temporary or renamed it away under it.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 
