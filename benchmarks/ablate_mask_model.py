@@ -5,11 +5,12 @@
         [--sampling ddpm:50:1.5] [--thresholds 0,0.5] [--require other] [--json out.json] [--sheet sheet.png]
 
 For each mask run (a run directory or one of its checkpoint folders) and each ``--sampling`` value
-(``SAMPLER:STEPS:GUIDANCE``), the mask model is asked for the type-presence vectors of ``--num``
-random patches of ``--split`` (Train by default: the requests then follow the training data's type
-mix, so the generated nuclei are compared with the real ones they imitate). Its raw output is
-cached in DIR (keyed by the weights, the sampling and the requests) and decoded once per
-``--thresholds`` value (``decode_mask``'s ``marker_threshold``; 0 is today's decoder). Scores:
+(``SAMPLER:STEPS:GUIDANCE[:LOW-HIGH]``, the last an optional guidance interval in noise levels
+sigma), the mask model is asked for the type-presence vectors of ``--num`` random patches of
+``--split`` (Train by default: the requests then follow the training data's type mix, so the
+generated nuclei are compared with the real ones they imitate). Its raw output is cached in DIR
+(keyed by the weights, the sampling and the requests) and decoded once per ``--thresholds`` value
+(``decode_mask``'s ``marker_threshold``; 0 is today's decoder). Scores:
 
 - **shape**: 1-D Wasserstein distances between generated and real nuclei of every patch of
   ``--split``: nuclei per patch, area (px), eccentricity and solidity (``mask_realism``);
@@ -56,17 +57,23 @@ from nasdm_aug.metrics.mask_checks import (  # noqa: E402
     type_control,
     types_present,
 )
-from nasdm_aug.sampling import SamplerOptions  # noqa: E402
+from nasdm_aug.sampling import SamplerOptions, check_guidance_interval  # noqa: E402
 
 SHIPPED_PATCH = named_model_dir("consep-cpu") / "patch"
 
 
-def parse_sampling(spec: str) -> tuple[SamplerOptions, float]:
+def parse_sampling(spec: str) -> tuple[SamplerOptions, float, tuple[float, float] | None]:
+    """``SAMPLER:STEPS:GUIDANCE[:LOW-HIGH]``: the optional fourth field is the guidance interval in
+    noise levels sigma (e.g. ``ddpm:50:2.5:1-200``: guided only where 1 < sigma <= 200)."""
     try:
-        name, steps, guidance = spec.split(":")
-        return SamplerOptions(sampler=name, steps=int(steps)), float(guidance)
+        name, steps, guidance, *rest = spec.split(":")
+        if len(rest) > 1:
+            raise ValueError("more than four fields")
+        interval = check_guidance_interval(tuple(rest[0].split("-"))) if rest else None
+        return SamplerOptions(sampler=name, steps=int(steps)), float(guidance), interval
     except ValueError as exc:
-        sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE (e.g. ddpm:50:1.5): {exc}")
+        sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE[:LOW-HIGH] (e.g. ddpm:50:1.5 or "
+                 f"ddpm:50:2.5:1-200): {exc}")
 
 
 def sample_reps(run: Path, presence: np.ndarray, spec: str, work: Path, batch: int, seed: int) -> np.ndarray:
@@ -76,13 +83,14 @@ def sample_reps(run: Path, presence: np.ndarray, spec: str, work: Path, batch: i
     cache = work / f"reps-{key}.npz"
     if cache.exists():
         return np.load(cache)["reps"]
-    options, guidance = parse_sampling(spec)
+    options, guidance, interval = parse_sampling(spec)
     gen = NASDMGenerator.from_pretrained(run, SHIPPED_PATCH, dtype="auto")
     reps = []
     t0 = time.perf_counter()
     for s in tqdm(range(0, len(presence), batch), desc=f"sample {run.name} {spec}", leave=False):
         reps.append(gen.sample_mask_representations(presence[s:s + batch], sampling=options, guidance=guidance,
-                                                    seed=seed, sample_offset=s).cpu().numpy())
+                                                    seed=seed, sample_offset=s,
+                                                    guidance_interval=interval).cpu().numpy())
     reps = np.concatenate(reps).astype(np.float16)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, reps=reps, seconds=time.perf_counter() - t0)
@@ -130,7 +138,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--runs", required=True, help="LABEL=PATH,... mask run or checkpoint folders")
     ap.add_argument("--num", type=int, default=128)
-    ap.add_argument("--sampling", default="ddpm:50:1.5", help="SAMPLER:STEPS:GUIDANCE[,...]")
+    ap.add_argument("--sampling", default="ddpm:50:1.5", help="SAMPLER:STEPS:GUIDANCE[:LOW-HIGH][,...]")
     ap.add_argument("--thresholds", default="0,0.5", help="decode_mask marker thresholds, comma-separated")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)

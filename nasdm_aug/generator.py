@@ -288,7 +288,7 @@ class NASDMGenerator:
         self, types: str | Sequence[str] | np.ndarray, n: int, *, sampling: SamplerOptions | None = None,
         guidance: float = DEFAULT_MASK_GUIDANCE, seed: int = 0, sample_offset: int = 0,
         batch_size: int = 8, min_size: int = 10, marker_threshold: float = DEFAULT_MARKER_THRESHOLD,
-        progress: bool = False,
+        progress: bool = False, guidance_interval: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
 
@@ -300,6 +300,8 @@ class NASDMGenerator:
             min_size: instances smaller than this many pixels are dropped by the decoder.
             marker_threshold: :func:`decode_mask`'s: one marker per distance peak above it as well
                 as per edge-bounded core (default 0.5; 0 is edge markers alone, the decoder before).
+            guidance_interval: (low, high) noise levels sigma between which the mask model is
+                guided (as :meth:`generate_patches`' ``guidance_interval``); None: every step.
             (others: see the class docstring.)
 
         Returns:
@@ -318,7 +320,8 @@ class NASDMGenerator:
         for start in tqdm(range(0, n, batch_size), desc="masks", disable=not progress, leave=False):
             stop = min(n, start + batch_size)
             rep = self.sample_mask_representations(presence[start:stop], sampling=sampling, guidance=guidance,
-                                                   seed=seed, sample_offset=sample_offset + start)
+                                                   seed=seed, sample_offset=sample_offset + start,
+                                                   guidance_interval=guidance_interval)
             for j, r in enumerate(rep.cpu().numpy()):
                 insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size,
                                                                      marker_threshold=marker_threshold)
@@ -327,6 +330,7 @@ class NASDMGenerator:
     def sample_mask_representations(
         self, presence: np.ndarray, *, sampling: SamplerOptions | None = None,
         guidance: float = DEFAULT_MASK_GUIDANCE, seed: int = 0, sample_offset: int = 0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """One batch of the mask model's raw output, before :func:`decode_mask`.
 
@@ -335,6 +339,7 @@ class NASDMGenerator:
 
         Args:
             presence: float [B, n_types] type-presence vectors (:func:`resolve_types`).
+            guidance_interval: (low, high) noise levels where ``guidance`` applies (None: every step).
 
         Returns:
             float32 [B, mask_channels(n_types), H, W] in [-1, 1], on the generator's device.
@@ -347,7 +352,8 @@ class NASDMGenerator:
             raise InputError(f"presence vectors must be [B, {k}], got shape {presence.shape}")
         cond = torch.from_numpy(presence).to(self.device)
         return self._sample("mask", cond, mask_channels(k), sampling=sampling, guidance=guidance,
-                            seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset)
+                            seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset,
+                            guidance_interval=guidance_interval)
 
     def generate_patches(
         self, inst: np.ndarray, type_map: np.ndarray, *, sampling: SamplerOptions | None = None,
@@ -397,12 +403,15 @@ class NASDMGenerator:
         return out[0] if single else out
 
     def generate(self, types: str | Sequence[str] | np.ndarray, n: int, *,
-                 mask_guidance: float = DEFAULT_MASK_GUIDANCE, **kwargs) -> dict[str, np.ndarray]:
+                 mask_guidance: float = DEFAULT_MASK_GUIDANCE,
+                 mask_guidance_interval: tuple[float, float] | None = None, **kwargs) -> dict[str, np.ndarray]:
         """End to end (NASDM++): masks for the chosen types, then patches for those masks.
 
         Args:
             types, n: as in :meth:`generate_masks`.
             mask_guidance: the mask stage's guidance scale (``guidance`` is the patch stage's).
+            mask_guidance_interval: the mask stage's guidance interval (``guidance_interval`` is
+                the patch stage's); None: every step.
             Other keyword arguments go to both stages (``min_size`` and ``marker_threshold`` only
             to the mask stage, ``guidance_interval`` only to the patch stage).
 
@@ -411,7 +420,7 @@ class NASDMGenerator:
         """
         mask_only = {k: kwargs.pop(k) for k in ("min_size", "marker_threshold") if k in kwargs}
         patch_only = {k: kwargs.pop(k) for k in ("guidance_interval",) if k in kwargs}
-        mask_kwargs = {**kwargs, "guidance": mask_guidance}
+        mask_kwargs = {**kwargs, "guidance": mask_guidance, "guidance_interval": mask_guidance_interval}
         inst, type_map = self.generate_masks(types, n, **mask_only, **mask_kwargs)
         image = self.generate_patches(inst, type_map, **kwargs, **patch_only)
         return {"image": image, "inst": inst, "type": type_map}

@@ -189,3 +189,39 @@ def test_the_guidance_interval_guides_only_its_steps(fresh, masks, monkeypatch):
     out = fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=interval, **kw)
     assert calls == [(t, 8 if want[t] else 4) for t in reversed(steps)] and bool(want[steps[1]])
     assert not (out == base).all() and not (out == fresh.generate_patches(inst, typ, guidance=1.0, **kw)).all()
+
+
+def test_the_mask_guidance_interval_guides_only_its_steps(fresh, monkeypatch):
+    kw = dict(seed=2, **OPTS)
+    base = fresh.generate_masks("all", 4, guidance=3.0, **kw)
+    unguided = fresh.generate_masks("all", 4, guidance=1.0, **kw)
+    assert not np.array_equal(base[0], unguided[0])  # else the checks below could not tell them apart
+    # an interval holding every noise level is plain guidance; one holding none is no guidance
+    for got, want in ((fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=(0, 1e6), **kw), base),
+                      (fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=(1e5, 1e6), **kw), unguided)):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    # between: the mask model batches [cond; null] at the guided steps alone
+    calls = []
+    forward = fresh.mask_model.forward
+
+    def recording(x, t, cond):
+        calls.append((int(t[0]), x.shape[0]))
+        return forward(x, t, cond)
+
+    monkeypatch.setattr(fresh.mask_model, "forward", recording)
+    ab = fresh._diffusion["mask"].alphas_cumprod
+    sigma = np.sqrt((1 - ab) / ab)
+    fresh.sample_mask_representations(np.ones((4, fresh.type_table.n_types), np.float32), guidance=3.0, seed=2,
+                                      sampling=OPTS["sampling"])
+    steps = sorted({t for t, _ in calls})
+    assert len(steps) == 3 and {n for _, n in calls} == {8}
+    calls.clear()
+    interval = (float(sigma[steps[0]]), float(sigma[steps[1]]))  # guides the middle step alone
+    fresh.sample_mask_representations(np.ones((4, fresh.type_table.n_types), np.float32), guidance=3.0, seed=2,
+                                      sampling=OPTS["sampling"], guidance_interval=interval)
+    assert calls == [(steps[2], 4), (steps[1], 8), (steps[0], 4)]
+    # generate passes its mask interval to the mask stage and its patch interval to the patch stage
+    calls.clear()
+    fresh.generate("all", 4, mask_guidance=3.0, mask_guidance_interval=interval, guidance=1.0, **kw)
+    assert calls == [(steps[2], 4), (steps[1], 8), (steps[0], 4)]
