@@ -37,6 +37,19 @@ def _record(monkeypatch, model):
     return calls
 
 
+def _record_steps(monkeypatch, model):
+    """(timestep, batch size) of each network call: a guided step batches [cond; null]."""
+    calls = []
+    forward = model.forward
+
+    def recording(x, t, cond):
+        calls.append((int(t[0]), x.shape[0]))
+        return forward(x, t, cond)
+
+    monkeypatch.setattr(model, "forward", recording)
+    return calls
+
+
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_patch_model_receives_the_masks_own_condition(fresh, masks, monkeypatch, guidance):
     calls = _record(monkeypatch, fresh.patch_model)
@@ -170,14 +183,7 @@ def test_the_guidance_interval_guides_only_its_steps(fresh, masks, monkeypatch):
     np.testing.assert_array_equal(fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=(1e5, 1e6), **kw),
                                   fresh.generate_patches(inst, typ, guidance=1.0, **kw))
     # between: the guided steps, and only they, batch [cond; null]
-    calls = []
-    forward = fresh.patch_model.forward
-
-    def recording(x, t, cond):
-        calls.append((int(t[0]), x.shape[0]))
-        return forward(x, t, cond)
-
-    monkeypatch.setattr(fresh.patch_model, "forward", recording)
+    calls = _record_steps(monkeypatch, fresh.patch_model)
     ab = fresh._diffusion["patch"].alphas_cumprod
     sigma = np.sqrt((1 - ab) / ab)
     fresh.generate_patches(inst, typ, guidance=2.0, guidance_interval=(0.0, 1e6), **kw)
@@ -202,14 +208,7 @@ def test_the_mask_guidance_interval_guides_only_its_steps(fresh, monkeypatch):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
     # between: the mask model batches [cond; null] at the guided steps alone
-    calls = []
-    forward = fresh.mask_model.forward
-
-    def recording(x, t, cond):
-        calls.append((int(t[0]), x.shape[0]))
-        return forward(x, t, cond)
-
-    monkeypatch.setattr(fresh.mask_model, "forward", recording)
+    calls = _record_steps(monkeypatch, fresh.mask_model)
     ab = fresh._diffusion["mask"].alphas_cumprod
     sigma = np.sqrt((1 - ab) / ab)
     fresh.sample_mask_representations(np.ones((4, fresh.type_table.n_types), np.float32), guidance=3.0, seed=2,
