@@ -59,6 +59,11 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Generated masks: the mask model's classifier-free guidance scale (default 2.5; --guidance is "
                    "the patch model's). Masks want more than patches: at 1.5 the consep-cpu mask model draws a "
                    "quarter fewer nuclei than real patches hold.")
+@click.option("--mask-guidance-interval", callback=_interval, default=None, metavar="LOW,HIGH|all",
+              help="Generated masks: guide the mask model only at noise levels LOW < sigma <= HIGH (as "
+                   "--guidance-interval does the patch model). Guidance at high noise sets how many nuclei there "
+                   "are and how tightly they pack; at low noise it draws the rare types. 'all': every step "
+                   "(default).")
 @click.option("--guidance-interval", callback=_interval, default=None, metavar="LOW,HIGH|all",
               help="Guide the patch model only at noise levels LOW < sigma <= HIGH, sigma = sqrt((1 - "
                    "alpha_bar) / alpha_bar); the other steps run the conditional model alone, at half the cost "

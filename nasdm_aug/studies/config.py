@@ -40,6 +40,10 @@ class StudyConfig(ConfigBase):
     # synthesis: guide the patch model only where low < sigma_t <= high (None = synthesize's default,
     # every step; SynthesizeConfig.guidance_interval)
     guidance_interval: tuple[float, float] | None = None
+    # synthesis of generated masks (banks B): the mask model's guidance scale and the noise levels
+    # where it applies (None = synthesize's defaults; SynthesizeConfig.mask_guidance(_interval))
+    mask_guidance: float | None = None
+    mask_guidance_interval: tuple[float, float] | None = None
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
@@ -72,7 +76,10 @@ class StudyConfig(ConfigBase):
             raise ValueError("val_patches and batch_size must be >= 0, synth_batch_size >= 1")
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.mask_guidance is not None and not self.mask_guidance >= 0:
+            raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
+        object.__setattr__(self, "mask_guidance_interval", check_guidance_interval(self.mask_guidance_interval))
         if self.magnification < 0:
             raise ValueError(f"magnification must be >= 0 (0 = the source's own), got {self.magnification}")
         if self.epoch_patches < 0:

@@ -305,6 +305,11 @@ def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequenc
         opts["guidance"] = config.guidance
     if config.guidance_interval is not None:
         opts["guidance_interval"] = config.guidance_interval
+    if bank.masks == "balanced":  # generated masks: the mask model's own sampling (real and recombined sample none)
+        if config.mask_guidance is not None:
+            opts["mask_guidance"] = config.mask_guidance
+        if config.mask_guidance_interval is not None:
+            opts["mask_guidance_interval"] = config.mask_guidance_interval
     synth = SynthesizeConfig(**opts)
     if path.is_file():
         problem = finished_bank_problem(path, synth, config.device)

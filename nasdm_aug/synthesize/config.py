@@ -97,6 +97,9 @@ class SynthesizeConfig(ConfigBase):
     guidance_interval: tuple[float, float] | None = None
     # generated masks: the mask model's guidance scale (generator.DEFAULT_MASK_GUIDANCE says why it differs)
     mask_guidance: float = DEFAULT_MASK_GUIDANCE
+    # generated masks: the mask model is guided only where low < sigma_t <= high
+    # (NASDMGenerator.generate_masks); None: at every step
+    mask_guidance_interval: tuple[float, float] | None = None
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
@@ -148,6 +151,8 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
         # an empty interval (the CLI's "all") is every step, as None
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval or None))
+        object.__setattr__(self, "mask_guidance_interval",
+                           check_guidance_interval(self.mask_guidance_interval or None))
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
@@ -186,7 +191,8 @@ class SynthesizeConfig(ConfigBase):
         config's. ``indices`` may be ``"I,J,..."``. ``recombine`` is ``STORE.h5[:SPLIT]`` (split
         Train when none is named), made toward ``target`` with ``num`` masks. Naming another
         ``sampler`` than the config's starts from that sampler's defaults. ``**fields`` are the other
-        fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``, ``seed``,
+        fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``,
+        ``mask_guidance_interval``, ``seed``,
         ``batch_size``, ``marker_threshold``, ``precision`` (or its older name ``dtype``: ``float32``,
         ``bfloat16``, ``auto``), ``layout`` and ``compile``.
 

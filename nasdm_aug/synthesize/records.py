@@ -39,6 +39,8 @@ def _as_current(recorded: Any) -> Any:
                     else DEFAULT_MASK_GUIDANCE}
     if "guidance_interval" not in recorded:  # made when every step was guided
         recorded = {**recorded, "guidance_interval": None}
+    if "mask_guidance_interval" not in recorded:  # the mask model was guided at every step
+        recorded = {**recorded, "mask_guidance_interval": None}
     try:  # from_dict reads an older "dtype" (float32, bfloat16) as its precision (fp32, bf16)
         return json.loads(SynthesizeConfig.from_dict(recorded).to_json())
     except (ValueError, TypeError, KeyError):

@@ -188,6 +188,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
         inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, marker_threshold=config.marker_threshold,
+                                            guidance_interval=config.mask_guidance_interval,
                                             **dict(opts, guidance=config.mask_guidance))
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
@@ -206,7 +207,10 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance,
                   "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
-                  "mask_guidance": config.mask_guidance if real is None else None, "seed": config.seed, "ema": config.ema,
+                  "mask_guidance": config.mask_guidance if real is None else None,
+                  "mask_guidance_interval": (list(config.mask_guidance_interval)
+                                             if real is None and config.mask_guidance_interval else None),
+                  "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",
                   "parent_sha256": file_digest(config.mask_store) if real is not None else ""}

@@ -382,6 +382,11 @@ def test_a_bank_recorded_before_a_new_field_still_counts_as_finished(reference, 
     assert finished_bank_problem(old, cfg) is None
     assert finished_bank_problem(old, cfg.replace(guidance_interval=(0.3, 5.0))) == \
         "made with other arguments (guidance_interval)"
+    with h5py.File(old, "r+") as f:  # no mask guidance interval recorded: every mask step was guided
+        f.attrs["config"] = json.dumps({k: v for k, v in recorded.items() if k != "mask_guidance_interval"})
+    assert finished_bank_problem(old, cfg) is None
+    assert finished_bank_problem(old, cfg.replace(mask_guidance_interval=(0.0, 8.0))) == \
+        "made with other arguments (mask_guidance_interval)"
     with h5py.File(old, "r+") as f:  # a real difference is still one
         f.attrs["config"] = json.dumps({**recorded, "seed": 6})
     assert finished_bank_problem(old, cfg) == "made with other arguments (seed)"
@@ -451,7 +456,10 @@ def test_the_guidance_interval_reaches_the_patch_model_alone(monkeypatch, runs, 
         assert res.exit_code == 0, res.output
         kinds = dict(seen)
         assert kinds["mask"] is True  # the mask model is guided at every step
-        assert kinds["patch"] is True if want is None else 0 < kinds["patch"] < 1000
+        if want is None:
+            assert kinds["patch"] is True
+        else:  # a count of guided steps, not True (every step)
+            assert kinds["patch"] is not True and 0 < kinds["patch"] < 1000
         with h5py.File(out, "r") as f:
             assert json.loads(f.attrs["config"])["guidance_interval"] == want
         assert PatchStore(out).attrs["provenance"]["guidance_interval"] == want
@@ -462,6 +470,41 @@ def test_the_guidance_interval_reaches_the_patch_model_alone(monkeypatch, runs, 
         res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
                                        "--guidance-interval", bad])
         assert res.exit_code == 2 and "--guidance-interval" in res.output and message in res.output, (bad, res.output)
+
+
+def test_the_mask_guidance_interval_reaches_the_mask_model_alone(monkeypatch, runs, tmp_path):
+    import h5py
+
+    from nasdm_aug import generator as g
+
+    seen = []
+    real_cfg = g.classifier_free_guidance
+    monkeypatch.setattr(g, "classifier_free_guidance",
+                        lambda net, s, guided=None: seen.append((net.config.kind, guided is None or int(guided.sum())))
+                        or real_cfg(net, s, guided=guided))
+    for extra, want in (([], None), (["--mask-guidance-interval", "0,8"], [0.0, 8.0]),
+                        (["--mask-guidance-interval", "all"], None)):
+        seen.clear()
+        out = tmp_path / f"b{len(extra)}{want}.h5"
+        res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
+        assert res.exit_code == 0, res.output
+        kinds = dict(seen)
+        assert kinds["patch"] is True  # the patch model is guided at every step
+        # only the steps of the mask process with sigma <= 8 are guided
+        if want is None:
+            assert kinds["mask"] is True
+        else:  # a count of guided steps, not True (every step)
+            assert kinds["mask"] is not True and 0 < kinds["mask"] < 1000
+        with h5py.File(out, "r") as f:
+            assert json.loads(f.attrs["config"])["mask_guidance_interval"] == want
+        assert PatchStore(out).attrs["provenance"]["mask_guidance_interval"] == want
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0None.h5", "--types", "all", "--num", "2"),
+                                   "--mask-guidance-interval", "0,8", "--resume"])
+    assert res.exit_code != 0 and "other arguments (mask_guidance_interval)" in res.output + str(res.exception)
+    for bad, message in (("8,0", "0 <= low < high"), ("x", "LOW,HIGH")):
+        res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
+                                       "--mask-guidance-interval", bad])
+        assert res.exit_code == 2 and "--mask-guidance-interval" in res.output and message in res.output, res.output
 
 
 def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
