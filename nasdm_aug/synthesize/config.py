@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from nasdm_aug.config import ConfigBase
-from nasdm_aug.generator import DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, DEFAULT_MASK_GUIDANCE
+from nasdm_aug.generator import (DEFAULT_GUIDANCE, DEFAULT_MARKER_THRESHOLD, DEFAULT_MASK_GUIDANCE,
+                                 DEFAULT_MASK_GUIDANCE_INTERVAL)
 from nasdm_aug.hardware import LAYOUT_CHOICES, PRECISIONS, precision_name
 from nasdm_aug.data.store import PatchStore, parse_store_arg
 from nasdm_aug.mixing.balance import parse_target, resolve_target, split_combination
@@ -99,7 +100,7 @@ class SynthesizeConfig(ConfigBase):
     mask_guidance: float = DEFAULT_MASK_GUIDANCE
     # generated masks: the mask model is guided only where low < sigma_t <= high
     # (NASDMGenerator.generate_masks); None: at every step
-    mask_guidance_interval: tuple[float, float] | None = None
+    mask_guidance_interval: tuple[float, float] | None = DEFAULT_MASK_GUIDANCE_INTERVAL
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
@@ -153,6 +154,11 @@ class SynthesizeConfig(ConfigBase):
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval or None))
         object.__setattr__(self, "mask_guidance_interval",
                            check_guidance_interval(self.mask_guidance_interval or None))
+        if not (self.types or self.combinations):
+            # real (or recombined) masks sample no mask: the mask model's settings are today's
+            # defaults, so that they neither show in the record nor keep a bank from counting as made
+            object.__setattr__(self, "mask_guidance", DEFAULT_MASK_GUIDANCE)
+            object.__setattr__(self, "mask_guidance_interval", DEFAULT_MASK_GUIDANCE_INTERVAL)
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:

@@ -154,7 +154,8 @@ def test_raw_mask_representations_are_what_generate_masks_decodes(runs):
 def test_generate_gives_each_stage_its_own_guidance(fresh, monkeypatch, mask_guidance, guidance):
     # a guided call batches [cond; null], an unguided one cond alone: the batch size tells the scale apart
     mask_calls, patch_calls = _record(monkeypatch, fresh.mask_model), _record(monkeypatch, fresh.patch_model)
-    fresh.generate("epithelial", 2, mask_guidance=mask_guidance, guidance=guidance, seed=0, **OPTS)
+    fresh.generate("epithelial", 2, mask_guidance=mask_guidance, guidance=guidance, mask_guidance_interval=None,
+                   seed=0, **OPTS)
     assert {len(c) for c in mask_calls} == {2 if mask_guidance == 1.0 else 4}
     assert {len(c) for c in patch_calls} == {2 if guidance == 1.0 else 4}
 
@@ -199,9 +200,13 @@ def test_the_guidance_interval_guides_only_its_steps(fresh, masks, monkeypatch):
 
 def test_the_mask_guidance_interval_guides_only_its_steps(fresh, monkeypatch):
     kw = dict(seed=2, **OPTS)
-    base = fresh.generate_masks("all", 4, guidance=3.0, **kw)
+    base = fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=None, **kw)
     unguided = fresh.generate_masks("all", 4, guidance=1.0, **kw)
     assert not np.array_equal(base[0], unguided[0])  # else the checks below could not tell them apart
+    # by default the mask model is guided at low noise alone
+    default = fresh.generate_masks("all", 4, guidance=3.0, **kw)
+    low = fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=(0.0, 8.0), **kw)
+    np.testing.assert_array_equal(default[0], low[0])
     # an interval holding every noise level is plain guidance; one holding none is no guidance
     for got, want in ((fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=(0, 1e6), **kw), base),
                       (fresh.generate_masks("all", 4, guidance=3.0, guidance_interval=(1e5, 1e6), **kw), unguided)):
@@ -212,7 +217,7 @@ def test_the_mask_guidance_interval_guides_only_its_steps(fresh, monkeypatch):
     ab = fresh._diffusion["mask"].alphas_cumprod
     sigma = np.sqrt((1 - ab) / ab)
     fresh.sample_mask_representations(np.ones((4, fresh.type_table.n_types), np.float32), guidance=3.0, seed=2,
-                                      sampling=OPTS["sampling"])
+                                      sampling=OPTS["sampling"], guidance_interval=None)
     steps = sorted({t for t, _ in calls})
     assert len(steps) == 3 and {n for _, n in calls} == {8}
     calls.clear()
