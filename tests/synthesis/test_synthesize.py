@@ -421,7 +421,7 @@ def test_generated_masks_recorded_before_the_mask_guidance_were_sampled_at_the_o
     from nasdm_aug.synthesize.records import _as_current
 
     recorded = json.loads(SynthesizeConfig(types="epithelial", num=2, guidance=1.2).to_json())
-    assert recorded["mask_guidance"] == 4.5  # today's default, not the patches' scale
+    assert recorded["mask_guidance"] == 2.5  # today's default, not the patches' scale
     del recorded["mask_guidance"]
     assert _as_current(recorded)["mask_guidance"] == 1.2
     combos = json.loads(SynthesizeConfig(combinations=("epithelial:2",)).to_json())
@@ -437,7 +437,7 @@ def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_p
     seen = []
     real_cfg = g.classifier_free_guidance
     monkeypatch.setattr(g, "classifier_free_guidance", lambda net, s, **kw: seen.append((net.config.kind, s)) or real_cfg(net, s, **kw))
-    for extra, want in (([], 4.5), (["--mask-guidance", "1", "--guidance", "2"], 1.0)):
+    for extra, want in (([], 2.5), (["--mask-guidance", "1", "--guidance", "2"], 1.0)):
         seen.clear()
         out = tmp_path / f"b{want}.h5"
         res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
@@ -447,7 +447,7 @@ def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_p
         with h5py.File(out, "r") as f:
             assert json.loads(f.attrs["config"])["mask_guidance"] == want
     # resuming with another mask guidance is refused, naming it
-    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b4.5.h5", "--types", "all", "--num", "2"),
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b2.5.h5", "--types", "all", "--num", "2"),
                                    "--mask-guidance", "3", "--resume"])
     assert res.exit_code != 0 and "other arguments (mask_guidance)" in res.output + str(res.exception)
     bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
@@ -471,7 +471,7 @@ def test_the_guidance_interval_reaches_the_patch_model_alone(monkeypatch, runs, 
         res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
         assert res.exit_code == 0, res.output
         kinds = dict(seen)
-        assert kinds["mask"] is not True  # the mask model is guided at low noise alone, whatever the patch's
+        assert kinds["mask"] is True  # the mask model is guided at every step, whatever the patch's interval
         if want is None:
             assert kinds["patch"] is True
         else:  # a count of guided steps, not True (every step)
@@ -498,7 +498,7 @@ def test_the_mask_guidance_interval_reaches_the_mask_model_alone(monkeypatch, ru
     monkeypatch.setattr(g, "classifier_free_guidance",
                         lambda net, s, guided=None: seen.append((net.config.kind, guided is None or int(guided.sum())))
                         or real_cfg(net, s, guided=guided))
-    for extra, want in (([], [0.0, 8.0]), (["--mask-guidance-interval", "0,3"], [0.0, 3.0]),
+    for extra, want in (([], None), (["--mask-guidance-interval", "0,8"], [0.0, 8.0]),
                         (["--mask-guidance-interval", "all"], None)):
         seen.clear()
         out = tmp_path / f"b{len(extra)}{want}.h5"
@@ -513,8 +513,8 @@ def test_the_mask_guidance_interval_reaches_the_mask_model_alone(monkeypatch, ru
         with h5py.File(out, "r") as f:
             assert json.loads(f.attrs["config"])["mask_guidance_interval"] == want
         assert PatchStore(out).attrs["provenance"]["mask_guidance_interval"] == want
-    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0[0.0, 8.0].h5", "--types", "all", "--num", "2"),
-                                   "--mask-guidance-interval", "0,3", "--resume"])
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0None.h5", "--types", "all", "--num", "2"),
+                                   "--mask-guidance-interval", "0,8", "--resume"])
     assert res.exit_code != 0 and "other arguments (mask_guidance_interval)" in res.output + str(res.exception)
     for bad, message in (("8,0", "0 <= low < high"), ("x", "LOW,HIGH")):
         res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
