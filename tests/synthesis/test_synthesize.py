@@ -455,71 +455,40 @@ def test_the_mask_guidance_reaches_the_mask_model_alone(monkeypatch, runs, tmp_p
     assert bad.exit_code == 2 and "--mask-guidance" in bad.output
 
 
-def test_the_guidance_interval_reaches_the_patch_model_alone(monkeypatch, runs, tmp_path):
+@pytest.mark.parametrize("option,kind,other", [("--guidance-interval", "patch", "mask"),
+                                                ("--mask-guidance-interval", "mask", "patch")])
+def test_each_guidance_interval_reaches_its_own_model_alone(monkeypatch, runs, tmp_path, option, kind, other):
     import h5py
 
     from nasdm_aug import generator as g
 
+    key = option[2:].replace("-", "_")
     seen = []
     real_cfg = g.classifier_free_guidance
     monkeypatch.setattr(g, "classifier_free_guidance",
                         lambda net, s, guided=None: seen.append((net.config.kind, guided is None or int(guided.sum())))
                         or real_cfg(net, s, guided=guided))
-    for extra, want in (([], None), (["--guidance-interval", "0.3,5"], [0.3, 5.0]), (["--guidance-interval", "all"], None)):
+    for extra, want in (([], None), ([option, "0.3,5"], [0.3, 5.0]), ([option, "all"], None)):
         seen.clear()
         out = tmp_path / f"b{len(extra)}{want}.h5"
         res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
         assert res.exit_code == 0, res.output
-        kinds = dict(seen)
-        assert kinds["mask"] is True  # the mask model is guided at every step, whatever the patch's interval
+        guided = dict(seen)
+        assert guided[other] is True  # the other model is guided at every step, whatever this interval
         if want is None:
-            assert kinds["patch"] is True
+            assert guided[kind] is True
         else:  # a count of guided steps, not True (every step)
-            assert kinds["patch"] is not True and 0 < kinds["patch"] < 1000
+            assert guided[kind] is not True and 0 < guided[kind] < 1000
         with h5py.File(out, "r") as f:
-            assert json.loads(f.attrs["config"])["guidance_interval"] == want
-        assert PatchStore(out).attrs["provenance"]["guidance_interval"] == want
+            assert json.loads(f.attrs["config"])[key] == want
+        assert PatchStore(out).attrs["provenance"][key] == want
     res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0None.h5", "--types", "all", "--num", "2"),
-                                   "--guidance-interval", "0.3,5", "--resume"])
-    assert res.exit_code != 0 and "other arguments (guidance_interval)" in res.output + str(res.exception)
+                                   option, "0.3,5", "--resume"])
+    assert res.exit_code != 0 and f"other arguments ({key})" in res.output + str(res.exception)
     for bad, message in (("5,0.3", "0 <= low < high"), ("x", "LOW,HIGH"), ("1,inf", "finite")):
         res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
-                                       "--guidance-interval", bad])
-        assert res.exit_code == 2 and "--guidance-interval" in res.output and message in res.output, (bad, res.output)
-
-
-def test_the_mask_guidance_interval_reaches_the_mask_model_alone(monkeypatch, runs, tmp_path):
-    import h5py
-
-    from nasdm_aug import generator as g
-
-    seen = []
-    real_cfg = g.classifier_free_guidance
-    monkeypatch.setattr(g, "classifier_free_guidance",
-                        lambda net, s, guided=None: seen.append((net.config.kind, guided is None or int(guided.sum())))
-                        or real_cfg(net, s, guided=guided))
-    for extra, want in (([], None), (["--mask-guidance-interval", "0,8"], [0.0, 8.0]),
-                        (["--mask-guidance-interval", "all"], None)):
-        seen.clear()
-        out = tmp_path / f"b{len(extra)}{want}.h5"
-        res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
-        assert res.exit_code == 0, res.output
-        kinds = dict(seen)
-        assert kinds["patch"] is True  # the patch model is guided at every step
-        if want is None:
-            assert kinds["mask"] is True
-        else:  # a count of guided steps, not True (every step)
-            assert kinds["mask"] is not True and 0 < kinds["mask"] < 1000
-        with h5py.File(out, "r") as f:
-            assert json.loads(f.attrs["config"])["mask_guidance_interval"] == want
-        assert PatchStore(out).attrs["provenance"]["mask_guidance_interval"] == want
-    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b0None.h5", "--types", "all", "--num", "2"),
-                                   "--mask-guidance-interval", "0,8", "--resume"])
-    assert res.exit_code != 0 and "other arguments (mask_guidance_interval)" in res.output + str(res.exception)
-    for bad, message in (("8,0", "0 <= low < high"), ("x", "LOW,HIGH")):
-        res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
-                                       "--mask-guidance-interval", bad])
-        assert res.exit_code == 2 and "--mask-guidance-interval" in res.output and message in res.output, res.output
+                                       option, bad])
+        assert res.exit_code == 2 and option in res.output and message in res.output, (bad, res.output)
 
 
 def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
