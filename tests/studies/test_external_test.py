@@ -158,6 +158,9 @@ def test_dataset_folder_is_prepared_like_the_study_store(study_store, folder, tm
 def test_consep_preset_is_at_20x():
     cfg = STUDY_PRESETS["consep"]
     assert (cfg.magnification, cfg.patch_size, cfg.stride, cfg.source_format) == (20.0, 64, 32, "consep")
+    # its banks: DDIM in 50 steps, the patch model guided at 1.5 up to sigma 5.42
+    assert (cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.eta) == ("ddim", 50, 0.0)
+    assert (cfg.guidance, cfg.guidance_interval) == (1.5, (0.0, 5.42))
     with pytest.raises(ValueError, match="magnification must be >= 0"):
         StudyConfig(magnification=-1)
 
