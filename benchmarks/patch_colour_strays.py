@@ -47,6 +47,7 @@ from nasdm_aug.sampling import SamplerOptions, check_guidance_interval  # noqa: 
 MIN_BLOB_PX = 2
 NEAR_PX = 3
 
+
 def parse_sampling(spec: str) -> tuple[SamplerOptions, float, tuple[float, float] | None]:
     sampler, steps, guidance, *rest = spec.split(":")
     interval = check_guidance_interval(tuple(rest[0].split("-"))) if rest and rest[0] != "all" else None
@@ -54,11 +55,14 @@ def parse_sampling(spec: str) -> tuple[SamplerOptions, float, tuple[float, float
     opts = SamplerOptions(sampler, steps=int(steps), **({"eta": eta} if eta is not None else {}))
     return opts, float(guidance), interval
 
+
 def haematoxylin_threshold(store: PatchStore, split: str, n: int = 200) -> float:
-    idx = np.sort(np.random.default_rng(1).choice(store.indices(split), min(n, len(store.indices(split))), replace=False))
+    pool = store.indices(split)
+    idx = np.sort(np.random.default_rng(1).choice(pool, min(n, len(pool)), replace=False))
     d = store.read(idx, keys=("image", "inst"))
     h = np.concatenate([rgb2hed(img)[..., 0][inst > 0] for img, inst in zip(d["image"], d["inst"])])
     return float(np.percentile(h, 10))
+
 
 def patch_stats(images: np.ndarray, insts: np.ndarray, threshold: float) -> dict[str, float]:
     lab = rgb2lab(images)
@@ -70,9 +74,10 @@ def patch_stats(images: np.ndarray, insts: np.ndarray, threshold: float) -> dict
         h_dark = rgb2hed(img)[..., 0] > threshold
         near = ndi.binary_dilation(inst > 0, iterations=NEAR_PX)
         comps = label(h_dark)
-        sizes = np.bincount(comps.ravel())
-        touching = np.unique(comps[near])
-        strays.append(int(sum(1 for r in range(1, comps.max() + 1) if sizes[r] >= MIN_BLOB_PX and r not in touching)))
+        stray = np.bincount(comps.ravel()) >= MIN_BLOB_PX  # per component; 0 is the background
+        stray[0] = False
+        stray[comps[near]] = False  # any pixel within NEAR_PX of a mask nucleus
+        strays.append(int(stray.sum()))
         if (inst > 0).any():
             dark.append(h_dark[inst > 0].mean())
     colour = np.array(colour)
@@ -82,6 +87,7 @@ def patch_stats(images: np.ndarray, insts: np.ndarray, threshold: float) -> dict
             "texture": float(np.median(texture)), "strays": float(np.mean(strays)),
             "strays_median": float(np.median(strays)),
             "mask_nuclei_dark": float(np.mean(dark)) if dark else float("nan")}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -134,6 +140,7 @@ def main() -> None:
         grid = np.concatenate([np.concatenate(list(c), 0) for c in cols], 1)
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.sheet)
         print("sheet columns: mask | real | " + " | ".join(banks), flush=True)
+
 
 if __name__ == "__main__":
     main()

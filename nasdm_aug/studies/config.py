@@ -131,7 +131,7 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
     # draws real CoNSeP's stain colour with half the stray specks of ancestral DDPM at the same cost
     # (S2: FID 1.34x the R1 baseline against 1.46x, KID 2.10x against 2.41x), and its banks trained
     # the studies' HoVerNet as well (Table 5, balance study: within the seed spread of DDPM's;
-    # "Deterministic sampling of the patch model"). Banks of generated masks are then DDIM's masks too
+    # "Deterministic sampling of the patch model"). Banks of generated masks are then DDIM's masks too.
     "consep": StudyConfig(name="consep", source_format="consep", magnification=20.0, patch_size=64, stride=32,
                           sampling=SamplerOptions("ddim", steps=50), guidance=1.5, guidance_interval=(0.0, 5.42),
                           hovernet_preset="tiny", epochs=(2, 3), n_runs=3, val_patches=64),
