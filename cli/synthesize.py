@@ -7,6 +7,7 @@ import json
 import click
 
 from cli import options
+from nasdm_aug.sampling.samplers import SAMPLERS
 
 
 def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -64,6 +65,13 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
                    "NASDM paper). Guidance at high noise packs nuclei into sheets, at low noise it draws the rare "
                    "types: 4.5 at 0,8 draws masks nearer real ones than 2.5 at every step, but the balance study's "
                    "HoVerNet gained less from them. 'all': every step (default).")
+@click.option("--mask-sampler", type=click.Choice(sorted(SAMPLERS)), default=None,
+              help="Generated masks: the mask model's own sampler, starting from its default steps (default: "
+                   "--sampler's, for both models). The mask guidance was tuned under ddpm; ddim draws denser "
+                   "masks with it, so `--sampler ddim --mask-sampler ddpm` keeps the masks as ddpm draws them.")
+@click.option("--mask-steps", type=click.IntRange(min=1), default=None,
+              help="Generated masks: the mask model's own number of steps (default: --steps, or --mask-sampler's "
+                   "default).")
 @click.option("--guidance-interval", callback=_interval, default=None, metavar="LOW,HIGH|all",
               help="Guide the patch model only at noise levels LOW < sigma <= HIGH, sigma = sqrt((1 - "
                    "alpha_bar) / alpha_bar); the other steps run the conditional model alone, at half the cost "

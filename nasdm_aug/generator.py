@@ -413,7 +413,7 @@ class NASDMGenerator:
     def generate(self, types: str | Sequence[str] | np.ndarray, n: int, *,
                  mask_guidance: float = DEFAULT_MASK_GUIDANCE,
                  mask_guidance_interval: tuple[float, float] | None = DEFAULT_MASK_GUIDANCE_INTERVAL,
-                 **kwargs) -> dict[str, np.ndarray]:
+                 mask_sampling: SamplerOptions | None = None, **kwargs) -> dict[str, np.ndarray]:
         """End to end (NASDM++): masks for the chosen types, then patches for those masks.
 
         Args:
@@ -421,6 +421,8 @@ class NASDMGenerator:
             mask_guidance: the mask stage's guidance scale (``guidance`` is the patch stage's).
             mask_guidance_interval: the mask stage's guidance interval (``guidance_interval`` is
                 the patch stage's); None (the default): every step.
+            mask_sampling: the mask stage's sampler options; None (the default): ``sampling``,
+                the patch stage's, drives both.
             Other keyword arguments go to both stages (``min_size`` and ``marker_threshold`` only
             to the mask stage, ``guidance_interval`` only to the patch stage).
 
@@ -430,6 +432,8 @@ class NASDMGenerator:
         mask_only = {k: kwargs.pop(k) for k in ("min_size", "marker_threshold") if k in kwargs}
         patch_only = {k: kwargs.pop(k) for k in ("guidance_interval",) if k in kwargs}
         mask_kwargs = {**kwargs, "guidance": mask_guidance, "guidance_interval": mask_guidance_interval}
+        if mask_sampling is not None:
+            mask_kwargs["sampling"] = mask_sampling
         inst, type_map = self.generate_masks(types, n, **mask_only, **mask_kwargs)
         image = self.generate_patches(inst, type_map, **kwargs, **patch_only)
         return {"image": image, "inst": inst, "type": type_map}

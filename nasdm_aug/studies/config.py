@@ -44,6 +44,9 @@ class StudyConfig(ConfigBase):
     # where it applies (None = synthesize's defaults; SynthesizeConfig.mask_guidance(_interval))
     mask_guidance: float | None = None
     mask_guidance_interval: tuple[float, float] | None = None
+    # synthesis of generated masks (banks B): the mask model's own sampler and steps
+    # (None = ``sampling`` drives both models; SynthesizeConfig.mask_sampling)
+    mask_sampling: SamplerOptions | None = None
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset

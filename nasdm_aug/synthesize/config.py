@@ -101,6 +101,10 @@ class SynthesizeConfig(ConfigBase):
     # generated masks: the mask model is guided only where low < sigma_t <= high
     # (NASDMGenerator.generate_masks); None: at every step
     mask_guidance_interval: tuple[float, float] | None = DEFAULT_MASK_GUIDANCE_INTERVAL
+    # generated masks: the mask model's own sampler and steps; None: ``sampling`` drives both models.
+    # The mask model's guidance was tuned under ancestral DDPM, where a deterministic sampler draws
+    # denser masks, so a bank may sample its patches one way and its masks another
+    mask_sampling: SamplerOptions | None = None
     seed: int = 0  # run seed; patch i is seeded by (seed, i)
     batch_size: int = 8  # patches per forward, and per resumable chunk
     ema: bool = True  # sample with the EMA weights
@@ -141,6 +145,12 @@ class SynthesizeConfig(ConfigBase):
         """The sampling, seed, batch, precision and layout fields."""
         if not isinstance(self.sampling, SamplerOptions):
             raise ValueError(f"sampling must be SamplerOptions, got {type(self.sampling).__name__}")
+        if isinstance(self.mask_sampling, dict):
+            object.__setattr__(self, "mask_sampling", SamplerOptions.from_dict(self.mask_sampling))
+        if self.mask_sampling is not None and not isinstance(self.mask_sampling, SamplerOptions):
+            raise ValueError(f"mask_sampling must be SamplerOptions or None, got {type(self.mask_sampling).__name__}")
+        if self.mask_sampling == self.sampling:  # one sampling for both models, however it was spelled
+            object.__setattr__(self, "mask_sampling", None)
         if self.batch_size < 1 or self.seed < 0 or self.min_size < 0:
             raise ValueError(
                 f"batch_size must be >= 1, seed and min_size >= 0; got "
@@ -159,6 +169,7 @@ class SynthesizeConfig(ConfigBase):
             # defaults, so that they neither show in the record nor keep a bank from counting as made
             object.__setattr__(self, "mask_guidance", DEFAULT_MASK_GUIDANCE)
             object.__setattr__(self, "mask_guidance_interval", DEFAULT_MASK_GUIDANCE_INTERVAL)
+            object.__setattr__(self, "mask_sampling", None)
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
@@ -170,6 +181,11 @@ class SynthesizeConfig(ConfigBase):
     def source(self) -> Source:
         """Which of ``masks``, ``types``, ``combinations`` and ``recombine`` this config draws its masks from."""
         return next(s for s in Source if getattr(self, s.value))
+
+    @property
+    def mask_sampler_options(self) -> SamplerOptions:
+        """How the mask model samples: ``mask_sampling``, or ``sampling`` when that is None."""
+        return self.mask_sampling or self.sampling
 
     @property
     def mask_store(self) -> str:
@@ -189,7 +205,8 @@ class SynthesizeConfig(ConfigBase):
                      masks: str | None = None, split: str | None = None, indices: str | Sequence[int] | None = None,
                      types: str | None = None, num: int | None = None, combinations: Sequence[str] = (),
                      recombine: str | None = None, target: str = "sqrt", sampler: str | None = None,
-                     steps: int | None = None, eta: float | None = None, **fields: Any) -> "SynthesizeConfig":
+                     steps: int | None = None, eta: float | None = None, mask_sampler: str | None = None,
+                     mask_steps: int | None = None, **fields: Any) -> "SynthesizeConfig":
         """The config ``nasdm-aug synthesize`` builds from its options: ``config`` (a JSON file; else
         ``types="all", num=1``) with the options given (not None) in place of its values.
 
@@ -220,6 +237,9 @@ class SynthesizeConfig(ConfigBase):
             given["num"] = None  # the count of recombined masks lives in recombine.n
         base.update({k: v for k, v in given.items() if v is not None})
         base["sampling"] = _sampling(dict(base.get("sampling") or {}), sampler, steps, eta)
+        if mask_sampler is not None or mask_steps is not None:
+            start = base.get("mask_sampling") or base["sampling"]
+            base["mask_sampling"] = _sampling(dict(start), mask_sampler, mask_steps, None)
         if tuple(models) != ("toy",) or "model" not in base:
             base["model"] = list(models)
         if indices is not None:

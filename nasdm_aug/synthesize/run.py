@@ -189,7 +189,8 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
         inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, marker_threshold=config.marker_threshold,
                                             guidance_interval=config.mask_guidance_interval,
-                                            **dict(opts, guidance=config.mask_guidance))
+                                            **dict(opts, guidance=config.mask_guidance,
+                                                   sampling=config.mask_sampler_options))
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
     else:
         data = real.read(jobs[start:stop], keys=("inst", "type", "source", "y", "x", "split"))
@@ -210,6 +211,8 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
                   "mask_guidance": config.mask_guidance if real is None else None,
                   "mask_guidance_interval": (list(config.mask_guidance_interval)
                                              if real is None and config.mask_guidance_interval else None),
+                  "mask_sampler": config.mask_sampler_options.sampler if real is None else None,
+                  "mask_steps": config.mask_sampler_options.steps if real is None else None,
                   "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",

@@ -165,7 +165,7 @@ def test_every_study_mode_and_sampler_is_reachable_from_the_cli():
 
 
 def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch, tmp_path):
-    """A study's mask guidance and its interval go to the bank of generated masks (B), not to banks
+    """A study's mask guidance, its interval and the mask sampler go to the bank of generated masks (B), not to banks
     of real masks, which sample no mask and whose records would then differ for nothing."""
     import nasdm_aug.synthesize as synth_mod
     from nasdm_aug.studies import data as data_mod
@@ -177,12 +177,16 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
     monkeypatch.setitem(data_mod.MASK_SOURCES, "real",
                         lambda bank, store, config, ratio: ({"masks": "real.h5", "split": bank.split}, None))
     monkeypatch.setattr(synth_mod, "synthesize", lambda cfg, path, **kw: made.__setitem__(path.stem, cfg))
-    config = StudyConfig(name="test", model=("toy",), mask_guidance=3.5, mask_guidance_interval=(0.0, 8.0))
+    config = StudyConfig(name="test", model=("toy",), mask_guidance=3.5, mask_guidance_interval=(0.0, 8.0),
+                         sampling=SamplerOptions("ddim", steps=7), mask_sampling=SamplerOptions("ddpm", steps=5))
     for name in ("B", "S2"):
         bank = BANK_REGISTRY[name]
         data_mod._make_bank(bank, config, None, [StudyRow("s", "x", "add", "R2", 0.5, bank=name)],
                             tmp_path / f"{name}.h5", progress=False, overwrite=False)
     assert made["B"].mask_guidance == 3.5 and made["B"].mask_guidance_interval == (0.0, 8.0)
+    assert made["B"].mask_sampler_options == SamplerOptions("ddpm", steps=5)
+    assert made["B"].sampling == made["S2"].sampling == SamplerOptions("ddim", steps=7)
+    assert made["S2"].mask_sampling is None
     default = synth_mod.SynthesizeConfig(masks="real.h5")
     assert (made["S2"].mask_guidance, made["S2"].mask_guidance_interval) == \
         (default.mask_guidance, default.mask_guidance_interval)
@@ -190,8 +194,8 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
     made.clear()
     data_mod._make_bank(BANK_REGISTRY["B"], StudyConfig(name="test", model=("toy",)), None,
                         [StudyRow("s", "x", "add", "R2", 0.5, bank="B")], tmp_path / "B.h5", progress=False, overwrite=False)
-    assert (made["B"].mask_guidance, made["B"].mask_guidance_interval) == \
-        (default.mask_guidance, default.mask_guidance_interval)
+    assert (made["B"].mask_guidance, made["B"].mask_guidance_interval, made["B"].mask_sampling) == \
+        (default.mask_guidance, default.mask_guidance_interval, None)
     with pytest.raises(ValueError, match="guidance interval"):
         StudyConfig(name="test", mask_guidance_interval=(8.0, 0.0))
     with pytest.raises(ValueError, match="mask_guidance must be >= 0"):

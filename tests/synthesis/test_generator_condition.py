@@ -228,3 +228,18 @@ def test_the_mask_guidance_interval_guides_only_its_steps(fresh, monkeypatch):
     calls.clear()
     fresh.generate("all", 4, mask_guidance=3.0, mask_guidance_interval=interval, guidance=1.0, **kw)
     assert calls == [(steps[2], 4), (steps[1], 8), (steps[0], 4)]
+
+
+def test_generate_gives_the_mask_stage_its_own_sampler(fresh, monkeypatch):
+    mask_calls, patch_calls = _record_steps(monkeypatch, fresh.mask_model), _record_steps(monkeypatch, fresh.patch_model)
+    kw = dict(seed=4, guidance=1.0, mask_guidance=1.0, **OPTS)
+    out = fresh.generate("all", 4, mask_sampling=SamplerOptions("ddpm", steps=5), **kw)
+    assert (len(mask_calls), len(patch_calls)) == (5, 3)  # the mask stage in its 5 steps, the patches in OPTS' 3
+    # its masks are those generate_masks draws with that sampler, and None leaves both stages on ``sampling``
+    inst, _ = fresh.generate_masks("all", 4, sampling=SamplerOptions("ddpm", steps=5), seed=4, guidance=1.0,
+                                   batch_size=4)
+    np.testing.assert_array_equal(out["inst"], inst)
+    mask_calls.clear()
+    patch_calls.clear()
+    fresh.generate("all", 4, mask_sampling=None, **kw)
+    assert (len(mask_calls), len(patch_calls)) == (3, 3)

@@ -491,6 +491,52 @@ def test_each_guidance_interval_reaches_its_own_model_alone(monkeypatch, runs, t
         assert res.exit_code == 2 and option in res.output and message in res.output, (bad, res.output)
 
 
+def test_the_mask_sampler_reaches_the_mask_model_alone(monkeypatch, runs, real_store, tmp_path):
+    import h5py
+
+    from nasdm_aug import generator as g
+
+    seen = []
+    real_sample = g.sample
+
+    def recording(model_fn, shape, model_kwargs, *, options, **kw):
+        seen.append(("patch" if shape[1] == 3 else "mask", options.sampler, options.steps))
+        return real_sample(model_fn, shape, model_kwargs, options=options, **kw)
+
+    monkeypatch.setattr(g, "sample", recording)
+    cases = (([], ("ddim", 3), None),  # _args samples by ddim in 3 steps: both models, as before
+             (["--mask-sampler", "ddpm", "--mask-steps", "2"], ("ddpm", 2), {"sampler": "ddpm", "steps": 2}),
+             (["--mask-steps", "2"], ("ddim", 2), {"sampler": "ddim", "steps": 2}),
+             (["--mask-sampler", "ddim", "--mask-steps", "3"], ("ddim", 3), None))  # the same as --sampler's
+    for i, (extra, want, recorded) in enumerate(cases):
+        seen.clear()
+        out = tmp_path / f"b{i}.h5"
+        res = CliRunner().invoke(cli, [*_args(runs, out, "--types", "all", "--num", "2"), *extra])
+        assert res.exit_code == 0, res.output
+        assert set(seen) == {("mask", *want), ("patch", "ddim", 3)}, extra
+        with h5py.File(out, "r") as f:
+            cfg = json.loads(f.attrs["config"])["mask_sampling"]
+        assert (cfg and {k: cfg[k] for k in ("sampler", "steps")}) == recorded
+        prov = PatchStore(out).attrs["provenance"]
+        assert (prov["mask_sampler"], prov["mask_steps"]) == want
+    res = CliRunner().invoke(cli, [*_args(runs, tmp_path / "b1.h5", "--types", "all", "--num", "2"),
+                                   "--mask-sampler", "ddpm", "--mask-steps", "3", "--resume"])
+    assert res.exit_code != 0 and "other arguments (mask_sampling.steps)" in res.output + str(res.exception)
+    # a bank of real masks samples no mask: nothing of the mask sampler is recorded or sampled
+    seen.clear()
+    out = tmp_path / "real.h5"
+    res = CliRunner().invoke(cli, [*_args(runs, out, "--masks", str(real_store), "--indices", "0,1"),
+                                   "--mask-sampler", "ddpm"])
+    assert res.exit_code == 0, res.output
+    assert {k for k, *_ in seen} == {"patch"}
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["config"])["mask_sampling"] is None
+    assert PatchStore(out).attrs["provenance"]["mask_sampler"] is None
+    bad = CliRunner().invoke(cli, [*_args(runs, tmp_path / "bad.h5", "--types", "all", "--num", "1"),
+                                   "--mask-sampler", "euler"])
+    assert bad.exit_code == 2 and "--mask-sampler" in bad.output and "ddpm" in bad.output
+
+
 def test_the_marker_threshold_reaches_the_decoder(monkeypatch, runs, tmp_path):
     from nasdm_aug.data import masks as masks_mod
     from nasdm_aug import generator as g
