@@ -30,7 +30,7 @@ if has train; then
   done
   wait; stamp "train end"
 fi
-SYN=(--sampler ddim --steps 50 --guidance 1.5 --guidance-interval 0,5.42 --device cpu)  # the README's, and the consep preset's sampling
+SYN=(--sampler dpmpp_2m --steps 15 --guidance 1.5 --guidance-interval 0,5.42 --device cpu)  # the README's, and the consep preset's sampling
 if has synth; then
   stamp "synth start"
   one "$NASDM" synthesize --model runs/mask --model runs/patch --masks consep.h5 --split R2 --out s2.h5 "${SYN[@]}" --preview 16 > synth_s2.log 2>&1 &

@@ -1,7 +1,8 @@
 """Copy a trained mask and patch run into the package as a named model (``--model NAME``).
 
 Run: ``.venv/bin/python benchmarks/ship_model.py --name consep-cpu --mask RUN --patch RUN
---store "CoNSeP Train at 20x ..." [--card CARD.md]``.
+--store "CoNSeP Train at 20x ..." [--card CARD.md]``; leaving out ``--mask`` or ``--patch`` keeps
+that model of the shipped NAME (its weights and its record in training.json).
 
 Writes ``nasdm_aug/assets/NAME/{mask,patch}/`` with the EMA weights only (safetensors), the run's
 config.json and a data.json whose store path is replaced by ``--store`` (a description: a local
@@ -40,8 +41,10 @@ def _summary(run: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
-    ap.add_argument("--mask", type=Path, required=True)
-    ap.add_argument("--patch", type=Path, required=True)
+    ap.add_argument("--mask", type=Path, default=None,
+                    help="mask run; left out, the model NAME already ships keeps its mask model and record")
+    ap.add_argument("--patch", type=Path, default=None,
+                    help="patch run; left out, the model NAME already ships keeps its patch model and record")
     ap.add_argument("--store", required=True, help="description of the training data for data.json")
     ap.add_argument("--card", type=Path, default=None)
     ap.add_argument("--command", action="append", default=[], help="the commands that trained the runs")
@@ -49,8 +52,18 @@ def main() -> None:
     out = ASSETS / args.name
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    if args.mask is None and args.patch is None:
+        raise SystemExit("Error: give --mask, --patch or both")
+    shipped = out / "training.json"
+    old = json.loads(shipped.read_text()) if shipped.is_file() else None
     record = {"store": args.store, "commands": args.command, "runs": {}}
     for kind, run in (("mask", args.mask), ("patch", args.patch)):
+        if run is None:  # keep the shipped model of this kind as it is
+            if old is None or kind not in old.get("runs", {}) or not (out / kind / "ema.safetensors").is_file():
+                raise SystemExit(f"Error: no --{kind} given and {out} ships no {kind} model to keep")
+            shutil.copytree(out / kind, tmp / kind)
+            record["runs"][kind] = old["runs"][kind]
+            continue
         ckpt = resolve_checkpoint(run)
         dest = tmp / kind
         dest.mkdir(parents=True)

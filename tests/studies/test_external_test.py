@@ -158,9 +158,11 @@ def test_dataset_folder_is_prepared_like_the_study_store(study_store, folder, tm
 def test_consep_preset_is_at_20x():
     cfg = STUDY_PRESETS["consep"]
     assert (cfg.magnification, cfg.patch_size, cfg.stride, cfg.source_format) == (20.0, 64, 32, "consep")
-    # its banks: DDIM in 50 steps, the patch model guided at 1.5 up to sigma 5.42
-    assert (cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.eta) == ("ddim", 50, 0.0)
+    # its banks: DPM-Solver++(2M) in 15 steps, the patch model guided at 1.5 up to sigma 5.42, and
+    # the mask model by ancestral DDPM in 50 steps
+    assert (cfg.sampling.sampler, cfg.sampling.steps) == ("dpmpp_2m", 15)
     assert (cfg.guidance, cfg.guidance_interval) == (1.5, (0.0, 5.42))
+    assert (cfg.mask_sampling.sampler, cfg.mask_sampling.steps) == ("ddpm", 50)
     with pytest.raises(ValueError, match="magnification must be >= 0"):
         StudyConfig(magnification=-1)
 
