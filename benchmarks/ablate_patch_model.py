@@ -48,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: the paper's recipe, which every variant starts from: spelled out rather than left to the
 #: consep-cpu preset, so the variants keep their meaning when the preset adopts a winner
-_PAPER = {"diffusion.mean_type": "epsilon", "diffusion.loss_weighting": "none", "model.input_condition": "none"}
-_X0 = {"diffusion.mean_type": "start_x", "diffusion.loss_weighting": "min-snr", "model.input_condition": "mask"}
+_PAPER = {"diffusion.mean_type": "epsilon", "diffusion.loss_weighting": "none", "model.input_condition": "none",
+          "diffusion.schedule": "linear"}
+_X0 = {"diffusion.mean_type": "start_x", "diffusion.loss_weighting": "min-snr", "model.input_condition": "mask",
+       "diffusion.schedule": "linear"}
 
 #: name -> overrides of the consep-cpu patch recipe: "diffusion.X" and "model.X" set nested fields
 VARIANTS: dict[str, dict[str, Any]] = {

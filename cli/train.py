@@ -9,6 +9,7 @@ import click
 
 from cli import options
 from nasdm_aug.diffusion.gaussian import LOSS_WEIGHTINGS, ModelMeanType
+from nasdm_aug.diffusion.schedules import BETA_SCHEDULES
 from nasdm_aug.nets.presets import INPUT_CONDITIONS
 from nasdm_aug.types import MODEL_KINDS
 
@@ -24,7 +25,8 @@ __all__ = ["train_command"]
 @click.option("--preset", type=click.Choice(["tiny", "paper", "consep-cpu"]), default="tiny",
               help="Named config (ignored with --config); its depth and attention follow the store's patch size. "
                    "consep-cpu: the real-tissue recipe for CoNSeP at 20x in 64-px patches on a CPU (its patch model "
-                   "departs from the paper: --mean-type start_x --loss-weighting min-snr --input-condition mask).")
+                   "departs from the paper: --mean-type start_x --loss-weighting min-snr --input-condition mask --schedule "
+                   "cosine; its mask model: --mean-type start_x --loss-weighting min-snr).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
 @options.seed()
@@ -39,6 +41,10 @@ __all__ = ["train_command"]
               help="Override what the network predicts. epsilon: the noise (the paper's). Departures from the "
                    "paper: start_x (x_0) and v (sqrt(abar) eps - sqrt(1 - abar) x_0), which keep the implied x_0 "
                    "sane at high noise, where an eps error is amplified by 1 / sqrt(SNR).")
+@click.option("--schedule", type=click.Choice(BETA_SCHEDULES), default=None,
+              help="Override the noise schedule. linear: Ho et al.'s (the paper's recipe here). cosine (improved "
+                   "DDPM's; a departure from the paper): with x_0 prediction and Min-SNR, half the timesteps the "
+                   "linear schedule draws hold an SNR below 0.09 and barely train, a fifth under cosine.")
 @click.option("--input-condition", type=click.Choice(INPUT_CONDITIONS), default=None,
               help="Override where the patch model's condition enters. none: SPADE in the middle and decoder "
                    "(the paper's). mask (a departure from the paper): the type channels and instance-edge map "

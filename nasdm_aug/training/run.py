@@ -39,8 +39,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
                             config: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
                             seed: int | None = None, layout: str | None = None, precision: str | None = None,
                             loss_weighting: str | None = None, input_condition: str | None = None,
-                            mean_type: str | None = None, gap_weight: float | None = None,
-                            gap_sigma: float | None = None) -> TrainConfig:
+                            mean_type: str | None = None, schedule: str | None = None,
+                            gap_weight: float | None = None, gap_sigma: float | None = None) -> TrainConfig:
     """The config ``nasdm-aug train`` runs: ``config`` (a JSON file), else on ``resume`` the run's
     own ``config.json``, else the ``preset`` made for the store's types and patch size; with the
     options given (not None) in its place, then resolved against the run in ``out_dir``
@@ -71,7 +71,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
                                  ("gap_weight", gap_weight), ("gap_sigma", gap_sigma)) if v is not None}
     if cfg.kind != "mask" and (gap_weight or 0) > 0:
         raise InputError(f"`gap_weight` {gap_weight} weighs the mask model's loss; the patch model takes none")
-    diffusion = {k: v for k, v in (("loss_weighting", loss_weighting), ("mean_type", mean_type)) if v is not None}
+    diffusion = {k: v for k, v in (("loss_weighting", loss_weighting), ("mean_type", mean_type),
+                                   ("schedule", schedule)) if v is not None}
     if diffusion:
         changes["diffusion"] = cfg.diffusion.replace(**diffusion)
     if input_condition is not None:

@@ -128,3 +128,23 @@ def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path):
     with pytest.raises(InputError, match=r"differs from the run's in \['model.input_condition'\]"):
         resolve_run_config(tmp_path, changed, resume=True)
     assert resolve_run_config(tmp_path, cfg.replace(steps=7), resume=True).steps == 7
+
+
+def test_the_consep_cpu_patch_recipe_takes_the_cosine_schedule_and_train_can_override_it(tmp_path):
+    from nasdm_aug.data.prepare import PrepareConfig, prepare
+    from nasdm_aug.training.config import get_train_preset
+    from nasdm_aug.training.run import run_config_from_options
+    from nasdm_aug.utils import InputError
+
+    assert get_train_preset("patch", "consep-cpu", n_types=4, image_size=64).diffusion.schedule == "cosine"
+    assert get_train_preset("mask", "consep-cpu", n_types=4, image_size=64).diffusion.schedule == "linear"
+    assert get_train_preset("patch", "paper", n_types=4, image_size=64).diffusion.schedule == "linear"
+    store = tmp_path / "toy.h5"
+    prepare(PrepareConfig(format="toy", toy_images=2, toy_size=64, patch_size=64, stride=64, out=str(store)),
+            progress=False)
+    cfg = run_config_from_options("patch", store, tmp_path / "run", preset="consep-cpu", schedule="linear")
+    assert cfg.diffusion.schedule == "linear" and cfg.diffusion.loss_weighting == "min-snr"
+    (tmp_path / "run").mkdir()
+    cfg.save(tmp_path / "run" / "config.json")  # a run made with the linear schedule
+    with pytest.raises(InputError, match=r"differs from the run's in \['diffusion.schedule'\]"):
+        run_config_from_options("patch", store, tmp_path / "run", resume=True, schedule="cosine")
