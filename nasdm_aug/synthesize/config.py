@@ -145,8 +145,6 @@ class SynthesizeConfig(ConfigBase):
         """The sampling, seed, batch, precision and layout fields."""
         if not isinstance(self.sampling, SamplerOptions):
             raise ValueError(f"sampling must be SamplerOptions, got {type(self.sampling).__name__}")
-        if isinstance(self.mask_sampling, dict):
-            object.__setattr__(self, "mask_sampling", SamplerOptions.from_dict(self.mask_sampling))
         if self.mask_sampling is not None and not isinstance(self.mask_sampling, SamplerOptions):
             raise ValueError(f"mask_sampling must be SamplerOptions or None, got {type(self.mask_sampling).__name__}")
         if self.mask_sampling == self.sampling:  # one sampling for both models, however it was spelled
