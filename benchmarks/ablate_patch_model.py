@@ -21,8 +21,9 @@ A smaller budget reruns the whole ablation quickly (``--budget-min 5``). Steps:
    variance of grey levels over background pixels at least 3 px from any nucleus; real = 1) and
    **nuclei contrast** (mean grey level of that background minus that of nuclei pixels).
 
-Each ``--sampling`` value is ``SAMPLER:STEPS:GUIDANCE[:LOW-HIGH]`` (LOW-HIGH: ``synthesize
---guidance-interval``); the first scores every variant, the others
+Each ``--sampling`` value is ``SAMPLER:STEPS:GUIDANCE[:LOW-HIGH|all[:ETA]]`` (LOW-HIGH: ``synthesize
+--guidance-interval``, left out or ``all``: every step, whatever the model's ``sampling.json`` says;
+ETA: ``synthesize --eta``, DDIM's noise); the first scores every variant, the others
 score the last variant named, or ``--sweep LABEL`` (the sampling sweep of the chosen model).
 ``--score-runs LABEL=PATH,...`` scores other patch runs or checkpoint folders the same way: a
 longer run of a variant and its kept checkpoints (quality against budget), or the shipped model
@@ -232,13 +233,15 @@ def main() -> None:
     samplings = []
     for spec in args.sampling.split(","):
         try:
-            sampler, steps, guidance, *interval = spec.split(":")
-            if len(interval) > 1 or (interval and len(interval[0].split("-")) != 2):
+            sampler, steps, guidance, *rest = spec.split(":")
+            interval = rest[0] if rest and rest[0] != "all" else ""
+            eta = float(rest[1]) if len(rest) > 1 else None
+            if len(rest) > 2 or (interval and len(interval.split("-")) != 2):
                 raise ValueError(spec)
-            samplings.append((sampler, int(steps), float(guidance), interval[0] if interval else ""))
+            samplings.append((sampler, int(steps), float(guidance), interval, eta))
         except ValueError:
-            sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE[:LOW-HIGH] (e.g. ddpm:50:1.5 or "
-                     "ddpm:50:1.5:0.3-5)")
+            sys.exit(f"Error: --sampling {spec!r} is not SAMPLER:STEPS:GUIDANCE[:LOW-HIGH|all[:ETA]] (e.g. "
+                     "ddpm:50:1.5, ddpm:50:1.5:0.3-5 or ddim:25:1.5:0-5.42:0.5)")
     from nasdm_aug.data.store import PatchStore
     from nasdm_aug.hardware import describe_machine
 
@@ -304,17 +307,19 @@ def main() -> None:
     out["baseline"] = summarise(base)
     print("baseline", json.dumps(out["baseline"]), flush=True)
 
-    def tag_of(spec: tuple[str, int, float, str]) -> str:
-        return f"{spec[0]}{spec[1]}g{spec[2]}" + (f"i{spec[3]}" if spec[3] else "")
+    def tag_of(spec: tuple[str, int, float, str, float | None]) -> str:
+        return f"{spec[0]}{spec[1]}g{spec[2]}" + (f"i{spec[3]}" if spec[3] else "") + \
+            (f"e{spec[4]:g}" if spec[4] is not None else "")
 
     def score(label: str, model_path: Path, sampler: str, steps: int, guidance: float,
-              interval: str = "") -> dict[str, Any]:
+              interval: str = "", eta: float | None = None) -> dict[str, Any]:
         bank = work / "banks" / f"{label}.h5"
         bank.parent.mkdir(exist_ok=True)
         cmd = [nasdm, "synthesize", "--model", str(model_path), "--masks", args.store,
                "--indices", ",".join(str(int(i)) for i in idx), "--sampler", sampler, "--steps", str(steps),
                "--guidance", str(guidance), "--seed", "0", "--device", "cpu", "--out", str(bank), "--resume",
-               "--preview", "16", *(["--guidance-interval", interval.replace("-", ",")] if interval else [])]
+               "--preview", "16", "--guidance-interval", interval.replace("-", ",") if interval else "all",
+               *(["--eta", str(eta)] if eta is not None else [])]
         t0 = time.perf_counter()
         wait_all([("synthesize", run(cmd, bank.with_suffix(".log"), one_thread_env()), bank.with_suffix(".log"))])
         wall = time.perf_counter() - t0

@@ -127,6 +127,7 @@ def main() -> None:
         cmd = [nasdm, "synthesize", *sum((["--model", m] for m in args.model.split(",")), []),
                "--masks", args.masks, "--indices", ",".join(str(int(i)) for i in idx),
                "--sampler", "ddpm", "--steps", str(args.steps), "--guidance", str(args.guidance),
+               "--guidance-interval", "all",
                "--seed", str(seed), "--precision", {"float32": "fp32", "bfloat16": "bf16"}[dtype], "--layout", layout,
                "--batch-size", str(args.batch_size),
                "--device", "cpu", "--out", str(bank), "--resume"]

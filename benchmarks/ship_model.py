@@ -8,6 +8,8 @@ Writes ``nasdm_aug/assets/NAME/{mask,patch}/`` with the EMA weights only (safete
 config.json and a data.json whose store path is replaced by ``--store`` (a description: a local
 path means nothing on another machine), and ``NAME/training.json``: per model the final step, the
 last logged losses, the logged wall time and the command. ``--card`` is copied to MODEL_CARD.md.
+A run's ``sampling.json`` (how the model samples best, which ``nasdm-aug synthesize`` takes for the
+options it is not given) ships with it; a kept model keeps its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from nasdm_aug.training.checkpoint import resolve_checkpoint
+from nasdm_aug.training.model_runs import SAMPLING_FILE
 
 ASSETS = Path(__file__).resolve().parents[1] / "nasdm_aug" / "assets"
 
@@ -69,6 +72,8 @@ def main() -> None:
         dest.mkdir(parents=True)
         shutil.copy2(ckpt / "ema.safetensors", dest / "ema.safetensors")
         shutil.copy2(ckpt / "config.json", dest / "config.json")
+        if (run / SAMPLING_FILE).is_file():
+            shutil.copy2(run / SAMPLING_FILE, dest / SAMPLING_FILE)
         info = json.loads((ckpt / "data.json").read_text())
         info["store"] = args.store
         (dest / "data.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

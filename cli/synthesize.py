@@ -39,7 +39,9 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.command("synthesize")
 # -- models
 @click.option("--model", "models", multiple=True, default=("toy",), show_default=True, metavar="RUN",
-              help="A shipped model ('toy': toy tissue; 'consep-cpu': real CoNSeP at 20x) or the mask and patch run directories (repeat the option).")
+              help="A shipped model ('toy': toy tissue; 'consep-cpu': real CoNSeP at 20x) or the mask and patch run directories "
+                   "(repeat the option). A run's sampling.json sets how its model samples where no option or "
+                   "--config does.")
 # -- what to make
 @click.option("--masks", type=click.Path(dir_okay=False), default=None, metavar="STORE.h5",
               help="Real PatchStore: one synthetic patch per real mask, recording its parent index.")
@@ -57,25 +59,27 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
                    "edge-bounded core, so touching nuclei whose generated edge is faint come apart (default 0.5; "
                    "0: edge markers alone).")
 @click.option("--mask-guidance", type=click.FloatRange(min=0), default=None,
-              help="Generated masks: the mask model's classifier-free guidance scale (default 2.5; --guidance is "
-                   "the patch model's). Masks want more than patches: at 1.5 the consep-cpu mask model draws a "
+              help="Generated masks: the mask model's classifier-free guidance scale (default: the mask model's "
+                   "sampling.json, else 2.5; --guidance is the patch model's). Masks want more than patches: at 1.5 the consep-cpu mask model draws a "
                    "quarter fewer nuclei than real patches hold.")
 @click.option("--mask-guidance-interval", callback=_interval, default=None, metavar="LOW,HIGH|all",
               help="Generated masks: guide the mask model only at noise levels LOW < sigma <= HIGH (not in the "
                    "NASDM paper). Guidance at high noise packs nuclei into sheets, at low noise it draws the rare "
                    "types: 4.5 at 0,8 draws masks nearer real ones than 2.5 at every step, but the balance study's "
-                   "HoVerNet gained less from them. 'all': every step (default).")
+                   "HoVerNet gained less from them. 'all': every step (default, unless the mask model's sampling.json "
+                   "says otherwise).")
 @click.option("--mask-sampler", type=click.Choice(sorted(SAMPLERS)), default=None,
-              help="Generated masks: the mask model's own sampler, starting from its default steps (default: "
-                   "--sampler's, for both models). The mask guidance was tuned under ddpm; ddim draws denser "
+              help="Generated masks: the mask model's own sampler, starting from its default steps (default: the "
+                   "mask model's sampling.json, else --sampler's, for both models). The mask guidance was tuned under ddpm; ddim draws denser "
                    "masks with it, so `--sampler ddim --mask-sampler ddpm` keeps the masks as ddpm draws them.")
 @click.option("--mask-steps", type=click.IntRange(min=1), default=None,
-              help="Generated masks: the mask model's own number of steps (default: --steps, or --mask-sampler's "
-                   "default).")
+              help="Generated masks: the mask model's own number of steps (default: the mask model's sampling.json, "
+                   "else --steps, or --mask-sampler's default).")
 @click.option("--guidance-interval", callback=_interval, default=None, metavar="LOW,HIGH|all",
               help="Guide the patch model only at noise levels LOW < sigma <= HIGH, sigma = sqrt((1 - "
                    "alpha_bar) / alpha_bar); the other steps run the conditional model alone, at half the cost "
-                   "(Kynkaenniemi et al. 2024; not in the NASDM paper). 'all': every step (default).")
+                   "(Kynkaenniemi et al. 2024; not in the NASDM paper). 'all': every step (default, unless the patch "
+                   "model's sampling.json says otherwise).")
 # -- rare-type balancing
 @click.option("--balance-for", default=None, metavar="STORE.h5[:SPLIT]",
               help="Generated masks of the type combinations that move this real split (default Train) "
@@ -112,7 +116,13 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="A full SynthesizeConfig; options given on the line override it.")
 @options.dry_run()
 def synthesize(out: str, overwrite: bool, resume: bool, preview: int, device: str, dry_run: bool, **given) -> None:
-    """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun)."""
+    """Make a synthetic PatchStore with trained NASDM models (resumable; shards under torchrun).
+
+    Sampling options left unset take --config's values, else each model's recommended sampling
+    (sampling.json in its run; consep-cpu: patches by dpmpp_2m in 15 steps at guidance 1.5 up to
+    sigma 5.42, masks by ddpm in 50 steps at 2.5), else ddpm in 50 steps at guidance 1.5 (masks
+    2.5). --dry-run prints what a run would use.
+    """
     from nasdm_aug.synthesize import synthesis_request, synthesize as run
 
     request = synthesis_request(**given)

@@ -35,17 +35,19 @@ class StudyConfig(ConfigBase):
     # need and not named here is made in OUT/banks/NAME.h5 with ``model``
     banks: dict[str, str] = field(default_factory=dict)
     balance_target: str = "uniform"  # balance study: uniform, sqrt or name=weight,... (nasdm_aug.mixing.balance)
-    sampling: SamplerOptions | None = None  # synthesis sampler and steps (None = synthesize's default)
-    guidance: float | None = None  # synthesis guidance (None = synthesize's default)
-    # synthesis: guide the patch model only where low < sigma_t <= high (None = synthesize's default,
-    # every step; SynthesizeConfig.guidance_interval)
+    # the synthesis fields below: None = the models' recommended sampling (sampling.json in their
+    # runs, synthesize.model_recommendations), else synthesize's default
+    sampling: SamplerOptions | None = None  # synthesis sampler and steps
+    guidance: float | None = None  # synthesis guidance
+    # synthesis: guide the patch model only where low < sigma_t <= high (synthesize's default: every
+    # step; SynthesizeConfig.guidance_interval)
     guidance_interval: tuple[float, float] | None = None
     # synthesis of generated masks (banks B): the mask model's guidance scale and the noise levels
-    # where it applies (None = synthesize's defaults; SynthesizeConfig.mask_guidance(_interval))
+    # where it applies (SynthesizeConfig.mask_guidance(_interval))
     mask_guidance: float | None = None
     mask_guidance_interval: tuple[float, float] | None = None
     # synthesis of generated masks (banks B): the mask model's own sampler and steps
-    # (None = ``sampling`` drives both models; SynthesizeConfig.mask_sampling)
+    # (synthesize's default: ``sampling`` drives both models; SynthesizeConfig.mask_sampling)
     mask_sampling: SamplerOptions | None = None
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset

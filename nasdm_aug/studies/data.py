@@ -294,10 +294,12 @@ def _unscored(path: Path, scores: np.ndarray | None) -> InputError:
 
 def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequence[StudyRow], path: Path,
                progress: bool, overwrite: bool) -> None:
-    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, synthesize
+    from nasdm_aug.synthesize import SynthesizeConfig, finished_bank_problem, model_recommendations, synthesize
 
     ratio = max(r.ratio for r in rows if r.bank == bank.name)
     opts, attrs = MASK_SOURCES[bank.masks](bank, store, config, ratio)
+    # what the study leaves unset (None) samples as the models recommend, as `nasdm-aug synthesize` does
+    opts = {**model_recommendations(config.model), **opts}
     opts.update(model=config.model, seed=config.seed, batch_size=config.synth_batch_size)
     if config.sampling is not None:
         opts["sampling"] = config.sampling

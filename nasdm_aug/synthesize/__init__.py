@@ -13,11 +13,11 @@ a bank starts from), ``options`` (the command line's options as one :class:`Synt
 (:func:`synthesize`).
 """
 
-from nasdm_aug.synthesize.config import RecombineOptions, Source, SynthesizeConfig
+from nasdm_aug.synthesize.config import RecombineOptions, Source, SynthesizeConfig, model_recommendations
 from nasdm_aug.synthesize.options import SynthesisRequest, synthesis_request
 from nasdm_aug.synthesize.records import finished_bank_problem
 from nasdm_aug.synthesize.jobs import combination_presence, plan_jobs
 from nasdm_aug.synthesize.run import synthesize, write_preview
 
 __all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "synthesize", "plan_jobs", "combination_presence",
-           "finished_bank_problem", "write_preview", "SynthesisRequest", "synthesis_request"]
+           "finished_bank_problem", "write_preview", "SynthesisRequest", "synthesis_request", "model_recommendations"]

@@ -4,6 +4,7 @@ and layout) and :class:`RecombineOptions`; saved in the bank and beside its part
 from __future__ import annotations
 
 import enum
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from nasdm_aug.mixing.paste import PasteOptions
 from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
 from nasdm_aug.utils import InputError
 
-__all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "recombine_options", "open_store_arg"]
+__all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "recombine_options", "open_store_arg",
+           "model_recommendations"]
 
 # a source given as an option replaces the config's whole
 _NO_SOURCE = {"masks": "", "types": "", "num": 0, "split": "", "indices": [], "combinations": [], "recombine": None}
@@ -222,6 +224,14 @@ class SynthesizeConfig(ConfigBase):
                 store or split that does not exist, or ``dtype`` given with ``precision``.
         """
         base = cls.load(config).to_dict() if config else dict(_NO_CONFIG)
+        if tuple(models) != ("toy",) or "model" not in base:
+            base["model"] = list(models)
+        # the models' own recommended sampling fills what the config file does not set; the options
+        # given override both
+        set_by_file = _keys_set(config) if config else set()
+        for key, value in model_recommendations(base["model"]).items():
+            if key not in set_by_file:
+                base[key] = value.to_dict() if isinstance(value, SamplerOptions) else value
         given = {"masks": masks, "split": split, "types": types, "num": num, **fields}
         if given.get("dtype") is not None:
             given["precision"] = _precision_of_dtype(given["dtype"], given.get("precision"))
@@ -238,14 +248,34 @@ class SynthesizeConfig(ConfigBase):
         if mask_sampler is not None or mask_steps is not None:
             start = base.get("mask_sampling") or base["sampling"]
             base["mask_sampling"] = _sampling(dict(start), mask_sampler, mask_steps, None)
-        if tuple(models) != ("toy",) or "model" not in base:
-            base["model"] = list(models)
         if indices is not None:
             base["indices"] = _indices(indices)
         try:
             return cls.from_dict(base)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+
+
+def model_recommendations(model: Sequence[str | os.PathLike] | str | os.PathLike) -> dict[str, Any]:
+    """The :class:`SynthesizeConfig` fields the runs of ``model`` (a shipped name or run
+    directories, as ``model`` takes them) recommend in their ``sampling.json``
+    (:func:`~nasdm_aug.training.model_runs.recommended_sampling`): the patch run's ``sampling``,
+    ``guidance`` and ``guidance_interval``, and the mask run's as ``mask_sampling``,
+    ``mask_guidance`` and ``mask_guidance_interval``. {} for models that recommend nothing (the toy
+    models), and for a ``model`` that names no runs: the synthesis itself then says what is wrong.
+
+    Raises:
+        InputError: a ``sampling.json`` that is not valid, naming the file.
+    """
+    from nasdm_aug.training.model_runs import recommended_sampling, resolve_model_dirs
+
+    try:
+        mask_run, patch_run = resolve_model_dirs(model)
+    except InputError:
+        return {}
+    out = dict(recommended_sampling(patch_run))
+    out.update({f"mask_{k}": v for k, v in recommended_sampling(mask_run).items()})
+    return out
 
 
 def precision_from_dtype(data: Any) -> Any:
@@ -276,6 +306,12 @@ def _precision_of_dtype(dtype: str, precision: str | None) -> str:
         return precision_name(dtype)
     except ValueError:
         raise InputError(f"`dtype` (now `precision`) must be float32, bfloat16 or auto, got {dtype!r}") from None
+
+
+def _keys_set(config: str | os.PathLike) -> set[str]:
+    """The fields a config file sets itself (older flat sampler keys count as ``sampling``)."""
+    data = json.loads(Path(config).read_text())  # cls.load has read it already
+    return set(SamplerOptions.nest_flat_keys(data)) if isinstance(data, dict) else set()
 
 
 def _indices(indices: str | Sequence[int]) -> list[int]:

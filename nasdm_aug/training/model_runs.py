@@ -8,9 +8,10 @@ run directories and their configs and builds no network.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -20,7 +21,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import TrainConfig
 
 __all__ = ["TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "resolve_model_dirs", "load_model_run",
-           "model_weights_hash"]
+           "model_weights_hash", "SAMPLING_FILE", "recommended_sampling"]
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
 #: The tiny mask and patch models trained on the toy tissue, shipped inside the package.
@@ -28,6 +29,53 @@ TOY_MODEL_DIR = _ASSETS / "toy"
 #: Models shipped inside the package, by name: each folder holds ``mask/`` and ``patch/`` (EMA
 #: weights, config.json, data.json) and a MODEL_CARD.md where the data needs one.
 NAMED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "consep-cpu": _ASSETS / "consep-cpu"}
+
+
+#: The file in a run directory (the folder ``--model`` names) that says how its model samples best: ``{"sampling": {"sampler": ..., "steps": ...}, "guidance": G,
+#: "guidance_interval": [LOW, HIGH] or null, "why": "..."}``, every key optional. ``nasdm-aug
+#: synthesize`` takes it for the sampling options it is not given.
+SAMPLING_FILE = "sampling.json"
+_SAMPLING_KEYS = ("sampling", "guidance", "guidance_interval", "why")
+
+
+def recommended_sampling(run: str | os.PathLike | None) -> dict[str, Any]:
+    """The sampling a run's :data:`SAMPLING_FILE` recommends, checked: a dict with any of
+    ``sampling`` (a :class:`~nasdm_aug.sampling.SamplerOptions`), ``guidance`` (a float) and
+    ``guidance_interval`` (a (low, high) pair, or None for every step); {} for a run without one
+    (or no run).
+
+    Raises:
+        InputError: a file that is not JSON, has keys other than those, or values the sampler
+            options or the guidance checks reject; the message names the file.
+    """
+    if run is None:
+        return {}
+    path = Path(run) / SAMPLING_FILE
+    if not path.is_file():
+        return {}
+    from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict) or set(data) - set(_SAMPLING_KEYS):
+        extra = sorted(set(data) - set(_SAMPLING_KEYS)) if isinstance(data, dict) else data
+        raise InputError(f"{path}: expected a JSON object with keys among {', '.join(_SAMPLING_KEYS)}, got {extra}")
+    out: dict[str, Any] = {}
+    try:
+        if "sampling" in data:
+            out["sampling"] = SamplerOptions.from_dict(data["sampling"])
+        if "guidance" in data:
+            guidance = data["guidance"]
+            if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
+                raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+            out["guidance"] = float(guidance)
+        if "guidance_interval" in data:
+            out["guidance_interval"] = check_guidance_interval(data["guidance_interval"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return out
 
 
 def named_model_dir(name: str) -> Path | None:

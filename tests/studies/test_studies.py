@@ -190,12 +190,25 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
     default = synth_mod.SynthesizeConfig(masks="real.h5")
     assert (made["S2"].mask_guidance, made["S2"].mask_guidance_interval) == \
         (default.mask_guidance, default.mask_guidance_interval)
-    # unset, the bank gets synthesize's defaults
+    # unset, with models that recommend nothing (toy), the bank gets synthesize's defaults
     made.clear()
     data_mod._make_bank(BANK_REGISTRY["B"], StudyConfig(name="test", model=("toy",)), None,
                         [StudyRow("s", "x", "add", "R2", 0.5, bank="B")], tmp_path / "B.h5", progress=False, overwrite=False)
     assert (made["B"].mask_guidance, made["B"].mask_guidance_interval, made["B"].mask_sampling) == \
         (default.mask_guidance, default.mask_guidance_interval, None)
+    # unset, a model that recommends its sampling (sampling.json) gets it; a study's own setting wins
+    made.clear()
+    shipped = synth_mod.model_recommendations("consep-cpu")
+    for name, config in (("B", StudyConfig(name="test", model=("consep-cpu",))),
+                         ("B2", StudyConfig(name="test", model=("consep-cpu",), sampling=SamplerOptions("ddim", steps=7),
+                                            mask_guidance=3.0))):
+        data_mod._make_bank(BANK_REGISTRY["B"], config, None, [StudyRow("s", "x", "add", "R2", 0.5, bank="B")],
+                            tmp_path / f"{name}.h5", progress=False, overwrite=False)
+    assert (made["B"].sampling, made["B"].guidance, made["B"].guidance_interval) == \
+        (shipped["sampling"], shipped["guidance"], shipped["guidance_interval"]) == \
+        (SamplerOptions("dpmpp_2m", steps=15), 1.5, (0.0, 5.42))
+    assert made["B"].mask_sampler_options == made["B2"].mask_sampler_options == SamplerOptions("ddpm", steps=50)
+    assert (made["B2"].sampling, made["B2"].mask_guidance, made["B2"].guidance) == (SamplerOptions("ddim", steps=7), 3.0, 1.5)
     with pytest.raises(ValueError, match="guidance interval"):
         StudyConfig(name="test", mask_guidance_interval=(8.0, 0.0))
     with pytest.raises(ValueError, match="mask_guidance must be >= 0"):
