@@ -208,7 +208,9 @@ class SynthesizeConfig(ConfigBase):
                      steps: int | None = None, eta: float | None = None, mask_sampler: str | None = None,
                      mask_steps: int | None = None, **fields: Any) -> "SynthesizeConfig":
         """The config ``nasdm-aug synthesize`` builds from its options: ``config`` (a JSON file; else
-        ``types="all", num=1``) with the options given (not None) in place of its values.
+        ``types="all", num=1``) with the options given (not None) in place of its values. The
+        sampling fields that neither set take the models' recommended sampling
+        (:func:`model_recommendations`), then the package defaults.
 
         A source given (``masks``, ``types``, ``combinations`` or ``recombine``) replaces the
         config's. ``indices`` may be ``"I,J,..."``. ``recombine`` is ``STORE.h5[:SPLIT]`` (split
