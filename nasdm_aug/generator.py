@@ -28,6 +28,7 @@ from nasdm_aug.training.config import TrainConfig
 from nasdm_aug.training.distributed import pick_device
 from nasdm_aug.training.data import x_to_image
 from nasdm_aug.training.model_runs import (NAMED_MODELS, TOY_MODEL_DIR, load_model_run, model_weights_hash,
+                                           recommended_options,
                                            named_model_dir, resolve_model_dirs)
 from nasdm_aug.types import NucleiTypeTable
 from nasdm_aug.utils import InputError, file_digest
@@ -180,6 +181,11 @@ class NASDMGenerator:
         self._compiled: dict[str, Any] = {}
         #: objective power of the training data (from the run's data.json); None where not recorded
         self.magnification: float | None = None
+        #: the sampling the runs' sampling.json files recommend, as keyword arguments of
+        #: :meth:`generate` (``sampling``, ``guidance``, ``guidance_interval`` and their ``mask_``
+        #: twins; set by :meth:`from_pretrained`): ``gen.generate("all", 8, **gen.recommended)``.
+        #: {} where the runs recommend nothing (the toy models)
+        self.recommended: dict[str, Any] = {}
         self._diffusion = {"patch": patch_config.diffusion.build()}
         if mask_config is not None:
             self._diffusion["mask"] = mask_config.diffusion.build()
@@ -239,6 +245,7 @@ class NASDMGenerator:
         gen = cls(patch_model, patch_config, table, mask_model, mask_config, device=device, dtype=dtype,
                   layout=layout, compile=compile, model_hash=file_digest(*files))
         gen.magnification = patch_info.get("magnification") or mask_info.get("magnification")
+        gen.recommended = recommended_options(mask_run, patch_run)
         return gen
 
     def scale_info(self) -> dict[str, Any]:

@@ -269,15 +269,13 @@ def model_recommendations(model: Sequence[str | os.PathLike] | str | os.PathLike
     Raises:
         InputError: a ``sampling.json`` that is not valid, naming the file.
     """
-    from nasdm_aug.training.model_runs import recommended_sampling, resolve_model_dirs
+    from nasdm_aug.training.model_runs import recommended_options, resolve_model_dirs
 
     try:
         mask_run, patch_run = resolve_model_dirs(model)
     except InputError:
         return {}
-    out = dict(recommended_sampling(patch_run))
-    out.update({f"mask_{k}": v for k, v in recommended_sampling(mask_run).items()})
-    return out
+    return recommended_options(mask_run, patch_run)
 
 
 def precision_from_dtype(data: Any) -> Any:

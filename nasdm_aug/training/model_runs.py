@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import TrainConfig
 
 __all__ = ["TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "resolve_model_dirs", "load_model_run",
-           "model_weights_hash", "SAMPLING_FILE", "recommended_sampling"]
+           "model_weights_hash", "SAMPLING_FILE", "recommended_sampling", "recommended_options"]
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
 #: The tiny mask and patch models trained on the toy tissue, shipped inside the package.
@@ -76,6 +76,18 @@ def recommended_sampling(run: str | os.PathLike | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: {exc}") from None
     return out
+
+
+def recommended_options(mask_run: str | os.PathLike | None, patch_run: str | os.PathLike | None) -> dict[str, Any]:
+    """What two runs recommend, named as the synthesis config and ``NASDMGenerator.generate`` name
+    it: the patch run's ``sampling``, ``guidance`` and ``guidance_interval``, and the mask run's as
+    ``mask_sampling``, ``mask_guidance`` and ``mask_guidance_interval``.
+
+    Raises:
+        InputError: as :func:`recommended_sampling`.
+    """
+    return {**recommended_sampling(patch_run),
+            **{f"mask_{k}": v for k, v in recommended_sampling(mask_run).items()}}
 
 
 def named_model_dir(name: str) -> Path | None:

@@ -114,3 +114,21 @@ def test_the_shipped_consep_model_recommends_the_consep_study_presets_sampling()
     assert rec["mask_sampling"] == preset.mask_sampling
     assert rec["mask_guidance"] == 2.5 and rec["mask_guidance_interval"] is None
     assert model_recommendations("toy") == {} and model_recommendations(["/no/such/run"]) == {}
+
+
+def test_the_generator_offers_its_recommendation_as_generate_arguments(rec_runs, runs):
+    from nasdm_aug.generator import NASDMGenerator
+
+    gen = NASDMGenerator.from_pretrained(*rec_runs, device="cpu")
+    assert gen.recommended == model_recommendations(list(map(str, rec_runs))) == {
+        "sampling": SamplerOptions("ddim", steps=3), "guidance": 1.25, "guidance_interval": (0.0, 4.0),
+        "mask_sampling": SamplerOptions("ddpm", steps=2), "mask_guidance": 3.0}
+    out = gen.generate("all", 2, seed=0, **gen.recommended)
+    # the same as the bank synthesize makes from the same request with no sampling options
+    cfg = SynthesizeConfig.from_options(models=list(map(str, rec_runs)), types="all", num=2)
+    explicit = gen.generate("all", 2, seed=0, sampling=cfg.sampling, guidance=cfg.guidance,
+                            guidance_interval=cfg.guidance_interval, mask_sampling=cfg.mask_sampling,
+                            mask_guidance=cfg.mask_guidance)
+    for key in out:
+        assert (out[key] == explicit[key]).all(), key
+    assert NASDMGenerator.from_pretrained(*runs, device="cpu").recommended == {}
