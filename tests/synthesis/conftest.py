@@ -39,3 +39,20 @@ def real_store(tmp_path_factory):
             w.append(image, inst, type_map, source=f"img{i % 5}", y=i, x=0, split="R2" if i % 5 < 2 else "Train")
         w.set_splits({"R2": ["img0", "img1"], "Train": ["img2", "img3", "img4"], "R1": ["img2"]})
     return path
+
+
+@pytest.fixture()
+def sampled(monkeypatch):
+    """The (stage, sampler, steps) of every sampling the generator runs, in order: a list to
+    clear and read (stage "patch" for 3-channel samples, else "mask")."""
+    from nasdm_aug import generator as g
+
+    seen = []
+    real_sample = g.sample
+
+    def recording(model_fn, shape, model_kwargs, *, options, **kw):
+        seen.append(("patch" if shape[1] == 3 else "mask", options.sampler, options.steps))
+        return real_sample(model_fn, shape, model_kwargs, options=options, **kw)
+
+    monkeypatch.setattr(g, "sample", recording)
+    return seen

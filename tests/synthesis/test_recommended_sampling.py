@@ -52,17 +52,8 @@ def test_the_file_is_read_and_checked(rec_runs, runs, tmp_path):
     assert bad.exit_code != 0 and "sampling.json" in bad.output + str(bad.exception)
 
 
-def test_unset_options_sample_as_the_models_recommend(monkeypatch, rec_runs, real_store, tmp_path):
-    from nasdm_aug import generator as g
-
-    seen = []
-    real_sample = g.sample
-
-    def recording(model_fn, shape, model_kwargs, *, options, **kw):
-        seen.append(("patch" if shape[1] == 3 else "mask", options.sampler, options.steps))
-        return real_sample(model_fn, shape, model_kwargs, options=options, **kw)
-
-    monkeypatch.setattr(g, "sample", recording)
+def test_unset_options_sample_as_the_models_recommend(sampled, rec_runs, real_store, tmp_path):
+    seen = sampled
     out = tmp_path / "rec.h5"
     res = _synth(rec_runs, out, "--types", "all", "--num", "2")
     assert res.exit_code == 0, res.output

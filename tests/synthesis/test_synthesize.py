@@ -491,19 +491,10 @@ def test_each_guidance_interval_reaches_its_own_model_alone(monkeypatch, runs, t
         assert res.exit_code == 2 and option in res.output and message in res.output, (bad, res.output)
 
 
-def test_the_mask_sampler_reaches_the_mask_model_alone(monkeypatch, runs, real_store, tmp_path):
+def test_the_mask_sampler_reaches_the_mask_model_alone(sampled, runs, real_store, tmp_path):
     import h5py
 
-    from nasdm_aug import generator as g
-
-    seen = []
-    real_sample = g.sample
-
-    def recording(model_fn, shape, model_kwargs, *, options, **kw):
-        seen.append(("patch" if shape[1] == 3 else "mask", options.sampler, options.steps))
-        return real_sample(model_fn, shape, model_kwargs, options=options, **kw)
-
-    monkeypatch.setattr(g, "sample", recording)
+    seen = sampled
     cases = (([], ("ddim", 3), None),  # _args samples by ddim in 3 steps: both models, as before
              (["--mask-sampler", "ddpm", "--mask-steps", "2"], ("ddpm", 2), {"sampler": "ddpm", "steps": 2}),
              (["--mask-steps", "2"], ("ddim", 2), {"sampler": "ddim", "steps": 2}),
