@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from _trainer_helpers import small_config
@@ -125,6 +126,11 @@ def test_gap_options_set_the_mask_config_and_are_refused_for_patches(store_path,
     assert code == 0 and (cfg["gap_weight"], cfg["gap_sigma"]) == (10.0, 2.5)
     code, out, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "r"), "--dry-run")
     assert json.loads(out)["gap_weight"] == 0.0  # the presets keep the paper's loss
+    code, out, _ = _run(capsys, "train", "mask", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--preset", "consep-cpu", "--dry-run")  # fmt: skip
+    assert code == 0 and (json.loads(out)["gap_weight"], json.loads(out)["gap_sigma"]) == (0.5, 3.0)
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "nasdm_aug/assets/consep-cpu/mask/config.json").read_text())
+    assert (shipped["gap_weight"], shipped["gap_sigma"]) == (0.5, 3.0)  # the shipped model is that recipe's
     code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "p"),
                         "--gap-weight", "1", "--dry-run")  # fmt: skip
     assert code == 2 and "--gap-weight 1.0" in err and len(err.strip().splitlines()) == 1
