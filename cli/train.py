@@ -28,7 +28,8 @@ __all__ = ["train_command"]
                    "departs from the paper: --mean-type start_x --loss-weighting min-snr --input-condition mask --schedule "
                    "cosine; its mask model: --mean-type start_x --loss-weighting min-snr).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps. The learning-rate drop stays at the config's "
+                   "`lr_drop_step`: to stretch a recipe, give a --config with both.")
 @options.seed()
 @options.layout()
 @options.precision()
