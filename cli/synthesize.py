@@ -58,6 +58,10 @@ def _old_dtype(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Generated masks: a nucleus marker per peak of the distance channel above this, as well as per "
                    "edge-bounded core, so touching nuclei whose generated edge is faint come apart (default 0.5; "
                    "0: edge markers alone).")
+@click.option("--mask-tries", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Generated masks: draw a mask again, with fresh noise, while its types are not exactly the ones "
+                   "asked for, up to N draws in all; a mask that never holds them keeps its first draw (default 1; "
+                   "not in the NASDM paper). The result's masks_off_request counts those left.")
 @click.option("--mask-guidance", type=click.FloatRange(min=0), default=None,
               help="Generated masks: the mask model's classifier-free guidance scale (default: the mask model's "
                    "sampling.json, else 2.5; --guidance is the patch model's). Masks want more than patches: at 1.5 the consep-cpu mask model draws a "

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nasdm_aug.data.magnification import check_same_scale
-from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch
+from nasdm_aug.data.masks import decode_mask, mask_channels, patch_condition_torch, type_presence
 from nasdm_aug.hardware import (LAYOUT_CHOICES, PRECISIONS, memory_format, precision_name, resolve_dtype,
                                 resolve_sampling_layout)
 from nasdm_aug.sampling import (SamplerOptions, check_guidance_interval, classifier_free_guidance, guided_timesteps,
@@ -35,7 +35,7 @@ from nasdm_aug.utils import InputError, file_digest
 
 __all__ = ["NASDMGenerator", "TOY_MODEL_DIR", "NAMED_MODELS", "named_model_dir", "DEFAULT_GUIDANCE",
            "DEFAULT_MASK_GUIDANCE",
-           "DEFAULT_MARKER_THRESHOLD", "resolve_types",
+           "DEFAULT_MARKER_THRESHOLD", "resolve_types", "types_as_requested",
            "resolve_model_dirs", "model_weights_hash"]
 
 #: decode_mask's marker threshold for generated masks. A generated edge channel is often too faint
@@ -64,6 +64,15 @@ DEFAULT_MASK_GUIDANCE = 2.5
 DEFAULT_MASK_GUIDANCE_INTERVAL: tuple[float, float] | None = None
 # The mask stage draws its noise from a seed stream disjoint from the patch stage's.
 _MASK_SEED_SALT = 0x6D61736B
+# Redraws of a mask (generate_masks' max_tries) hash their attempt into a stream of their own.
+_REDRAW_INDEX = 1 << 40
+
+
+def types_as_requested(type_map: np.ndarray, presence: np.ndarray) -> bool:
+    """Whether a decoded mask holds exactly the requested types: each type of the presence vector
+    ``presence`` [n_types] (entries > 0.5) and no other."""
+    presence = np.asarray(presence)
+    return bool(np.array_equal(type_presence(type_map, presence.shape[-1]) > 0, presence > 0.5))
 
 
 def resolve_types(types: str | Sequence[str] | np.ndarray, n: int, table: NucleiTypeTable, seed: int = 0,
@@ -260,7 +269,8 @@ class NASDMGenerator:
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, kind: str, cond: torch.Tensor, channels: int, *, sampling: SamplerOptions | None,
                 guidance: float, seed: int, sample_offset: int,
-                guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
+                guidance_interval: tuple[float, float] | None = None,
+                indices: Sequence[int] | None = None) -> torch.Tensor:
         steps = None if guidance_interval is None else guided_timesteps(
             self._diffusion[kind].alphas_cumprod, check_guidance_interval(guidance_interval))
         guided = classifier_free_guidance(self._network(kind), guidance, guided=steps)
@@ -279,7 +289,7 @@ class NASDMGenerator:
         try:
             with reuse, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
                 x = sample(model_fn, shape, {"cond": cond}, diffusion=self._diffusion[kind], options=sampling,
-                           seed=seed, sample_offset=sample_offset, device=self.device)
+                           seed=seed, sample_offset=sample_offset, indices=indices, device=self.device)
         except Exception as exc:
             if self.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -303,6 +313,7 @@ class NASDMGenerator:
         guidance: float = DEFAULT_MASK_GUIDANCE, seed: int = 0, sample_offset: int = 0,
         batch_size: int = 8, min_size: int = 10, marker_threshold: float = DEFAULT_MARKER_THRESHOLD,
         progress: bool = False, guidance_interval: tuple[float, float] | None = DEFAULT_MASK_GUIDANCE_INTERVAL,
+        max_tries: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample nuclei masks for a choice of types and decode them (touching nuclei separated).
 
@@ -317,44 +328,65 @@ class NASDMGenerator:
             guidance_interval: (low, high) noise levels sigma between which the mask model is
                 guided (as :meth:`generate_patches`' ``guidance_interval``; default
                 ``DEFAULT_MASK_GUIDANCE_INTERVAL``, None); None: every step.
+            max_tries: draws per mask at most (>= 1). A decoded mask whose types are not exactly
+                the requested ones (:func:`types_as_requested`) is drawn again with fresh noise, up
+                to this many draws in all; the first draw that holds them is kept, else the first
+                draw. Draw ``a`` of sample ``i`` depends only on (seed, i, a), so a mask that holds
+                its types at the first draw is the one ``max_tries=1`` makes, whatever the batch.
             (others: see the class docstring.)
 
         Returns:
             (inst int32 [n, H, W], type uint8 [n, H, W]).
 
         Raises:
-            InputError: no mask model, ``n`` < 1, or an unknown type.
+            InputError: no mask model, ``n`` < 1, ``max_tries`` < 1, or an unknown type.
         """
         if self.mask_model is None:
             raise InputError("this generator has no mask model; load one with from_pretrained(mask_run, patch_run)")
         _check_n(n)
+        if int(max_tries) < 1:
+            raise InputError(f"max_tries must be >= 1, got {max_tries}")
         k = self.type_table.n_types
         presence = resolve_types(types, n, self.type_table, seed, sample_offset)
         insts = np.zeros((n, self.patch_size, self.patch_size), np.int32)
         type_maps = np.zeros_like(insts, dtype=np.uint8)
         for start in tqdm(range(0, n, batch_size), desc="masks", disable=not progress, leave=False):
-            stop = min(n, start + batch_size)
-            rep = self.sample_mask_representations(presence[start:stop], sampling=sampling, guidance=guidance,
-                                                   seed=seed, sample_offset=sample_offset + start,
-                                                   guidance_interval=guidance_interval)
-            for j, r in enumerate(rep.cpu().numpy()):
-                insts[start + j], type_maps[start + j] = decode_mask(r, k, min_size=min_size,
-                                                                     marker_threshold=marker_threshold)
+            pending = list(range(start, min(n, start + batch_size)))
+            for attempt in range(int(max_tries)):
+                rep = self.sample_mask_representations(presence[pending], sampling=sampling, guidance=guidance,
+                                                       seed=seed, indices=[sample_offset + j for j in pending],
+                                                       guidance_interval=guidance_interval, attempt=attempt)
+                missed = []
+                for j, r in zip(pending, rep.cpu().numpy()):
+                    inst, type_map = decode_mask(r, k, min_size=min_size, marker_threshold=marker_threshold)
+                    held = types_as_requested(type_map, presence[j])
+                    if attempt == 0 or held:  # a miss keeps the first draw
+                        insts[j], type_maps[j] = inst, type_map
+                    if not held:
+                        missed.append(j)
+                pending = missed
+                if not pending:
+                    break
         return insts, type_maps
 
     def sample_mask_representations(
         self, presence: np.ndarray, *, sampling: SamplerOptions | None = None,
         guidance: float = DEFAULT_MASK_GUIDANCE, seed: int = 0, sample_offset: int = 0,
         guidance_interval: tuple[float, float] | None = DEFAULT_MASK_GUIDANCE_INTERVAL,
+        indices: Sequence[int] | None = None, attempt: int = 0,
     ) -> torch.Tensor:
         """One batch of the mask model's raw output, before :func:`decode_mask`.
 
-        Sample ``i`` of the batch is sample ``sample_offset + i`` of the ``seed`` stream, the same
-        one :meth:`generate_masks` draws, so the raw output of any mask it made can be looked at again.
+        Sample ``i`` of the batch is sample ``sample_offset + i`` (or ``indices[i]``) of the
+        ``seed`` stream, the same one :meth:`generate_masks` draws, so the raw output of any mask it
+        made can be looked at again.
 
         Args:
             presence: float [B, n_types] type-presence vectors (:func:`resolve_types`).
             guidance_interval: (low, high) noise levels where ``guidance`` applies (None: every step).
+            indices: the samples' indices in the stream [B] (instead of ``sample_offset``).
+            attempt: which draw of :meth:`generate_masks`' ``max_tries`` (0: the first); each draw
+                has its own noise.
 
         Returns:
             float32 [B, mask_channels(n_types), H, W] in [-1, 1], on the generator's device.
@@ -366,8 +398,11 @@ class NASDMGenerator:
         if presence.ndim != 2 or presence.shape[1] != k:
             raise InputError(f"presence vectors must be [B, {k}], got shape {presence.shape}")
         cond = torch.from_numpy(presence).to(self.device)
+        stream = seed ^ _MASK_SEED_SALT
+        if attempt:  # a redraw: a stream of its own, so draw a of sample i depends on (seed, i, a) only
+            stream = sample_seed(stream, _REDRAW_INDEX + int(attempt))
         return self._sample("mask", cond, mask_channels(k), sampling=sampling, guidance=guidance,
-                            seed=seed ^ _MASK_SEED_SALT, sample_offset=sample_offset,
+                            seed=stream, sample_offset=sample_offset, indices=indices,
                             guidance_interval=guidance_interval)
 
     def generate_patches(
@@ -430,13 +465,13 @@ class NASDMGenerator:
                 the patch stage's); None (the default): every step.
             mask_sampling: the mask stage's sampler options; None (the default): ``sampling``,
                 the patch stage's, drives both.
-            Other keyword arguments go to both stages (``min_size`` and ``marker_threshold`` only
-            to the mask stage, ``guidance_interval`` only to the patch stage).
+            Other keyword arguments go to both stages (``min_size``, ``marker_threshold`` and
+            ``max_tries`` only to the mask stage, ``guidance_interval`` only to the patch stage).
 
         Returns:
             dict with ``image`` uint8 [n, H, W, 3], ``inst`` int32 [n, H, W], ``type`` uint8 [n, H, W].
         """
-        mask_only = {k: kwargs.pop(k) for k in ("min_size", "marker_threshold") if k in kwargs}
+        mask_only = {k: kwargs.pop(k) for k in ("min_size", "marker_threshold", "max_tries") if k in kwargs}
         patch_only = {k: kwargs.pop(k) for k in ("guidance_interval",) if k in kwargs}
         mask_kwargs = {**kwargs, "guidance": mask_guidance, "guidance_interval": mask_guidance_interval}
         if mask_sampling is not None:

@@ -49,6 +49,9 @@ class StudyConfig(ConfigBase):
     # synthesis of generated masks (banks B): the mask model's own sampler and steps
     # (synthesize's default: ``sampling`` drives both models; SynthesizeConfig.mask_sampling)
     mask_sampling: SamplerOptions | None = None
+    # synthesis of generated masks (banks B): draws per mask at most, a mask that misses the types
+    # its combination asks for drawn again (SynthesizeConfig.mask_tries; None: synthesize's default)
+    mask_tries: int | None = None
     synth_batch_size: int = 8
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
@@ -83,6 +86,9 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.mask_guidance is not None and not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
+        if self.mask_tries is not None and (isinstance(self.mask_tries, bool) or not isinstance(self.mask_tries, int)
+                                            or self.mask_tries < 1):
+            raise ValueError(f"mask_tries must be an integer >= 1, got {self.mask_tries!r}")
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         object.__setattr__(self, "mask_guidance_interval", check_guidance_interval(self.mask_guidance_interval))
         if self.magnification < 0:

@@ -314,6 +314,8 @@ def _make_bank(bank: Bank, config: StudyConfig, store: PatchStore, rows: Sequenc
             opts["mask_guidance_interval"] = config.mask_guidance_interval
         if config.mask_sampling is not None:
             opts["mask_sampling"] = config.mask_sampling
+        if config.mask_tries is not None:
+            opts["mask_tries"] = config.mask_tries
     synth = SynthesizeConfig(**opts)
     if path.is_file():
         problem = finished_bank_problem(path, synth, config.device)

@@ -113,6 +113,9 @@ class SynthesizeConfig(ConfigBase):
     min_size: int = 10  # generated masks: smallest nucleus kept, in pixels
     # generated masks: decode_mask's distance-peak markers (generator.DEFAULT_MARKER_THRESHOLD says why)
     marker_threshold: float = DEFAULT_MARKER_THRESHOLD
+    # generated masks: draws per mask at most; a mask whose decoded types differ from its request is
+    # drawn again with fresh noise (NASDMGenerator.generate_masks' max_tries); 1: the first draw stays
+    mask_tries: int = 1
     # "auto" (bf16 where it is native, else fp32: hardware.resolve_precision), "fp32" or "bf16" (autocast)
     precision: str = "auto"
     # memory layout of the models and samples: "auto" (contiguous on a CUDA GPU, channels_last
@@ -160,6 +163,8 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
+        if isinstance(self.mask_tries, bool) or not isinstance(self.mask_tries, int) or self.mask_tries < 1:
+            raise ValueError(f"mask_tries must be an integer >= 1, got {self.mask_tries!r}")
         # an empty interval (the CLI's "all") is every step, as None
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval or None))
         object.__setattr__(self, "mask_guidance_interval",
@@ -170,6 +175,7 @@ class SynthesizeConfig(ConfigBase):
             object.__setattr__(self, "mask_guidance", DEFAULT_MASK_GUIDANCE)
             object.__setattr__(self, "mask_guidance_interval", DEFAULT_MASK_GUIDANCE_INTERVAL)
             object.__setattr__(self, "mask_sampling", None)
+            object.__setattr__(self, "mask_tries", 1)
         if not 0 <= self.marker_threshold < 1:
             raise ValueError(f"marker_threshold must lie in [0, 1), got {self.marker_threshold}")
         if self.precision not in PRECISIONS:
@@ -217,7 +223,7 @@ class SynthesizeConfig(ConfigBase):
         Train when none is named), made toward ``target`` with ``num`` masks. Naming another
         ``sampler`` than the config's starts from that sampler's defaults. ``**fields`` are the other
         fields of the config: ``guidance``, ``guidance_interval``, ``mask_guidance``,
-        ``mask_guidance_interval``, ``seed``,
+        ``mask_guidance_interval``, ``mask_tries``, ``seed``,
         ``batch_size``, ``marker_threshold``, ``precision`` (or its older name ``dtype``: ``float32``,
         ``bfloat16``, ``auto``), ``layout`` and ``compile``.
 

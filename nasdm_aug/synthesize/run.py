@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from nasdm_aug.data.magnification import check_same_scale
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
-from nasdm_aug.generator import NASDMGenerator, resolve_model_dirs, resolve_types
+from nasdm_aug.generator import NASDMGenerator, resolve_model_dirs, resolve_types, types_as_requested
 from nasdm_aug.hardware import resolve_precision
 from nasdm_aug.mixing.balance import resolve_target
 from nasdm_aug.sampling import sample_seed
@@ -49,7 +49,9 @@ def synthesize(config: SynthesizeConfig, out: str | Path, *, device: str | None 
     Returns:
         dict with ``out``, ``finished_before`` (True: ``resume`` found the bank done, and nothing
         more is given), ``n_patches``, ``n_chunks``, ``chunks_done_before`` (resumed work),
-        ``model_hash`` and, when asked, ``preview``.
+        ``model_hash``, for generated masks ``masks_off_request`` (how many of them do not hold
+        exactly the types they were asked for, after ``mask_tries`` draws), and, when asked,
+        ``preview``.
 
     Raises:
         InputError: bad input (see :class:`SynthesizeConfig`, :func:`plan_jobs`), an existing ``out``
@@ -76,7 +78,9 @@ def synthesize(config: SynthesizeConfig, out: str | Path, *, device: str | None 
     # the others wait for rank 0's merge (NASDM_AUG_DIST_TIMEOUT_MIN covers a large bank)
     with collective_errors():
         if dist.is_main:
-            _merge(parts, n_chunks, out, config, gen, real, overwrite, attrs)
+            off_request = _merge(parts, n_chunks, out, config, gen, real, overwrite, attrs)
+            if off_request is not None:
+                result["masks_off_request"] = off_request
             shutil.rmtree(parts)
             if preview:
                 result["preview"] = str(write_preview(out, preview, real))
@@ -188,7 +192,7 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
         # explicit combinations: this chunk's rows of the presence vectors (resolve_types' array form)
         types = config.types if config.source is Source.TYPES else combination_presence(config.combinations, gen.type_table)[start:stop]
         inst, type_map = gen.generate_masks(types, n, min_size=config.min_size, marker_threshold=config.marker_threshold,
-                                            guidance_interval=config.mask_guidance_interval,
+                                            guidance_interval=config.mask_guidance_interval, max_tries=config.mask_tries,
                                             **dict(opts, guidance=config.mask_guidance,
                                                    sampling=config.mask_sampler_options))
         meta = {"source": ["generated"] * n, "y": [0] * n, "x": [0] * n, "split": [""] * n}
@@ -203,8 +207,30 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
                             parent=list(jobs[start:stop]), seed=[sample_seed(config.seed, i) for i in range(start, stop)])
 
 
+def _requested_presence(config: SynthesizeConfig, gen: NASDMGenerator, n: int) -> np.ndarray:
+    """The type-presence vectors [n, n_types] a bank of generated masks asked for, as its chunks
+    resolved them."""
+    if config.source is Source.TYPES:
+        return resolve_types(config.types, n, gen.type_table, config.seed)
+    return combination_presence(config.combinations, gen.type_table)
+
+
+def _masks_off_request(parts: Path, n_chunks: int, config: SynthesizeConfig, gen: NASDMGenerator) -> int:
+    """How many generated masks in ``parts`` do not hold exactly the types they were asked for."""
+    types = []
+    for c in range(n_chunks):
+        with PatchStore(_part(parts, c)) as part:
+            types.append(part.read(np.arange(len(part)), keys=("type",))["type"])
+    type_maps = np.concatenate(types)
+    presence = _requested_presence(config, gen, len(type_maps))
+    return int(sum(not types_as_requested(t, p) for t, p in zip(type_maps, presence)))
+
+
 def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
-           real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> None:
+           real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> int | None:
+    """Write the bank from its parts; the number of generated masks whose types differ from their
+    request (None for real or recombined masks)."""
+    off_request = _masks_off_request(parts, n_chunks, config, gen) if real is None else None
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance,
                   "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
@@ -213,6 +239,8 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
                                              if real is None and config.mask_guidance_interval else None),
                   "mask_sampler": config.mask_sampler_options.sampler if real is None else None,
                   "mask_steps": config.mask_sampler_options.steps if real is None else None,
+                  "mask_tries": config.mask_tries if real is None else None,
+                  "masks_off_request": off_request,
                   "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",
@@ -229,6 +257,7 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
             writer.append_batch(d["image"], d["inst"], d["type"], source=list(d["source"]), y=list(d["y"]),
                                 x=list(d["x"]), split=list(d["split"]), parent=list(d["parent"]), seed=list(d["seed"]))
             part.close()
+    return off_request
 
 
 def write_preview(bank_path: str | Path, n: int, real: PatchStore | None = None) -> Path:

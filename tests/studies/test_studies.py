@@ -178,12 +178,14 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
                         lambda bank, store, config, ratio: ({"masks": "real.h5", "split": bank.split}, None))
     monkeypatch.setattr(synth_mod, "synthesize", lambda cfg, path, **kw: made.__setitem__(path.stem, cfg))
     config = StudyConfig(name="test", model=("toy",), mask_guidance=3.5, mask_guidance_interval=(0.0, 8.0),
-                         sampling=SamplerOptions("ddim", steps=7), mask_sampling=SamplerOptions("ddpm", steps=5))
+                         sampling=SamplerOptions("ddim", steps=7), mask_sampling=SamplerOptions("ddpm", steps=5),
+                         mask_tries=4)
     for name in ("B", "S2"):
         bank = BANK_REGISTRY[name]
         data_mod._make_bank(bank, config, None, [StudyRow("s", "x", "add", "R2", 0.5, bank=name)],
                             tmp_path / f"{name}.h5", progress=False, overwrite=False)
     assert made["B"].mask_guidance == 3.5 and made["B"].mask_guidance_interval == (0.0, 8.0)
+    assert made["B"].mask_tries == 4 and made["S2"].mask_tries == 1
     assert made["B"].mask_sampler_options == SamplerOptions("ddpm", steps=5)
     assert made["B"].sampling == made["S2"].sampling == SamplerOptions("ddim", steps=7)
     assert made["S2"].mask_sampling is None
@@ -194,8 +196,8 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
     made.clear()
     data_mod._make_bank(BANK_REGISTRY["B"], StudyConfig(name="test", model=("toy",)), None,
                         [StudyRow("s", "x", "add", "R2", 0.5, bank="B")], tmp_path / "B.h5", progress=False, overwrite=False)
-    assert (made["B"].mask_guidance, made["B"].mask_guidance_interval, made["B"].mask_sampling) == \
-        (default.mask_guidance, default.mask_guidance_interval, None)
+    assert (made["B"].mask_guidance, made["B"].mask_guidance_interval, made["B"].mask_sampling, made["B"].mask_tries) == \
+        (default.mask_guidance, default.mask_guidance_interval, None, 1)
     # unset, a model that recommends its sampling (sampling.json) gets it; a study's own setting wins
     made.clear()
     shipped = synth_mod.model_recommendations("consep-cpu")
@@ -213,3 +215,5 @@ def test_the_mask_models_sampling_reaches_generated_mask_banks_alone(monkeypatch
         StudyConfig(name="test", mask_guidance_interval=(8.0, 0.0))
     with pytest.raises(ValueError, match="mask_guidance must be >= 0"):
         StudyConfig(name="test", mask_guidance=-1.0)
+    with pytest.raises(ValueError, match="mask_tries must be an integer >= 1, got 0"):
+        StudyConfig(name="test", mask_tries=0)
