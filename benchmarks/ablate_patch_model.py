@@ -348,7 +348,9 @@ def main() -> None:
         extra[label] = Path(path)
         tag = f"{label}@{tag_of(first)}"
         out.setdefault("extra", {})[label] = {"path": path, "scores": {tag: score(tag, Path(path), *first)}}
-    last = args.sweep or names[-1]
+    last = args.sweep or (names[-1] if names else "")
+    if not last and (len(samplings) > 1 or args.fractions):
+        sys.exit("Error: --sampling sweeps and --fractions need a variant or --sweep LABEL to apply to")
     for spec in samplings[1:]:
         tag = f"{last}@{tag_of(spec)}"
         if last in extra:
