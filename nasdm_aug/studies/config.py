@@ -8,6 +8,7 @@ from typing import Any
 from nasdm_aug.config import ConfigBase
 from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
 from nasdm_aug.studies.registry import BANK_REGISTRY, DEFAULT_LABEL_FRACTIONS
+from nasdm_aug.synthesize.config import check_mask_tries
 from nasdm_aug.utils import InputError, unknown_name
 
 __all__ = ["StudyConfig", "STUDY_PRESETS", "get_study_preset"]
@@ -86,9 +87,8 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.mask_guidance is not None and not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
-        if self.mask_tries is not None and (isinstance(self.mask_tries, bool) or not isinstance(self.mask_tries, int)
-                                            or self.mask_tries < 1):
-            raise ValueError(f"mask_tries must be an integer >= 1, got {self.mask_tries!r}")
+        if self.mask_tries is not None:
+            check_mask_tries(self.mask_tries)
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         object.__setattr__(self, "mask_guidance_interval", check_guidance_interval(self.mask_guidance_interval))
         if self.magnification < 0:

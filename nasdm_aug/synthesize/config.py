@@ -23,7 +23,7 @@ from nasdm_aug.sampling import SamplerOptions, check_guidance_interval
 from nasdm_aug.utils import InputError
 
 __all__ = ["SynthesizeConfig", "RecombineOptions", "Source", "recombine_options", "open_store_arg",
-           "model_recommendations"]
+           "model_recommendations", "check_mask_tries"]
 
 # a source given as an option replaces the config's whole
 _NO_SOURCE = {"masks": "", "types": "", "num": 0, "split": "", "indices": [], "combinations": [], "recombine": None}
@@ -163,8 +163,7 @@ class SynthesizeConfig(ConfigBase):
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not self.mask_guidance >= 0:
             raise ValueError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
-        if isinstance(self.mask_tries, bool) or not isinstance(self.mask_tries, int) or self.mask_tries < 1:
-            raise ValueError(f"mask_tries must be an integer >= 1, got {self.mask_tries!r}")
+        check_mask_tries(self.mask_tries)
         # an empty interval (the CLI's "all") is every step, as None
         object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval or None))
         object.__setattr__(self, "mask_guidance_interval",
@@ -262,6 +261,12 @@ class SynthesizeConfig(ConfigBase):
             return cls.from_dict(base)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+
+
+def check_mask_tries(value: Any) -> None:
+    """Raise ValueError unless ``value`` is an integer >= 1 (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"mask_tries must be an integer >= 1, got {value!r}")
 
 
 def model_recommendations(model: Sequence[str | os.PathLike] | str | os.PathLike) -> dict[str, Any]:

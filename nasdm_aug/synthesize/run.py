@@ -207,30 +207,21 @@ def _make_chunk(gen: NASDMGenerator, config: SynthesizeConfig, real: PatchStore 
                             parent=list(jobs[start:stop]), seed=[sample_seed(config.seed, i) for i in range(start, stop)])
 
 
-def _requested_presence(config: SynthesizeConfig, gen: NASDMGenerator, n: int) -> np.ndarray:
-    """The type-presence vectors [n, n_types] a bank of generated masks asked for, as its chunks
-    resolved them."""
+def _requested_presence(config: SynthesizeConfig, gen: NASDMGenerator) -> np.ndarray:
+    """The type-presence vectors [patches, n_types] a bank of generated masks asked for, as its
+    chunks resolved them."""
     if config.source is Source.TYPES:
-        return resolve_types(config.types, n, gen.type_table, config.seed)
+        return resolve_types(config.types, config.num, gen.type_table, config.seed)
     return combination_presence(config.combinations, gen.type_table)
-
-
-def _masks_off_request(parts: Path, n_chunks: int, config: SynthesizeConfig, gen: NASDMGenerator) -> int:
-    """How many generated masks in ``parts`` do not hold exactly the types they were asked for."""
-    types = []
-    for c in range(n_chunks):
-        with PatchStore(_part(parts, c)) as part:
-            types.append(part.read(np.arange(len(part)), keys=("type",))["type"])
-    type_maps = np.concatenate(types)
-    presence = _requested_presence(config, gen, len(type_maps))
-    return int(sum(not types_as_requested(t, p) for t, p in zip(type_maps, presence)))
 
 
 def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen: NASDMGenerator,
            real: PatchStore | None, overwrite: bool, attrs: dict[str, Any] | None = None) -> int | None:
     """Write the bank from its parts; the number of generated masks whose types differ from their
     request (None for real or recombined masks)."""
-    off_request = _masks_off_request(parts, n_chunks, config, gen) if real is None else None
+    # generated masks: counted against their requests while the parts are copied (no second read)
+    requested = _requested_presence(config, gen) if real is None else None
+    off_request = 0 if real is None else None
     provenance = {"model": list(config.model), "model_hash": gen.model_hash, "sampler": config.sampling.sampler,
                   "steps": config.sampling.steps, "guidance": config.guidance,
                   "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
@@ -240,7 +231,6 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
                   "mask_sampler": config.mask_sampler_options.sampler if real is None else None,
                   "mask_steps": config.mask_sampler_options.steps if real is None else None,
                   "mask_tries": config.mask_tries if real is None else None,
-                  "masks_off_request": off_request,
                   "seed": config.seed, "ema": config.ema,
                   "precision": _precision(gen), "layout": gen.layout, "compile": gen.compile,
                   "parent_store": str(Path(config.mask_store).resolve()) if real is not None else "",
@@ -254,9 +244,13 @@ def _merge(parts: Path, n_chunks: int, out: Path, config: SynthesizeConfig, gen:
             part = PatchStore(_part(parts, c))
             idx = np.arange(len(part))
             d = part.read(idx, keys=("image", "inst", "type", "source", "y", "x", "split", "parent", "seed"))
+            if requested is not None:
+                asked = requested[len(writer): len(writer) + len(idx)]
+                off_request += sum(not types_as_requested(t, p) for t, p in zip(d["type"], asked))
             writer.append_batch(d["image"], d["inst"], d["type"], source=list(d["source"]), y=list(d["y"]),
                                 x=list(d["x"]), split=list(d["split"]), parent=list(d["parent"]), seed=list(d["seed"]))
             part.close()
+        writer.set_attr("provenance", {**provenance, "masks_off_request": off_request})
     return off_request
 
 
