@@ -148,3 +148,17 @@ def test_a_config_with_bad_mask_tries_is_refused_and_old_records_read_as_one_dra
     del recorded["mask_tries"]  # a bank made before redraws existed drew each mask once
     assert _as_current(recorded)["mask_tries"] == 1
 
+
+
+def test_masks_off_request_counts_each_mask_against_its_own_request(runs, tmp_path):
+    # two combinations across chunks of 3: each mask must be held to its own row of the plan
+    out = tmp_path / "combos.h5"
+    res = CliRunner().invoke(cli, _args(runs, out, "--combination", "neutrophil:4", "--combination", "epithelial:4",
+                                        "--seed", "3"))
+    assert res.exit_code == 0, res.output
+    bank = PatchStore(out)
+    types = bank.read(np.arange(len(bank)), keys=("type",))["type"]
+    asked = np.repeat(np.eye(6)[[0, 1]], 4, axis=0)
+    off = [not types_as_requested(t, p) for t, p in zip(types, asked)]
+    assert sum(off[:4]) != sum(off[4:])  # a count against one request for all would differ
+    assert _result(res.output)["masks_off_request"] == sum(off)
