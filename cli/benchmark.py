@@ -68,14 +68,15 @@ def _old_bank_flag(name: str):
               help="HoVerNet epochs of phase 1 (encoder frozen) and phase 2 (all layers), overriding the preset's.")
 @click.option("--val-patches", type=click.IntRange(min=0), default=None,
               help="Validation patches from Train outside R1 choosing each run's best epoch (0: keep the last).")
+@options.hed_jitter(unset="the preset's (none)")
 @options.seed(None, unset="the preset's")
 @options.device(None, unset="the preset's")
 @options.overwrite()
 @options.dry_run()
 @click.pass_context
 def benchmark(ctx, preset, study, out, store, source, test, models, banks, balance_target, segmenter, label_split,
-              label_fractions, equal_steps, epoch_patches, runs, epochs, val_patches, seed, device, overwrite,
-              dry_run) -> None:
+              label_fractions, equal_steps, epoch_patches, runs, epochs, val_patches, hed_jitter, seed, device,
+              overwrite, dry_run) -> None:
     """Reproduce the NASDM downstream studies: HoVerNet trained on real/synthetic mixes, tested on Test
     (or on --test). --seed is the first run's seed (a row's runs take seed, seed + 1, ...);
     --overwrite trains again the runs in --out made with another configuration; --dry-run also
@@ -88,7 +89,7 @@ def benchmark(ctx, preset, study, out, store, source, test, models, banks, balan
                           balance_target=balance_target, segmenter=segmenter, label_split=label_split,
                           label_fractions=label_fractions,
                           equal_steps=equal_steps, epoch_patches=epoch_patches, n_runs=runs, epochs=epochs,
-                          val_patches=val_patches, seed=seed, device=device)
+                          val_patches=val_patches, hed_jitter=hed_jitter, seed=seed, device=device)
     if dry_run:
         click.echo("\n".join(describe_study(config, study, out)))
         return

@@ -1,4 +1,4 @@
-"""``nasdm-aug evaluate``: FID / IS / KID, the automated expert criteria and mask-model checks of a bank."""
+"""``nasdm-aug evaluate``: FID / IS / KID, the automated expert criteria, mask-model checks and nuclear stain of a bank."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from cli import options
               help="Full EvaluateConfig JSON; the options above override it.")
 @options.dry_run()
 def evaluate(real_arg: str, out: str, overwrite: bool, dry_run: bool, **given) -> None:
-    """Compare a synthetic bank with real patches: Table-1 metrics, mask fidelity, mask-model checks.
+    """Compare a synthetic bank with real patches: Table-1 metrics, mask fidelity, mask-model checks,
+    and the haematoxylin contrast of the mask nuclei against the tissue between them.
 
     For the fidelity ratio, give a real split the segmenter was not trained on (e.g. STORE.h5:Test),
     so that real patches are not scored more kindly than synthetic ones.
@@ -50,4 +51,5 @@ def evaluate(real_arg: str, out: str, overwrite: bool, dry_run: bool, **given) -
     line = {"fid": round(g["fid"], 3), "kid": round(g["kid"]["mean"], 5), "is": round(g["is_synthetic"]["mean"], 3)}
     if result["fidelity"] is not None:
         line["fidelity_score_ratio"] = result["fidelity"]["comparison"]["score"]["ratio"]
+    line["stain_tissue_ratio"] = round(result["stain"]["ratio"]["stroma"], 3)
     click.echo(f"{json.dumps(line)}; report in {out}")

@@ -37,6 +37,7 @@ def hovernet() -> None:
               help="DataLoader workers (default: none on a CPU, on CUDA min(8, CPUs per rank))")
 @options.layout()
 @options.precision()
+@options.hed_jitter()
 # -- run control
 @click.option("--resume", is_flag=True, help="continue the run in --out")
 @options.overwrite()
@@ -47,6 +48,9 @@ def train(train_arg: str, val_arg: str | None, out: str, resume: bool, overwrite
     from hovernet.config import HoVerNetConfig
     from hovernet.trainer import train_hovernet_on_stores
 
+    hed = given.pop("hed_jitter", None)
+    if hed is not None:
+        given["hed_scale"], given["hed_shift"] = hed
     cfg = HoVerNetConfig.from_options(**given)
     if dry_run:
         click.echo(cfg.to_json())

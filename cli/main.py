@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cli.demo:demo", "run the whole product on the built-in toy tissue and write a report"),
     "prepare": ("cli.prepare:prepare_cmd", "tile a dataset or toy tissue into a PatchStore with splits"),
     "hovernet": ("cli.hovernet:hovernet", "train, evaluate and apply the bundled HoVerNet (Dice, PQ, AJI, mPQ+)"),
-    "evaluate": ("cli.evaluate:evaluate", "FID/IS/KID, automated expert criteria and mask checks of a synthetic bank"),
+    "evaluate": ("cli.evaluate:evaluate", "FID/IS/KID, expert criteria, mask checks and nuclear stain of a synthetic bank"),
     "export": ("cli.export:export_command", "write a store, split or mixed set for hover_net, CoNIC, CellViT, StarDist or Cellpose"),
 }
 

@@ -152,6 +152,12 @@ class HoVerNetConfig(ConfigBase):
     batch_size: int = 16
     val_every: int = 2  # validate every k epochs (and after the last); best by val Dice
     augment: bool = True  # flips, 90-degree rotations, colour jitter
+    # H&E stain jitter on top (hovernet.data.RandHEDJitterd, half the items): each stain's optical
+    # density s becomes a * s + b, a ~ U(1 - hed_scale, 1 + hed_scale), b ~ U(-hed_shift, hed_shift).
+    # 0, 0: none, hover_net's own recipe. Not in the paper; it keeps a HoVerNet trained on synthetic
+    # patches from learning the generator's stain balance (benchmarks/RESULTS.md)
+    hed_scale: float = 0.0
+    hed_shift: float = 0.0
     # DataLoader workers; None: none on a CPU, on CUDA min(8, CPUs per rank on the machine)
     # (hovernet.trainer.resolve_workers). Older runs recorded 0 and may change it on resume
     num_workers: int | None = None
@@ -174,6 +180,8 @@ class HoVerNetConfig(ConfigBase):
         if self.batch_size < 1 or self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError(f"batch_size, val_every >= 1 and num_workers >= 0 required, got {self.batch_size}, "
                              f"{self.val_every}, {self.num_workers}")
+        if not 0.0 <= self.hed_scale < 1.0 or self.hed_shift < 0.0:
+            raise ValueError(f"hed_scale must lie in [0, 1) and hed_shift be >= 0, got {self.hed_scale}, {self.hed_shift}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.layout not in LAYOUT_CHOICES:

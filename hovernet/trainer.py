@@ -268,7 +268,7 @@ def train_hovernet(train_data: Dataset, out_dir: str | os.PathLike, cfg: HoVerNe
 def _run(train_data: Dataset, val_data: Dataset | None, out: Path, cfg: HoVerNetConfig, info: dict[str, Any],
          dev: DistInfo, state: dict[str, Any] | None, progress: bool,
          type_table: NucleiTypeTable | None) -> dict[str, Any]:
-    ds = HoVerNetTrainDataset(train_data, cfg.augment, cfg.seed)
+    ds = HoVerNetTrainDataset(train_data, cfg.augment, cfg.seed, hed_scale=cfg.hed_scale, hed_shift=cfg.hed_shift)
     recorded = state.get("layout") if state else None
     # one layout per job: rank 0 measures, every rank uses its answer
     layout = rank0_choice(lambda: resolve_layout(cfg, dev.device, tuple(ds[0]["image"].shape), recorded), LAYOUTS, dev)

@@ -1,5 +1,6 @@
 """``nasdm-aug evaluate``: a synthetic bank against real patches, as NASDM (Shrivastava & Fletcher, 2023) does:
-FID / IS / KID (Table 1), the four expert criteria made automatic (Sec. 4.5), and mask-model checks.
+FID / IS / KID (Table 1), the four expert criteria made automatic (Sec. 4.5), mask-model checks, and the
+haematoxylin of the mask nuclei against the tissue between them (:mod:`nasdm_aug.metrics.stain`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nasdm_aug.metrics.generative import (
     store_features,
 )
 from nasdm_aug.metrics.inception import InceptionExtractor
+from nasdm_aug.metrics.stain import compare_stain, store_stain
 from nasdm_aug.metrics.mask_checks import (
     contact_statistics,
     mask_realism,
@@ -223,12 +225,15 @@ def evaluate_bank(config: EvaluateConfig, out: str | Path, *, overwrite: bool = 
              progress: bool = True) -> dict[str, Any]:
     """Evaluate a synthetic bank against real patches and write the report folder ``out``.
 
-    ``out`` receives ``metrics.json``, ``report.md``, ``config.json`` and, with a segmenter,
-    ``best_patches.png`` / ``worst_patches.png``; it is written to a temporary folder and renamed.
+    ``out`` receives ``metrics.json``, ``report.md``, ``report.html``, ``config.json``,
+    ``stain_profile.png`` and, with a segmenter, ``best_patches.png`` / ``worst_patches.png``; it
+    is written to a temporary folder and renamed.
 
     Returns:
         the metrics dict written to ``metrics.json`` (keys ``real``, ``synthetic``,
-        ``generative``, ``fidelity`` (None without a segmenter) and ``mask_model``).
+        ``generative``, ``fidelity`` (None without a segmenter), ``mask_model`` and ``stain``
+        (:func:`nasdm_aug.metrics.stain.compare_stain`: haematoxylin of the mask nuclei against
+        the tissue between them, each side and their ratios)).
 
     Raises:
         InputError: unreadable stores, an unknown split, fewer than 2 patches on a side,
@@ -259,6 +264,7 @@ def evaluate_bank(config: EvaluateConfig, out: str | Path, *, overwrite: bool = 
         "generative": generative_metrics(feats["real"], feats["synthetic"], config),
         "fidelity": None,
         "mask_model": mask_model_checks(real, real_idx, syn, syn_idx),
+        "stain": compare_stain(store_stain(syn, syn_idx), store_stain(real, real_idx)),
     }
     if config.segmenter:
         segment, names = load_segmenter(config.segmenter, config.device)

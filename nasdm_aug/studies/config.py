@@ -57,6 +57,9 @@ class StudyConfig(ConfigBase):
     hovernet_preset: str = "tiny"  # hovernet.config preset
     epochs: tuple[int, ...] = ()  # (phase 1, phase 2) epochs overriding the preset
     batch_size: int = 0  # HoVerNet batch size (0 = preset)
+    # HoVerNet's H&E stain jitter (scale, shift) over the preset's (HoVerNetConfig.hed_scale /
+    # hed_shift); () = the preset's, none in every preset
+    hed_jitter: tuple[float, ...] = ()
     n_runs: int = 3  # runs per row (seeds seed .. seed + n_runs - 1)
     val_patches: int = 0  # validation patches drawn from Train outside R1 (0 = keep the last epoch)
     seed: int = 0
@@ -81,6 +84,8 @@ class StudyConfig(ConfigBase):
             raise ValueError(f"n_runs must be >= 1, got {self.n_runs}")
         if self.epochs and (len(self.epochs) != 2 or min(self.epochs) < 0 or sum(self.epochs) < 1):
             raise ValueError(f"epochs must be (phase1, phase2) with at least one epoch, got {self.epochs}")
+        if self.hed_jitter and (len(self.hed_jitter) != 2 or not 0 <= self.hed_jitter[0] < 1 or not self.hed_jitter[1] >= 0):
+            raise ValueError(f"hed_jitter must be (scale, shift) with 0 <= scale < 1 and shift >= 0, got {self.hed_jitter}")
         if self.val_patches < 0 or self.batch_size < 0 or self.synth_batch_size < 1:
             raise ValueError("val_patches and batch_size must be >= 0, synth_batch_size >= 1")
         if self.guidance is not None and not self.guidance >= 0:
@@ -189,7 +194,7 @@ def study_config(preset: str, **options: Any) -> StudyConfig:
     """The preset (a name or a CONFIG.json) with the options given (None = keep the preset's).
 
     ``banks`` (``{name: path}``) is merged into the preset's; ``epochs`` may be ``"P1,P2"``;
-    ``label_fractions`` may be ``"0.1,0.25"``.
+    ``label_fractions`` may be ``"0.1,0.25"``; ``hed_jitter`` ``"SCALE,SHIFT"`` or a pair.
 
     Raises:
         InputError: an unknown preset, a malformed option, or a value the config refuses (one line).
@@ -198,7 +203,7 @@ def study_config(preset: str, **options: Any) -> StudyConfig:
     changes = {k: v for k, v in options.items() if v is not None and v != ()}
     if "banks" in changes:
         changes["banks"] = {**config.banks, **changes["banks"]}
-    for key, kind in (("epochs", int), ("label_fractions", float)):
+    for key, kind in (("epochs", int), ("label_fractions", float), ("hed_jitter", float)):
         if isinstance(changes.get(key), str):
             try:
                 changes[key] = tuple(kind(x) for x in changes[key].split(","))
@@ -206,6 +211,8 @@ def study_config(preset: str, **options: Any) -> StudyConfig:
                 raise InputError(f"`{key}` {changes[key]!r}: expected comma-separated numbers") from None
     if "model" in changes:
         changes["model"] = tuple(changes["model"])
+    if "hed_jitter" in changes:
+        changes["hed_jitter"] = tuple(changes["hed_jitter"])
     try:
         return config.replace(**changes)
     except ValueError as exc:

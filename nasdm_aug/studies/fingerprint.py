@@ -33,8 +33,11 @@ def run_fingerprint(row: StudyRow, seed: int, store: PatchStore, bank: PatchStor
     scored again on another test set."""
     from nasdm_aug import __version__
 
+    hv = hovernet_config(config, seed).to_dict()
+    if not hv.get("hed_scale") and not hv.get("hed_shift"):  # off: runs made before the option keep their fingerprints
+        hv.pop("hed_scale", None), hv.pop("hed_shift", None)
     fp = {"version": __version__, "row": _row_record(row), "seed": seed,
-          "hovernet": hovernet_config(config, seed).to_dict(), "val_patches": config.val_patches,
+          "hovernet": hv, "val_patches": config.val_patches,
           "balance_target": config.balance_target if row.mode == "balance" or row.paste == "target" else None,
           "store": _identity(store), "bank": _identity(bank)}
     # keys only where they apply, so runs made before they existed keep their fingerprints

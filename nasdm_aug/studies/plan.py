@@ -61,16 +61,19 @@ def protocol(config: StudyConfig, epoch: int | None) -> str:
     """One line saying how long each row trains, for the report."""
     cfg = hovernet_config(config, config.seed)
     steps = f"{cfg.phase1_epochs} + {cfg.phase2_epochs} epochs, batch {cfg.batch_size}"
+    stain = (f" HoVerNet's augmentation adds H&E stain jitter (scale {cfg.hed_scale:g}, shift {cfg.hed_shift:g})."
+             if cfg.hed_scale or cfg.hed_shift else "")
     if epoch is None:
         return (f"Equal epochs (the paper's protocol): every row trains {steps} over its own data, so a row with "
-                "more patches also takes more optimiser steps.")
+                "more patches also takes more optimiser steps." + stain)
     n = -(-epoch // cfg.batch_size) * cfg.epochs
     return (f"Equal steps: every row trains {steps} of {epoch} patches ({n} optimiser steps, the same learning-rate "
-            "schedule in steps); a row with fewer patches repeats its own, each repeat augmented afresh.")
+            "schedule in steps); a row with fewer patches repeats its own, each repeat augmented afresh." + stain)
 
 
 def hovernet_config(config: StudyConfig, seed: int):
-    """The HoVerNet recipe of one run: the preset with the study's epochs and batch size, and the run's seed."""
+    """The HoVerNet recipe of one run: the preset with the study's epochs, batch size and stain jitter,
+    and the run's seed."""
     from hovernet.config import get_hovernet_preset
 
     cfg = get_hovernet_preset(config.hovernet_preset).replace(seed=seed, device=config.device)
@@ -79,6 +82,8 @@ def hovernet_config(config: StudyConfig, seed: int):
                           lr_decay_epoch=max(1, min(cfg.lr_decay_epoch, max(config.epochs) - 1)))
     if config.batch_size:
         cfg = cfg.replace(batch_size=config.batch_size)
+    if config.hed_jitter:
+        cfg = cfg.replace(hed_scale=config.hed_jitter[0], hed_shift=config.hed_jitter[1])
     return cfg
 
 

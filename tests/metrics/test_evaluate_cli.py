@@ -110,13 +110,13 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "config.json", "best_patches.png",
-                                               "worst_patches.png", "report.html"}
+                                               "worst_patches.png", "stain_profile.png", "report.html"}
     md = (out / "report.md").read_text()
     # the page shows every table of report.md and both patch sheets, inlined
-    page = check_self_contained((out / "report.html").read_text(), n_tables=sum(ln.startswith("|---") for ln in md.splitlines()), n_images=2)
+    page = check_self_contained((out / "report.html").read_text(), n_tables=sum(ln.startswith("|---") for ln in md.splitlines()), n_images=3)
     assert ["synthetic (bank.h5)", "6"] == page.tables[0][2][:2]
     if find_browser():
-        check_in_browser(out / "report.html", n_tables=len(page.tables), n_images=2,
+        check_in_browser(out / "report.html", n_tables=len(page.tables), n_images=3,
                          screenshot=files["root"] / "report-screenshot.png")
     m = json.loads((out / "metrics.json").read_text())
     assert m["real"]["n"] == 8 and m["synthetic"]["n"] == 6
@@ -135,8 +135,15 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     assert mm["contact"]["touching"]["generated"] == pytest.approx(want_g["touching"].mean())
     assert mm["contact"]["touching"]["real"] == pytest.approx(want_r["touching"].mean())
     assert mm["contact"]["clustered"]["real"] == pytest.approx((want_r["cluster"] >= 3).mean())
+    # both sides paint nuclei and tissue in the same two colours: the same stain, ratio 1
+    st = m["stain"]
+    assert st["real"]["n"] == 8 and st["synthetic"]["n"] == 6
+    assert st["ratio"]["contrast"] == pytest.approx(1.0, abs=1e-9) and st["ratio"]["nuclei"] == pytest.approx(1.0, abs=1e-9)
+    assert st["real"]["contrast"] > 2  # (90, 50, 140) nuclei on (230, 180, 210) tissue
+    assert json.loads([ln for ln in res.output.splitlines() if "; report in" in ln][-1].split("; report")[0])["stain_tissue_ratio"] == pytest.approx(1.0)
     md = (out / "report.md").read_text()
     assert "| synthetic (bank.h5) | 6 |" in md and "Missing nuclei rate" in md
+    assert "| Contrast (nuclei / that tissue) |" in md and "| Tissue more than 3 px from every nucleus |" in md and "![stain profile](stain_profile.png)" in md
     # a second run refuses to overwrite; the cached features are reused
     assert list(files["real"].parent.glob("real.h5.features-*.npz"))
     res = CliRunner().invoke(cli, args)

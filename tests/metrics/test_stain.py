@@ -1,0 +1,137 @@
+"""Haematoxylin of mask nuclei against the tissue between them: known answers from colours made by
+scikit-image's own inverse deconvolution (``hed2rgb``), the margin, the per-patch weighting, the
+chunked store path, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.color import hed2rgb
+
+import nasdm_aug.metrics.stain as stain_mod
+from nasdm_aug.data.store import PatchStore
+from nasdm_aug.data.store_writer import PatchStoreWriter
+from nasdm_aug.metrics.stain import compare_stain, haematoxylin, stain_statistics, store_stain
+from nasdm_aug.types import LIZARD
+
+SIZE = 24
+
+
+def _colour(h: float, e: float = 0.05) -> np.ndarray:
+    """The uint8 RGB colour of haematoxylin ``h`` and eosin ``e`` (optical density), and its measured H."""
+    rgb = hed2rgb(np.array([[[h, e, 0.0]]]))[0, 0]
+    return (rgb * 255).round().clip(0, 255).astype(np.uint8)
+
+
+H_NUC, H_TISSUE, H_RING = 0.08, 0.02, 0.05
+NUC, TISSUE, RING = _colour(H_NUC), _colour(H_TISSUE), _colour(H_RING)
+
+
+def _h(colour: np.ndarray) -> float:
+    return float(haematoxylin(colour[None, None])[0, 0])
+
+
+def _patch(box: tuple[int, int, int, int] | None, ring: int = 0):
+    """A patch of ``TISSUE`` with one square nucleus ``box`` (y0, y1, x0, x1) in ``NUC``, optionally
+    surrounded by a ``ring``-px band of ``RING``."""
+    img = np.broadcast_to(TISSUE, (SIZE, SIZE, 3)).copy()
+    inst = np.zeros((SIZE, SIZE), np.int32)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        if ring:
+            img[y0 - ring:y1 + ring, x0 - ring:x1 + ring] = RING
+        img[y0:y1, x0:x1] = NUC
+        inst[y0:y1, x0:x1] = 1
+    return img, inst
+
+
+def test_haematoxylin_reads_back_the_density_a_colour_was_made_with():
+    # uint8 rounding moves the read-back density by well under 1% at these densities
+    for h in (0.02, 0.05, 0.08):
+        assert _h(_colour(h)) == pytest.approx(h, rel=0.02)
+    assert _h(_colour(0.08)) > _h(_colour(0.05)) > _h(_colour(0.02))
+
+
+def test_nuclei_tissue_and_contrast_are_the_painted_densities():
+    img, inst = _patch((8, 14, 8, 14))
+    s = stain_statistics(img[None], inst[None])
+    assert s["n"] == 1
+    assert s["nuclei"] == pytest.approx(_h(NUC), abs=1e-9)
+    assert s["stroma"] == pytest.approx(_h(TISSUE), abs=1e-9)
+    assert s["contrast"] == pytest.approx(_h(NUC) / _h(TISSUE), rel=1e-9)
+    prof = dict(zip(s["profile"]["distance"], s["profile"]["haematoxylin"]))
+    # inside (<= 0) the nucleus colour, outside (>= 1) the tissue colour; -3 is the centre of a 6-px square
+    assert all(prof[d] == pytest.approx(_h(NUC)) for d in (-2, -1, 0))
+    assert all(prof[d] == pytest.approx(_h(TISSUE)) for d in (1, 2, 5))
+
+
+def test_a_halo_within_the_margin_is_left_out_of_the_tissue():
+    img, inst = _patch((8, 14, 8, 14), ring=2)  # a 2-px band of RING just outside the nucleus
+    s = stain_statistics(img[None], inst[None])
+    assert s["stroma"] == pytest.approx(_h(TISSUE), abs=1e-9)
+    assert stain_statistics(img[None], inst[None], margin=0)["stroma"] > _h(TISSUE) + 1e-4
+    prof = dict(zip(s["profile"]["distance"], s["profile"]["haematoxylin"]))
+    assert prof[1] == pytest.approx(_h(RING)) and prof[4] == pytest.approx(_h(TISSUE))
+
+
+def test_every_patch_weighs_the_same():
+    a_img, a_inst = _patch((8, 14, 8, 14))
+    b_img = np.broadcast_to(_colour(0.04), (SIZE, SIZE, 3)).copy()
+    b_img[2:4, 2:4] = NUC
+    b_inst = np.zeros((SIZE, SIZE), np.int32)
+    b_inst[2:4, 2:4] = 1
+    s = stain_statistics(np.stack([a_img, b_img]), np.stack([a_inst, b_inst]))
+    assert s["stroma"] == pytest.approx((_h(TISSUE) + _h(_colour(0.04))) / 2, abs=1e-9)
+    # a patch without nuclei counts for the tissue, not for the nuclei
+    e_img, e_inst = _patch(None)
+    s2 = stain_statistics(np.stack([a_img, e_img]), np.stack([a_inst, e_inst]))
+    assert s2["nuclei"] == pytest.approx(_h(NUC)) and s2["stroma"] == pytest.approx(_h(TISSUE)) and s2["n"] == 2
+
+
+def test_compare_stain_ratios_and_undefined_sides():
+    real_img, real_inst = _patch((8, 14, 8, 14))
+    lilac = np.broadcast_to(_colour(0.04), (SIZE, SIZE, 3)).copy()
+    lilac[8:14, 8:14] = NUC
+    real = stain_statistics(real_img[None], real_inst[None])
+    syn = stain_statistics(lilac[None], real_inst[None])
+    c = compare_stain(syn, real)
+    assert c["ratio"]["nuclei"] == pytest.approx(1.0)
+    assert c["ratio"]["stroma"] == pytest.approx(_h(_colour(0.04)) / _h(TISSUE))
+    assert c["ratio"]["contrast"] == pytest.approx(_h(TISSUE) / _h(_colour(0.04))) and c["ratio"]["contrast"] < 1
+    empty = stain_statistics(*map(lambda a: a[None], _patch(None)))
+    assert math.isnan(empty["nuclei"]) and math.isnan(empty["contrast"])
+    assert math.isnan(compare_stain(syn, empty)["ratio"]["nuclei"])
+
+
+def test_store_path_reads_in_chunks_and_agrees(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.h5"
+    imgs, insts = [], []
+    with PatchStoreWriter(path, patch_size=SIZE, type_table=LIZARD) as w:
+        for i in range(7):
+            y, x = rng.integers(4, SIZE - 10, 2)
+            img, inst = _patch((y, y + 5, x, x + 5), ring=int(rng.integers(0, 3)))
+            img = (img.astype(int) + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
+            w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
+            imgs.append(img), insts.append(inst)
+    monkeypatch.setattr(stain_mod, "_CHUNK", 3)
+    store = PatchStore(path)
+    got = store_stain(store, np.arange(7))
+    want = stain_statistics(np.stack(imgs), np.stack(insts))
+    assert got["n"] == 7
+    for k in ("nuclei", "stroma", "contrast"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12)
+    assert got["profile"]["distance"] == want["profile"]["distance"]
+    assert got["profile"]["haematoxylin"] == pytest.approx(want["profile"]["haematoxylin"], rel=1e-12, nan_ok=True)
+    sub = store_stain(store, [1, 4])
+    assert sub["nuclei"] == pytest.approx(stain_statistics(np.stack([imgs[1], imgs[4]]), np.stack([insts[1], insts[4]]))["nuclei"])
+
+
+def test_bad_input_is_refused():
+    img, inst = _patch((8, 14, 8, 14))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        stain_statistics(img[None].astype(np.float32) / 255, inst[None])
+    with pytest.raises(ValueError, match="differ in size"):
+        stain_statistics(img[None], inst[None, :-1])
