@@ -135,3 +135,33 @@ def test_bad_input_is_refused():
         stain_statistics(img[None].astype(np.float32) / 255, inst[None])
     with pytest.raises(ValueError, match="differ in size"):
         stain_statistics(img[None], inst[None, :-1])
+
+
+def test_bank_stain_script_tables_each_bank_against_the_real_split(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bank_stain
+
+    real, lilac = tmp_path / "real.h5", tmp_path / "lilac.h5"
+    with PatchStoreWriter(real, patch_size=SIZE, type_table=LIZARD) as w:
+        for i in range(4):
+            img, inst = _patch((8, 14, 8, 14))
+            w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
+        w.set_splits({"Train": ["img0", "img1"], "R1": ["img0"], "R2": ["img2", "img3"], "Test": ["img3"]})
+    with PatchStoreWriter(lilac, patch_size=SIZE, type_table=LIZARD, origin="synthetic") as w:
+        for i in range(3):
+            img = np.broadcast_to(_colour(0.04), (SIZE, SIZE, 3)).copy()
+            img[8:14, 8:14] = NUC
+            inst = np.zeros((SIZE, SIZE), np.int32)
+            inst[8:14, 8:14] = 1
+            w.append(img, inst, inst.astype(np.uint8) * 2, parent=-1)
+    out = bank_stain.main(["--real", f"{real}:R2", "--bank", f"lilac={lilac}", "--bank", f"same={real}:Train",
+                           "--json", str(tmp_path / "s.json")])
+    assert out["real"]["n"] == 2
+    assert out["banks"]["lilac"]["ratio"]["stroma"] == pytest.approx(_h(_colour(0.04)) / _h(TISSUE))
+    assert out["banks"]["same"]["ratio"]["contrast"] == pytest.approx(1.0)
+    assert "| lilac | 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bank_stain.main(["--real", str(real), "--bank", str(lilac)])  # no LABEL=
