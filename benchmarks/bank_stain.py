@@ -1,12 +1,18 @@
 """The haematoxylin of several banks' mask nuclei against the tissue between them, beside real patches.
 
     .venv/bin/python benchmarks/bank_stain.py --real consep.h5:R1 \\
-        --bank shipped=s1-shipped.h5 --bank other=s1-other.h5 [--max-patches N] [--json out.json]
+        --bank shipped=s1-shipped.h5 --bank other=s1-other.h5 [--max-patches N] [--json out.json] \\
+        [--plot profiles.png] [--sheet sheet.png --sheet-rows 8]
 
 One row per bank: mean haematoxylin (optical density) of its mask-nucleus pixels, of its pixels
 more than 3 px from every nucleus, their ratio (the contrast), and each of those against the real
 split's (``nasdm_aug.metrics.stain``; ``nasdm-aug evaluate`` reports the same for one bank, with
 FID and the rest). No network runs: a bank of 889 64-px patches takes a few seconds.
+
+``--plot``: every bank's haematoxylin against the distance to the nucleus boundary, with the real
+split's. ``--sheet``: the mask and each bank's patch for ``--sheet-rows`` masks drawn with
+``--seed`` from the first bank (banks made from the same masks in the same order, as S1 banks of
+one split are, line up row by row; no real patch is shown).
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-patches", type=int, default=0, help="at most N patches per store, drawn with --seed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--plot", default=None, help="PNG of the haematoxylin profiles")
+    ap.add_argument("--sheet", default=None, help="PNG: mask and each bank's patch, row by row")
+    ap.add_argument("--sheet-rows", type=int, default=8)
     args = ap.parse_args(argv)
     path, split = parse_store_arg(args.real)
     real_store = PatchStore(path)
@@ -64,7 +73,48 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"real": real, "banks": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    if args.plot:
+        _plot(real, rows, args.real, args.plot)
+    if args.sheet:
+        _sheet([b.split("=", 1) for b in args.bank], args.sheet_rows, args.seed, args.sheet)
     return out
+
+
+def _plot(real: dict, rows: dict, real_label: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    p = real["profile"]
+    ax.plot(p["distance"], p["haematoxylin"], "k-o", ms=4, lw=2, label=f"real {real_label}")
+    for label, c in rows.items():
+        q = c["synthetic"]["profile"]
+        ax.plot(q["distance"], q["haematoxylin"], "-s", ms=3,
+                label=f"{label} (tissue {c['ratio']['stroma']:.2f}x real)")
+    ax.axvline(0.5, color="0.7", lw=0.8)
+    ax.set_xlabel("distance to the nucleus boundary (px; inside < 0.5 < outside)")
+    ax.set_ylabel("haematoxylin (optical density)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sheet(banks: list[list[str]], n: int, seed: int, path: str) -> None:
+    from nasdm_aug.viz import colour_mask, contact_sheet
+
+    stores = [(label, PatchStore(parse_store_arg(arg)[0]), parse_store_arg(arg)[1]) for label, arg in banks]
+    first, split = stores[0][1], stores[0][2]
+    pick = _indices(first, split, n, seed)
+    d0 = first.read(pick, keys=("inst", "type"))
+    cells = [[colour_mask(d0["inst"][k], d0["type"][k], first.type_table)] for k in range(len(pick))]
+    for _, store, _ in stores:
+        images = store.read(pick, keys=("image",))["image"]
+        for k in range(len(pick)):
+            cells[k].append(images[k])
+    contact_sheet(cells, path, column_titles=["mask", *(label for label, _, _ in stores)])
 
 
 if __name__ == "__main__":

@@ -158,7 +158,12 @@ def test_bank_stain_script_tables_each_bank_against_the_real_split(tmp_path, cap
             inst[8:14, 8:14] = 1
             w.append(img, inst, inst.astype(np.uint8) * 2, parent=-1)
     out = bank_stain.main(["--real", f"{real}:R2", "--bank", f"lilac={lilac}", "--bank", f"same={real}:Train",
-                           "--json", str(tmp_path / "s.json")])
+                           "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "p.png"),
+                           "--sheet", str(tmp_path / "sheet.png"), "--sheet-rows", "2"])
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size[0] > 100
+    assert Image.open(tmp_path / "sheet.png").size[0] > 3 * SIZE  # mask and two banks side by side
     assert out["real"]["n"] == 2
     assert out["banks"]["lilac"]["ratio"]["stroma"] == pytest.approx(_h(_colour(0.04)) / _h(TISSUE))
     assert out["banks"]["same"]["ratio"]["contrast"] == pytest.approx(1.0)
