@@ -106,8 +106,8 @@ def _stain_table(stain: dict[str, Any]) -> list[str]:
              "than real tissue has (lilac or purple stroma): a segmenter trained on it learns that haematoxylin-rich "
              "texture can be background and misses pale real nuclei. On real CoNSeP, over seven patch models, the lower "
              "this ratio the higher on the whole the Dice of a HoVerNet trained on their banks alone (Spearman -0.74), "
-             "where FID ranked them the wrong way round (benchmarks/RESULTS.md, \"What a bank's stain says about its training value\"). "
-             "`stain_profile.png`: haematoxylin against the distance to the nucleus boundary."]
+             "where FID ranked them the wrong way round (benchmarks/RESULTS.md, \"What a bank's stain says about its "
+             "training value\").", "", "`stain_profile.png`: haematoxylin against the distance to the nucleus boundary."]
     return rows
 
 
