@@ -83,9 +83,10 @@ class RandHEDJitterd(RandomizableTransform, MapTransform):
 
     MONAI has stain normalisation (``NormalizeHEStains``) but no random stain jitter. Tellez et
     al. (2019, "Quantifying the effects of data augmentation and stain color normalization in
-    convolutional neural networks for computational pathology") found HED jitter the augmentation
-    that most helped models trained on one stain work on others; here it keeps a HoVerNet trained
-    on synthetic patches from learning the generator's own stain balance.
+    convolutional neural networks for computational pathology") found colour augmentation in HSV or
+    HED space, more than stain normalisation, let networks trained on one centre's stain work on
+    others'; here it keeps a HoVerNet trained on synthetic patches from learning the generator's own
+    stain balance.
 
     Args:
         keys: image keys.
