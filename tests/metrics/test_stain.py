@@ -170,3 +170,30 @@ def test_bank_stain_script_tables_each_bank_against_the_real_split(tmp_path, cap
     assert "| lilac | 3 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bank_stain.main(["--real", str(real), "--bank", str(lilac)])  # no LABEL=
+
+
+def test_segmenter_recall_counts_nuclei_by_darkness():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import segmenter_recall as sr
+
+    # four nuclei of rising darkness in one patch; the prediction covers the two darkest fully
+    # and the palest by a third (not found), the second palest not at all
+    img = np.broadcast_to(TISSUE, (SIZE, SIZE, 3)).copy()
+    inst = np.zeros((SIZE, SIZE), np.int32)
+    pred = np.zeros((SIZE, SIZE), bool)
+    for k, (h, x) in enumerate(((0.03, 1), (0.05, 7), (0.07, 13), (0.09, 19)), 1):
+        img[4:8, x:x + 4] = _colour(h)
+        inst[4:8, x:x + 4] = k
+    pred[4:8, 13:23] = True
+    pred[4:8, 1:2] = True  # a quarter of the palest
+    dark = sr.nucleus_darkness(img[None], inst[None])
+    assert np.all(np.diff(dark[0]) > 0)
+    found = sr.nuclei_found(inst[None], pred[None])
+    assert found[0].tolist() == [False, False, True, True]
+    assert sr.recall_by_darkness(dark, found, bins=2) == [0.0, 1.0]
+    assert sr.recall_by_darkness(dark, found, bins=4) == [0.0, 0.0, 1.0, 1.0]
+    s = sr.pixel_scores(inst[None], pred[None])
+    assert s["precision"] == pytest.approx(36 / 44) and s["recall"] == pytest.approx(36 / 64)
