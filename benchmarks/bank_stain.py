@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdm_aug.data.store import PatchStore, parse_store_arg  # noqa: E402
-from nasdm_aug.metrics.stain import compare_stain, store_stain  # noqa: E402
+from nasdm_aug.metrics.stain import compare_stain, plot_profiles, store_stain  # noqa: E402
 
 
 def _indices(store: PatchStore, split: str | None, limit: int, seed: int) -> np.ndarray:
@@ -81,25 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _plot(real: dict, rows: dict, real_label: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    p = real["profile"]
-    ax.plot(p["distance"], p["haematoxylin"], "k-o", ms=4, lw=2, label=f"real {real_label}")
-    for label, c in rows.items():
-        q = c["synthetic"]["profile"]
-        ax.plot(q["distance"], q["haematoxylin"], "-s", ms=3,
-                label=f"{label} (tissue {c['ratio']['stroma']:.2f}x real)")
-    ax.axvline(0.5, color="0.7", lw=0.8)
-    ax.set_xlabel("distance to the nucleus boundary (px; inside < 0.5 < outside)")
-    ax.set_ylabel("haematoxylin (optical density)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_profiles((f"real {real_label}", real["profile"]),
+                  [(f"{label} (tissue {c['ratio']['stroma']:.2f}x real)", c["synthetic"]["profile"])
+                   for label, c in rows.items()], path)
 
 
 def _sheet(banks: list[list[str]], n: int, seed: int, path: str) -> None:

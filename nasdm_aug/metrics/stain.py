@@ -27,7 +27,7 @@ import numpy as np
 from nasdm_aug.data.store import PatchStore
 
 __all__ = ["STROMA_MARGIN_PX", "PROFILE_DISTANCES", "haematoxylin", "stain_statistics", "compare_stain",
-           "store_stain", "plot_stain_profile"]
+           "store_stain", "plot_profiles", "plot_stain_profile"]
 
 STROMA_MARGIN_PX = 3  # "stroma" starts this far from a nucleus: past the boundary's blur and the mask's slack
 PROFILE_DISTANCES = tuple(range(-4, 7))
@@ -127,8 +127,10 @@ def compare_stain(synthetic: dict[str, Any], real: dict[str, Any]) -> dict[str, 
     return {"synthetic": synthetic, "real": real, "ratio": {k: ratio(k) for k in ("nuclei", "stroma", "contrast")}}
 
 
-def plot_stain_profile(stain: dict[str, Any], path: str | Path, labels: tuple[str, str] = ("real", "synthetic")) -> Path:
-    """Haematoxylin against the distance to the nucleus boundary, real and synthetic (PNG, atomic)."""
+def plot_profiles(reference: tuple[str, dict[str, Any]], others: Sequence[tuple[str, dict[str, Any]]],
+                  path: str | Path) -> Path:
+    """Haematoxylin against the distance to the nucleus boundary: the ``reference`` (label, profile)
+    in black, each of ``others`` beside it (PNG, written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,17 +138,24 @@ def plot_stain_profile(stain: dict[str, Any], path: str | Path, labels: tuple[st
 
     from nasdm_aug.utils import atomic_output
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for side, label, style in (("real", labels[0], "k-o"), ("synthetic", labels[1], "C3-s")):
-        p = stain[side]["profile"]
-        ax.plot(p["distance"], p["haematoxylin"], style, ms=4, label=f"{label} (contrast {stain[side]['contrast']:.2f})")
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for k, (label, p) in enumerate([reference, *others]):
+        ax.plot(p["distance"], p["haematoxylin"], "k-o" if k == 0 else "-s", ms=4 if k == 0 else 3,
+                lw=2 if k == 0 else 1.5, label=label)
     ax.axvline(0.5, color="0.7", lw=0.8)
     ax.set_xlabel("distance to the nucleus boundary (px; inside < 0.5 < outside)")
     ax.set_ylabel("haematoxylin (optical density)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_stain_profile(stain: dict[str, Any], path: str | Path, labels: tuple[str, str] = ("real", "synthetic")) -> Path:
+    """:func:`plot_profiles` of a :func:`compare_stain` result: real and synthetic, with their contrasts."""
+    real, syn = stain["real"], stain["synthetic"]
+    return plot_profiles((f"{labels[0]} (contrast {real['contrast']:.2f})", real["profile"]),
+                         [(f"{labels[1]} (contrast {syn['contrast']:.2f})", syn["profile"])], path)

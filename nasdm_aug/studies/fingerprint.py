@@ -35,7 +35,8 @@ def run_fingerprint(row: StudyRow, seed: int, store: PatchStore, bank: PatchStor
 
     hv = hovernet_config(config, seed).to_dict()
     if not hv.get("hed_scale") and not hv.get("hed_shift"):  # off: runs made before the option keep their fingerprints
-        hv.pop("hed_scale", None), hv.pop("hed_shift", None)
+        for key in ("hed_scale", "hed_shift"):
+            hv.pop(key, None)
     fp = {"version": __version__, "row": _row_record(row), "seed": seed,
           "hovernet": hv, "val_patches": config.val_patches,
           "balance_target": config.balance_target if row.mode == "balance" or row.paste == "target" else None,
