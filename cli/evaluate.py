@@ -52,4 +52,6 @@ def evaluate(real_arg: str, out: str, overwrite: bool, dry_run: bool, **given) -
     if result["fidelity"] is not None:
         line["fidelity_score_ratio"] = result["fidelity"]["comparison"]["score"]["ratio"]
     line["stain_tissue_ratio"] = round(result["stain"]["ratio"]["stroma"], 3)
+    line["off_mask_blobs"] = round(result["stain"]["off_mask_blobs"]["synthetic"], 3)
+    line["off_mask_blobs_real"] = round(result["stain"]["off_mask_blobs"]["real"], 3)
     click.echo(f"{json.dumps(line)}; report in {out}")

@@ -57,6 +57,11 @@ __all__ = ["train_command"]
                    "(the consep-cpu mask preset uses 0.5).")
 @click.option("--gap-sigma", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PX",
               help="Override the gap weight's width sigma, in pixels.")
+@click.option("--drop-unannotated", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Override how many dark blobs away from every annotated nucleus (as dark as the split's median "
+                   "nucleus pixel, >= 12 px, > 2 px from a nucleus: unannotated nuclei, necrotic debris, tissue dye) "
+                   "leave a training patch out. 0: keep every patch (the paper's data); above 0 departs from it "
+                   "(data.json records how many were left out).")
 # -- run
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR", help="Run directory.")
 @options.device("auto")

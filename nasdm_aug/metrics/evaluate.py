@@ -24,7 +24,7 @@ from nasdm_aug.metrics.generative import (
     store_features,
 )
 from nasdm_aug.metrics.inception import InceptionExtractor
-from nasdm_aug.metrics.stain import compare_stain, store_stain
+from nasdm_aug.metrics.stain import compare_off_mask_blobs, compare_stain, store_stain
 from nasdm_aug.metrics.mask_checks import (
     contact_statistics,
     mask_realism,
@@ -266,6 +266,7 @@ def evaluate_bank(config: EvaluateConfig, out: str | Path, *, overwrite: bool = 
         "mask_model": mask_model_checks(real, real_idx, syn, syn_idx),
         "stain": compare_stain(store_stain(syn, syn_idx), store_stain(real, real_idx)),
     }
+    result["stain"]["off_mask_blobs"] = compare_off_mask_blobs(syn, syn_idx, real, real_idx)
     if config.segmenter:
         segment, names = load_segmenter(config.segmenter, config.device)
         if names != list(syn.type_table.names) and len(names) != syn.type_table.n_types:

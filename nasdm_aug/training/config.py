@@ -118,6 +118,11 @@ class TrainConfig(ConfigBase):
     # (2 gap_sigma^2)) with d1, d2 the distances to the two nearest nuclei (0: off, the paper's loss)
     gap_weight: float = 0.0
     gap_sigma: float = 3.0  # pixels
+    # a departure from the paper: leave out the training patches holding this many or more dark
+    # haematoxylin blobs away from every annotated nucleus (nasdm_aug.metrics.stain.off_mask_blobs:
+    # unannotated nuclei, necrotic debris, tissue dye), which teach a patch model to draw nuclei
+    # where its mask has none (0: keep every patch, the paper's data)
+    drop_unannotated: int = 0
     # speed
     # bf16 autocast of the network (the diffusion math stays fp32): "fp32", "bf16", or "auto" (bf16
     # only where it is native, an Ampere or later GPU or a CPU with AVX512-BF16 or AMX: emulated bf16
@@ -146,7 +151,8 @@ class TrainConfig(ConfigBase):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("lr_drop_step", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "keep_every", "sample_every", "seed")
+        non_negative = ("lr_drop_step", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "keep_every",
+                        "sample_every", "seed", "drop_unannotated")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

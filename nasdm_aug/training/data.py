@@ -68,9 +68,13 @@ class NASDMDataset(Dataset):
         split: split name (``"Train"``, ``"R1"`` ...), or None for every patch.
         indices: explicit store indices instead of a split.
         gap_weight, gap_sigma: ``gap_weight_map``'s ``w0`` and ``sigma`` (mask only; 0: no ``weight``).
+        drop_unannotated: leave out the patches holding this many or more dark blobs away from
+            every annotated nucleus (:func:`~nasdm_aug.metrics.stain.off_mask_blobs`, darker than
+            the median nucleus pixel of the split); 0 keeps every patch. ``dropped`` and
+            ``blob_threshold`` say what it did.
 
     Raises:
-        InputError: the split is missing or empty.
+        InputError: the split is missing or empty, or every patch of it is dropped.
         ValueError: ``gap_weight`` > 0 for a patch dataset.
     """
 
@@ -82,6 +86,7 @@ class NASDMDataset(Dataset):
         indices: np.ndarray | list[int] | None = None,
         gap_weight: float = 0.0,
         gap_sigma: float = 3.0,
+        drop_unannotated: int = 0,
     ) -> None:
         _check_kind(kind)
         if gap_weight > 0 and kind != "mask":
@@ -93,6 +98,23 @@ class NASDMDataset(Dataset):
         self.indices = np.asarray(self.store.indices(split) if indices is None else indices, dtype=np.int64)
         if len(self.indices) == 0:
             raise InputError(f"{self.store.path}: split {split!r} holds no patches to train on")
+        self.dropped, self.blob_threshold = 0, None
+        if drop_unannotated > 0:
+            self._drop_unannotated(int(drop_unannotated), split)
+
+    def _drop_unannotated(self, limit: int, split: str | None) -> None:
+        from nasdm_aug.metrics.stain import nucleus_haematoxylin, store_off_mask_blobs
+
+        try:
+            self.blob_threshold = nucleus_haematoxylin(self.store, self.indices)
+        except ValueError as exc:
+            raise InputError(f"drop_unannotated {limit}: {exc}") from None
+        keep = store_off_mask_blobs(self.store, self.indices, self.blob_threshold) < limit
+        self.dropped = int((~keep).sum())
+        if not keep.any():
+            raise InputError(f"{self.store.path}: every patch of split {split!r} holds {limit} or more dark blobs "
+                             f"off its annotated nuclei: drop_unannotated {limit} leaves nothing to train on")
+        self.indices = self.indices[keep]
 
     def __len__(self) -> int:
         return len(self.indices)

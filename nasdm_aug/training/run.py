@@ -40,7 +40,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
                             seed: int | None = None, layout: str | None = None, precision: str | None = None,
                             loss_weighting: str | None = None, input_condition: str | None = None,
                             mean_type: str | None = None, schedule: str | None = None,
-                            gap_weight: float | None = None, gap_sigma: float | None = None) -> TrainConfig:
+                            gap_weight: float | None = None, gap_sigma: float | None = None,
+                            drop_unannotated: int | None = None) -> TrainConfig:
     """The config ``nasdm-aug train`` runs: ``config`` (a JSON file), else on ``resume`` the run's
     own ``config.json``, else the ``preset`` made for the store's types and patch size; with the
     options given (not None) in its place, then resolved against the run in ``out_dir``
@@ -68,7 +69,8 @@ def run_config_from_options(kind: str, store: str | os.PathLike, out_dir: str | 
             except ValueError as exc:
                 raise InputError(f"preset {preset!r} does not fit {store} ({data.patch_size}-px patches): {exc}") from None
     changes = {k: v for k, v in (("seed", seed), ("layout", layout), ("precision", precision),
-                                 ("gap_weight", gap_weight), ("gap_sigma", gap_sigma)) if v is not None}
+                                 ("gap_weight", gap_weight), ("gap_sigma", gap_sigma),
+                                 ("drop_unannotated", drop_unannotated)) if v is not None}
     if cfg.kind != "mask" and (gap_weight or 0) > 0:
         raise InputError(f"`gap_weight` {gap_weight} weighs the mask model's loss; the patch model takes none")
     diffusion = {k: v for k, v in (("loss_weighting", loss_weighting), ("mean_type", mean_type),
@@ -201,7 +203,8 @@ def _prepare_trainer(kind: str, store_path: str | os.PathLike, split: str | None
     model, checked against each other; the run directory (rank 0 writes it and the run record);
     and the Trainer, restored from the latest checkpoint on ``resume``."""
     store = PatchStore(store_path)
-    dataset = NASDMDataset(store, kind, split, gap_weight=config.gap_weight, gap_sigma=config.gap_sigma)
+    dataset = NASDMDataset(store, kind, split, gap_weight=config.gap_weight, gap_sigma=config.gap_sigma,
+                           drop_unannotated=config.drop_unannotated)
     diffusion = config.diffusion.build()
     check_model_fits(config, store.type_table.n_types, store.patch_size, diffusion.learns_sigma)
     prepare_run_dir(out, resume, overwrite, dist.is_main)
@@ -210,6 +213,8 @@ def _prepare_trainer(kind: str, store_path: str | os.PathLike, split: str | None
     torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
     model = build_model(config.model)
     data_info = _data_info(store, store_path, split, len(dataset), out, resume)
+    if config.drop_unannotated:  # the record says what was left out, and by what measure
+        data_info.update(dropped_unannotated=dataset.dropped, blob_threshold=round(dataset.blob_threshold, 6))
     ckpt = latest_checkpoint(out) if resume else None
     trainer = Trainer(
         model, diffusion, dataset, config, out, data_info=data_info,

@@ -19,6 +19,7 @@ from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.metrics.evaluate import EvaluateConfig, fidelity_metrics
 from nasdm_aug.metrics.mask_checks import contact_statistics
+from nasdm_aug.metrics.stain import nucleus_haematoxylin
 from nasdm_aug.types import LIZARD
 from nasdm_aug.utils import file_digest
 
@@ -141,8 +142,14 @@ def test_evaluate_writes_report_with_fidelity_and_mask_checks(files):
     assert st["ratio"]["contrast"] == pytest.approx(1.0, abs=1e-9) and st["ratio"]["nuclei"] == pytest.approx(1.0, abs=1e-9)
     assert st["real"]["contrast"] > 2  # (90, 50, 140) nuclei on (230, 180, 210) tissue
     assert json.loads([ln for ln in res.output.splitlines() if "; report in" in ln][-1].split("; report")[0])["stain_tissue_ratio"] == pytest.approx(1.0)
+    blobs = st["off_mask_blobs"]  # the uniform tissue holds none on either side
+    assert blobs["threshold"] == pytest.approx(nucleus_haematoxylin(real, np.arange(len(real))))
+    assert (blobs["synthetic"], blobs["real"]) == (0.0, 0.0)
+    summary = json.loads([ln for ln in res.output.splitlines() if "; report in" in ln][-1].split("; report")[0])
+    assert (summary["off_mask_blobs"], summary["off_mask_blobs_real"]) == (0.0, 0.0)
     md = (out / "report.md").read_text()
     assert "| synthetic (bank.h5) | 6 |" in md and "Missing nuclei rate" in md
+    assert "| Dark blobs off the mask nuclei, per patch |" in md
     assert "| Contrast (nuclei / that tissue) |" in md and "| Tissue more than 3 px from every nucleus |" in md and "![stain profile](stain_profile.png)" in md
     # a second run refuses to overwrite; the cached features are reused
     assert list(files["real"].parent.glob("real.h5.features-*.npz"))

@@ -13,7 +13,16 @@ from skimage.color import hed2rgb
 import nasdm_aug.metrics.stain as stain_mod
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
-from nasdm_aug.metrics.stain import compare_stain, haematoxylin, stain_statistics, store_stain
+from nasdm_aug.metrics.stain import (
+    compare_off_mask_blobs,
+    compare_stain,
+    haematoxylin,
+    nucleus_haematoxylin,
+    off_mask_blobs,
+    stain_statistics,
+    store_off_mask_blobs,
+    store_stain,
+)
 from nasdm_aug.types import LIZARD
 
 SIZE = 24
@@ -127,6 +136,95 @@ def test_store_path_reads_in_chunks_and_agrees(tmp_path, monkeypatch):
     assert got["profile"]["haematoxylin"] == pytest.approx(want["profile"]["haematoxylin"], rel=1e-12, nan_ok=True)
     sub = store_stain(store, [1, 4])
     assert sub["nuclei"] == pytest.approx(stain_statistics(np.stack([imgs[1], imgs[4]]), np.stack([insts[1], insts[4]]))["nuclei"])
+
+
+def _blob_patch(*blobs: tuple[int, int, int, int], colour: np.ndarray = NUC):
+    """``_patch`` with a nucleus at rows 2-7, cols 2-7 and unannotated squares ``blobs`` (y0, y1, x0, x1)."""
+    img, inst = _patch((2, 8, 2, 8))
+    for y0, y1, x0, x1 in blobs:
+        img[y0:y1, x0:x1] = colour
+    return img, inst
+
+
+def test_off_mask_blobs_counts_nucleus_dark_regions_away_from_every_nucleus():
+    t = (_h(NUC) + _h(TISSUE)) / 2
+    cases = [
+        ((), 0),
+        (((14, 18, 14, 18),), 1),  # 16 px, far from the nucleus
+        (((14, 18, 14, 18), (14, 18, 2, 6)), 2),  # two apart
+        (((14, 18, 14, 18), (18, 22, 14, 18)), 1),  # touching: one region
+        (((14, 17, 14, 18),), 1),  # 12 px, the smallest that counts
+        (((14, 17, 14, 17),), 0),  # 9 px: a speck
+        (((2, 8, 9, 11),), 0),  # 12 px, but within 2 px of the nucleus: its blurred rim
+        (((2, 8, 10, 12),), 1),  # the same 2 px further out: as far as it is 3 px and more from it
+    ]
+    for blobs, want in cases:
+        img, inst = _blob_patch(*blobs)
+        assert off_mask_blobs(img[None], inst[None], t).tolist() == [want], blobs
+    # a pale blob is tissue; a near-black one is a fold or an artefact, not a nucleus
+    img, inst = _blob_patch((14, 18, 14, 18), colour=_colour(0.03))
+    assert off_mask_blobs(img[None], inst[None], t).tolist() == [0]
+    img, inst = _blob_patch((14, 18, 14, 18), colour=np.array([20, 10, 30], np.uint8))
+    assert haematoxylin(np.array([[[20, 10, 30]]], np.uint8))[0, 0] > t
+    assert off_mask_blobs(img[None], inst[None], t).tolist() == [0]
+    # a patch without nuclei: every dark region counts; patches are counted one by one
+    empty, none = _patch(None)
+    empty[14:18, 14:18] = NUC
+    img, inst = _blob_patch((14, 18, 14, 18), (14, 18, 2, 6))
+    assert off_mask_blobs(np.stack([empty, img]), np.stack([none, inst]), t).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="differ in size"):
+        off_mask_blobs(img[None], inst[None, :-1], t)
+
+
+def test_nucleus_haematoxylin_is_the_median_nucleus_pixel_and_blobs_read_by_chunk(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    shades = (0.03, 0.05, 0.06, 0.08, 0.12)
+    imgs, insts = [], []
+    with PatchStoreWriter(path, patch_size=SIZE, type_table=LIZARD) as w:
+        for i, h in enumerate(shades):  # one 6x6 nucleus of each shade, and i unannotated blobs
+            img, inst = _patch((2, 8, 2, 8))
+            img[2:8, 2:8] = _colour(h)
+            for k in range(i):
+                img[14:18, 2 + 5 * k:6 + 5 * k] = NUC
+            w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
+            imgs.append(img), insts.append(inst)
+    monkeypatch.setattr(stain_mod, "_CHUNK", 2)
+    store = PatchStore(path)
+    t = nucleus_haematoxylin(store, np.arange(5))
+    assert t == pytest.approx(_h(_colour(0.06)), abs=1e-4)  # the middle shade: same-sized nuclei
+    assert nucleus_haematoxylin(store, [0, 1]) == pytest.approx((_h(_colour(0.03)) + _h(_colour(0.05))) / 2, abs=1e-4)
+    assert store_off_mask_blobs(store, np.arange(5), t).tolist() == [0, 1, 2, 3, 4]
+    assert store_off_mask_blobs(store, [4, 1], t).tolist() == [4, 1]
+    assert store_off_mask_blobs(store, np.arange(5), t).tolist() == off_mask_blobs(np.stack(imgs), np.stack(insts), t).tolist()
+    with PatchStoreWriter(tmp_path / "e.h5", patch_size=SIZE, type_table=LIZARD) as w:
+        img, inst = _patch(None)
+        w.append(img, inst, inst.astype(np.uint8), source="e")
+    with pytest.raises(ValueError, match="no annotated nucleus"):
+        nucleus_haematoxylin(PatchStore(tmp_path / "e.h5"), [0])
+
+
+def test_compare_off_mask_blobs_measures_both_sides_at_the_real_nucleus_darkness(tmp_path):
+    def store(name, nucleus, blobs):
+        with PatchStoreWriter(tmp_path / name, patch_size=SIZE, type_table=LIZARD) as w:
+            for i in range(2):
+                img, inst = _blob_patch(*[(14, 18, 2 + 5 * k, 6 + 5 * k) for k in range(blobs)], colour=_colour(0.09))
+                img[2:8, 2:8] = nucleus
+                w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
+        return PatchStore(tmp_path / name)
+
+    real, syn = store("real.h5", NUC, 1), store("syn.h5", _colour(0.1), 3)
+    c = compare_off_mask_blobs(syn, [0, 1], real, [0, 1])
+    # the real nuclei (0.08) set the threshold, so the synthetic side's darker nuclei do not move it
+    assert c["threshold"] == pytest.approx(_h(NUC), abs=1e-4)
+    assert (c["synthetic"], c["real"], c["ratio"]) == (3.0, 1.0, 3.0)
+    # real patches without any blob: no ratio; without any nucleus: nothing to measure by
+    c = compare_off_mask_blobs(syn, [0, 1], store("clean.h5", NUC, 0), [0, 1])
+    assert c["synthetic"] == 3.0 and c["real"] == 0.0 and math.isnan(c["ratio"])
+    with PatchStoreWriter(tmp_path / "blank.h5", patch_size=SIZE, type_table=LIZARD) as w:
+        img, inst = _patch(None)
+        w.append(img, inst, inst.astype(np.uint8), source="img0")
+    c = compare_off_mask_blobs(syn, [0, 1], PatchStore(tmp_path / "blank.h5"), [0])
+    assert all(math.isnan(v) for v in c.values())
 
 
 def test_bad_input_is_refused():

@@ -134,3 +134,25 @@ def test_gap_options_set_the_mask_config_and_are_refused_for_patches(store_path,
     code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "p"),
                         "--gap-weight", "1", "--dry-run")  # fmt: skip
     assert code == 2 and "--gap-weight 1.0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_drop_unannotated_sets_the_config_records_what_it_left_out_and_a_resume_keeps_it(store_path, tmp_path, capsys):
+    code, out, _ = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--drop-unannotated", "3", "--dry-run")  # fmt: skip
+    assert code == 0 and json.loads(out)["drop_unannotated"] == 3
+    code, out, _ = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "r"), "--dry-run")
+    assert json.loads(out)["drop_unannotated"] == 0  # the presets keep every patch
+    code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(tmp_path / "r"),
+                        "--drop-unannotated", "-1", "--dry-run")  # fmt: skip
+    assert code == 2 and "--drop-unannotated" in err
+    small_config("patch", steps=1, ckpt_every=1, drop_unannotated=1).save(tmp_path / "d.json")
+    out_dir = tmp_path / "run"
+    code, _, _ = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(out_dir), "--no-progress",
+                      "--config", str(tmp_path / "d.json"))  # fmt: skip
+    record = json.loads((out_dir / "data.json").read_text())
+    # the disc patches' uniform pink holds no dark blob: all four Train patches stay, and it says so
+    assert code == 0 and (record["n_items"], record["dropped_unannotated"]) == (4, 0) and record["blob_threshold"] > 0
+    small_config("patch", steps=2, ckpt_every=1, drop_unannotated=2).save(tmp_path / "d2.json")
+    code, _, err = _run(capsys, "train", "patch", "--store", str(store_path), "--out", str(out_dir), "--no-progress",
+                        "--resume", "--config", str(tmp_path / "d2.json"))  # fmt: skip
+    assert code == 2 and "drop_unannotated" in err and len(err.strip().splitlines()) == 1

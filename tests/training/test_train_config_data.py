@@ -156,3 +156,53 @@ def test_random_flip_moves_the_pixel_weight_with_x():
     out = random_flip(batch, torch.Generator().manual_seed(0))
     assert torch.equal(out["weight"], out["x"] + 100)
     assert not torch.equal(out["x"], x)
+
+
+def _blob_store(path, blobs_per_patch):
+    """A CoNSeP-typed store of 32-px patches, one per image (all in Train): pink tissue, one annotated
+    purple nucleus and the given number of unannotated purple 4x4 squares far from it."""
+    from skimage.color import hed2rgb
+
+    from nasdm_aug.data.store_writer import PatchStoreWriter
+    from nasdm_aug.types import CONSEP
+
+    def colour(h):
+        return (hed2rgb(np.array([[[h, 0.05, 0.0]]]))[0, 0] * 255).round().astype(np.uint8)
+
+    names = [f"img{i}" for i in range(len(blobs_per_patch))]
+    with PatchStoreWriter(path, patch_size=32, type_table=CONSEP) as w:
+        for name, n in zip(names, blobs_per_patch):
+            img = np.broadcast_to(colour(0.02), (32, 32, 3)).copy()
+            inst = np.zeros((32, 32), np.int32)
+            img[2:8, 2:8], inst[2:8, 2:8] = colour(0.08), 1
+            for k in range(n):
+                img[20:24, 2 + 6 * k:6 + 6 * k] = colour(0.1)  # darker than the median nucleus pixel
+            w.append(img, inst, (inst > 0).astype(np.uint8) * 3, source=name)
+        w.set_splits({"Train": names})
+    return path
+
+
+def test_dataset_drops_patches_with_unannotated_blobs(tmp_path):
+    from nasdm_aug.data.store import PatchStore
+    from nasdm_aug.metrics.stain import nucleus_haematoxylin
+
+    path = _blob_store(tmp_path / "b.h5", [0, 3, 1, 2, 0])
+    full = NASDMDataset(path, "patch", "Train")
+    assert (len(full), full.dropped, full.blob_threshold) == (5, 0, None)  # 0: every patch, nothing measured
+    for limit, kept in ((1, [0, 4]), (2, [0, 2, 4]), (3, [0, 2, 3, 4]), (4, [0, 1, 2, 3, 4])):
+        ds = NASDMDataset(path, "patch", "Train", drop_unannotated=limit)
+        assert ds.indices.tolist() == kept and ds.dropped == 5 - len(kept)
+    assert ds.blob_threshold == pytest.approx(nucleus_haematoxylin(PatchStore(path), np.arange(5)))
+    # items come from the kept patches only
+    ds = NASDMDataset(path, "patch", "Train", drop_unannotated=2)
+    torch.testing.assert_close(ds[1]["x"], NASDMDataset(path, "patch", "Train")[2]["x"])
+    with pytest.raises(InputError, match="leaves nothing to train on"):
+        NASDMDataset(_blob_store(tmp_path / "all.h5", [1, 2]), "patch", "Train", drop_unannotated=1)
+
+
+def test_configs_from_before_the_data_filter_keep_every_patch():
+    base = get_train_preset("patch", "consep-cpu").to_dict()
+    record = {k: v for k, v in base.items() if k != "drop_unannotated"}
+    assert TrainConfig.from_dict(record).drop_unannotated == 0
+    with pytest.raises(ValueError, match="drop_unannotated"):
+        TrainConfig.from_dict(base | {"drop_unannotated": -1})
