@@ -26,7 +26,8 @@ __all__ = ["train_command"]
               help="Named config (ignored with --config); its depth and attention follow the store's patch size. "
                    "consep-cpu: the real-tissue recipe for CoNSeP at 20x in 64-px patches on a CPU (its patch model "
                    "departs from the paper: --mean-type start_x --loss-weighting min-snr --input-condition mask --schedule "
-                   "cosine; its mask model: --mean-type start_x --loss-weighting min-snr).")
+                   "cosine --drop-unannotated 3; its mask model: --mean-type start_x --loss-weighting min-snr "
+                   "--gap-weight 0.5).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RUN.json", help="Full TrainConfig JSON.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the number of steps. The learning-rate drop stays at the config's "
                    "`lr_drop_step`: to stretch a recipe, give a --config with both.")

@@ -265,6 +265,8 @@ def test_bank_stain_script_tables_each_bank_against_the_real_split(tmp_path, cap
     assert out["real"]["n"] == 2
     assert out["banks"]["lilac"]["ratio"]["stroma"] == pytest.approx(_h(_colour(0.04)) / _h(TISSUE))
     assert out["banks"]["same"]["ratio"]["contrast"] == pytest.approx(1.0)
+    # nothing off the masks is as dark as the real nuclei, on either side
+    assert out["real"]["off_mask_blobs"] == 0.0 and out["banks"]["lilac"]["synthetic"]["off_mask_blobs"] == 0.0
     assert "| lilac | 3 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bank_stain.main(["--real", str(real), "--bank", str(lilac)])  # no LABEL=

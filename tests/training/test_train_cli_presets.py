@@ -135,7 +135,7 @@ def test_resume_with_no_run_is_refused(tmp_path, capsys):
 
 
 def _departures(cfg):
-    return cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"]
+    return cfg["diffusion"]["loss_weighting"], cfg["diffusion"]["mean_type"], cfg["model"]["input_condition"], cfg["drop_unannotated"]
 
 
 @pytest.mark.parametrize("kind", ["mask", "patch"])
@@ -145,11 +145,12 @@ def test_departures_from_the_paper_are_off_in_the_paper_presets(tmp_path, capsys
         code, out, err = _run(capsys, "train", kind, "--store", str(store), "--preset", preset, "--out",
                               str(tmp_path / "run"), "--dry-run")
         assert code == 0, err
-        assert _departures(json.loads(out)) == ("none", "epsilon", "none")
+        assert _departures(json.loads(out)) == ("none", "epsilon", "none", 0)
     code, out, err = _run(capsys, "train", kind, "--store", str(store), "--preset", "consep-cpu", "--out",
                           str(tmp_path / "run"), "--dry-run")
-    # the CPU recipe's models predict x_0 with Min-SNR weighting, the patch model with the mask at its input
-    want = ("min-snr", "start_x", "mask") if kind == "patch" else ("min-snr", "start_x", "none")
+    # the CPU recipe's models predict x_0 with Min-SNR weighting, the patch model with the mask at its
+    # input and without the training patches that hold 3+ dark blobs off their annotation
+    want = ("min-snr", "start_x", "mask", 3) if kind == "patch" else ("min-snr", "start_x", "none", 0)
     assert _departures(json.loads(out)) == want
 
 
@@ -159,7 +160,7 @@ def test_departures_from_the_paper_are_options(tmp_path, capsys):
     code, out, err = _run(capsys, *base, "--loss-weighting", "min-snr", "--mean-type", "v", "--input-condition", "mask")
     assert code == 0, err
     cfg = json.loads(out)
-    assert _departures(cfg) == ("min-snr", "v", "mask")
+    assert _departures(cfg) == ("min-snr", "v", "mask", 0)
     code, out, err = _run(capsys, "train", "mask", *base[2:], "--input-condition", "mask")
     assert code != 0 and "Error: --input-condition mask is for the patch model" in err and "Traceback" not in err
     code, out, err = _run(capsys, *base, "--loss-weighting", "snr")
