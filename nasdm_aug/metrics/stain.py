@@ -14,7 +14,7 @@ density units.
 - ``profile``: mean haematoxylin against the signed distance to the nearest nucleus boundary (one
   value per distance in px; negative inside a nucleus, 1 the first pixel outside), as a picture;
 - ``off_mask_blobs``: per patch, the dark haematoxylin blobs away from every mask nucleus
-  (:func:`off_mask_blobs`): in real patches mostly nuclei nobody annotated, necrotic debris and
+  (:func:`nasdm_aug.data.stain.off_mask_blobs`): in real patches mostly nuclei nobody annotated, necrotic debris and
   tissue dye; in synthetic ones, nuclei the generator drew where its mask has none.
 
 Each is a mean over patches of per-patch means, so every patch weighs the same, as in FID.
@@ -23,10 +23,20 @@ Each is a mean over patches of per-patch means, so every patch weighs the same, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from nasdm_aug.data.stain import (
+    BLOB_DARK_GREY,
+    BLOB_MARGIN_PX,
+    BLOB_MIN_AREA_PX,
+    haematoxylin,
+    nucleus_haematoxylin,
+    off_mask_blobs,
+    read_chunks,
+    store_off_mask_blobs,
+)
 from nasdm_aug.data.store import PatchStore
 
 __all__ = ["STROMA_MARGIN_PX", "PROFILE_DISTANCES", "BLOB_MARGIN_PX", "BLOB_MIN_AREA_PX", "BLOB_DARK_GREY",
@@ -35,21 +45,6 @@ __all__ = ["STROMA_MARGIN_PX", "PROFILE_DISTANCES", "BLOB_MARGIN_PX", "BLOB_MIN_
 
 STROMA_MARGIN_PX = 3  # "stroma" starts this far from a nucleus: past the boundary's blur and the mask's slack
 PROFILE_DISTANCES = tuple(range(-4, 7))
-_CHUNK = 256  # patches read at once: bounded memory for banks of any size
-BLOB_MARGIN_PX = 2  # a blob starts this far from an annotated nucleus: past its blurred boundary
-BLOB_MIN_AREA_PX = 12  # about a 4-px disc, the smallest nucleus at 20x; smaller dark specks are chromatin or noise
-BLOB_DARK_GREY = 60  # pixels darker than this grey (mean of R, G, B) are folds or black artefacts, not nuclei
-_H_BINS = np.linspace(-0.5, 1.5, 20001)  # haematoxylin OD histogram for a median in bounded memory (1e-4 wide)
-
-
-def haematoxylin(images: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density of uint8 RGB ``images`` ``[..., H, W, 3]`` (``rgb2hed``'s first channel)."""
-    from skimage.color import rgb2hed
-
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 RGB images [..., H, W, 3], got {images.dtype} {images.shape}")
-    return rgb2hed(images)[..., 0]
 
 
 def _signed_distance(fg: np.ndarray) -> np.ndarray:
@@ -112,77 +107,13 @@ def stain_statistics(images: np.ndarray, insts: np.ndarray, *, margin: float = S
     return sums.result()
 
 
-def _chunks(store: PatchStore, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(indices), _CHUNK):
-        yield store.read(indices[start:start + _CHUNK], keys=("image", "inst"))
-
-
 def store_stain(store: PatchStore, indices: Sequence[int] | np.ndarray, *, margin: float = STROMA_MARGIN_PX,
                 distances: Sequence[int] = PROFILE_DISTANCES) -> dict[str, Any]:
     """:func:`stain_statistics` of a store's patches ``indices``, read a chunk at a time."""
     sums = _Sums(distances)
-    for d in _chunks(store, np.asarray(indices)):
+    for d in read_chunks(store, np.asarray(indices)):
         sums.add(d["image"], d["inst"], margin)
     return sums.result()
-
-
-def nucleus_haematoxylin(store: PatchStore, indices: Sequence[int] | np.ndarray) -> float:
-    """Median haematoxylin of the annotated nucleus pixels of a store's patches ``indices``: what
-    "as dark as a nucleus" means for that scanner and stain (to 1e-4, read a chunk at a time).
-
-    Raises:
-        ValueError: the patches hold no nucleus pixel.
-    """
-    counts = np.zeros(len(_H_BINS) - 1, np.int64)
-    for d in _chunks(store, np.asarray(indices)):
-        counts += np.histogram(haematoxylin(d["image"])[d["inst"] > 0], bins=_H_BINS)[0]
-    total = counts.sum()
-    if total == 0:
-        raise ValueError(f"{store.path}: the patches hold no annotated nucleus to measure haematoxylin on")
-    cum, centres = np.cumsum(counts), (_H_BINS[:-1] + _H_BINS[1:]) / 2
-    middle = np.searchsorted(cum, [(total + 1) // 2, total // 2 + 1])  # one value, or the middle two
-    return float(centres[middle].mean())
-
-
-def off_mask_blobs(images: np.ndarray, insts: np.ndarray, threshold: float, *, margin: float = BLOB_MARGIN_PX,
-                   min_area: int = BLOB_MIN_AREA_PX) -> np.ndarray:
-    """Per patch, the number of dark blobs away from every annotated nucleus.
-
-    A blob is a 4-connected region of at least ``min_area`` pixels whose haematoxylin exceeds
-    ``threshold`` (:func:`nucleus_haematoxylin` of the real data: as dark as a typical nucleus),
-    all farther than ``margin`` px (Euclidean) from every nucleus of ``insts`` and none darker than
-    grey ``BLOB_DARK_GREY``. In real patches these are mostly unannotated nuclei, necrotic debris
-    and tissue dye; in a generated patch, nuclei drawn where its mask has none.
-
-    Args:
-        images: uint8 RGB ``[N, H, W, 3]``.
-        insts: instance maps ``[N, H, W]`` (0 = no nucleus).
-        threshold: haematoxylin optical density above which a pixel counts as dark.
-
-    Returns:
-        int64 ``[N]``.
-    """
-    from scipy import ndimage as ndi
-
-    images, insts = np.asarray(images), np.asarray(insts)
-    if images.shape[:-1] != insts.shape:
-        raise ValueError(f"images {images.shape} and instance maps {insts.shape} differ in size")
-    dark = haematoxylin(images) > threshold
-    dark &= images.mean(axis=-1) >= BLOB_DARK_GREY
-    out = np.zeros(len(images), np.int64)
-    for i, inst in enumerate(insts):
-        far = ndi.distance_transform_edt(inst == 0) > margin if (inst > 0).any() else np.ones(inst.shape, bool)
-        cand = dark[i] & far
-        labels, n = ndi.label(cand)
-        if n:
-            out[i] = int((np.bincount(labels.ravel(), minlength=n + 1)[1:] >= min_area).sum())
-    return out
-
-
-def store_off_mask_blobs(store: PatchStore, indices: Sequence[int] | np.ndarray, threshold: float) -> np.ndarray:
-    """:func:`off_mask_blobs` of a store's patches ``indices``, read a chunk at a time."""
-    parts = [off_mask_blobs(d["image"], d["inst"], threshold) for d in _chunks(store, np.asarray(indices))]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def compare_off_mask_blobs(synthetic: PatchStore, synthetic_indices: Sequence[int] | np.ndarray, real: PatchStore,

@@ -119,7 +119,7 @@ class TrainConfig(ConfigBase):
     gap_weight: float = 0.0
     gap_sigma: float = 3.0  # pixels
     # a departure from the paper: leave out the training patches holding this many or more dark
-    # haematoxylin blobs away from every annotated nucleus (nasdm_aug.metrics.stain.off_mask_blobs:
+    # haematoxylin blobs away from every annotated nucleus (nasdm_aug.data.stain.off_mask_blobs:
     # unannotated nuclei, necrotic debris, tissue dye), which teach a patch model to draw nuclei
     # where its mask has none (0: keep every patch, the paper's data)
     drop_unannotated: int = 0

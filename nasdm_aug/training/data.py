@@ -69,7 +69,7 @@ class NASDMDataset(Dataset):
         indices: explicit store indices instead of a split.
         gap_weight, gap_sigma: ``gap_weight_map``'s ``w0`` and ``sigma`` (mask only; 0: no ``weight``).
         drop_unannotated: leave out the patches holding this many or more dark blobs away from
-            every annotated nucleus (:func:`~nasdm_aug.metrics.stain.off_mask_blobs`, darker than
+            every annotated nucleus (:func:`~nasdm_aug.data.stain.off_mask_blobs`, darker than
             the median nucleus pixel of the split); 0 keeps every patch. ``dropped`` and
             ``blob_threshold`` say what it did.
 
@@ -103,7 +103,7 @@ class NASDMDataset(Dataset):
             self._drop_unannotated(int(drop_unannotated), split)
 
     def _drop_unannotated(self, limit: int, split: str | None) -> None:
-        from nasdm_aug.metrics.stain import nucleus_haematoxylin, store_off_mask_blobs
+        from nasdm_aug.data.stain import nucleus_haematoxylin, store_off_mask_blobs
 
         try:
             self.blob_threshold = nucleus_haematoxylin(self.store, self.indices)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage.color import hed2rgb
 
-import nasdm_aug.metrics.stain as stain_mod
+import nasdm_aug.data.stain as stain_data
 from nasdm_aug.data.store import PatchStore
 from nasdm_aug.data.store_writer import PatchStoreWriter
 from nasdm_aug.metrics.stain import (
@@ -125,7 +125,7 @@ def test_store_path_reads_in_chunks_and_agrees(tmp_path, monkeypatch):
             img = (img.astype(int) + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
             w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
             imgs.append(img), insts.append(inst)
-    monkeypatch.setattr(stain_mod, "_CHUNK", 3)
+    monkeypatch.setattr(stain_data, "_CHUNK", 3)
     store = PatchStore(path)
     got = store_stain(store, np.arange(7))
     want = stain_statistics(np.stack(imgs), np.stack(insts))
@@ -188,7 +188,7 @@ def test_nucleus_haematoxylin_is_the_median_nucleus_pixel_and_blobs_read_by_chun
                 img[14:18, 2 + 5 * k:6 + 5 * k] = NUC
             w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
             imgs.append(img), insts.append(inst)
-    monkeypatch.setattr(stain_mod, "_CHUNK", 2)
+    monkeypatch.setattr(stain_data, "_CHUNK", 2)
     store = PatchStore(path)
     t = nucleus_haematoxylin(store, np.arange(5))
     assert t == pytest.approx(_h(_colour(0.06)), abs=1e-4)  # the middle shade: same-sized nuclei
