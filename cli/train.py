@@ -60,7 +60,7 @@ __all__ = ["train_command"]
               help="Override the gap weight's width sigma, in pixels.")
 @click.option("--drop-unannotated", type=click.IntRange(min=0), default=None, metavar="N",
               help="Override how many dark blobs away from every annotated nucleus (as dark as the split's median "
-                   "nucleus pixel, >= 12 px, > 2 px from a nucleus: unannotated nuclei, necrotic debris, tissue dye) "
+                   "nucleus pixel, >= 12 px and > 2 px from a nucleus at 20x, scaled with the store's magnification: unannotated nuclei, necrotic debris, tissue dye) "
                    "leave a training patch out. 0: keep every patch (the paper's data); above 0 departs from it "
                    "(data.json records how many were left out).")
 # -- run

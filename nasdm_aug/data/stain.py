@@ -16,10 +16,12 @@ import numpy as np
 
 from nasdm_aug.data.store import PatchStore
 
-__all__ = ["BLOB_MARGIN_PX", "BLOB_MIN_AREA_PX", "BLOB_DARK_GREY", "haematoxylin", "nucleus_haematoxylin",
+__all__ = ["BLOB_MAGNIFICATION", "BLOB_MARGIN_PX", "BLOB_MIN_AREA_PX", "BLOB_DARK_GREY", "haematoxylin", "nucleus_haematoxylin",
            "off_mask_blobs", "store_off_mask_blobs", "read_chunks"]
 
 _CHUNK = 256  # patches read at once: bounded memory for banks of any size
+# blob geometry at 20x; a store at another magnification scales it (store_off_mask_blobs)
+BLOB_MAGNIFICATION = 20.0
 BLOB_MARGIN_PX = 2  # a blob starts this far from an annotated nucleus: past its blurred boundary
 BLOB_MIN_AREA_PX = 12  # about a 4-px disc, the smallest nucleus at 20x; smaller dark specks are chromatin or noise
 BLOB_DARK_GREY = 60  # pixels darker than this grey (mean of R, G, B) are folds or black artefacts, not nuclei
@@ -96,6 +98,11 @@ def off_mask_blobs(images: np.ndarray, insts: np.ndarray, threshold: float, *, m
 
 
 def store_off_mask_blobs(store: PatchStore, indices: Sequence[int] | np.ndarray, threshold: float) -> np.ndarray:
-    """:func:`off_mask_blobs` of a store's patches ``indices``, read a chunk at a time."""
-    parts = [off_mask_blobs(d["image"], d["inst"], threshold) for d in read_chunks(store, np.asarray(indices))]
+    """:func:`off_mask_blobs` of a store's patches ``indices``, read a chunk at a time, with the margin
+    and the smallest blob scaled from 20x to the store's magnification (20x where it records none):
+    at 40x a nucleus spans twice the pixels, and 20x's 12-px blobs would be chromatin specks."""
+    f = (store.magnification or BLOB_MAGNIFICATION) / BLOB_MAGNIFICATION
+    margin, min_area = BLOB_MARGIN_PX * f, max(1, round(BLOB_MIN_AREA_PX * f * f))
+    parts = [off_mask_blobs(d["image"], d["inst"], threshold, margin=margin, min_area=min_area)
+             for d in read_chunks(store, np.asarray(indices))]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)

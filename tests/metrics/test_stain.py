@@ -196,6 +196,13 @@ def test_nucleus_haematoxylin_is_the_median_nucleus_pixel_and_blobs_read_by_chun
     assert store_off_mask_blobs(store, np.arange(5), t).tolist() == [0, 1, 2, 3, 4]
     assert store_off_mask_blobs(store, [4, 1], t).tolist() == [4, 1]
     assert store_off_mask_blobs(store, np.arange(5), t).tolist() == off_mask_blobs(np.stack(imgs), np.stack(insts), t).tolist()
+    # at 40x the same blobs are half the size a nucleus would be: 16 px against 12 * 4, none counts
+    with PatchStoreWriter(tmp_path / "s40.h5", patch_size=SIZE, type_table=LIZARD, attrs={"magnification": 40.0}) as w:
+        for i, (img, inst) in enumerate(zip(imgs, insts)):
+            w.append(img, inst, (inst > 0).astype(np.uint8) * 2, source=f"img{i}")
+    store40 = PatchStore(tmp_path / "s40.h5")
+    assert store40.magnification == 40.0
+    assert store_off_mask_blobs(store40, np.arange(5), t).tolist() == [0, 0, 0, 0, 0]
     with PatchStoreWriter(tmp_path / "e.h5", patch_size=SIZE, type_table=LIZARD) as w:
         img, inst = _patch(None)
         w.append(img, inst, inst.astype(np.uint8), source="e")
